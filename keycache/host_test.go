@@ -1,0 +1,84 @@
+package keycache
+
+import "testing"
+
+func TestMatchHost(t *testing.T) {
+	cases := []struct {
+		pattern, authority string
+		want               bool
+	}{
+		{"api.example.com", "api.example.com", true},
+		{"api.example.com", "API.Example.COM", true},
+		{"API.EXAMPLE.COM", "api.example.com", true},
+		{"api.example.com", "api.example.com:8443", true},
+		{"api.example.com", "api.example.com.", true},
+		{"api.example.com", "api.example.com.:80", true},
+		{"api.example.com.", "api.example.com", true},
+		{"api.example.com", "api.example.co", false},
+		{"api.example.com", "xapi.example.com", false},
+		{"api.example.com", "api.example.com.evil.com", false},
+		{"api.example.com", "", false},
+		{"api.example.com", ":80", false},
+		{"api.example.com", "api.example.com:", false},
+		{"api.example.com", "api.example.com:http", false},
+		{"api.example.com", "api.example.com:123456", false},
+		{"api.example.com:8443", "api.example.com:8443", true},
+		{"api.example.com:8443", "api.example.com:443", false},
+		{"api.example.com:8443", "api.example.com", false},
+		{"*.example.com", "a.example.com", true},
+		{"*.example.com", "A.EXAMPLE.COM:9000", true},
+		{"*.example.com", "a.example.com.", true},
+		{"*.example.com", "a.b.example.com", false},
+		{"*.example.com", "example.com", false},
+		{"*.example.com", ".example.com", false},
+		{"*.example.com", "badexample.com", false},
+		{"*.example.com", "a.badexample.com", false},
+		{"*.example.com:8080", "a.example.com:8080", true},
+		{"*.example.com:8080", "a.example.com:8081", false},
+		{"*", "anything.at.all", true},
+		{"*", "10.0.0.1:80", true},
+		{"*", "[::1]:8080", true},
+		{"*", "", false},
+		{"*", "::1", false},
+		{"*:8080", "x:8080", true},
+		{"*:8080", "x:80", false},
+		{"10.0.0.1", "10.0.0.1:443", true},
+		{"10.0.0.1", "10.0.0.2", false},
+		{"[2001:db8::1]", "[2001:db8::1]", true},
+		{"[2001:db8::1]", "[2001:DB8::1]:443", true},
+		{"[2001:db8::1]:443", "[2001:db8::1]:443", true},
+		{"[2001:db8::1]:443", "[2001:db8::1]:80", false},
+		{"[2001:db8::1]", "2001:db8::1", false},
+		{"[2001:db8::1]", "[2001:db8::2]", false},
+		{"[2001:db8::1]", "[2001:db8::1", false},
+		{"[2001:db8::1]", "[]", false},
+		{"*.example.com", "[::1]", false},
+		{"", "api.example.com", false},
+		{"api.example.com", "api.example.com\x00", false},
+	}
+	for _, c := range cases {
+		if got := MatchHost(c.pattern, c.authority); got != c.want {
+			t.Errorf("MatchHost(%q, %q) = %v, want %v", c.pattern, c.authority, got, c.want)
+		}
+	}
+}
+
+func TestMatchHostDoesNotAllocate(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { MatchHost("*.example.com", "A.Example.com:443") }); n != 0 {
+		t.Fatalf("MatchHost allocates %v times", n)
+	}
+}
+
+func TestNormalizeHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"API.Example.com.:443": "api.example.com",
+		"api.example.com":      "api.example.com",
+		"[2001:DB8::1]:80":     "[2001:db8::1]",
+		"::1":                  "",
+		"":                     "",
+	} {
+		if got := NormalizeHost(in); got != want {
+			t.Errorf("NormalizeHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,291 @@
+package keycache
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// Status of a key record.
+type Status uint8
+
+// Record statuses. Deleted is a tombstone: the key no longer exists.
+const (
+	StatusActive   Status = 1
+	StatusRevoked  Status = 2
+	StatusDisabled Status = 3
+	StatusDeleted  Status = 4
+)
+
+// Quota periods.
+const (
+	QuotaNone  uint8 = 0
+	QuotaDay   uint8 = 1
+	QuotaMonth uint8 = 2
+)
+
+// FormatVersion is the first byte of every encoded record.
+const FormatVersion = 1
+
+const (
+	flagRate  = 1 << 0
+	flagQuota = 1 << 1
+)
+
+// Limits of the encoding, checked by Append.
+const (
+	MaxStringLen = 1024
+	MaxListLen   = 1024
+)
+
+// Record is a key record as the sync VM builds it. The request path never
+// decodes a Record: it reads fields straight from the bytes through View.
+type Record struct {
+	ID     string
+	Owner  string
+	Status Status
+	// Epoch is the sync generation the record was written in (see the
+	// filter's RATIONALE.md: snapshots bump the epoch).
+	Epoch     uint32
+	ExpiresAt int64 // unix seconds, 0 = never
+
+	HasRate        bool
+	RateLimit      int64 // requests per RatePeriodMS
+	RatePeriodMS   int64
+	RateBurst      int64
+	HasQuota       bool
+	QuotaLimit     int64
+	QuotaPeriod    uint8
+	QuotaExhausted int64 // unix seconds until which the quota is exhausted, 0 = not
+
+	Hosts  []string
+	Scopes []string
+}
+
+// Layout of the fixed header.
+const (
+	offVersion   = 0
+	offStatus    = 1
+	offFlags     = 2
+	offQuotaPer  = 3
+	offEpoch     = 4
+	offExpires   = 8
+	offExhausted = 16
+	offRateLimit = 24
+	offRatePer   = 32
+	offRateBurst = 40
+	offQuotaLim  = 48
+	headerLen    = 56
+)
+
+// ErrRecord is returned for bytes that are not a valid record.
+var ErrRecord = errors.New("keycache: malformed record")
+
+// Append encodes r and appends it to dst.
+func (r *Record) Append(dst []byte) ([]byte, error) {
+	if r.Status < StatusActive || r.Status > StatusDeleted {
+		return dst, errors.New("keycache: bad status")
+	}
+	if len(r.ID) > MaxStringLen || len(r.Owner) > MaxStringLen {
+		return dst, errors.New("keycache: id or owner too long")
+	}
+	if len(r.Hosts) > MaxListLen || len(r.Scopes) > MaxListLen {
+		return dst, errors.New("keycache: too many hosts or scopes")
+	}
+	var h [headerLen]byte
+	h[offVersion] = FormatVersion
+	h[offStatus] = byte(r.Status)
+	if r.HasRate {
+		h[offFlags] |= flagRate
+	}
+	if r.HasQuota {
+		h[offFlags] |= flagQuota
+	}
+	h[offQuotaPer] = r.QuotaPeriod
+	binary.LittleEndian.PutUint32(h[offEpoch:], r.Epoch)
+	binary.LittleEndian.PutUint64(h[offExpires:], uint64(r.ExpiresAt))
+	binary.LittleEndian.PutUint64(h[offExhausted:], uint64(r.QuotaExhausted))
+	binary.LittleEndian.PutUint64(h[offRateLimit:], uint64(r.RateLimit))
+	binary.LittleEndian.PutUint64(h[offRatePer:], uint64(r.RatePeriodMS))
+	binary.LittleEndian.PutUint64(h[offRateBurst:], uint64(r.RateBurst))
+	binary.LittleEndian.PutUint64(h[offQuotaLim:], uint64(r.QuotaLimit))
+	dst = append(dst, h[:]...)
+	dst = appendString(dst, r.ID)
+	dst = appendString(dst, r.Owner)
+	for _, list := range [2][]string{r.Hosts, r.Scopes} {
+		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(list)))
+		for _, s := range list {
+			if len(s) > MaxStringLen {
+				return dst, errors.New("keycache: host or scope too long")
+			}
+			dst = appendString(dst, s)
+		}
+	}
+	return dst, nil
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(s)))
+	return append(dst, s...)
+}
+
+// View is a validated encoded record. Its accessors read the bytes in place
+// and never allocate, so the request path can use a record straight from a
+// shared-data read.
+type View struct {
+	b      []byte
+	hosts  int // offset of the hosts list (its count)
+	scopes int // offset of the scopes list (its count)
+}
+
+// Parse validates b as an encoded record. Any input gives a View or
+// ErrRecord, never a panic.
+func Parse(b []byte) (View, error) {
+	if len(b) < headerLen || b[offVersion] != FormatVersion {
+		return View{}, ErrRecord
+	}
+	if s := Status(b[offStatus]); s < StatusActive || s > StatusDeleted {
+		return View{}, ErrRecord
+	}
+	off := headerLen
+	var ok bool
+	for i := 0; i < 2; i++ { // id, owner
+		if off, ok = skipString(b, off); !ok {
+			return View{}, ErrRecord
+		}
+	}
+	v := View{b: b, hosts: off}
+	for i := 0; i < 2; i++ { // hosts, scopes
+		if i == 1 {
+			v.scopes = off
+		}
+		if off+2 > len(b) {
+			return View{}, ErrRecord
+		}
+		n := int(binary.LittleEndian.Uint16(b[off:]))
+		off += 2
+		for j := 0; j < n; j++ {
+			if off, ok = skipString(b, off); !ok {
+				return View{}, ErrRecord
+			}
+		}
+	}
+	if off != len(b) {
+		return View{}, ErrRecord
+	}
+	return v, nil
+}
+
+func skipString(b []byte, off int) (int, bool) {
+	if off+2 > len(b) {
+		return off, false
+	}
+	n := int(binary.LittleEndian.Uint16(b[off:]))
+	off += 2
+	if n > MaxStringLen || off+n > len(b) {
+		return off, false
+	}
+	return off + n, true
+}
+
+func (v View) i64(off int) int64 { return int64(binary.LittleEndian.Uint64(v.b[off:])) }
+
+// Status returns the record's status.
+func (v View) Status() Status { return Status(v.b[offStatus]) }
+
+// Epoch returns the sync generation the record was written in.
+func (v View) Epoch() uint32 { return binary.LittleEndian.Uint32(v.b[offEpoch:]) }
+
+// ExpiresAt returns the expiry in unix seconds, 0 for never.
+func (v View) ExpiresAt() int64 { return v.i64(offExpires) }
+
+// Rate returns the rate limit, ok false when the key has none.
+func (v View) Rate() (limit, periodMS, burst int64, ok bool) {
+	if v.b[offFlags]&flagRate == 0 {
+		return 0, 0, 0, false
+	}
+	return v.i64(offRateLimit), v.i64(offRatePer), v.i64(offRateBurst), true
+}
+
+// Quota returns the quota, ok false when the key has none.
+func (v View) Quota() (limit int64, period uint8, exhaustedUntil int64, ok bool) {
+	if v.b[offFlags]&flagQuota == 0 {
+		return 0, 0, 0, false
+	}
+	return v.i64(offQuotaLim), v.b[offQuotaPer], v.i64(offExhausted), true
+}
+
+// str returns the string field at off as a byte slice of the record.
+func (v View) str(off int) (s []byte, next int) {
+	n := int(binary.LittleEndian.Uint16(v.b[off:]))
+	return v.b[off+2 : off+2+n], off + 2 + n
+}
+
+// ID returns the key's id (a slice of the record's bytes).
+func (v View) ID() []byte { s, _ := v.str(headerLen); return s }
+
+// Owner returns the key's owner (a slice of the record's bytes).
+func (v View) Owner() []byte {
+	_, next := v.str(headerLen)
+	s, _ := v.str(next)
+	return s
+}
+
+// HasScope reports whether the key has scope s.
+func (v View) HasScope(s string) bool {
+	off := v.scopes
+	n := int(binary.LittleEndian.Uint16(v.b[off:]))
+	off += 2
+	for i := 0; i < n; i++ {
+		var item []byte
+		item, off = v.str(off)
+		if string(item) == s { // compiles to a compare, no allocation
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsHost reports whether any of the key's host patterns matches the
+// request authority (see MatchHost).
+func (v View) AllowsHost(authority string) bool {
+	off := v.hosts
+	n := int(binary.LittleEndian.Uint16(v.b[off:]))
+	off += 2
+	for i := 0; i < n; i++ {
+		var item []byte
+		item, off = v.str(off)
+		if matchHost(item, authority) {
+			return true
+		}
+	}
+	return false
+}
+
+func (v View) each(off int, fn func([]byte) bool) bool {
+	n := int(binary.LittleEndian.Uint16(v.b[off:]))
+	off += 2
+	for i := 0; i < n; i++ {
+		var item []byte
+		item, off = v.str(off)
+		if fn(item) {
+			return true
+		}
+	}
+	return false
+}
+
+// Record decodes the view into a Record (allocates; for tests and tools).
+func (v View) Record() Record {
+	r := Record{
+		ID:        string(v.ID()),
+		Owner:     string(v.Owner()),
+		Status:    v.Status(),
+		Epoch:     v.Epoch(),
+		ExpiresAt: v.ExpiresAt(),
+	}
+	r.RateLimit, r.RatePeriodMS, r.RateBurst, r.HasRate = v.Rate()
+	r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted, r.HasQuota = v.Quota()
+	v.each(v.hosts, func(s []byte) bool { r.Hosts = append(r.Hosts, string(s)); return false })
+	v.each(v.scopes, func(s []byte) bool { r.Scopes = append(r.Scopes, string(s)); return false })
+	return r
+}

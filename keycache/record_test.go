@@ -1,0 +1,152 @@
+package keycache
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/tidwall/gjson"
+)
+
+func sampleRecord() Record {
+	return Record{
+		ID: "key_abc", Owner: "acme", Status: StatusActive, Epoch: 7,
+		ExpiresAt: 1900000000,
+		HasRate:   true, RateLimit: 100, RatePeriodMS: 1000, RateBurst: 20,
+		HasQuota: true, QuotaLimit: 5000, QuotaPeriod: QuotaMonth, QuotaExhausted: 1800000000,
+		Hosts:  []string{"api.example.com", "*.example.org:8443"},
+		Scopes: []string{"read", "write"},
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for _, r := range []Record{sampleRecord(), {ID: "k", Status: StatusDeleted}} {
+		b, err := r.Append(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := v.Record(); !reflect.DeepEqual(got, r) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v", got, r)
+		}
+	}
+}
+
+func TestViewAccessors(t *testing.T) {
+	r := sampleRecord()
+	b, _ := r.Append(nil)
+	v, _ := Parse(b)
+	if !v.AllowsHost("API.example.com:443") || !v.AllowsHost("x.example.org:8443") || v.AllowsHost("x.example.org") {
+		t.Fatal("AllowsHost wrong")
+	}
+	if !v.HasScope("write") || v.HasScope("admin") || v.HasScope("") {
+		t.Fatal("HasScope wrong")
+	}
+	if string(v.ID()) != "key_abc" || string(v.Owner()) != "acme" {
+		t.Fatal("ID/Owner wrong")
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		v, _ := Parse(b)
+		_ = v.AllowsHost("a.example.org:8443")
+		_ = v.HasScope("write")
+		_, _, _, _ = v.Rate()
+	})
+	if allocs != 0 {
+		t.Fatalf("Parse + accessors allocate %v times", allocs)
+	}
+}
+
+func TestParseRejectsTruncation(t *testing.T) {
+	r := sampleRecord()
+	b, _ := r.Append(nil)
+	for i := 0; i < len(b); i++ {
+		if _, err := Parse(b[:i]); err == nil {
+			t.Fatalf("truncated record of %d bytes accepted", i)
+		}
+	}
+	if _, err := Parse(append(b, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+	bad := append([]byte(nil), b...)
+	bad[0] = 9
+	if _, err := Parse(bad); err == nil {
+		t.Fatal("unknown format version accepted")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	r := sampleRecord()
+	b, _ := r.Append(nil)
+	f.Add(b)
+	f.Add([]byte{})
+	f.Add(make([]byte, headerLen))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, err := Parse(data)
+		if err != nil {
+			return
+		}
+		// Every accessor must be safe on anything Parse accepted.
+		rec := v.Record()
+		_ = v.AllowsHost("a.example.com")
+		_ = v.HasScope("read")
+		again, err := rec.Append(nil)
+		if err != nil {
+			t.Fatalf("accepted record does not re-encode: %v", err)
+		}
+		if _, err := Parse(again); err != nil {
+			t.Fatalf("re-encoded record refused: %v", err)
+		}
+	})
+}
+
+func TestDecodeUpsert(t *testing.T) {
+	hash := HashKey("ak_x").String()
+	good := `{"hash":"` + hash + `","id":"key_1","owner":"acme","status":"active","expires_at":0,
+	  "hosts":["api.example.com"],"scopes":["read"],"rate":{"limit":10,"period_ms":1000,"burst":5},
+	  "quota":{"limit":100,"period":"day","exhausted_until":0},"future_field":{"x":1}}`
+	h, r, err := DecodeUpsert(gjson.Parse(good), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.String() != hash || r.ID != "key_1" || r.Epoch != 3 || !r.HasRate || r.RateBurst != 5 || r.QuotaPeriod != QuotaDay {
+		t.Fatalf("decoded %+v", r)
+	}
+	bad := map[string]string{
+		"not object":    `[]`,
+		"bad hash":      `{"hash":"xyz","id":"k","status":"active"}`,
+		"missing id":    `{"hash":"` + hash + `","status":"active"}`,
+		"bad status":    `{"hash":"` + hash + `","id":"k","status":"gone"}`,
+		"neg expiry":    `{"hash":"` + hash + `","id":"k","status":"active","expires_at":-1}`,
+		"frac expiry":   `{"hash":"` + hash + `","id":"k","status":"active","expires_at":1.5}`,
+		"hosts string":  `{"hash":"` + hash + `","id":"k","status":"active","hosts":"a.com"}`,
+		"host number":   `{"hash":"` + hash + `","id":"k","status":"active","hosts":[1]}`,
+		"rate period 0": `{"hash":"` + hash + `","id":"k","status":"active","rate":{"limit":1,"period_ms":0}}`,
+		"rate no limit": `{"hash":"` + hash + `","id":"k","status":"active","rate":{"period_ms":10}}`,
+		"quota period":  `{"hash":"` + hash + `","id":"k","status":"active","quota":{"limit":1,"period":"year"}}`,
+	}
+	for name, in := range bad {
+		if _, _, err := DecodeUpsert(gjson.Parse(in), 0); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzDecodeUpsert(f *testing.F) {
+	f.Add(`{"hash":"` + HashKey("k").String() + `","id":"k","status":"active","hosts":["a"]}`)
+	f.Add(`{`)
+	f.Fuzz(func(t *testing.T, in string) {
+		_, r, err := DecodeUpsert(gjson.Parse(in), 1)
+		if err != nil {
+			return
+		}
+		b, err := r.Append(nil)
+		if err != nil {
+			return // e.g. too many entries: refused, not a panic
+		}
+		if _, err := Parse(b); err != nil {
+			t.Fatalf("decoded upsert encodes to an invalid record: %v", err)
+		}
+	})
+}
