@@ -1,0 +1,501 @@
+package filter
+
+import (
+	"math"
+	"strings"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+// The plugin configuration is JSON. The same .wasm serves two roles:
+//   - the HTTP filter (no "role", or "role": "filter") on every worker VM;
+//   - the syncing VM ("role": "sync"), configured as Envoy's singleton
+//     bootstrap wasm service with the same vm_id.
+// Every field is validated at on_configure; a wrong type, an unknown field or
+// an impossible value rejects the configuration with a log line naming it.
+
+// Key source types.
+const (
+	sourceBearer = iota
+	sourceHeader
+	sourceQuery
+)
+
+type keySource struct {
+	kind int
+	name string // lower-case header name or query parameter name
+}
+
+type route struct {
+	pathPrefix string
+	pathExact  string
+	methods    []string // empty: any
+	scopes     []string
+	cost       int64
+	noLimit    bool // skip the rate limiter on this route
+	anonymous  int  // anonDefault, anonAllow, anonDeny
+}
+
+const (
+	anonDefault = iota
+	anonAllow
+	anonDeny
+)
+
+// filterConfig is the HTTP filter role's configuration.
+type filterConfig struct {
+	sources          []keySource
+	prefix           string
+	strip            bool
+	idHeaderKeyID    string
+	idHeaderOwner    string
+	ratelimitHeaders bool
+	routes           []route
+	failOpen         bool
+	maxStalenessMS   int64
+	allowAnonymous   bool
+	flushPeriodMS    uint32
+	vmID             string
+}
+
+// syncConfig is the syncing role's configuration.
+type syncConfig struct {
+	cluster       string
+	authority     string
+	credential    string
+	syncPath      string
+	usagePath     string
+	timeoutMS     uint32
+	longPollS     int64
+	flushPeriodMS uint32
+	nodeID        string
+	retryMS       int64
+}
+
+type configError struct{ field, why string }
+
+func (e *configError) Error() string { return "config: " + e.field + ": " + e.why }
+
+func bad(field, why string) error { return &configError{field, why} }
+
+// parseRole returns "filter" or "sync" for a configuration.
+func parseRole(data []byte) (string, error) {
+	if len(data) == 0 {
+		return "filter", nil
+	}
+	if !gjson.ValidBytes(data) {
+		return "", bad("(root)", "not valid JSON")
+	}
+	root := gjson.ParseBytes(data)
+	if !root.IsObject() {
+		return "", bad("(root)", "want a JSON object")
+	}
+	role := root.Get("role")
+	switch {
+	case !role.Exists():
+		return "filter", nil
+	case role.Type != gjson.String:
+		return "", bad("role", "want a string")
+	case role.Str == "filter" || role.Str == "sync":
+		return role.Str, nil
+	}
+	return "", bad("role", `want "filter" or "sync"`)
+}
+
+// fields checks that obj is an object holding only allowed members.
+func fields(obj gjson.Result, path string, allowed ...string) error {
+	if !obj.IsObject() {
+		return bad(path, "want a JSON object")
+	}
+	var err error
+	obj.ForEach(func(k, _ gjson.Result) bool {
+		for _, a := range allowed {
+			if k.Str == a {
+				return true
+			}
+		}
+		err = bad(join(path, k.Str), "unknown field")
+		return false
+	})
+	return err
+}
+
+func join(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+func getString(obj gjson.Result, path, name, def string) (string, error) {
+	v := obj.Get(name)
+	if !v.Exists() {
+		return def, nil
+	}
+	if v.Type != gjson.String {
+		return "", bad(join(path, name), "want a string")
+	}
+	return v.Str, nil
+}
+
+func getBool(obj gjson.Result, path, name string, def bool) (bool, error) {
+	v := obj.Get(name)
+	if !v.Exists() {
+		return def, nil
+	}
+	if v.Type != gjson.True && v.Type != gjson.False {
+		return false, bad(join(path, name), "want true or false")
+	}
+	return v.Bool(), nil
+}
+
+func getInt(obj gjson.Result, path, name string, def, min, max int64) (int64, error) {
+	v := obj.Get(name)
+	if !v.Exists() {
+		return def, nil
+	}
+	if v.Type != gjson.Number || v.Num != math.Trunc(v.Num) {
+		return 0, bad(join(path, name), "want an integer")
+	}
+	if v.Num < float64(min) || v.Num > float64(max) {
+		return 0, bad(join(path, name), "out of range ["+itoa(min)+", "+itoa(max)+"]")
+	}
+	return int64(v.Num), nil
+}
+
+func getStrings(obj gjson.Result, path, name string, check func(string) bool) ([]string, error) {
+	v := obj.Get(name)
+	if !v.Exists() {
+		return nil, nil
+	}
+	if !v.IsArray() {
+		return nil, bad(join(path, name), "want an array of strings")
+	}
+	var out []string
+	var err error
+	v.ForEach(func(_, item gjson.Result) bool {
+		if item.Type != gjson.String || !check(item.Str) {
+			err = bad(join(path, name), "invalid entry")
+			return false
+		}
+		out = append(out, item.Str)
+		return true
+	})
+	return out, err
+}
+
+// token reports whether s is a valid HTTP token (header or query name).
+func token(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// scopeName reports whether s is a scope: 1 to 64 of [a-z0-9:._-], as the
+// control plane accepts them.
+func scopeName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == ':' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func parseFilterConfig(data []byte) (*filterConfig, error) {
+	c := &filterConfig{
+		sources:          []keySource{{kind: sourceBearer}, {kind: sourceHeader, name: "x-api-key"}},
+		prefix:           keycache.DefaultPrefix,
+		strip:            true,
+		idHeaderKeyID:    "x-keygate-key-id",
+		idHeaderOwner:    "x-keygate-owner",
+		ratelimitHeaders: true,
+		maxStalenessMS:   60000,
+		flushPeriodMS:    1000,
+		vmID:             "keygate",
+	}
+	if len(data) == 0 {
+		return c, nil
+	}
+	root := gjson.ParseBytes(data)
+	if err := fields(root, "", "role", "key_sources", "key_prefix", "strip_credential", "identity_headers",
+		"ratelimit_headers", "routes", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id"); err != nil {
+		return nil, err
+	}
+	var err error
+	if v := root.Get("key_sources"); v.Exists() {
+		if c.sources, err = parseSources(v); err != nil {
+			return nil, err
+		}
+	}
+	if c.prefix, err = getString(root, "", "key_prefix", c.prefix); err != nil {
+		return nil, err
+	}
+	if !keycache.ValidPrefix(c.prefix) {
+		return nil, bad("key_prefix", "want 1 to 16 characters of [a-z0-9]")
+	}
+	if c.strip, err = getBool(root, "", "strip_credential", c.strip); err != nil {
+		return nil, err
+	}
+	if v := root.Get("identity_headers"); v.Exists() {
+		if err := fields(v, "identity_headers", "key_id", "owner"); err != nil {
+			return nil, err
+		}
+		for _, f := range []struct {
+			name string
+			dst  *string
+		}{{"key_id", &c.idHeaderKeyID}, {"owner", &c.idHeaderOwner}} {
+			if *f.dst, err = getString(v, "identity_headers", f.name, *f.dst); err != nil {
+				return nil, err
+			}
+			if *f.dst != "" && !token(*f.dst) {
+				return nil, bad("identity_headers."+f.name, "want a lower-case header name or \"\"")
+			}
+		}
+	}
+	if c.ratelimitHeaders, err = getBool(root, "", "ratelimit_headers", c.ratelimitHeaders); err != nil {
+		return nil, err
+	}
+	if v := root.Get("routes"); v.Exists() {
+		if c.routes, err = parseRoutes(v); err != nil {
+			return nil, err
+		}
+	}
+	mode, err := getString(root, "", "failure_mode", "closed")
+	if err != nil {
+		return nil, err
+	}
+	switch mode {
+	case "closed":
+	case "open":
+		c.failOpen = true
+	default:
+		return nil, bad("failure_mode", `want "closed" or "open"`)
+	}
+	if c.maxStalenessMS, err = getInt(root, "", "max_staleness_ms", c.maxStalenessMS, 1000, 7*24*3600*1000); err != nil {
+		return nil, err
+	}
+	anon, err := getString(root, "", "anonymous", "deny")
+	if err != nil {
+		return nil, err
+	}
+	switch anon {
+	case "deny":
+	case "allow":
+		c.allowAnonymous = true
+	default:
+		return nil, bad("anonymous", `want "deny" or "allow"`)
+	}
+	flush, err := getInt(root, "", "flush_period_ms", int64(c.flushPeriodMS), 100, 60000)
+	if err != nil {
+		return nil, err
+	}
+	c.flushPeriodMS = uint32(flush)
+	if c.vmID, err = getString(root, "", "vm_id", c.vmID); err != nil {
+		return nil, err
+	}
+	if c.vmID == "" {
+		return nil, bad("vm_id", "must not be empty")
+	}
+	return c, nil
+}
+
+func parseSources(v gjson.Result) ([]keySource, error) {
+	if !v.IsArray() || len(v.Array()) == 0 {
+		return nil, bad("key_sources", "want a non-empty array")
+	}
+	var out []keySource
+	var err error
+	v.ForEach(func(i, s gjson.Result) bool {
+		path := "key_sources[" + itoa(i.Int()) + "]"
+		if err = fields(s, path, "type", "name"); err != nil {
+			return false
+		}
+		var src keySource
+		var typ string
+		if typ, err = getString(s, path, "type", ""); err != nil {
+			return false
+		}
+		if src.name, err = getString(s, path, "name", ""); err != nil {
+			return false
+		}
+		switch typ {
+		case "bearer":
+			src.kind = sourceBearer
+			if src.name != "" {
+				err = bad(path+".name", "not used with type bearer")
+			}
+		case "header", "query":
+			src.kind = sourceHeader
+			if typ == "query" {
+				src.kind = sourceQuery
+			}
+			if !token(src.name) {
+				err = bad(path+".name", "want a lower-case header or parameter name")
+			} else if typ == "header" && (src.name == "authorization" || src.name[0] == ':') {
+				err = bad(path+".name", "use type bearer for the authorization header")
+			}
+		default:
+			err = bad(path+".type", `want "bearer", "header" or "query"`)
+		}
+		out = append(out, src)
+		return err == nil
+	})
+	return out, err
+}
+
+func parseRoutes(v gjson.Result) ([]route, error) {
+	if !v.IsArray() {
+		return nil, bad("routes", "want an array")
+	}
+	var out []route
+	var err error
+	v.ForEach(func(i, r gjson.Result) bool {
+		path := "routes[" + itoa(i.Int()) + "]"
+		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "cost", "rate_limit", "anonymous"); err != nil {
+			return false
+		}
+		var rt route
+		if rt.pathPrefix, err = getString(r, path, "path_prefix", ""); err != nil {
+			return false
+		}
+		if rt.pathExact, err = getString(r, path, "path_exact", ""); err != nil {
+			return false
+		}
+		if (rt.pathPrefix == "") == (rt.pathExact == "") {
+			err = bad(path, "want exactly one of path_prefix and path_exact")
+			return false
+		}
+		if p := rt.pathPrefix + rt.pathExact; p[0] != '/' || strings.ContainsAny(p, "?# ") {
+			err = bad(path, "path must start with / and hold no query, fragment or space")
+			return false
+		}
+		if rt.methods, err = getStrings(r, path, "methods", func(s string) bool {
+			return s != "" && strings.ToUpper(s) == s && token(strings.ToLower(s))
+		}); err != nil {
+			return false
+		}
+		if rt.scopes, err = getStrings(r, path, "scopes", scopeName); err != nil {
+			return false
+		}
+		if rt.cost, err = getInt(r, path, "cost", 1, 1, 1000000); err != nil {
+			return false
+		}
+		var limit bool
+		if limit, err = getBool(r, path, "rate_limit", true); err != nil {
+			return false
+		}
+		rt.noLimit = !limit
+		if a := r.Get("anonymous"); a.Exists() {
+			var allow bool
+			if allow, err = getBool(r, path, "anonymous", false); err != nil {
+				return false
+			}
+			rt.anonymous = anonDeny
+			if allow {
+				rt.anonymous = anonAllow
+			}
+		}
+		out = append(out, rt)
+		return true
+	})
+	return out, err
+}
+
+func parseSyncConfig(data []byte) (*syncConfig, error) {
+	c := &syncConfig{
+		syncPath:      "/v1/sync",
+		usagePath:     "/v1/usage",
+		timeoutMS:     5000,
+		longPollS:     20,
+		flushPeriodMS: 2000,
+		retryMS:       1000,
+	}
+	root := gjson.ParseBytes(data)
+	if err := fields(root, "", "role", "control_plane", "flush_period_ms", "node_id", "retry_ms"); err != nil {
+		return nil, err
+	}
+	cp := root.Get("control_plane")
+	if !cp.Exists() {
+		return nil, bad("control_plane", "required")
+	}
+	if err := fields(cp, "control_plane", "cluster", "authority", "credential", "sync_path", "usage_path", "timeout_ms", "long_poll_s"); err != nil {
+		return nil, err
+	}
+	var err error
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"cluster", &c.cluster}, {"authority", &c.authority}, {"credential", &c.credential}, {"sync_path", &c.syncPath}, {"usage_path", &c.usagePath}} {
+		if *f.dst, err = getString(cp, "control_plane", f.name, *f.dst); err != nil {
+			return nil, err
+		}
+		if *f.dst == "" {
+			return nil, bad("control_plane."+f.name, "required")
+		}
+	}
+	if c.syncPath[0] != '/' || c.usagePath[0] != '/' || strings.ContainsAny(c.syncPath+c.usagePath, "?# ") {
+		return nil, bad("control_plane", "sync_path and usage_path must be absolute paths without a query")
+	}
+	if strings.ContainsAny(c.credential, " \r\n\t") {
+		return nil, bad("control_plane.credential", "must not contain white space")
+	}
+	t, err := getInt(cp, "control_plane", "timeout_ms", int64(c.timeoutMS), 100, 600000)
+	if err != nil {
+		return nil, err
+	}
+	c.timeoutMS = uint32(t)
+	if c.longPollS, err = getInt(cp, "control_plane", "long_poll_s", c.longPollS, 0, 60); err != nil {
+		return nil, err
+	}
+	f, err := getInt(root, "", "flush_period_ms", int64(c.flushPeriodMS), 100, 600000)
+	if err != nil {
+		return nil, err
+	}
+	c.flushPeriodMS = uint32(f)
+	if c.nodeID, err = getString(root, "", "node_id", ""); err != nil {
+		return nil, err
+	}
+	if len(c.nodeID) > 128 {
+		return nil, bad("node_id", "at most 128 characters")
+	}
+	if c.retryMS, err = getInt(root, "", "retry_ms", c.retryMS, 10, 60000); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// itoa formats n without strconv's tables (small binary under TinyGo).
+func itoa(n int64) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	if neg {
+		i--
+		b[i] = '-'
+	}
+	return string(b[i:])
+}

@@ -1,0 +1,90 @@
+package filter
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+)
+
+func TestConfigValidation(t *testing.T) {
+	cases := []struct {
+		config string
+		field  string // "" means the configuration is valid
+	}{
+		{``, ""},
+		{`{}`, ""},
+		{testConfig, ""},
+		{syncTestConfig, ""},
+		{`{"failure_mode":"open","anonymous":"allow","max_staleness_ms":5000,"key_prefix":"live","strip_credential":false,
+		   "identity_headers":{"key_id":"","owner":"x-owner"},"ratelimit_headers":false,"flush_period_ms":500}`, ""},
+		{`not json`, "(root)"},
+		{`[1]`, "(root)"},
+		{`{"role":"both"}`, "role"},
+		{`{"role":7}`, "role"},
+		{`{"key_prefix":"AK"}`, "key_prefix"},
+		{`{"key_prefix":"waytoolongprefix17"}`, "key_prefix"},
+		{`{"strip_credential":"yes"}`, "strip_credential"},
+		{`{"unknown":1}`, "unknown"},
+		{`{"key_sources":[]}`, "key_sources"},
+		{`{"key_sources":[{"type":"cookie","name":"k"}]}`, "key_sources[0].type"},
+		{`{"key_sources":[{"type":"header"}]}`, "key_sources[0].name"},
+		{`{"key_sources":[{"type":"header","name":"X-Api-Key"}]}`, "key_sources[0].name"},
+		{`{"key_sources":[{"type":"header","name":"authorization"}]}`, "key_sources[0].name"},
+		{`{"key_sources":[{"type":"bearer","name":"x"}]}`, "key_sources[0].name"},
+		{`{"key_sources":[{"type":"query","name":"k","extra":1}]}`, "key_sources[0].extra"},
+		{`{"identity_headers":{"key":"x"}}`, "identity_headers.key"},
+		{`{"identity_headers":{"key_id":"Bad Header"}}`, "identity_headers.key_id"},
+		{`{"routes":{}}`, "routes"},
+		{`{"routes":[{"scopes":["a"]}]}`, "routes[0]"},
+		{`{"routes":[{"path_prefix":"/a","path_exact":"/b"}]}`, "routes[0]"},
+		{`{"routes":[{"path_prefix":"a"}]}`, "routes[0]"},
+		{`{"routes":[{"path_prefix":"/a?x=1"}]}`, "routes[0]"},
+		{`{"routes":[{"path_prefix":"/a","methods":["get"]}]}`, "routes[0].methods"},
+		{`{"routes":[{"path_prefix":"/a","cost":0}]}`, "routes[0].cost"},
+		{`{"routes":[{"path_prefix":"/a","cost":1.5}]}`, "routes[0].cost"},
+		{`{"routes":[{"path_prefix":"/a","scopes":[""]}]}`, "routes[0].scopes"},
+		{`{"routes":[{"path_prefix":"/a","scopes":["a b:c"]}]}`, "routes[0].scopes"},
+		{`{"routes":[{"path_prefix":"/a","scopes":["billing:write"]}]}`, ""},
+		{`{"failure_mode":"maybe"}`, "failure_mode"},
+		{`{"max_staleness_ms":10}`, "max_staleness_ms"},
+		{`{"max_staleness_ms":1e300}`, "max_staleness_ms"},
+		{`{"anonymous":true}`, "anonymous"},
+		{`{"flush_period_ms":-1}`, "flush_period_ms"},
+		{`{"vm_id":""}`, "vm_id"},
+		{`{"role":"sync"}`, "control_plane"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","bogus":1}}`, "control_plane.bogus"},
+		{`{"role":"sync","control_plane":{"authority":"a","credential":"s"}}`, "control_plane.cluster"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a"}}`, "control_plane.credential"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s p"}}`, "control_plane.credential"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","sync_path":"v1"}}`, "control_plane"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":61}}`, "control_plane.long_poll_s"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s"},"routes":[]}`, "routes"},
+	}
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, c := range cases {
+			opt := proxytest.NewEmulatorOption().WithVMContext(vm()).WithPluginConfiguration([]byte(c.config))
+			host, reset := proxytest.NewHostEmulator(opt)
+			status := host.StartPlugin()
+			logs := strings.Join(host.GetCriticalLogs(), "\n")
+			reset()
+			if c.field == "" {
+				if status != types.OnPluginStartStatusOK {
+					t.Errorf("valid config %s refused: %s", c.config, logs)
+				}
+				continue
+			}
+			if status == types.OnPluginStartStatusOK {
+				t.Errorf("config %s accepted, want an error on %s", c.config, c.field)
+				continue
+			}
+			if !strings.Contains(logs, "config: "+c.field+":") {
+				t.Errorf("config %s: log %q does not name %s", c.config, logs, c.field)
+			}
+			if strings.Contains(logs, `"s p"`) || strings.Contains(logs, "s p") {
+				t.Errorf("credential echoed in log: %s", logs)
+			}
+		}
+	})
+}

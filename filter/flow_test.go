@@ -1,0 +1,224 @@
+package filter
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+func TestRateLimitHeaders(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+		// limit 2 per 60 s, burst 0: the first requests pass with the
+		// RateLimit fields on the response, then a 429.
+		allowed := 0
+		for i := 0; i < 5; i++ {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", keys.limited), true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				checkProblem(t, resp, 429, codeRateLimited, nil)
+				ra, ok := header(resp.Headers, "retry-after")
+				if n, err := strconv.Atoi(ra); !ok || err != nil || n < 1 || n > 60 {
+					t.Errorf("retry-after %q", ra)
+				}
+				if rl, _ := header(resp.Headers, "ratelimit"); !strings.HasPrefix(rl, `"key";r=0;t=`) {
+					t.Errorf("ratelimit on 429 = %q", rl)
+				}
+				if allowed == 0 {
+					t.Fatal("first request refused")
+				}
+				// Envoy runs the response callbacks on a local reply too: the
+				// fields must not be added twice.
+				host.CallOnResponseHeaders(id, resp.Headers, false)
+				n := 0
+				for _, h := range host.GetCurrentResponseHeaders(id) {
+					if h[0] == "ratelimit" || h[0] == "ratelimit-policy" {
+						n++
+					}
+				}
+				if n != 2 {
+					t.Errorf("%d RateLimit fields on the 429 after the response callback, want 2", n)
+				}
+				return
+			}
+			allowed++
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+			resp := host.GetCurrentResponseHeaders(id)
+			if p, _ := header(resp, "ratelimit-policy"); p != `"key";q=2;w=60` {
+				t.Errorf("ratelimit-policy = %q", p)
+			}
+			if rl, _ := header(resp, "ratelimit"); !strings.HasPrefix(rl, `"key";r=`) {
+				t.Errorf("ratelimit = %q", rl)
+			}
+		}
+		t.Fatalf("no 429 after %d requests at limit 2/min", allowed)
+	})
+}
+
+func TestRouteWithoutLimit(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+		for i := 0; i < 10; i++ {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get("/free/x", "x-api-key", keys.limited), true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				t.Fatalf("request %d on a route without limit refused: %s", i, resp.Data)
+			}
+		}
+	})
+}
+
+func TestStaleCache(t *testing.T) {
+	stale := syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 - 120e3}
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, c := range []struct {
+			name   string
+			config string
+			seed   bool // false: no sync state at all
+			key    func(testKeys) string
+			status uint32
+			code   string
+		}{
+			{"closed, stale", `{"failure_mode":"closed"}`, true, func(k testKeys) string { return k.active }, 503, codeCacheDown},
+			{"closed, never synced", `{"failure_mode":"closed"}`, false, func(k testKeys) string { return k.active }, 503, codeCacheDown},
+			{"closed, malformed still 401", `{"failure_mode":"closed"}`, true, func(testKeys) string { return "ak_bad" }, 401, codeMalformedKey},
+			{"open, unknown passes", `{"failure_mode":"open"}`, true, func(k testKeys) string { return k.unknown }, 0, ""},
+			{"open, known key checked", `{"failure_mode":"open"}`, true, func(k testKeys) string { return k.active }, 0, ""},
+			{"open, revoked still refused", `{"failure_mode":"open"}`, true, func(k testKeys) string { return k.revoked }, 401, codeKeyRevoked},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				var keys testKeys
+				host := emulator(t, vm(), c.config, func() {
+					keys = seedKeys(t)
+					if c.seed {
+						seedState(t, stale)
+					} else {
+						_ = setShared(stateKey, nil) // wipe: decodes as no state
+					}
+				})
+				id := host.InitializeHttpContext()
+				req := get("/v1/x", "x-api-key", c.key(keys))
+				host.CallOnRequestHeaders(id, req, true)
+				resp := host.GetSentLocalResponse(id)
+				if c.status == 0 {
+					if resp != nil {
+						t.Fatalf("refused %d: %s", resp.StatusCode, resp.Data)
+					}
+					if _, ok := header(host.GetCurrentRequestHeaders(id), "x-api-key"); ok {
+						t.Error("key forwarded upstream in fail-open mode")
+					}
+					return
+				}
+				checkProblem(t, resp, c.status, c.code, req)
+			})
+		}
+	})
+}
+
+// TestUsageHandOff counts requests in a worker and checks, after a tick,
+// that the queue carries every one of them exactly once.
+func TestUsageHandOff(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		var queue uint32
+		host := emulator(t, vm(), testConfig, func() {
+			keys = seedKeys(t)
+			var err error
+			if queue, err = proxywasm.RegisterSharedQueue(usageQueue); err != nil {
+				t.Fatal(err)
+			}
+		})
+		send := func(n int, hdrs func() [][2]string) {
+			for i := 0; i < n; i++ {
+				id := host.InitializeHttpContext()
+				host.CallOnRequestHeaders(id, hdrs(), true)
+				host.CompleteHttpContext(id)
+			}
+		}
+		send(7, func() [][2]string { return get("/v1/x", "x-api-key", keys.active) })
+		send(3, func() [][2]string {
+			return withAuthority(get("/v1/x", "x-api-key", keys.active), "Other.example.com:443")
+		})
+		send(2, func() [][2]string { return get("/v1/x", "x-api-key", keys.revoked) })
+		send(4, func() [][2]string { return get("/v1/x") })
+		host.Tick()
+		got := map[string]int64{}
+		for {
+			msg, err := proxywasm.DequeueSharedQueue(queue)
+			if err != nil {
+				break
+			}
+			for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
+				f := strings.Split(line, "\t")
+				if len(f) != 5 {
+					t.Fatalf("bad line %q", line)
+				}
+				n, _ := strconv.ParseInt(f[4], 10, 64)
+				got[f[1]+" "+f[2]+" "+f[3]] += n
+			}
+		}
+		want := map[string]int64{
+			"allowed key_active api.example.com":            7,
+			"host_not_allowed key_active other.example.com": 3,
+			"key_revoked key_revoked api.example.com":       2,
+			"missing_key  api.example.com":                  4,
+		}
+		if len(got) != len(want) {
+			t.Fatalf("counts %v, want %v", got, want)
+		}
+		for k, n := range want {
+			if got[k] != n {
+				t.Errorf("%s: %d, want %d (all: %v)", k, got[k], n, got)
+			}
+		}
+		// A second tick with nothing new sends nothing.
+		host.Tick()
+		if _, err := proxywasm.DequeueSharedQueue(queue); err == nil {
+			t.Error("empty hand-off enqueued a message")
+		}
+	})
+}
+
+func TestUsageKeptWhenQueueMissing(t *testing.T) {
+	// Natively only: the SDK's proxytest cannot make a queue disappear, so
+	// this drives the counter directly against a host without the queue.
+	host := emulator(t, NewVM(fakeClock()), testConfig, nil)
+	_ = host
+	u := newUsageCounter("keygate")
+	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "a.example.com")
+	u.resolved, u.queueID = true, 99 // a queue id the host does not know
+	u.handOff()
+	if len(u.keys) != 1 || u.counts[0] != 1 {
+		t.Fatalf("counts lost after a failed hand-off: %v %v", u.keys, u.counts)
+	}
+	if u.resolved {
+		t.Error("a failed enqueue should make the counter resolve the queue again")
+	}
+}
+
+func TestUsageLineFormat(t *testing.T) {
+	u := newUsageCounter("vm")
+	u.add(fakeEpochNanos+59e9, codeHostNotAllowed, []byte("key\t1\n"), "BAD host!")
+	u.add(fakeEpochNanos+59e9, codeHostNotAllowed, []byte("key\t1\n"), "BAD host!")
+	if len(u.keys) != 1 {
+		t.Fatalf("keys %q", u.keys)
+	}
+	want := strconv.FormatInt(fakeEpochS, 10) + "\thost_not_allowed\tkey1\t"
+	if u.keys[0] != want || u.counts[0] != 2 {
+		t.Fatalf("line %q x%d, want %q x2", u.keys[0], u.counts[0], want)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "API.example.com:443")
+	})
+	if allocs != 0 {
+		t.Errorf("counting a seen combination allocates %v times", allocs)
+	}
+	_ = keycache.StatusActive
+}

@@ -1,0 +1,492 @@
+package filter
+
+import (
+	"crypto/sha256"
+	"errors"
+	"hash"
+	"unsafe"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/keygate/keygate/bucket"
+	"github.com/keygate/keygate/keycache"
+)
+
+// filterRoot is one worker VM's filter: configuration, usage counters and
+// buffers reused by every request (a worker VM runs one call at a time).
+type filterRoot struct {
+	cfg      *filterConfig
+	clock    Clock
+	usage    *usageCounter
+	limiter  bucket.Limiter
+	recKey   [1 + sha256.Size]byte
+	limKey   [1 + sha256.Size]byte
+	keyBuf   []byte
+	shareKey []byte
+	hasher   hash.Hash // reused: sha256.Sum256 allocates under TinyGo
+	sum      [sha256.Size]byte
+
+	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
+	state       syncState
+	stateOK     bool
+	stateReadAt int64
+}
+
+// stateTTL is how long a worker reuses the sync state it read. The state
+// changes when a snapshot completes (epoch) and on every good sync (time),
+// so a worker sees both at most this late; revocations live in the records
+// and are not delayed by it.
+const stateTTL = 50e6 // 50 ms in nanoseconds
+
+func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
+	r := &filterRoot{
+		cfg:     cfg,
+		clock:   clock,
+		usage:   newUsageCounter(cfg.vmID),
+		limiter: bucket.Limiter{Store: hostStore{}},
+		hasher:  sha256.New(),
+	}
+	r.recKey[0] = recordTag
+	r.limKey[0] = limiterTag
+	return r
+}
+
+// stream is one HTTP request.
+type stream struct {
+	types.DefaultHttpContext
+	root *filterRoot
+
+	// Rate-limit fields for the response, when the key has a rate.
+	hasRate bool
+	rate    bucket.Result
+	q, w    int64 // RateLimit-Policy of the key's (fleet-wide) policy
+}
+
+// bstr views b as a string without copying; only for values the host copies
+// during the call.
+func bstr(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// found is what the header scan found.
+type found struct {
+	authority, path, method string
+	key                     string
+	present                 bool   // some source carried a (maybe empty) key
+	ambiguous               bool   // two sources carried different keys
+	sources                 uint32 // bit i: source i carried the key
+	spoofed                 bool   // the client sent one of our identity headers
+}
+
+func (f *found) note(candidate string, i int) {
+	switch {
+	case !f.present:
+		f.key, f.present = candidate, true
+	case candidate != f.key:
+		f.ambiguous = true
+	}
+	f.sources |= 1 << uint(i)
+}
+
+// bearerToken returns the token of an "Authorization: Bearer <token>" value;
+// ok is false for other schemes.
+func bearerToken(v string) (string, bool) {
+	if len(v) < 6 {
+		return "", false
+	}
+	for i, c := range []byte("bearer") {
+		if v[i]|0x20 != c {
+			return "", false
+		}
+	}
+	if len(v) == 6 {
+		return "", true
+	}
+	if v[6] != ' ' {
+		return "", false
+	}
+	t := v[7:]
+	for len(t) > 0 && t[0] == ' ' {
+		t = t[1:]
+	}
+	for len(t) > 0 && t[len(t)-1] == ' ' {
+		t = t[:len(t)-1]
+	}
+	return t, true
+}
+
+func (s *stream) scan(hdrs [][2]string) found {
+	c := s.root.cfg
+	var f found
+	for _, h := range hdrs {
+		name, val := h[0], h[1]
+		switch name {
+		case ":authority":
+			f.authority = val
+		case ":path":
+			f.path = val
+		case ":method":
+			f.method = val
+		}
+		if (c.idHeaderKeyID != "" && name == c.idHeaderKeyID) || (c.idHeaderOwner != "" && name == c.idHeaderOwner) {
+			f.spoofed = true
+		}
+		for i, src := range c.sources {
+			switch {
+			case src.kind == sourceBearer && name == "authorization":
+				if tok, ok := bearerToken(val); ok {
+					f.note(tok, i)
+				}
+			case src.kind == sourceHeader && name == src.name:
+				f.note(val, i)
+			}
+		}
+	}
+	for i, src := range c.sources {
+		if src.kind == sourceQuery {
+			noteQueryParam(&f, f.path, src.name, i)
+		}
+	}
+	return f
+}
+
+// noteQueryParam notes every value of parameter name in path's query as a
+// key from source i (no closure: this runs on every request).
+// Values are not percent-decoded: a key never needs it, and an encoded key is
+// refused as malformed.
+func noteQueryParam(f *found, path, name string, i int) {
+	q := indexByte(path, '?')
+	if q < 0 {
+		return
+	}
+	rest := path[q+1:]
+	if h := indexByte(rest, '#'); h >= 0 {
+		rest = rest[:h]
+	}
+	for len(rest) > 0 {
+		part := rest
+		if amp := indexByte(rest, '&'); amp >= 0 {
+			part, rest = rest[:amp], rest[amp+1:]
+		} else {
+			rest = ""
+		}
+		if len(part) > len(name) && part[:len(name)] == name && part[len(name)] == '=' {
+			f.note(part[len(name)+1:], i)
+		} else if part == name {
+			f.note("", i)
+		}
+	}
+}
+
+// stripQueryParam returns path without any name=... parameter.
+func stripQueryParam(path, name string) string {
+	q := indexByte(path, '?')
+	if q < 0 {
+		return path
+	}
+	out := make([]byte, 0, len(path))
+	out = append(out, path[:q]...)
+	rest, frag := path[q+1:], ""
+	if h := indexByte(rest, '#'); h >= 0 {
+		rest, frag = rest[:h], rest[h:]
+	}
+	sep := byte('?')
+	for len(rest) > 0 {
+		part := rest
+		if amp := indexByte(rest, '&'); amp >= 0 {
+			part, rest = rest[:amp], rest[amp+1:]
+		} else {
+			rest = ""
+		}
+		if part == name || (len(part) > len(name) && part[:len(name)] == name && part[len(name)] == '=') {
+			continue
+		}
+		out = append(out, sep)
+		out = append(out, part...)
+		sep = '&'
+	}
+	return string(append(out, frag...))
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// matchRoute returns the first route matching the request, or nil.
+func (c *filterConfig) matchRoute(path, method string) *route {
+	if q := indexByte(path, '?'); q >= 0 {
+		path = path[:q]
+	}
+	for i := range c.routes {
+		rt := &c.routes[i]
+		if rt.pathExact != "" && path != rt.pathExact {
+			continue
+		}
+		if rt.pathPrefix != "" && (len(path) < len(rt.pathPrefix) || path[:len(rt.pathPrefix)] != rt.pathPrefix) {
+			continue
+		}
+		if len(rt.methods) > 0 {
+			ok := false
+			for _, m := range rt.methods {
+				if m == method {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				continue
+			}
+		}
+		return rt
+	}
+	return nil
+}
+
+var defaultRoute = route{cost: 1}
+
+func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
+	r := s.root
+	c := r.cfg
+	now := r.clock()
+	hdrs, err := proxywasm.GetHttpRequestHeaders()
+	if err != nil {
+		proxywasm.LogErrorf("keygate: reading request headers: %v", err)
+		sendProblem(problemFor(codeCacheDown))
+		return types.ActionPause
+	}
+	f := s.scan(hdrs)
+	rt := c.matchRoute(f.path, f.method)
+	if rt == nil {
+		rt = &defaultRoute
+	}
+	if f.spoofed {
+		s.removeIdentityHeaders()
+	}
+
+	if f.ambiguous {
+		return s.refuse(codeAmbiguousKey, nil, now, f.authority)
+	}
+	if !f.present {
+		if rt.anonymous == anonAllow || (rt.anonymous == anonDefault && c.allowAnonymous) {
+			r.usage.add(now, outcomeAllowed, nil, f.authority)
+			return types.ActionContinue
+		}
+		return s.refuse(codeMissingKey, nil, now, f.authority)
+	}
+	if keycache.CheckKey(f.key, c.prefix) != nil {
+		return s.refuse(codeMalformedKey, nil, now, f.authority)
+	}
+
+	state, stateOK := r.loadState(now)
+	stale := !stateOK || now/1e6-state.lastSyncMS > c.maxStalenessMS
+	if stale && !c.failOpen {
+		return s.refuse(codeCacheDown, nil, now, f.authority)
+	}
+
+	r.keyBuf = append(r.keyBuf[:0], f.key...)
+	r.hasher.Reset()
+	_, _ = r.hasher.Write(r.keyBuf)
+	sum := r.hasher.Sum(r.sum[:0])
+	copy(r.recKey[1:], sum[:])
+	raw, _, err := proxywasm.GetSharedData(bstr(r.recKey[:]))
+	var rec keycache.View
+	known := false
+	if err == nil {
+		if rec, err = keycache.Parse(raw); err == nil {
+			known = rec.Epoch() >= state.epoch && rec.Status() != keycache.StatusDeleted
+		} else {
+			proxywasm.LogErrorf("keygate: corrupt record in shared data: %v", err)
+		}
+	} else if !errors.Is(err, types.ErrorStatusNotFound) {
+		proxywasm.LogErrorf("keygate: reading shared data: %v", err)
+	}
+	if !known {
+		if stale { // failure mode open: let it through unverified
+			r.usage.add(now, outcomeAllowed, nil, f.authority)
+			s.stripCredential(&f)
+			return types.ActionContinue
+		}
+		return s.refuse(codeUnknownKey, nil, now, f.authority)
+	}
+	id := rec.ID()
+	switch rec.Status() {
+	case keycache.StatusRevoked:
+		return s.refuse(codeKeyRevoked, id, now, f.authority)
+	case keycache.StatusDisabled:
+		return s.refuse(codeKeyDisabled, id, now, f.authority)
+	}
+	if exp := rec.ExpiresAt(); exp != 0 && now/1e9 >= exp {
+		return s.refuse(codeKeyExpired, id, now, f.authority)
+	}
+	if !rec.AllowsHost(f.authority) {
+		return s.refuse(codeHostNotAllowed, id, now, f.authority)
+	}
+	for _, scope := range rt.scopes {
+		if !rec.HasScope(scope) {
+			return s.refuse(codeInsufficient, id, now, f.authority)
+		}
+	}
+	if _, _, until, ok := rec.Quota(); ok && until > now/1e9 {
+		r.usage.add(now, codeQuotaExceeded, id, f.authority)
+		_ = proxywasm.SetProperty(keyIDProperty, id)
+		sendRetry(problemFor(codeQuotaExceeded), until-now/1e9, nil, " The quota resets at "+itoa(until)+" (unix seconds).")
+		return types.ActionPause
+	}
+	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
+		copy(r.limKey[1:], sum[:])
+		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
+		local := policy
+		if share := r.share(id, state.defaultShare); share < 1 {
+			local = policy.Scaled(share) // this node's part of the fleet-wide rate
+		}
+		res, err := r.limiter.Take(bstr(r.limKey[:]), local, rt.cost, now)
+		switch {
+		case err == nil:
+		case errors.Is(err, bucket.ErrContention):
+			// Admit: refusing a client for our own CAS contention is worse
+			// than one request over the limit (RATIONALE.md).
+			proxywasm.LogWarn("keygate: rate limiter state contended; admitting the request")
+			res = bucket.Result{Allowed: true, Limit: limit}
+		default:
+			proxywasm.LogErrorf("keygate: rate limiter: %v", err)
+			res = bucket.Result{Allowed: true, Limit: limit}
+		}
+		s.hasRate, s.rate = c.ratelimitHeaders, res
+		s.q, s.w = policy.QuotaWindow()
+		if !res.Allowed {
+			r.usage.add(now, codeRateLimited, id, f.authority)
+			_ = proxywasm.SetProperty(keyIDProperty, id)
+			// The refusal carries the fields itself; Envoy runs this filter's
+			// response callbacks on its own local reply too, which must not
+			// add them a second time.
+			defer func() { s.hasRate = false }()
+			p := problemFor(codeRateLimited)
+			if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
+				h := append(append([][2]string(nil), p.headers...), s.rateHeaders()...)
+				_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
+				return types.ActionPause
+			}
+			sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), s.rateHeaders(), "")
+			return types.ActionPause
+		}
+	}
+
+	r.usage.add(now, outcomeAllowed, id, f.authority)
+	s.stripCredential(&f)
+	if c.idHeaderKeyID != "" {
+		_ = proxywasm.AddHttpRequestHeader(c.idHeaderKeyID, bstr(id))
+	}
+	if owner := rec.Owner(); c.idHeaderOwner != "" && len(owner) > 0 {
+		_ = proxywasm.AddHttpRequestHeader(c.idHeaderOwner, bstr(owner))
+	}
+	_ = proxywasm.SetProperty(keyIDProperty, id)
+	return types.ActionContinue
+}
+
+// share returns this node's share of the key's rate: the control plane's
+// per-key share when it sent one, else its default share, else 1.
+func (r *filterRoot) share(id []byte, def float64) float64 {
+	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
+	if b, _, err := proxywasm.GetSharedData(bstr(r.shareKey)); err == nil {
+		if v, ok := decodeShare(b); ok {
+			return v
+		}
+	}
+	if def > 0 && def <= 1 {
+		return def
+	}
+	return 1
+}
+
+// refuse counts the refusal and ends the stream with its problem response.
+func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
+	s.root.usage.add(now, code, keyID, authority)
+	if keyID != nil {
+		_ = proxywasm.SetProperty(keyIDProperty, keyID)
+	}
+	sendProblem(problemFor(code))
+	return types.ActionPause
+}
+
+// keyIDProperty is where the key id goes for the access log: Envoy keeps it
+// in filter state as "wasm.keygate_key_id".
+var keyIDProperty = []string{"keygate_key_id"}
+
+func (s *stream) OnHttpResponseHeaders(int, bool) types.Action {
+	if s.hasRate {
+		for _, h := range s.rateHeaders() {
+			_ = proxywasm.AddHttpResponseHeader(h[0], h[1])
+		}
+	}
+	return types.ActionContinue
+}
+
+// rateHeaders renders the IETF RateLimit-Policy and RateLimit fields
+// (draft-ietf-httpapi-ratelimit-headers).
+func (s *stream) rateHeaders() [][2]string {
+	if !s.hasRate {
+		return nil
+	}
+	return [][2]string{
+		{"ratelimit-policy", `"key";q=` + itoa(s.q) + ";w=" + itoa(s.w)},
+		{"ratelimit", `"key";r=` + itoa(s.rate.Remaining) + ";t=" + itoa(bucket.CeilSeconds(s.rate.WindowNanos()))},
+	}
+}
+
+func (s *stream) removeIdentityHeaders() {
+	c := s.root.cfg
+	for _, h := range []string{c.idHeaderKeyID, c.idHeaderOwner} {
+		if h != "" {
+			_ = proxywasm.RemoveHttpRequestHeader(h)
+		}
+	}
+}
+
+// stripCredential removes the key from every place it came from, so the
+// upstream never sees it.
+func (s *stream) stripCredential(f *found) {
+	c := s.root.cfg
+	if !c.strip {
+		return
+	}
+	path := f.path
+	for i, src := range c.sources {
+		if f.sources&(1<<uint(i)) == 0 {
+			continue
+		}
+		switch src.kind {
+		case sourceBearer:
+			_ = proxywasm.RemoveHttpRequestHeader("authorization")
+		case sourceHeader:
+			_ = proxywasm.RemoveHttpRequestHeader(src.name)
+		case sourceQuery:
+			path = stripQueryParam(path, src.name)
+		}
+	}
+	if path != f.path {
+		_ = proxywasm.ReplaceHttpRequestHeader(":path", path)
+	}
+}
+
+// loadState returns the sync state, read from shared data at most every
+// stateTTL.
+func (r *filterRoot) loadState(now int64) (syncState, bool) {
+	if r.stateOK && now-r.stateReadAt >= 0 && now-r.stateReadAt < stateTTL {
+		return r.state, true
+	}
+	r.stateOK = false
+	if b, _, err := proxywasm.GetSharedData(stateKey); err == nil {
+		r.state, r.stateOK = decodeState(b)
+	}
+	r.stateReadAt = now
+	return r.state, r.stateOK
+}

@@ -1,0 +1,254 @@
+package filter
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+	"github.com/tidwall/gjson"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+const testConfig = `{
+  "key_sources": [{"type":"bearer"},{"type":"header","name":"x-api-key"},{"type":"query","name":"api_key"}],
+  "routes": [
+    {"path_prefix":"/admin","scopes":["admin"]},
+    {"path_exact":"/public","anonymous":true},
+    {"path_prefix":"/free","rate_limit":false},
+    {"path_prefix":"/heavy","cost":1000}
+  ]
+}`
+
+// keys used by the request table, one per kind of record.
+type testKeys struct {
+	active, wildcard, admin, revoked, disabled, expired, oldEpoch, deleted,
+	quota, limited, unknown string
+}
+
+func seedKeys(t *testing.T) testKeys {
+	k := testKeys{
+		active: newKey(t), wildcard: newKey(t), admin: newKey(t), revoked: newKey(t),
+		disabled: newKey(t), expired: newKey(t), oldEpoch: newKey(t), deleted: newKey(t),
+		quota: newKey(t), limited: newKey(t), unknown: newKey(t),
+	}
+	base := func(id string) keycache.Record {
+		return keycache.Record{ID: id, Owner: "acme", Status: keycache.StatusActive, Epoch: 2,
+			Hosts: []string{"api.example.com"}, Scopes: []string{"read"}}
+	}
+	seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+	seedRecord(t, k.active, base("key_active"))
+	r := base("key_wild")
+	r.Hosts = []string{"*.example.org", "[2001:db8::1]"}
+	seedRecord(t, k.wildcard, r)
+	r = base("key_admin")
+	r.Scopes = []string{"read", "admin"}
+	seedRecord(t, k.admin, r)
+	r = base("key_revoked")
+	r.Status = keycache.StatusRevoked
+	seedRecord(t, k.revoked, r)
+	r = base("key_disabled")
+	r.Status = keycache.StatusDisabled
+	seedRecord(t, k.disabled, r)
+	r = base("key_expired")
+	r.ExpiresAt = fakeEpochS - 10
+	seedRecord(t, k.expired, r)
+	r = base("key_old")
+	r.Epoch = 1
+	seedRecord(t, k.oldEpoch, r)
+	r = base("key_deleted")
+	r.Status = keycache.StatusDeleted
+	seedRecord(t, k.deleted, r)
+	r = base("key_quota")
+	r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 100, keycache.QuotaDay, fakeEpochS+86400
+	seedRecord(t, k.quota, r)
+	r = base("key_limited")
+	r.ExpiresAt = fakeEpochS + 86400
+	r.HasRate, r.RateLimit, r.RatePeriodMS, r.RateBurst = true, 2, 60000, 0
+	seedRecord(t, k.limited, r)
+	return k
+}
+
+type reqCase struct {
+	name    string
+	headers func(k testKeys) [][2]string
+	status  uint32 // 0: forwarded upstream
+	code    string
+	check   func(t *testing.T, up [][2]string)
+}
+
+func get(path string, extra ...string) [][2]string {
+	h := [][2]string{{":authority", "api.example.com"}, {":path", path}, {":method", "GET"}, {":scheme", "https"}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		h = append(h, [2]string{extra[i], extra[i+1]})
+	}
+	return h
+}
+
+func withAuthority(h [][2]string, a string) [][2]string {
+	h[0][1] = a
+	return h
+}
+
+func identityIs(id string) func(*testing.T, [][2]string) {
+	return func(t *testing.T, up [][2]string) {
+		if v, _ := header(up, "x-keygate-key-id"); v != id {
+			t.Errorf("x-keygate-key-id = %q, want %q", v, id)
+		}
+		if v, _ := header(up, "x-keygate-owner"); v != "acme" {
+			t.Errorf("x-keygate-owner = %q, want acme", v)
+		}
+		for _, h := range up {
+			if h[0] == "authorization" || h[0] == "x-api-key" || strings.Contains(h[1], "api_key=") {
+				t.Errorf("credential forwarded upstream: %s", h[0])
+			}
+		}
+	}
+}
+
+var requestCases = []reqCase{
+	{name: "bearer key", headers: func(k testKeys) [][2]string { return get("/v1/x", "authorization", "Bearer "+k.active) },
+		check: identityIs("key_active")},
+	{name: "bearer scheme is case-insensitive", headers: func(k testKeys) [][2]string { return get("/v1/x", "authorization", "bEaReR  "+k.active) },
+		check: identityIs("key_active")},
+	{name: "x-api-key header", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.active) },
+		check: identityIs("key_active")},
+	{name: "query parameter stripped", headers: func(k testKeys) [][2]string { return get("/v1/x?a=1&api_key=" + k.active + "&b=2") },
+		check: func(t *testing.T, up [][2]string) {
+			identityIs("key_active")(t, up)
+			if p, _ := header(up, ":path"); p != "/v1/x?a=1&b=2" {
+				t.Errorf(":path upstream = %q", p)
+			}
+		}},
+	{name: "same key twice is fine", headers: func(k testKeys) [][2]string {
+		return get("/v1/x", "authorization", "Bearer "+k.active, "x-api-key", k.active)
+	}, check: identityIs("key_active")},
+	{name: "missing key", headers: func(testKeys) [][2]string { return get("/v1/x") }, status: 401, code: codeMissingKey},
+	{name: "basic auth is not a key", headers: func(testKeys) [][2]string { return get("/v1/x", "authorization", "Basic dXNlcjpwYXNz") },
+		status: 401, code: codeMissingKey},
+	{name: "empty bearer", headers: func(testKeys) [][2]string { return get("/v1/x", "authorization", "Bearer") }, status: 401, code: codeMalformedKey},
+	{name: "bad checksum", headers: func(k testKeys) [][2]string {
+		b := []byte(k.active)
+		b[5] ^= 1
+		return get("/v1/x", "x-api-key", string(b))
+	}, status: 401, code: codeMalformedKey},
+	{name: "wrong prefix", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", "sk"+k.active[2:]) }, status: 401, code: codeMalformedKey},
+	{name: "non-utf8 key", headers: func(testKeys) [][2]string { return get("/v1/x", "x-api-key", "ak_\xff\xfe") }, status: 401, code: codeMalformedKey},
+	{name: "huge key", headers: func(testKeys) [][2]string { return get("/v1/x", "x-api-key", "ak_"+strings.Repeat("a", 100000)) }, status: 401, code: codeMalformedKey},
+	{name: "unknown key", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.unknown) }, status: 401, code: codeUnknownKey},
+	{name: "two different keys", headers: func(k testKeys) [][2]string {
+		return get("/v1/x", "authorization", "Bearer "+k.active, "x-api-key", k.admin)
+	}, status: 401, code: codeAmbiguousKey},
+	{name: "repeated header with different keys", headers: func(k testKeys) [][2]string {
+		return get("/v1/x", "x-api-key", k.active, "x-api-key", k.admin)
+	}, status: 401, code: codeAmbiguousKey},
+	{name: "key in query and header differ", headers: func(k testKeys) [][2]string {
+		return get("/v1/x?api_key="+k.admin, "x-api-key", k.active)
+	}, status: 401, code: codeAmbiguousKey},
+	{name: "revoked", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.revoked) }, status: 401, code: codeKeyRevoked},
+	{name: "disabled", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.disabled) }, status: 401, code: codeKeyDisabled},
+	{name: "expired", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.expired) }, status: 401, code: codeKeyExpired},
+	{name: "record of an older snapshot", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.oldEpoch) }, status: 401, code: codeUnknownKey},
+	{name: "deleted", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.deleted) }, status: 401, code: codeUnknownKey},
+	{name: "host not allowed", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.active), "other.example.com")
+	}, status: 403, code: codeHostNotAllowed},
+	{name: "host case and port ignored", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.active), "API.Example.COM.:8443")
+	}, check: identityIs("key_active")},
+	{name: "wildcard host", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.wildcard), "eu.example.org")
+	}, check: identityIs("key_wild")},
+	{name: "wildcard does not match apex", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.wildcard), "example.org")
+	}, status: 403, code: codeHostNotAllowed},
+	{name: "ipv6 literal", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.wildcard), "[2001:db8::1]:8080")
+	}, check: identityIs("key_wild")},
+	{name: "garbage authority", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x", "x-api-key", k.active), "api.example.com:80:80")
+	}, status: 403, code: codeHostNotAllowed},
+	{name: "missing scope", headers: func(k testKeys) [][2]string { return get("/admin/users", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "scope present", headers: func(k testKeys) [][2]string { return get("/admin/users", "x-api-key", k.admin) }, check: identityIs("key_admin")},
+	{name: "quota exhausted", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.quota) }, status: 429, code: codeQuotaExceeded},
+	{name: "anonymous route", headers: func(testKeys) [][2]string { return get("/public", "x-keygate-key-id", "spoofed") },
+		check: func(t *testing.T, up [][2]string) {
+			if _, ok := header(up, "x-keygate-key-id"); ok {
+				t.Error("client-supplied identity header reached the upstream")
+			}
+		}},
+	{name: "spoofed identity replaced", headers: func(k testKeys) [][2]string {
+		return get("/v1/x", "x-api-key", k.active, "x-keygate-key-id", "key_admin", "x-keygate-owner", "root")
+	}, check: func(t *testing.T, up [][2]string) {
+		n := 0
+		for _, h := range up {
+			if h[0] == "x-keygate-key-id" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d x-keygate-key-id headers upstream", n)
+		}
+		identityIs("key_active")(t, up)
+	}},
+	{name: "cost over capacity", headers: func(k testKeys) [][2]string { return get("/heavy", "x-api-key", k.limited) }, status: 429, code: codeRateLimited},
+}
+
+func TestRequests(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, c := range requestCases {
+			t.Run(c.name, func(t *testing.T) {
+				var keys testKeys
+				host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+				id := host.InitializeHttpContext()
+				reqHeaders := c.headers(keys)
+				action := host.CallOnRequestHeaders(id, reqHeaders, true)
+				resp := host.GetSentLocalResponse(id)
+				if c.status == 0 {
+					if action != types.ActionContinue || resp != nil {
+						t.Fatalf("refused: action %v, response %+v", action, resp)
+					}
+					c.check(t, host.GetCurrentRequestHeaders(id))
+					return
+				}
+				checkProblem(t, resp, c.status, c.code, reqHeaders)
+			})
+		}
+	})
+}
+
+// checkProblem checks an RFC 9457 refusal, and that no key leaks into it.
+func checkProblem(t *testing.T, resp *proxytest.LocalHttpResponse, status uint32, code string, req [][2]string) {
+	t.Helper()
+	if resp == nil {
+		t.Fatalf("forwarded, want %d %s", status, code)
+	}
+	if resp.StatusCode != status {
+		t.Errorf("status %d, want %d (body %s)", resp.StatusCode, status, resp.Data)
+	}
+	body := gjson.ParseBytes(resp.Data)
+	if !gjson.ValidBytes(resp.Data) || body.Get("error").Str != code || body.Get("message").Str == "" ||
+		body.Get("status").Int() != int64(status) || body.Get("type").Str == "" || body.Get("title").Str == "" {
+		t.Errorf("problem body %s, want error %q", resp.Data, code)
+	}
+	if ct, _ := header(resp.Headers, "content-type"); ct != "application/problem+json" {
+		t.Errorf("content-type %q", ct)
+	}
+	if _, ok := header(resp.Headers, "www-authenticate"); ok != (status == 401) {
+		t.Errorf("www-authenticate present = %v for status %d", ok, status)
+	}
+	if status == 429 {
+		if _, ok := header(resp.Headers, "retry-after"); !ok && code != codeRateLimited {
+			t.Error("429 without retry-after")
+		}
+	}
+	// No key material in the response.
+	for _, h := range req {
+		for _, part := range strings.Fields(h[1]) {
+			if strings.HasPrefix(part, "ak_") && len(part) > 10 && strings.Contains(string(resp.Data), part[3:13]) {
+				t.Errorf("response echoes the key from %s", h[0])
+			}
+		}
+	}
+}

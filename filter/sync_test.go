@@ -1,0 +1,280 @@
+package filter
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+	"github.com/tidwall/gjson"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+// The keys behind the hashes in testdata/sync_*.json.
+const (
+	syncKeyA = "ak_B5Zu7ZVaZXexA15yKugbiMwYs7avPbn44eaE5B"
+	syncKeyB = "ak_fP61dqUeJESxXEUt0CRn0t6rupuTX0ol0DtXCD"
+	syncKeyC = "ak_0GHsQmcykbq7ZenQj1yN1XzMWKcmo95b473bEe"
+)
+
+const syncTestConfig = `{"role":"sync","node_id":"node-a","flush_period_ms":100,"retry_ms":10,
+  "control_plane":{"cluster":"keygate_controlplane","authority":"controlplane","credential":"filter-secret","long_poll_s":20}}`
+
+// syncHarness drives a syncing VM through proxytest's callouts.
+type syncHarness struct {
+	t    *testing.T
+	host proxytest.HostEmulator
+	seen int // callouts already answered or inspected
+}
+
+// next ticks until the syncer dispatches a callout whose path starts with
+// prefix, and returns it. Other callouts are left unanswered.
+func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
+	h.t.Helper()
+	for i := 0; i < 20000; i++ {
+		calls := h.host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
+		for ; h.seen < len(calls); h.seen++ {
+			if p, _ := header(calls[h.seen].Headers, ":path"); strings.HasPrefix(p, prefix) {
+				c := calls[h.seen]
+				h.seen++
+				return c
+			}
+		}
+		h.host.Tick()
+	}
+	h.t.Fatalf("no callout to %s", prefix)
+	return proxytest.HttpCalloutAttribute{}
+}
+
+func (h *syncHarness) answer(c proxytest.HttpCalloutAttribute, status string, body []byte) {
+	h.host.CallOnHttpCallResponse(c.CalloutID, [][2]string{{":status", status}, {"content-type", "application/json"}}, nil, body)
+}
+
+func recorded(t *testing.T, name string) []byte {
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func readRecord(t *testing.T, key string) (keycache.Record, bool) {
+	t.Helper()
+	h := keycache.HashKey(key)
+	b, _, err := proxywasm.GetSharedData(string(append([]byte{recordTag}, h[:]...)))
+	if err != nil {
+		return keycache.Record{}, false
+	}
+	v, err := keycache.Parse(b)
+	if err != nil {
+		t.Fatalf("stored record does not parse: %v", err)
+	}
+	return v.Record(), true
+}
+
+func readState(t *testing.T) syncState {
+	b, _, err := proxywasm.GetSharedData(stateKey)
+	if err != nil {
+		t.Fatalf("no sync state: %v", err)
+	}
+	st, ok := decodeState(b)
+	if !ok {
+		t.Fatal("sync state does not decode")
+	}
+	return st
+}
+
+// live reports whether the record for key is served (epoch, status).
+func live(t *testing.T, key string) (keycache.Record, bool) {
+	r, ok := readRecord(t, key)
+	return r, ok && r.Epoch >= readState(t).epoch && r.Status != keycache.StatusDeleted
+}
+
+func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+
+		c := h.next("/v1/sync")
+		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=0&wait=20" {
+			t.Errorf("first sync path %q", p)
+		}
+		if a, _ := header(c.Headers, "authorization"); a != "Bearer filter-secret" {
+			t.Errorf("authorization %q", a)
+		}
+		if a, _ := header(c.Headers, ":authority"); a != "controlplane" || c.Upstream != "keygate_controlplane" {
+			t.Errorf("callout to %s / %s", c.Upstream, a)
+		}
+		h.answer(c, "200", recorded(t, "sync_snapshot_1.json"))
+		if r, ok := live(t, syncKeyA); !ok || r.ID != "key_a" || r.RateLimit != 100 || r.RateBurst != 10 {
+			t.Fatalf("key a after page 1: %+v %v", r, ok)
+		}
+		if r, _ := readRecord(t, syncKeyB); r.Status != keycache.StatusRevoked {
+			t.Fatalf("key b status %v", r.Status)
+		}
+		if st := readState(t); st.version != 0 {
+			t.Fatalf("version advanced before the last page: %+v", st)
+		}
+
+		c = h.next("/v1/sync")
+		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=0&cursor=p2&wait=0" {
+			t.Errorf("second page path %q", p)
+		}
+		h.answer(c, "200", recorded(t, "sync_snapshot_2.json"))
+		st := readState(t)
+		if st.version != 42 || st.epoch != 1 || st.lastSyncMS == 0 {
+			t.Fatalf("state after snapshot %+v", st)
+		}
+		if r, ok := live(t, syncKeyC); !ok || r.Owner != "globex" || !r.HasQuota || r.QuotaPeriod != keycache.QuotaMonth {
+			t.Fatalf("key c %+v", r)
+		}
+
+		c = h.next("/v1/sync")
+		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=42&wait=20" {
+			t.Errorf("delta path %q", p)
+		}
+		h.answer(c, "200", recorded(t, "sync_delta.json"))
+		if r, _ := readRecord(t, syncKeyA); r.Status != keycache.StatusRevoked {
+			t.Errorf("revocation not applied: %+v", r)
+		}
+		if _, ok := live(t, syncKeyC); ok {
+			t.Error("deleted key still served")
+		}
+		if st := readState(t); st.version != 45 {
+			t.Errorf("version %d after delta", st.version)
+		}
+
+		// A bad record fails closed for its key, and the rest goes on.
+		c = h.next("/v1/sync")
+		h.answer(c, "200", recorded(t, "sync_bad_record.json"))
+		if _, ok := live(t, syncKeyB); ok {
+			t.Error("key with an unreadable update still served")
+		}
+
+		// A new snapshot drops every key it does not carry.
+		c = h.next("/v1/sync")
+		h.answer(c, "200", recorded(t, "sync_resnapshot.json"))
+		if st := readState(t); st.epoch != 2 || st.version != 90 {
+			t.Fatalf("state after re-snapshot %+v", st)
+		}
+		if _, ok := live(t, syncKeyA); ok {
+			t.Error("key a survived a snapshot without it")
+		}
+		if r, ok := live(t, syncKeyB); !ok || r.Status != keycache.StatusActive {
+			t.Errorf("key b after re-snapshot: %+v %v", r, ok)
+		}
+	})
+}
+
+func TestSyncFailuresKeepCache(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+		c := h.next("/v1/sync")
+		h.answer(c, "200", recorded(t, "sync_snapshot_2.json"))
+		before := readState(t)
+		for _, bad := range []struct {
+			status string
+			body   []byte
+		}{
+			{"503", []byte("upstream connect error or disconnect/reset before headers")},
+			{"504", []byte("upstream request timeout")},
+			{"401", []byte(`{"error":"unauthorized"}`)},
+			{"200", recorded(t, "sync_truncated.json")},
+			{"200", []byte(`{"version":"x"}`)},
+			{"200", []byte(`{"version":50,"more":true}`)},
+		} {
+			c := h.next("/v1/sync")
+			h.answer(c, bad.status, bad.body)
+			if st := readState(t); st != before {
+				t.Fatalf("%s %q changed state: %+v -> %+v", bad.status, bad.body, before, st)
+			}
+			if _, ok := live(t, syncKeyC); !ok {
+				t.Fatalf("cached key dropped after %s", bad.status)
+			}
+		}
+		if n := len(h.host.GetErrorLogs()); n < 6 {
+			t.Errorf("%d error logs for 6 failures", n)
+		}
+		for _, l := range h.host.GetErrorLogs() {
+			if strings.Contains(l, "filter-secret") {
+				t.Errorf("credential in log: %s", l)
+			}
+		}
+		// A callout reset (no headers) is a failure too.
+		c = h.next("/v1/sync")
+		h.host.CallOnHttpCallResponse(c.CalloutID, nil, nil, nil)
+		if st := readState(t); st != before {
+			t.Fatal("reset changed state")
+		}
+	})
+}
+
+// TestUsageFlushExactlyOnce feeds worker messages to the syncer's queue and
+// checks the batches: every count sent, a failed batch resent unchanged (same
+// seq) until acknowledged, then the next seq.
+func TestUsageFlushExactlyOnce(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+		q, err := proxywasm.RegisterSharedQueue(usageQueue) // the syncer's queue, by name
+		if err != nil {
+			t.Fatal(err)
+		}
+		enqueue := func(msg string) {
+			if err := proxywasm.EnqueueSharedQueue(q, []byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		enqueue("1640995200\tallowed\tkey_a\tapi.example.com\t5\n1640995200\tunknown_key\t\tapi.example.com\t2\n")
+		enqueue("1640995200\tallowed\tkey_a\tapi.example.com\t3\n")
+
+		c := h.next("/v1/usage")
+		if m, _ := header(c.Headers, ":method"); m != "POST" {
+			t.Errorf("usage method %q", m)
+		}
+		body := gjson.ParseBytes(c.Body)
+		if body.Get("node").Str != "node-a" || len(body.Get("boot").Str) != 16 || body.Get("seq").Int() != 1 {
+			t.Fatalf("batch identity %s", c.Body)
+		}
+		sums := map[string]int64{}
+		body.Get("counts").ForEach(func(_, c gjson.Result) bool {
+			sums[c.Get("outcome").Str+"/"+c.Get("key_id").Str+"/"+c.Get("host").Str+"/"+c.Get("minute").Raw] += c.Get("n").Int()
+			return true
+		})
+		if sums["allowed/key_a/api.example.com/1640995200"] != 8 || sums["unknown_key//api.example.com/1640995200"] != 2 || len(sums) != 2 {
+			t.Fatalf("counts %v", sums)
+		}
+
+		// The control plane fails: the same batch goes again, new counts wait.
+		h.answer(c, "503", []byte("upstream connect error"))
+		enqueue("1640995260\tallowed\tkey_a\tapi.example.com\t1\n")
+		again := h.next("/v1/usage")
+		if string(again.Body) != string(c.Body) {
+			t.Fatalf("retried batch differs:\n%s\n%s", again.Body, c.Body)
+		}
+		h.answer(again, "200", []byte(`{"accepted":2,"duplicate":false,"shares":{}}`))
+		next := h.next("/v1/usage")
+		nb := gjson.ParseBytes(next.Body)
+		if nb.Get("seq").Int() != 2 || nb.Get("boot").Str != body.Get("boot").Str || nb.Get("counts.0.n").Int() != 1 || nb.Get("counts.#").Int() != 1 {
+			t.Fatalf("second batch %s", next.Body)
+		}
+		h.answer(next, "200", []byte(`{"accepted":1,"duplicate":false}`))
+		// No more traffic: one empty batch reports the node idle, then
+		// nothing more is sent.
+		idle := h.next("/v1/usage")
+		if ib := gjson.ParseBytes(idle.Body); ib.Get("seq").Int() != 3 || ib.Get("counts.#").Int() != 0 || !ib.Get("counts").IsArray() {
+			t.Fatalf("idle batch %s", idle.Body)
+		}
+		h.answer(idle, "200", []byte(`{"accepted":0,"duplicate":false}`))
+		for i := 0; i < 1000; i++ {
+			h.host.Tick()
+		}
+		for _, c := range h.host.GetCalloutAttributesFromContext(proxytest.PluginContextID)[h.seen:] {
+			if p, _ := header(c.Headers, ":path"); p == "/v1/usage" {
+				t.Fatalf("a batch was sent while idle: %s", c.Body)
+			}
+		}
+	})
+}

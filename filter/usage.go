@@ -1,0 +1,137 @@
+package filter
+
+import (
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+// usageCounter aggregates one worker VM's request counts per (minute,
+// outcome, key id, host) in VM memory, without a shared-data write per
+// request, and hands them to the syncing VM through a shared queue on every
+// tick. A hand-off that fails keeps the counts for the next tick, so nothing
+// is dropped between worker and syncer.
+//
+// A queue message is text, one count per line:
+//
+//	<minute unix s>\t<outcome>\t<key id>\t<host>\t<n>\n
+type usageCounter struct {
+	vmID     string
+	queueID  uint32
+	resolved bool
+	warned   bool
+
+	index  map[string]int // line prefix -> position in keys/counts
+	keys   []string
+	counts []int64
+	buf    []byte
+}
+
+func newUsageCounter(vmID string) *usageCounter {
+	return &usageCounter{vmID: vmID, index: make(map[string]int), buf: make([]byte, 0, 512)}
+}
+
+// add counts one request. Allocation-free once the combination was seen in
+// this hand-off period.
+func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authority string) {
+	minute := nowNanos / 1e9 / 60 * 60
+	b := appendInt(u.buf[:0], minute)
+	b = append(b, '\t')
+	b = append(b, outcome...)
+	b = append(b, '\t')
+	b = appendField(b, keyID)
+	b = append(b, '\t')
+	b = appendHost(b, authority)
+	u.buf = b
+	if i, ok := u.index[string(b)]; ok {
+		u.counts[i]++
+		return
+	}
+	k := string(b)
+	u.index[k] = len(u.keys)
+	u.keys = append(u.keys, k)
+	u.counts = append(u.counts, 1)
+}
+
+// appendField appends s, dropping bytes that would break the line format.
+func appendField(b, s []byte) []byte {
+	for _, c := range s {
+		if c >= 0x20 && c != 0x7f {
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// appendHost appends the authority's host, lower-cased, without port and
+// trailing dot; nothing when it is not a plausible host name or literal.
+func appendHost(b []byte, authority string) []byte {
+	host, _, ok := keycache.SplitAuthority(authority)
+	if !ok || len(host) > 255 {
+		return b
+	}
+	start := len(b)
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
+		default:
+			return b[:start]
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+func appendInt(b []byte, n int64) []byte {
+	if n < 0 {
+		b = append(b, '-')
+		n = -n
+	}
+	var tmp [20]byte
+	i := len(tmp)
+	for {
+		i--
+		tmp[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return append(b, tmp[i:]...)
+}
+
+// handOff enqueues everything counted so far to the syncing VM.
+func (u *usageCounter) handOff() {
+	if len(u.keys) == 0 {
+		return
+	}
+	if !u.resolved {
+		id, err := proxywasm.ResolveSharedQueue(u.vmID, usageQueue)
+		if err != nil {
+			if !u.warned {
+				proxywasm.LogWarnf("keygate: usage queue %q not found in vm %q (is the sync service configured?); keeping counts", usageQueue, u.vmID)
+				u.warned = true
+			}
+			return
+		}
+		u.queueID, u.resolved = id, true
+	}
+	msg := make([]byte, 0, len(u.keys)*64)
+	for i, k := range u.keys {
+		msg = append(msg, k...)
+		msg = append(msg, '\t')
+		msg = appendInt(msg, u.counts[i])
+		msg = append(msg, '\n')
+	}
+	if err := proxywasm.EnqueueSharedQueue(u.queueID, msg); err != nil {
+		proxywasm.LogWarnf("keygate: handing usage to the sync VM: %v; keeping counts", err)
+		u.resolved = false // the syncer may have been recreated: resolve again
+		return
+	}
+	clear(u.index)
+	u.keys = u.keys[:0]
+	u.counts = u.counts[:0]
+}
