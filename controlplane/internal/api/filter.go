@@ -1,0 +1,351 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/keygate/keygate/controlplane/internal/store"
+)
+
+// Sync parameters (docs/wire.md).
+const (
+	maxSyncLimit = 2000
+	maxSyncWait  = 60
+)
+
+type syncRecord struct {
+	Hash      string      `json:"hash"`
+	ID        string      `json:"id"`
+	Owner     string      `json:"owner"`
+	Status    string      `json:"status"`
+	ExpiresAt int64       `json:"expires_at"`
+	Hosts     []string    `json:"hosts"`
+	Scopes    []string    `json:"scopes"`
+	Rate      *store.Rate `json:"rate,omitempty"`
+	Quota     *syncQuota  `json:"quota,omitempty"`
+}
+
+type syncQuota struct {
+	Limit          int64  `json:"limit"`
+	Period         string `json:"period"`
+	ExhaustedUntil int64  `json:"exhausted_until"`
+}
+
+type syncResponse struct {
+	Version    int64        `json:"version"`
+	Snapshot   bool         `json:"snapshot"`
+	More       bool         `json:"more"`
+	Cursor     string       `json:"cursor"`
+	ServerTime int64        `json:"server_time"`
+	Upserts    []syncRecord `json:"upserts"`
+	Deletes    []string     `json:"deletes"`
+}
+
+func unixOrZero(t *time.Time) int64 {
+	if t == nil || t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// encodeSyncPage renders a page in the wire format.
+func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
+	out := syncResponse{
+		Version: p.Version, Snapshot: p.Snapshot, More: p.More, Cursor: p.Cursor,
+		ServerTime: s.now().Unix(), Upserts: []syncRecord{}, Deletes: []string{},
+	}
+	for _, c := range p.Changes {
+		if c.Key == nil {
+			out.Deletes = append(out.Deletes, c.Hash.String())
+			continue
+		}
+		k := c.Key
+		rec := syncRecord{
+			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Status: k.Status,
+			ExpiresAt: unixOrZero(k.ExpiresAt), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
+			Rate: k.Rate,
+		}
+		if k.Quota != nil {
+			rec.Quota = &syncQuota{Limit: k.Quota.Limit, Period: k.Quota.Period,
+				ExhaustedUntil: unixOrZero(k.QuotaExhaustedUntil)}
+		}
+		out.Upserts = append(out.Upserts, rec)
+	}
+	return json.Marshal(out)
+}
+
+// sync serves GET /v1/sync: a delta or snapshot page, long-polling when the
+// filter is up to date, each body at most maxSyncBody bytes.
+func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
+	q := r.URL.Query()
+	var fe fieldErrors
+	var since int64
+	if v := q.Get("since"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			fe.add("since", "must be a non-negative integer")
+		}
+		since = n
+	}
+	cursor := q.Get("cursor")
+	wait := intParam(&fe, q.Get("wait"), "wait", 0, 0, maxSyncWait)
+	limit := intParam(&fe, q.Get("limit"), "limit", maxSyncLimit, 1, maxSyncLimit)
+	if p := fe.problem(); p != nil {
+		return p
+	}
+	ctx := r.Context()
+	if since > 0 && cursor == "" && wait > 0 {
+		if p := s.longPoll(ctx, since, time.Duration(wait)*time.Second); p != nil {
+			return p
+		}
+		if ctx.Err() != nil { // the filter went away
+			return nil
+		}
+	}
+	for {
+		page, err := s.store.Sync(ctx, since, cursor, limit)
+		if err != nil {
+			return fromStoreError(err, "sync")
+		}
+		body, err := s.encodeSyncPage(page)
+		if err != nil {
+			return internalError(err)
+		}
+		if len(body) > s.maxSyncBody && len(page.Changes) > 1 {
+			// Shrink in proportion, with a margin; always strictly smaller.
+			next := int(int64(len(page.Changes)) * int64(s.maxSyncBody) / int64(len(body)) * 9 / 10)
+			limit = max(1, min(next, len(page.Changes)-1))
+			continue
+		}
+		if len(body) > s.maxSyncBody {
+			return internalError(errors.New("one sync record exceeds the response size limit"))
+		}
+		kind := "delta"
+		switch {
+		case page.Snapshot:
+			kind = "snapshot"
+		case len(page.Changes) == 0:
+			kind = "empty"
+		}
+		s.metrics.syncs.WithLabelValues(kind).Inc()
+		s.metrics.syncBytes.Add(float64(len(body)))
+		writeBody(w, http.StatusOK, body)
+		return nil
+	}
+}
+
+// longPoll holds the request while the store is still at version since, up
+// to d, or until the server begins shutting down.
+func (s *Server) longPoll(ctx context.Context, since int64, d time.Duration) *problem {
+	cur, err := s.store.CurrentVersion(ctx)
+	if err != nil {
+		return fromStoreError(err, "sync")
+	}
+	if cur != since { // newer (answer now) or ahead (snapshot now)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	err = s.store.WaitForChange(wctx, since)
+	if err != nil && wctx.Err() == nil {
+		return fromStoreError(err, "sync")
+	}
+	return nil
+}
+
+// Usage batch limits (docs/wire.md).
+const (
+	maxUsageCounts = 10_000
+	maxNodeLen     = 128
+	maxBootLen     = 64
+	maxUsageHost   = 255
+	maxCountN      = 1 << 40
+	maxFieldErrors = 20
+)
+
+var outcomes = map[string]bool{
+	"allowed": true, "missing_key": true, "malformed_key": true, "unknown_key": true,
+	"ambiguous_key": true, "key_revoked": true, "key_expired": true, "key_disabled": true,
+	"host_not_allowed": true, "insufficient_scope": true, "rate_limited": true,
+	"quota_exceeded": true, "cache_unavailable": true,
+}
+
+type usageBatchIn struct {
+	Node   *string        `json:"node"`
+	Boot   *string        `json:"boot"`
+	Seq    *int64         `json:"seq"`
+	Counts []usageCountIn `json:"counts"`
+}
+
+type usageCountIn struct {
+	KeyID   *string `json:"key_id"`
+	Minute  *int64  `json:"minute"`
+	Host    *string `json:"host"`
+	Outcome *string `json:"outcome"`
+	N       *int64  `json:"n"`
+}
+
+// ingestUsage serves POST /v1/usage: one batch, merged exactly once.
+func (s *Server) ingestUsage(w http.ResponseWriter, r *http.Request) *problem {
+	var in usageBatchIn
+	if p := decodeJSON(w, r, maxUsageBody, &in, false); p != nil {
+		s.metrics.batches.WithLabelValues("invalid").Inc()
+		return p
+	}
+	b, fe := checkBatch(&in)
+	if p := fe.problem(); p != nil {
+		s.metrics.batches.WithLabelValues("invalid").Inc()
+		return p
+	}
+	dup, err := s.store.IngestUsage(r.Context(), b)
+	if err != nil {
+		p := fromStoreError(err, "usage batch")
+		result := "error"
+		if p.Status == http.StatusBadRequest {
+			result = "invalid"
+		}
+		s.metrics.batches.WithLabelValues(result).Inc()
+		return p
+	}
+	accepted := len(b.Counts)
+	if dup {
+		accepted = 0
+		s.metrics.batches.WithLabelValues("duplicate").Inc()
+	} else {
+		s.metrics.batches.WithLabelValues("ingested").Inc()
+		s.metrics.counts.Add(float64(len(b.Counts)))
+	}
+	out := usageResponse{Accepted: accepted, Duplicate: dup}
+	// Every answer, a duplicate's too, carries the node's current shares.
+	// Without them (the store failed after the batch was merged) the filter
+	// keeps its previous shares: better than failing an accepted batch.
+	if sh, err := s.store.Shares(r.Context(), b.Node); err != nil {
+		s.log.LogAttrs(r.Context(), slog.LevelError, "rate-limit shares", slog.String("error", err.Error()))
+	} else {
+		out.Shares, out.DefaultShare = &sh.Keys, &sh.Default
+	}
+	s.writeJSON(w, r, http.StatusOK, out)
+	return nil
+}
+
+// usageResponse answers POST /v1/usage (docs/wire.md). Shares and
+// DefaultShare are absent together (pointers: an empty shares object is a
+// meaningful answer).
+type usageResponse struct {
+	Accepted     int                 `json:"accepted"`
+	Duplicate    bool                `json:"duplicate"`
+	Shares       *map[string]float64 `json:"shares,omitempty"`
+	DefaultShare *float64            `json:"default_share,omitempty"`
+}
+
+// checkBatch validates a usage batch against docs/wire.md.
+func checkBatch(in *usageBatchIn) (*store.UsageBatch, fieldErrors) {
+	var fe fieldErrors
+	b := &store.UsageBatch{}
+	switch {
+	case in.Node == nil || *in.Node == "":
+		fe.add("node", "is required")
+	case len(*in.Node) > maxNodeLen || !printable(*in.Node):
+		fe.add("node", "must be 1 to %d printable bytes", maxNodeLen)
+	default:
+		b.Node = *in.Node
+	}
+	switch {
+	case in.Boot == nil || *in.Boot == "":
+		fe.add("boot", "is required")
+	case len(*in.Boot) > maxBootLen || !printable(*in.Boot):
+		fe.add("boot", "must be 1 to %d printable bytes", maxBootLen)
+	default:
+		b.Boot = *in.Boot
+	}
+	switch {
+	case in.Seq == nil:
+		fe.add("seq", "is required")
+	case *in.Seq < 1:
+		fe.add("seq", "must be at least 1")
+	default:
+		b.Seq = *in.Seq
+	}
+	if in.Counts == nil {
+		fe.add("counts", "is required")
+	} else if len(in.Counts) > maxUsageCounts {
+		fe.add("counts", "at most %d counts per batch", maxUsageCounts)
+		return b, fe
+	}
+	b.Counts = make([]store.UsageCount, 0, len(in.Counts))
+	for i, c := range in.Counts {
+		if len(fe) >= maxFieldErrors {
+			break
+		}
+		f := "counts[" + strconv.Itoa(i) + "]."
+		uc := store.UsageCount{}
+		switch {
+		case c.KeyID == nil:
+			fe.add(f+"key_id", "is required (\"\" when no key was identified)")
+		case *c.KeyID != "" && !validKeyID(*c.KeyID):
+			fe.add(f+"key_id", "is not a key id")
+		default:
+			uc.KeyID = *c.KeyID
+		}
+		switch {
+		case c.Minute == nil:
+			fe.add(f+"minute", "is required")
+		case *c.Minute <= 0 || *c.Minute%60 != 0 || *c.Minute > 1<<40:
+			fe.add(f+"minute", "must be unix seconds at the start of a minute (a multiple of 60)")
+		default:
+			uc.Minute = time.Unix(*c.Minute, 0).UTC()
+		}
+		switch {
+		case c.Host == nil:
+			fe.add(f+"host", "is required (\"\" when unknown)")
+		case len(*c.Host) > maxUsageHost || !printable(*c.Host):
+			fe.add(f+"host", "must be at most %d printable bytes", maxUsageHost)
+		default:
+			uc.Host = *c.Host
+		}
+		switch {
+		case c.Outcome == nil:
+			fe.add(f+"outcome", "is required")
+		case !outcomes[*c.Outcome]:
+			fe.add(f+"outcome", "is not a known outcome")
+		default:
+			uc.Outcome = *c.Outcome
+		}
+		switch {
+		case c.N == nil:
+			fe.add(f+"n", "is required")
+		case *c.N < 1 || *c.N > maxCountN:
+			fe.add(f+"n", "must be 1 to %d", int64(maxCountN))
+		default:
+			uc.N = *c.N
+		}
+		b.Counts = append(b.Counts, uc)
+	}
+	return b, fe
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,52 @@
+package api
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics holds the service's Prometheus collectors, registered on a
+// per-server registry so several servers can live in one process (tests).
+type metrics struct {
+	registry  *prometheus.Registry
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	batches   *prometheus.CounterVec
+	counts    prometheus.Counter
+	syncs     *prometheus.CounterVec
+	syncBytes prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_http_requests_total",
+			Help: "HTTP requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keygate_http_request_duration_seconds",
+			Help:    "HTTP request latency by route pattern and method (long-polls included).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route", "method"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_usage_batches_total",
+			Help: "Usage batches received from filters, by result (ingested, duplicate, invalid, error).",
+		}, []string{"result"}),
+		counts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_usage_counts_ingested_total",
+			Help: "Usage count lines merged from newly ingested batches.",
+		}),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_sync_requests_total",
+			Help: "Sync responses sent to filters, by kind (snapshot, delta, empty).",
+		}, []string{"kind"}),
+		syncBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keygate_sync_response_bytes_total",
+			Help: "Bytes of sync response bodies sent to filters.",
+		}),
+	}
+	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

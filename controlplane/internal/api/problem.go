@@ -1,0 +1,155 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/keygate/keygate/controlplane/internal/store"
+)
+
+// Stable machine-readable error codes (the "error" member of a problem).
+const (
+	codeInvalidRequest   = "invalid_request"
+	codeInvalidJSON      = "invalid_json"
+	codeUnknownField     = "unknown_field"
+	codeTooLarge         = "too_large"
+	codeUnsupportedMedia = "unsupported_media_type"
+	codeUnauthorized     = "unauthorized"
+	codeForbidden        = "forbidden"
+	codeNotFound         = "not_found"
+	codeConflict         = "conflict"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeInternal         = "internal"
+	codeUnavailable      = "unavailable"
+)
+
+// FieldError names one invalid field of a request.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// problem is an RFC 9457 problem details object with the product's "error"
+// and "message" members. It is also the error type handlers return.
+type problem struct {
+	Type    string       `json:"type"`
+	Title   string       `json:"title"`
+	Status  int          `json:"status"`
+	Code    string       `json:"error"`
+	Message string       `json:"message"`
+	Errors  []FieldError `json:"errors,omitempty"`
+
+	header http.Header // extra response headers (WWW-Authenticate, Allow)
+	cause  error       // logged for internal errors, never sent
+}
+
+func (p *problem) Error() string { return p.Code + ": " + p.Message }
+
+// problemTypeBase prefixes the "type" URI; the fragment is the error code.
+const problemTypeBase = "https://keygate.dev/problems/"
+
+func newProblem(status int, code, message string) *problem {
+	return &problem{
+		Type:    problemTypeBase + code,
+		Title:   http.StatusText(status),
+		Status:  status,
+		Code:    code,
+		Message: message,
+	}
+}
+
+// invalid returns a 400 invalid_request problem listing field errors.
+func invalid(errs ...FieldError) *problem {
+	p := newProblem(http.StatusBadRequest, codeInvalidRequest, "the request has invalid fields")
+	if len(errs) == 1 {
+		p.Message = errs[0].Field + ": " + errs[0].Message
+	}
+	p.Errors = errs
+	return p
+}
+
+func notFound(what string) *problem {
+	return newProblem(http.StatusNotFound, codeNotFound, what+" not found")
+}
+
+func conflict(message string) *problem {
+	return newProblem(http.StatusConflict, codeConflict, message)
+}
+
+func internalError(cause error) *problem {
+	p := newProblem(http.StatusInternalServerError, codeInternal, "internal error")
+	p.cause = cause
+	return p
+}
+
+// fromStoreError maps a store error to a problem. what names the resource
+// for not-found messages.
+func fromStoreError(err error, what string) *problem {
+	var fe *store.FieldError
+	var p *problem
+	switch {
+	case errors.As(err, &p):
+		return p
+	case errors.As(err, &fe):
+		return invalid(FieldError{Field: fe.Field, Message: fe.Message})
+	case errors.Is(err, store.ErrNotFound):
+		return notFound(what)
+	case errors.Is(err, store.ErrConflict):
+		return conflict(what + " conflicts with an existing one")
+	case errors.Is(err, store.ErrBadCursor):
+		return invalid(FieldError{Field: "cursor", Message: "malformed or does not belong to this query"})
+	case errors.Is(err, store.ErrInvalid):
+		return newProblem(http.StatusBadRequest, codeInvalidRequest, "invalid request")
+	case errors.Is(err, context.DeadlineExceeded):
+		p := newProblem(http.StatusServiceUnavailable, codeUnavailable, "the store did not answer in time")
+		p.cause = err
+		return p
+	}
+	return internalError(err)
+}
+
+// writeProblem sends p as application/problem+json. Internal causes are
+// logged (without request bodies or credentials), never sent.
+func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, p *problem) {
+	if p.cause != nil && r.Context().Err() == nil {
+		s.log.LogAttrs(r.Context(), slog.LevelError, "request failed",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("error", p.cause.Error()))
+	}
+	for k, vs := range p.header {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
+	}
+	body, err := json.Marshal(p)
+	if err != nil { // cannot happen: only strings and ints
+		body = []byte(`{"error":"internal"}`)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(p.Status)
+	_, _ = w.Write(body)
+}
+
+// writeJSON sends v as application/json with the given status.
+func (s *Server) writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		s.writeProblem(w, r, internalError(err))
+		return
+	}
+	writeBody(w, status, body)
+}
+
+func writeBody(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,361 @@
+// Package api is the control plane's HTTP surface: the admin REST API under
+// /v1 (admin credential), the filter endpoints /v1/sync and POST /v1/usage
+// (filter credential), health, readiness, metrics and the OpenAPI document.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keygate/keygate/controlplane"
+	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/keycache"
+)
+
+// Config configures a Server.
+type Config struct {
+	Store store.Store
+	// AdminCredential and FilterCredential are the SHA-256 of the two bearer
+	// credentials (see HashCredential). They must differ.
+	AdminCredential  [sha256.Size]byte
+	FilterCredential [sha256.Size]byte
+	// KeyPrefix prefixes new keys; "" means keycache.DefaultPrefix.
+	KeyPrefix string
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock (expiry, rotation, usage windows); nil means time.Now.
+	Now func() time.Time
+	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
+	Rand io.Reader
+}
+
+// HashCredential returns the SHA-256 of a bearer credential, the only form
+// in which the server keeps or compares it.
+func HashCredential(credential string) [sha256.Size]byte {
+	return sha256.Sum256([]byte(credential))
+}
+
+// Server serves the control plane's HTTP API. It is an http.Handler.
+type Server struct {
+	store       store.Store
+	log         *slog.Logger
+	now         func() time.Time
+	rand        io.Reader
+	prefix      string
+	adminHash   [sha256.Size]byte
+	filterHash  [sha256.Size]byte
+	metrics     *metrics
+	mux         *http.ServeMux
+	maxSyncBody int
+
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// maxSyncBody is the largest sync response body (docs/wire.md).
+const maxSyncBody = 1 << 20
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("api: no store")
+	}
+	var zero [sha256.Size]byte
+	if cfg.AdminCredential == zero || cfg.FilterCredential == zero {
+		return nil, errors.New("api: admin and filter credentials are required")
+	}
+	if subtle.ConstantTimeCompare(cfg.AdminCredential[:], cfg.FilterCredential[:]) == 1 {
+		return nil, errors.New("api: the admin and filter credentials must differ")
+	}
+	s := &Server{
+		store:       cfg.Store,
+		log:         cfg.Logger,
+		now:         cfg.Now,
+		rand:        cfg.Rand,
+		prefix:      cfg.KeyPrefix,
+		adminHash:   cfg.AdminCredential,
+		filterHash:  cfg.FilterCredential,
+		metrics:     newMetrics(),
+		mux:         http.NewServeMux(),
+		maxSyncBody: maxSyncBody,
+		stopping:    make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.rand == nil {
+		s.rand = rand.Reader
+	}
+	if s.prefix == "" {
+		s.prefix = keycache.DefaultPrefix
+	}
+	if !keycache.ValidPrefix(s.prefix) {
+		return nil, fmt.Errorf("api: %w", keycache.ErrBadPrefix)
+	}
+	for _, rt := range s.routes() {
+		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
+	}
+	return s, nil
+}
+
+// BeginShutdown wakes every long-poll so that http.Server.Shutdown does not
+// wait for them; they answer with no changes.
+func (s *Server) BeginShutdown() {
+	s.stopOnce.Do(func() { close(s.stopping) })
+}
+
+// auth says which credential a route needs.
+type auth int
+
+const (
+	authNone auth = iota
+	authAdmin
+	authFilter
+)
+
+// Route is one entry of the routing table.
+type Route struct {
+	Method string
+	Path   string
+	auth   auth
+	handle func(http.ResponseWriter, *http.Request) *problem
+}
+
+// Routes lists the method and path pattern of every route the server
+// serves (handlers omitted), e.g. to check the OpenAPI document.
+func (s *Server) Routes() []Route {
+	rts := s.routes()
+	for i := range rts {
+		rts[i].handle = nil
+	}
+	return rts
+}
+
+// routes is the one routing table.
+func (s *Server) routes() []Route {
+	return []Route{
+		{"GET", "/healthz", authNone, s.healthz},
+		{"GET", "/readyz", authNone, s.readyz},
+		{"GET", "/metrics", authNone, s.serveMetrics},
+		{"GET", "/openapi.json", authNone, s.openAPI},
+
+		{"POST", "/v1/keys", authAdmin, s.createKey},
+		{"GET", "/v1/keys", authAdmin, s.listKeys},
+		{"GET", "/v1/keys/{id}", authAdmin, s.getKey},
+		{"PATCH", "/v1/keys/{id}", authAdmin, s.updateKey},
+		{"DELETE", "/v1/keys/{id}", authAdmin, s.deleteKey},
+		{"POST", "/v1/keys/{id}/revoke", authAdmin, s.setStatus(store.StatusRevoked)},
+		{"POST", "/v1/keys/{id}/disable", authAdmin, s.setStatus(store.StatusDisabled)},
+		{"POST", "/v1/keys/{id}/enable", authAdmin, s.setStatus(store.StatusActive)},
+		{"POST", "/v1/keys/{id}/rotate", authAdmin, s.rotateKey},
+		{"GET", "/v1/keys/{id}/usage", authAdmin, s.keyUsage},
+		{"GET", "/v1/usage", authAdmin, s.topUsage},
+		{"GET", "/v1/usage/series", authAdmin, s.fleetUsage},
+		{"GET", "/v1/audit", authAdmin, s.listAudit},
+
+		{"GET", "/v1/sync", authFilter, s.sync},
+		{"POST", "/v1/usage", authFilter, s.ingestUsage},
+	}
+}
+
+// ServeHTTP routes r; unmatched paths and methods get problem responses.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.unmatched(w, r)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// unmatched turns the mux's plain-text 404 and 405 into problems.
+func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &headerRecorder{header: http.Header{}}
+	s.mux.ServeHTTP(rec, r)
+	var p *problem
+	switch rec.code {
+	case http.StatusMethodNotAllowed:
+		p = newProblem(http.StatusMethodNotAllowed, codeMethodNotAllowed,
+			fmt.Sprintf("method %s is not allowed here", r.Method))
+		p.header = http.Header{"Allow": rec.header.Values("Allow")}
+	default:
+		p = newProblem(http.StatusNotFound, codeNotFound, "no such resource")
+	}
+	s.writeProblem(w, r, p)
+	s.observe(r, "unmatched", p.Status, start)
+}
+
+// wrap adds authentication, error writing, panic recovery, metrics and
+// the access log around a route's handler.
+func (s *Server) wrap(rt Route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.LogAttrs(r.Context(), slog.LevelError, "handler panic",
+					slog.String("route", rt.Path), slog.String("panic", fmt.Sprint(v)))
+				if sw.code == 0 {
+					s.writeProblem(sw, r, newProblem(http.StatusInternalServerError, codeInternal, "internal error"))
+				}
+			}
+			s.observe(r, rt.Path, sw.status(), start)
+		}()
+		p := s.authenticate(r, rt.auth)
+		if p == nil {
+			p = rt.handle(sw, r)
+		}
+		if p != nil {
+			s.writeProblem(sw, r, p)
+		}
+	})
+}
+
+// observe records metrics and the access log line for one request. Only the
+// method, route pattern, path, status and timing are logged: never headers,
+// query strings or bodies.
+func (s *Server) observe(r *http.Request, route string, code int, start time.Time) {
+	d := time.Since(start)
+	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
+	s.metrics.latency.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	level := slog.LevelInfo
+	if code >= 500 {
+		level = slog.LevelWarn
+	}
+	s.log.LogAttrs(r.Context(), level, "request",
+		slog.String("method", r.Method),
+		slog.String("route", route),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", code),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.String("remote", r.RemoteAddr))
+}
+
+// authenticate checks r's bearer credential against the one the route
+// needs. Both hashes are always compared, in constant time.
+func (s *Server) authenticate(r *http.Request, need auth) *problem {
+	if need == authNone {
+		return nil
+	}
+	realm := "keygate-admin"
+	if need == authFilter {
+		realm = "keygate-filter"
+	}
+	token, ok := bearerToken(r)
+	if !ok {
+		p := newProblem(http.StatusUnauthorized, codeUnauthorized, "a bearer credential is required")
+		p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `"`}}
+		return p
+	}
+	h := sha256.Sum256([]byte(token))
+	isAdmin := subtle.ConstantTimeCompare(h[:], s.adminHash[:]) == 1
+	isFilter := subtle.ConstantTimeCompare(h[:], s.filterHash[:]) == 1
+	switch {
+	case need == authAdmin && isAdmin, need == authFilter && isFilter:
+		return nil
+	case need == authAdmin && isFilter:
+		return newProblem(http.StatusForbidden, codeForbidden, "the filter credential cannot use the admin API")
+	case need == authFilter && isAdmin:
+		return newProblem(http.StatusForbidden, codeForbidden, "the admin credential cannot use the filter endpoints")
+	}
+	p := newProblem(http.StatusUnauthorized, codeUnauthorized, "the bearer credential is not valid")
+	p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `", error="invalid_token"`}}
+	return p
+}
+
+func bearerToken(r *http.Request) (string, bool) {
+	v := r.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) *problem {
+	writeBody(w, http.StatusOK, []byte(`{"status":"ok"}`))
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) *problem {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.LogAttrs(r.Context(), slog.LevelWarn, "store not ready", slog.String("error", err.Error()))
+		return newProblem(http.StatusServiceUnavailable, codeUnavailable, "the store is not reachable")
+	}
+	writeBody(w, http.StatusOK, []byte(`{"status":"ready"}`))
+	return nil
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) *problem {
+	promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	return nil
+}
+
+func (s *Server) openAPI(w http.ResponseWriter, r *http.Request) *problem {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(controlplane.OpenAPI)))
+	_, _ = w.Write(controlplane.OpenAPI)
+	return nil
+}
+
+// statusWriter remembers the status code a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// headerRecorder captures what the mux answers for an unmatched request.
+type headerRecorder struct {
+	header http.Header
+	code   int
+}
+
+func (h *headerRecorder) Header() http.Header         { return h.header }
+func (h *headerRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (h *headerRecorder) WriteHeader(code int)        { h.code = code }

@@ -1,0 +1,240 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Validation limits.
+const (
+	maxHosts        = 100
+	maxHostLen      = 253
+	maxScopes       = 50
+	maxScopeLen     = 64
+	maxTextLen      = 200 // names and owners, in characters
+	maxMetadata     = 4 << 10
+	maxRateLimit    = 1_000_000_000
+	maxRateBurst    = 1_000_000_000
+	maxRatePeriodMS = 24 * 60 * 60 * 1000 // one day
+	maxQuotaLimit   = 1_000_000_000_000
+	maxGraceSeconds = 30 * 24 * 60 * 60
+)
+
+// fieldErrors collects validation errors of one request.
+type fieldErrors []FieldError
+
+func (fe *fieldErrors) add(field, format string, args ...any) {
+	*fe = append(*fe, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (fe fieldErrors) problem() *problem {
+	if len(fe) == 0 {
+		return nil
+	}
+	return invalid(fe...)
+}
+
+// checkText validates a name or owner: at most maxTextLen characters of
+// valid UTF-8 without control characters.
+func checkText(fe *fieldErrors, field, s string) {
+	switch {
+	case !utf8.ValidString(s):
+		fe.add(field, "must be valid UTF-8")
+	case utf8.RuneCountInString(s) > maxTextLen:
+		fe.add(field, "must be at most %d characters", maxTextLen)
+	case strings.ContainsFunc(s, unicode.IsControl):
+		fe.add(field, "must not contain control characters")
+	}
+}
+
+// checkHosts validates a list of host patterns.
+func checkHosts(fe *fieldErrors, field string, hosts []string) {
+	if len(hosts) > maxHosts {
+		fe.add(field, "at most %d hosts", maxHosts)
+		return
+	}
+	seen := make(map[string]bool, len(hosts))
+	for i, h := range hosts {
+		f := field + "[" + strconv.Itoa(i) + "]"
+		if msg := hostPatternError(h); msg != "" {
+			fe.add(f, "%s", msg)
+		} else if seen[h] {
+			fe.add(f, "duplicate host pattern")
+		}
+		seen[h] = true
+	}
+}
+
+// hostPatternError explains why h is not a valid host pattern, or returns "".
+//
+// Valid: a lower-case DNS name (optionally with a leading "*." wildcard
+// label), "*" alone, or a bracketed IPv6 literal; any of them but "*" with an
+// optional ":port". IPv4 literals are DNS-name shaped and accepted.
+func hostPatternError(h string) string {
+	switch {
+	case h == "":
+		return "must not be empty"
+	case len(h) > maxHostLen:
+		return fmt.Sprintf("must be at most %d characters", maxHostLen)
+	case h == "*":
+		return ""
+	case strings.Contains(h, "://"):
+		return "must be a host name without a scheme"
+	case strings.ContainsAny(h, "/?#@ \t"):
+		return "must be a host name without path, query, user or spaces"
+	}
+	host, port := h, ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return "unterminated IPv6 literal"
+		}
+		host, port = h[1:end], h[end+1:]
+		if port != "" && port[0] != ':' {
+			return "unexpected characters after the IPv6 literal"
+		}
+		addr, err := netip.ParseAddr(host)
+		if err != nil || !addr.Is6() || addr.Zone() != "" {
+			return "invalid IPv6 literal"
+		}
+		if addr.String() != host {
+			return "IPv6 literal must be in canonical lower-case form (" + addr.String() + ")"
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		host, port = h[:i], h[i:]
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port[1:])
+		if err != nil || n < 1 || n > 65535 || port[1] == '0' || port[1] == '+' {
+			return "port must be 1 to 65535"
+		}
+	}
+	if strings.HasPrefix(h, "[") {
+		return ""
+	}
+	name := strings.TrimPrefix(host, "*.")
+	if name == "" {
+		return "missing host name"
+	}
+	for _, label := range strings.Split(name, ".") {
+		if msg := labelError(label); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+func labelError(label string) string {
+	switch {
+	case label == "":
+		return "empty label (consecutive, leading or trailing dot)"
+	case len(label) > 63:
+		return "label longer than 63 characters"
+	case label == "*":
+		return "a wildcard is only allowed as the whole first label (*.example.com)"
+	case label[0] == '-' || label[len(label)-1] == '-':
+		return "label must not start or end with a hyphen"
+	}
+	for i := 0; i < len(label); i++ {
+		c := label[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+		case c >= 'A' && c <= 'Z':
+			return "must be lower-case"
+		default:
+			return fmt.Sprintf("invalid character %q", c)
+		}
+	}
+	return ""
+}
+
+// checkScopes validates a list of scopes: [a-z0-9:._-]{1,64}.
+func checkScopes(fe *fieldErrors, field string, scopes []string) {
+	if len(scopes) > maxScopes {
+		fe.add(field, "at most %d scopes", maxScopes)
+		return
+	}
+	seen := make(map[string]bool, len(scopes))
+	for i, s := range scopes {
+		f := field + "[" + strconv.Itoa(i) + "]"
+		if !validScope(s) {
+			fe.add(f, "must be 1 to %d characters of a-z 0-9 : . _ -", maxScopeLen)
+		} else if seen[s] {
+			fe.add(f, "duplicate scope")
+		}
+		seen[s] = true
+	}
+}
+
+func validScope(s string) bool {
+	if len(s) == 0 || len(s) > maxScopeLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == ':' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkMetadata validates metadata: a JSON object of at most 4 KiB. It
+// returns the compacted object, or nil for JSON null.
+func checkMetadata(fe *fieldErrors, field string, raw json.RawMessage) json.RawMessage {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	if raw[0] != '{' {
+		fe.add(field, "must be a JSON object")
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		fe.add(field, "must be a JSON object")
+		return nil
+	}
+	if buf.Len() > maxMetadata {
+		fe.add(field, "must be at most %d bytes of compact JSON", maxMetadata)
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// parseExpiry parses an RFC 3339 expiry that must lie in the future.
+func parseExpiry(fe *fieldErrors, field, s string, now time.Time) *time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		fe.add(field, "must be an RFC 3339 timestamp such as 2030-01-02T15:04:05Z")
+		return nil
+	}
+	if !t.After(now) {
+		fe.add(field, "must be in the future")
+		return nil
+	}
+	t = t.UTC().Truncate(time.Second)
+	return &t
+}
+
+// validKeyID tells whether s has the shape of a key id this service issues
+// (loosely: ids are opaque to clients; this only keeps junk out of the store).
+func validKeyID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

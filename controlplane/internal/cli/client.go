@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// client talks to the control plane's admin API.
+type client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// clientFlags are the flags every client command takes.
+type clientFlags struct {
+	url   string
+	token string
+	json  bool
+}
+
+func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
+	fs.StringVar(&cf.url, "url", envOr(env, "KEYGATE_URL", "http://127.0.0.1:8081"), "control plane URL (KEYGATE_URL)")
+	cf.token = env("KEYGATE_ADMIN_TOKEN")
+	fs.StringVar(&cf.token, "token", cf.token, "admin credential (KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
+	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
+}
+
+func (cf *clientFlags) client() (*client, error) {
+	u, err := url.Parse(cf.url)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, usagef("--url must be an http(s) URL")
+	}
+	if cf.token == "" {
+		return nil, usagef("no admin credential: set KEYGATE_ADMIN_TOKEN or --token")
+	}
+	return &client{base: strings.TrimRight(cf.url, "/"), token: cf.token,
+		http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// apiError is a problem+json answer.
+type apiError struct {
+	Status  int    `json:"status"`
+	Code    string `json:"error"`
+	Message string `json:"message"`
+	Errors  []struct {
+		Field   string `json:"field"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+func (e *apiError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%d): %s", e.Code, e.Status, e.Message)
+	if len(e.Errors) > 1 {
+		for _, f := range e.Errors {
+			fmt.Fprintf(&b, "\n  %s: %s", f.Field, f.Message)
+		}
+	}
+	return b.String()
+}
+
+// do sends a request with an optional JSON body and returns the raw
+// response body of a 2xx answer, or an *apiError.
+func (c *client) do(ctx context.Context, method, path string, query url.Values, body any) ([]byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return out, nil
+	}
+	ae := &apiError{}
+	if json.Unmarshal(out, ae) != nil || ae.Code == "" {
+		ae = &apiError{Code: "http_error", Message: strings.TrimSpace(string(out))}
+	}
+	ae.Status = resp.StatusCode
+	return nil, ae
+}
+
+// printJSON indents an API response onto w.
+func printJSON(w io.Writer, body []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, body, "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}

@@ -1,0 +1,437 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// keyOut mirrors the API's key representation.
+type keyOut struct {
+	ID        string          `json:"id"`
+	Key       string          `json:"key"`
+	Name      string          `json:"name"`
+	Owner     string          `json:"owner"`
+	Status    string          `json:"status"`
+	Expired   bool            `json:"expired"`
+	Hosts     []string        `json:"hosts"`
+	Scopes    []string        `json:"scopes"`
+	Rate      *rateOut        `json:"rate"`
+	Quota     *quotaOut       `json:"quota"`
+	ExpiresAt *time.Time      `json:"expires_at"`
+	Metadata  json.RawMessage `json:"metadata"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
+	LastUsed  *time.Time      `json:"last_used_at"`
+	Usage     *struct {
+		Last24h counts `json:"last_24h"`
+		Last30d counts `json:"last_30d"`
+	} `json:"usage"`
+	RotatedFrom *struct {
+		ID        string    `json:"id"`
+		ExpiresAt time.Time `json:"expires_at"`
+	} `json:"rotated_from"`
+}
+
+type rateOut struct {
+	Limit    int64 `json:"limit"`
+	PeriodMS int64 `json:"period_ms"`
+	Burst    int64 `json:"burst"`
+}
+
+type quotaOut struct {
+	Limit  int64  `json:"limit"`
+	Period string `json:"period"`
+}
+
+type counts struct {
+	Allowed int64 `json:"allowed"`
+	Denied  int64 `json:"denied"`
+}
+
+func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.Writer, env Env) error {
+	fs := flag.NewFlagSet("keys "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cf clientFlags
+	cf.register(fs, env)
+	var sf settingsFlags
+	var (
+		owner, status string
+		limit         int
+		all           bool
+		grace         time.Duration
+	)
+	nargs := 1
+	switch sub {
+	case "create":
+		nargs = 0
+		sf.register(fs, false)
+	case "update":
+		sf.register(fs, true)
+	case "list":
+		nargs = 0
+		fs.StringVar(&owner, "owner", "", "only keys of this owner")
+		fs.StringVar(&status, "status", "", "only keys with this status (active, disabled, revoked)")
+		fs.IntVar(&limit, "limit", 100, "keys per page (1-1000)")
+		fs.BoolVar(&all, "all", false, "follow the pages to the end")
+	case "rotate":
+		fs.DurationVar(&grace, "grace", 0, "how long the old key keeps working (e.g. 24h)")
+	case "show", "revoke", "disable", "enable", "delete":
+	default:
+		return usagef("unknown keys subcommand %q", sub)
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != nargs {
+		if nargs == 0 {
+			return usagef("keys %s takes no arguments", sub)
+		}
+		return usagef("keys %s needs one key id", sub)
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var id string
+	if nargs == 1 {
+		id = url.PathEscape(pos[0])
+	}
+
+	var body []byte
+	switch sub {
+	case "create":
+		req, err := sf.request(false)
+		if err != nil {
+			return err
+		}
+		body, err = c.do(ctx, "POST", "/v1/keys", nil, req)
+		if err != nil {
+			return err
+		}
+	case "update":
+		req, err := sf.request(true)
+		if err != nil {
+			return err
+		}
+		if len(req) == 0 {
+			return usagef("keys update: give at least one setting to change")
+		}
+		if body, err = c.do(ctx, "PATCH", "/v1/keys/"+id, nil, req); err != nil {
+			return err
+		}
+	case "list":
+		return listKeys(ctx, c, cf.json, stdout, owner, status, limit, all)
+	case "show":
+		if body, err = c.do(ctx, "GET", "/v1/keys/"+id, nil, nil); err != nil {
+			return err
+		}
+	case "revoke", "disable", "enable":
+		if body, err = c.do(ctx, "POST", "/v1/keys/"+id+"/"+sub, nil, nil); err != nil {
+			return err
+		}
+	case "rotate":
+		if grace < 0 || grace%time.Second != 0 {
+			return usagef("--grace must be a non-negative whole number of seconds")
+		}
+		req := map[string]any{"grace_seconds": int64(grace / time.Second)}
+		if body, err = c.do(ctx, "POST", "/v1/keys/"+id+"/rotate", nil, req); err != nil {
+			return err
+		}
+	case "delete":
+		if _, err = c.do(ctx, "DELETE", "/v1/keys/"+id, nil, nil); err != nil {
+			return err
+		}
+		if !cf.json {
+			fmt.Fprintf(stdout, "deleted %s\n", pos[0])
+		}
+		return nil
+	}
+	if cf.json {
+		return printJSON(stdout, body)
+	}
+	var k keyOut
+	if err := json.Unmarshal(body, &k); err != nil {
+		return fmt.Errorf("unexpected response: %w", err)
+	}
+	printKey(stdout, &k)
+	if k.Key != "" {
+		fmt.Fprintln(stderr, "The key is shown only now and stored only as a hash: copy it now.")
+	}
+	return nil
+}
+
+func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, owner, status string, limit int, all bool) error {
+	q := url.Values{}
+	if owner != "" {
+		q.Set("owner", owner)
+	}
+	if status != "" {
+		q.Set("status", status)
+	}
+	q.Set("limit", strconv.Itoa(limit))
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if !asJSON {
+		fmt.Fprintln(tw, "ID\tNAME\tOWNER\tSTATUS\tHOSTS\tEXPIRES\tLAST USED")
+	}
+	for {
+		body, err := c.do(ctx, "GET", "/v1/keys", q, nil)
+		if err != nil {
+			return err
+		}
+		if asJSON && !all {
+			return printJSON(stdout, body)
+		}
+		var page struct {
+			Keys       []json.RawMessage `json:"keys"`
+			NextCursor string            `json:"next_cursor"`
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			return fmt.Errorf("unexpected response: %w", err)
+		}
+		for _, raw := range page.Keys {
+			if asJSON { // one key per line when following every page
+				if _, err := fmt.Fprintf(stdout, "%s\n", raw); err != nil {
+					return err
+				}
+				continue
+			}
+			var k keyOut
+			if err := json.Unmarshal(raw, &k); err != nil {
+				return fmt.Errorf("unexpected response: %w", err)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Name), dash(k.Owner), statusText(&k),
+				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.ExpiresAt), timeText(k.LastUsed))
+		}
+		if page.NextCursor == "" || !all {
+			if !asJSON && page.NextCursor != "" {
+				tw.Flush()
+				fmt.Fprintln(stdout, "(more keys: use --all)")
+			}
+			break
+		}
+		q.Set("cursor", page.NextCursor)
+	}
+	return tw.Flush()
+}
+
+func printKey(w io.Writer, k *keyOut) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }
+	row("ID", k.ID)
+	if k.Key != "" {
+		row("KEY", k.Key)
+	}
+	row("NAME", dash(k.Name))
+	row("OWNER", dash(k.Owner))
+	row("STATUS", statusText(k))
+	row("HOSTS", dash(strings.Join(k.Hosts, ", ")))
+	row("SCOPES", dash(strings.Join(k.Scopes, ", ")))
+	rate := "-"
+	if k.Rate != nil {
+		rate = fmt.Sprintf("%d per %s, burst %d", k.Rate.Limit, time.Duration(k.Rate.PeriodMS)*time.Millisecond, k.Rate.Burst)
+	}
+	row("RATE", rate)
+	quota := "-"
+	if k.Quota != nil {
+		quota = fmt.Sprintf("%d per %s", k.Quota.Limit, k.Quota.Period)
+	}
+	row("QUOTA", quota)
+	row("EXPIRES", timeText(k.ExpiresAt))
+	if len(k.Metadata) > 0 && string(k.Metadata) != "null" {
+		row("METADATA", string(k.Metadata))
+	}
+	row("CREATED", timeText(&k.CreatedAt))
+	row("UPDATED", timeText(&k.UpdatedAt))
+	row("LAST USED", timeText(k.LastUsed))
+	if k.Usage != nil {
+		row("USAGE 24H", fmt.Sprintf("%d allowed, %d denied", k.Usage.Last24h.Allowed, k.Usage.Last24h.Denied))
+		row("USAGE 30D", fmt.Sprintf("%d allowed, %d denied", k.Usage.Last30d.Allowed, k.Usage.Last30d.Denied))
+	}
+	if k.RotatedFrom != nil {
+		row("REPLACES", fmt.Sprintf("%s (works until %s)", k.RotatedFrom.ID, timeText(&k.RotatedFrom.ExpiresAt)))
+	}
+	tw.Flush()
+}
+
+func statusText(k *keyOut) string {
+	if k.Expired {
+		return k.Status + " (expired)"
+	}
+	return k.Status
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func abbreviate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func timeText(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// settingsFlags are the key settings of create and update.
+type settingsFlags struct {
+	name, owner, rate, quota, expires, metadata stringFlag
+	burst                                       int64
+	burstSet                                    bool
+	hosts, scopes                               listFlag
+	clearHosts, clearScopes, clearRate          bool
+	clearQuota, clearExpires, clearMetadata     bool
+}
+
+// stringFlag remembers whether it was given.
+type stringFlag struct {
+	value string
+	set   bool
+}
+
+func (s *stringFlag) String() string     { return s.value }
+func (s *stringFlag) Set(v string) error { s.value, s.set = v, true; return nil }
+
+type burstFlag struct{ sf *settingsFlags }
+
+func (b burstFlag) String() string { return "" }
+func (b burstFlag) Set(v string) error {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return err
+	}
+	b.sf.burst, b.sf.burstSet = n, true
+	return nil
+}
+
+func (sf *settingsFlags) register(fs *flag.FlagSet, update bool) {
+	fs.Var(&sf.name, "name", "key name")
+	fs.Var(&sf.owner, "owner", "owner (a customer, team or service)")
+	fs.Var(&sf.hosts, "host", "allowed host pattern (repeatable or comma-separated): api.example.com, *.example.com, *")
+	fs.Var(&sf.scopes, "scope", "scope (repeatable or comma-separated)")
+	fs.Var(&sf.rate, "rate", "rate limit N/second, N/minute, N/hour or N/<duration> (e.g. 100/minute, 5/250ms)")
+	fs.Var(burstFlag{sf}, "burst", "extra requests allowed at once on top of --rate")
+	fs.Var(&sf.quota, "quota", "quota N/day or N/month")
+	fs.Var(&sf.expires, "expires", "expiry: RFC 3339 time or a duration from now (e.g. 720h)")
+	fs.Var(&sf.metadata, "metadata", "metadata JSON object (at most 4 KiB)")
+	if update {
+		fs.BoolVar(&sf.clearHosts, "clear-hosts", false, "remove every host (the key then allows no host)")
+		fs.BoolVar(&sf.clearScopes, "clear-scopes", false, "remove every scope")
+		fs.BoolVar(&sf.clearRate, "clear-rate", false, "remove the rate limit")
+		fs.BoolVar(&sf.clearQuota, "clear-quota", false, "remove the quota")
+		fs.BoolVar(&sf.clearExpires, "clear-expires", false, "remove the expiry")
+		fs.BoolVar(&sf.clearMetadata, "clear-metadata", false, "remove the metadata")
+	}
+}
+
+// request builds the create or PATCH body from the given flags.
+func (sf *settingsFlags) request(update bool) (map[string]any, error) {
+	req := map[string]any{}
+	if sf.name.set {
+		req["name"] = sf.name.value
+	}
+	if sf.owner.set {
+		req["owner"] = sf.owner.value
+	}
+	if sf.hosts.set {
+		req["hosts"] = sf.hosts.values
+	} else if sf.clearHosts {
+		req["hosts"] = []string{}
+	}
+	if sf.scopes.set {
+		req["scopes"] = sf.scopes.values
+	} else if sf.clearScopes {
+		req["scopes"] = []string{}
+	}
+	switch {
+	case sf.rate.set:
+		rate, err := parseRate(sf.rate.value)
+		if err != nil {
+			return nil, err
+		}
+		rate["burst"] = sf.burst
+		req["rate"] = rate
+	case sf.burstSet:
+		return nil, usagef("--burst needs --rate")
+	case sf.clearRate:
+		req["rate"] = nil
+	}
+	if sf.quota.set {
+		n, period, ok := strings.Cut(sf.quota.value, "/")
+		limit, err := strconv.ParseInt(n, 10, 64)
+		if !ok || err != nil || (period != "day" && period != "month") {
+			return nil, usagef("--quota must look like 10000/day or 1000000/month")
+		}
+		req["quota"] = map[string]any{"limit": limit, "period": period}
+	} else if sf.clearQuota {
+		req["quota"] = nil
+	}
+	if sf.expires.set {
+		t, err := parseExpires(sf.expires.value, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		req["expires_at"] = t.UTC().Format(time.RFC3339)
+	} else if sf.clearExpires {
+		req["expires_at"] = nil
+	}
+	if sf.metadata.set {
+		if !json.Valid([]byte(sf.metadata.value)) {
+			return nil, usagef("--metadata must be a JSON object")
+		}
+		req["metadata"] = json.RawMessage(sf.metadata.value)
+	} else if sf.clearMetadata {
+		req["metadata"] = nil
+	}
+	return req, nil
+}
+
+func parseRate(v string) (map[string]any, error) {
+	n, per, ok := strings.Cut(v, "/")
+	limit, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil {
+		return nil, usagef("--rate must look like 100/minute or 5/250ms")
+	}
+	switch per {
+	case "second", "minute", "hour":
+		return map[string]any{"limit": limit, "period": per}, nil
+	case "s", "sec":
+		return map[string]any{"limit": limit, "period": "second"}, nil
+	case "m", "min":
+		return map[string]any{"limit": limit, "period": "minute"}, nil
+	case "h":
+		return map[string]any{"limit": limit, "period": "hour"}, nil
+	}
+	d, err := time.ParseDuration(per)
+	if err != nil || d < time.Millisecond || d%time.Millisecond != 0 {
+		return nil, usagef("--rate period must be second, minute, hour or a whole number of milliseconds (250ms, 10s)")
+	}
+	return map[string]any{"limit": limit, "period_ms": d.Milliseconds()}, nil
+}
+
+func parseExpires(v string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return now.Add(d).Truncate(time.Second), nil
+	}
+	return time.Time{}, usagef("--expires must be an RFC 3339 time or a positive duration (720h)")
+}

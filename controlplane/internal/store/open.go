@@ -1,0 +1,200 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Option configures a store at open.
+type Option func(*config)
+
+type config struct {
+	now          func() time.Time
+	pollInterval time.Duration
+	shareWindow  time.Duration
+}
+
+// WithClock sets the clock used for timestamps the store fills in itself
+// (created/updated times left zero, change-log and audit times, batch
+// receipt times). Default time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(c *config) { c.now = now }
+}
+
+// WithPollInterval sets how often WaitForChange reads the current version
+// (default 75ms). Changes made through the same store wake waiters at once;
+// polling is what notices changes committed by other replicas.
+func WithPollInterval(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.pollInterval = d
+		}
+	}
+}
+
+// WithShareWindow sets how long a node counts as active for fleet-wide
+// rate-limit shares after its latest usage batch (default
+// DefaultShareWindow). Keep it several times the filters' flush period.
+func WithShareWindow(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.shareWindow = d
+		}
+	}
+}
+
+func newConfig(opts []Option) config {
+	c := config{now: time.Now, pollInterval: 75 * time.Millisecond, shareWindow: DefaultShareWindow}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
+// Open opens the store named by dsn: "sqlite:<path>" (or a bare path) for
+// SQLite, "postgres://..." or "postgresql://..." for PostgreSQL.
+func Open(ctx context.Context, dsn string, opts ...Option) (Store, error) {
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return OpenPostgres(ctx, dsn, opts...)
+	case strings.HasPrefix(dsn, "sqlite:"):
+		return OpenSQLite(ctx, strings.TrimPrefix(dsn, "sqlite:"), opts...)
+	case strings.Contains(dsn, "://"):
+		return nil, fmt.Errorf("store: unsupported store URL scheme in %q (want sqlite:<path> or postgres://)", redactURL(dsn))
+	default:
+		return OpenSQLite(ctx, dsn, opts...)
+	}
+}
+
+// redactURL drops a password from u for error messages.
+func redactURL(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Redacted()
+	}
+	return "(unparsable URL)"
+}
+
+// OpenSQLite opens (creating if needed) the SQLite database file at path and
+// applies pending migrations. The database runs in WAL mode with a busy
+// timeout and foreign keys on; all writes go through one connection (SQLite
+// has one writer anyway), reads use a small pool of their own.
+func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error) {
+	if path == "" || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
+		return nil, errors.New("store: OpenSQLite needs a plain file path")
+	}
+	if strings.ContainsAny(path, "?#") {
+		return nil, errors.New("store: SQLite database path must not contain '?' or '#'")
+	}
+	if dir := filepath.Dir(path); dir != "." {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("store: create database directory: %w", err)
+		}
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	w, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode()+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	// One writer connection: our own transactions never contend for the
+	// write lock; the busy timeout covers other processes.
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	if err := w.PingContext(ctx); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	s := newSQLStore(dialectSQLite, w, nil, newConfig(opts))
+	if err := s.migrate(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
+	rq := url.Values{}
+	rq.Add("_pragma", "busy_timeout(10000)")
+	rq.Add("_pragma", "query_only(1)")
+	// Snapshots walk the whole keys table in hash order: map the file and
+	// keep a larger page cache instead of a pread per page.
+	rq.Add("_pragma", "mmap_size(1073741824)")
+	rq.Add("_pragma", "cache_size(-32768)")
+	r, err := sql.Open("sqlite", "file:"+path+"?"+rq.Encode())
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("store: open sqlite: %w", err)
+	}
+	r.SetMaxOpenConns(4)
+	r.SetMaxIdleConns(4)
+	s.r = r
+	return s, nil
+}
+
+// OpenPostgres connects to PostgreSQL and applies pending migrations (under
+// an advisory lock, so replicas starting together are safe).
+//
+// dsn is a postgres:// URL or key=value DSN understood by pgx. To keep the tables in a
+// schema of their own, add search_path as a runtime parameter, e.g.
+// postgres://u@h/db?sslmode=disable&search_path=keygate; the schema must
+// exist. Tables are created in the first schema of the search path.
+func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
+	}
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(4)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: connect to postgres %s: %w", redactURL(dsn), err)
+	}
+	s := newSQLStore(dialectPostgres, db, db, newConfig(opts))
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// isUniqueViolation tells whether err is a unique or primary-key violation.
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "23505"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// isRetryable tells whether a transaction failed for a reason that a retry
+// of the whole transaction can cure (PostgreSQL serialization failure or
+// deadlock, SQLite busy past the timeout).
+func isRetryable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "40001" || pe.Code == "40P01"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()&0xff == sqlite3.SQLITE_BUSY
+	}
+	return false
+}

@@ -1,0 +1,257 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Fleet-wide rate limits (see controlplane/RATIONALE.md, "Why shares from
+// each node's latest batch?").
+//
+// Every accepted batch updates its node's row in share_nodes (arrival time,
+// the time since the node's previous batch = the interval the batch
+// covers, a generation) and, for every key with demand in the batch
+// (allowed + rate_limited requests: what reached the limiter), the key's
+// row for the node in share_demand. A node's demand rate for a key is the
+// key's demand in the node's latest batch divided by that batch's
+// interval, as long as the batch is fresh: a filter flushes whenever it
+// holds counts, so a node that sent nothing for well over its own interval
+// had no traffic at all. Everything lives in the database, so replicas on
+// one PostgreSQL compute the same shares.
+const (
+	// DefaultShareWindow is how long a node counts as active after its
+	// latest batch.
+	DefaultShareWindow = 10 * time.Second
+	// ShareFloor/N is the least share of each of N active nodes: a node
+	// whose traffic for a key just started admits that part of the rate
+	// until its next flush raises its share. It comes on top of the
+	// demand-weighted shares, not out of them (see Shares).
+	ShareFloor = 0.03
+	// minShareInterval bounds a batch's interval from below, so two
+	// batches of one node arriving back to back (a backlog, replicas with
+	// slightly different clocks) do not read as a huge rate.
+	minShareInterval = 100 * time.Millisecond
+	// staleNum/staleDen: a node's latest batch stops counting as current
+	// demand once it is older than 9/8 of its interval (the node missed its
+	// next flush, so it had no requests; 1/8 leaves room for the filter's
+	// 100 ms tick and callout latency at a 2 s flush period).
+	staleNum, staleDen = 9, 8
+	// nodeRetention is how long a node's row outlives its last batch; a
+	// node back after longer is treated as new.
+	nodeRetention = time.Hour
+	// firstInterval is the interval taken for a new node's first batch,
+	// whose start is unknown: the filters' default flush period
+	// (docs/config.md). A node that flushes less often looks busier than
+	// it is for that one batch.
+	firstInterval = 2 * time.Second
+)
+
+type demand struct {
+	keyID string
+	n     int64
+}
+
+// demands sums, per identified key, the requests that reached the limiter
+// (allowed or rate_limited), sorted by key id.
+func demands(rs []rollup) []demand {
+	sum := map[string]int64{}
+	for _, r := range rs {
+		if r.keyID != "" && (r.outcome == OutcomeAllowed || r.outcome == OutcomeRateLimited) {
+			sum[r.keyID] += r.n
+		}
+	}
+	out := make([]demand, 0, len(sum))
+	for id, n := range sum {
+		out = append(out, demand{id, n})
+	}
+	slices.SortFunc(out, func(a, b demand) int { return strings.Compare(a.keyID, b.keyID) })
+	return out
+}
+
+func (s *sqlStore) greatest() string {
+	if s.d == dialectPostgres {
+		return "GREATEST"
+	}
+	return "MAX"
+}
+
+// recordDemand notes node's batch arriving at now (unix microseconds) and
+// its demand per key, inside the batch's transaction.
+func (s *sqlStore) recordDemand(ctx context.Context, tx *sql.Tx, node string, now int64, ds []demand) error {
+	var gen int64
+	g := s.greatest()
+	err := tx.QueryRowContext(ctx, `INSERT INTO share_nodes (node, last_at, interval_us, gen) VALUES ($1, $2, $3, 1)
+		ON CONFLICT (node) DO UPDATE SET
+			interval_us = `+g+`($4, excluded.last_at - share_nodes.last_at),
+			last_at = `+g+`(share_nodes.last_at, excluded.last_at),
+			gen = share_nodes.gen + 1
+		RETURNING gen`, node, now, min(s.shareWindow, firstInterval).Microseconds(), minShareInterval.Microseconds()).Scan(&gen)
+	if err != nil {
+		return fmt.Errorf("share node: %w", err)
+	}
+	if len(ds) == 0 {
+		return nil
+	}
+	const suffix = ` ON CONFLICT (key_id, node) DO UPDATE SET at = excluded.at, gen = excluded.gen, n = excluded.n`
+	if s.d == dialectPostgres {
+		ids := make([]string, len(ds))
+		ns := make([]int64, len(ds))
+		for i, d := range ds {
+			ids[i], ns[i] = d.keyID, d.n
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO share_demand (key_id, node, at, gen, n)
+			SELECT u.key_id, $3, $4, $5, u.n FROM unnest($1::text[], $2::bigint[]) AS u(key_id, n)`+suffix,
+			ids, ns, node, now, gen)
+	} else {
+		stmt := func(rows int) string {
+			var b strings.Builder
+			b.WriteString(`INSERT INTO share_demand (key_id, node, at, gen, n) VALUES `)
+			for i := range rows {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString("(?,?,?,?,?)")
+			}
+			return b.String() + suffix
+		}
+		err = execChunks(ctx, tx, len(ds), stmt(sqliteChunk), stmt, func(args []any, i int) []any {
+			return append(args, ds[i].keyID, node, now, gen, ds[i].n)
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("share demand: %w", err)
+	}
+	return nil
+}
+
+// pruneShares drops demand older than the share window and nodes gone for
+// longer than nodeRetention, at most once per share window per process
+// (rows past the window are ignored by Shares anyway; this bounds the
+// tables).
+func (s *sqlStore) pruneShares(ctx context.Context) {
+	now := s.now()
+	last := s.sharesPruned.Load()
+	if now.UnixMicro()-last < s.shareWindow.Microseconds() || !s.sharesPruned.CompareAndSwap(last, now.UnixMicro()) {
+		return
+	}
+	// Failures are harmless (the next prune catches up) and are not the
+	// caller's: the batch is already committed.
+	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_demand WHERE at < $1`, now.Add(-s.shareWindow).UnixMicro())
+	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_nodes WHERE last_at < $1`, now.Add(-max(nodeRetention, s.shareWindow)).UnixMicro())
+}
+
+// Shares computes node's shares as of the store clock.
+//
+// With N active nodes (a batch within the share window; the asking node
+// counts even when it is not), f = ShareFloor/N, a key's fleet rate L
+// (requests per second), d_n the node's current demand rate and D the sum
+// over the active nodes:
+//
+//	share_n = max(f, w_n)
+//	w_n = d_n / D                    when D >= L (the key is saturated)
+//	w_n = (d_n + (L - D)/N) / L      when D < L (spare rate split evenly)
+//	w_n = 1/N                        when D = 0
+//
+// The w_n of all active nodes sum to 1: the fleet as a whole runs at the
+// key's rate. The floor is not taken out of the others' shares: a node
+// without demand does not use it, and taking it away from the busy nodes
+// would keep a saturated key below its limit by up to ShareFloor for as
+// long as idle nodes stay active. What it costs instead: a node whose
+// demand is below the floor may admit up to f*L more than its part, so a
+// fleet can exceed a saturated key's rate by less than ShareFloor, and by
+// f*L per node whose traffic just started until its next flush.
+func (s *sqlStore) Shares(ctx context.Context, node string) (*Shares, error) {
+	now := s.now().UnixMicro()
+	cutoff := now - s.shareWindow.Microseconds()
+	type keyDemand struct {
+		id                 string
+		limit, periodMS    int64
+		total, own         float64
+		haveTotal, haveOwn bool
+	}
+	var (
+		active, self int64
+		rows         []keyDemand
+	)
+	// The current demand rate of a share_demand row d of node nd.
+	rate := fmt.Sprintf(`CASE WHEN d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d
+		THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us ELSE CAST(0 AS DOUBLE PRECISION) END`, staleNum, staleDen)
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		rows = rows[:0]
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN node = $2 THEN 1 ELSE 0 END), 0)
+			FROM share_nodes WHERE last_at >= $1`, cutoff, node).Scan(&active, &self); err != nil {
+			return err
+		}
+		rs, err := tx.QueryContext(ctx, `SELECT d.key_id, k.rate_limit, k.rate_period_ms,
+				SUM(`+rate+`), SUM(CASE WHEN d.node = $3 THEN `+rate+` ELSE CAST(0 AS DOUBLE PRECISION) END)
+			FROM share_demand d
+			JOIN share_nodes nd ON nd.node = d.node
+			JOIN keys k ON k.id = d.key_id
+			WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL
+			GROUP BY d.key_id, k.rate_limit, k.rate_period_ms`, now, cutoff, node)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var (
+				kd         keyDemand
+				total, own sql.NullFloat64
+			)
+			if err := rs.Scan(&kd.id, &kd.limit, &kd.periodMS, &total, &own); err != nil {
+				return err
+			}
+			kd.total, kd.own = total.Float64, own.Float64
+			rows = append(rows, kd)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: shares: %w", err)
+	}
+	n := int(active)
+	if self == 0 {
+		n++
+	}
+	out := &Shares{Keys: make(map[string]float64, len(rows)), Default: roundShare(1 / float64(n)), Nodes: n}
+	for _, kd := range rows {
+		out.Keys[kd.id] = share(n, kd.own, kd.total, fleetRate(kd.limit, kd.periodMS))
+	}
+	return out, nil
+}
+
+// fleetRate is a rate limit in requests per second.
+func fleetRate(limit, periodMS int64) float64 {
+	if periodMS <= 0 {
+		return 0
+	}
+	return float64(limit) * 1000 / float64(periodMS)
+}
+
+// share is the formula of Shares for one key: n active nodes, this node's
+// demand rate own, the fleet's total, the key's fleet rate limit.
+func share(n int, own, total, limit float64) float64 {
+	nf := float64(n)
+	f := ShareFloor / nf
+	var w float64
+	switch {
+	case total <= 0:
+		w = 1 / nf
+	case total < limit:
+		w = (own + (limit-total)/nf) / limit
+	default:
+		w = own / total
+	}
+	return roundShare(max(f, w))
+}
+
+// roundShare keeps six decimals (short responses) and stays in (0, 1].
+func roundShare(v float64) float64 {
+	v = math.Round(v*1e6) / 1e6
+	return min(max(v, 1e-6), 1)
+}

@@ -1,0 +1,254 @@
+// Package store is the control plane's source of truth: keys (hashes only),
+// the change log the filters sync from, the audit log and usage rollups.
+// Two implementations pass one test suite: SQLite (embedded default, pure Go)
+// and PostgreSQL (several control-plane replicas).
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+// Errors every implementation returns (wrapped or as is).
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid is wrapped by every validation error (see FieldError).
+	ErrInvalid = errors.New("invalid")
+	// ErrBadCursor is wrapped when a pagination cursor is malformed or does
+	// not belong to the request it is sent with.
+	ErrBadCursor = errors.New("bad cursor")
+)
+
+// FieldError is a validation error naming the offending field in wire terms
+// (e.g. "counts[3].outcome"). It wraps ErrInvalid.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return "invalid " + e.Field + ": " + e.Message }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// Key statuses.
+const (
+	StatusActive   = "active"
+	StatusRevoked  = "revoked"
+	StatusDisabled = "disabled"
+)
+
+// Rate is a rate limit: Limit requests per PeriodMS milliseconds, plus Burst.
+type Rate struct {
+	Limit    int64 `json:"limit"`
+	PeriodMS int64 `json:"period_ms"`
+	Burst    int64 `json:"burst"`
+}
+
+// Quota is a request budget per UTC day or month.
+type Quota struct {
+	Limit  int64  `json:"limit"`
+	Period string `json:"period"` // "day" or "month"
+}
+
+// Key is one API key as stored. Hash is the SHA-256 of the key; the key
+// itself is never stored.
+type Key struct {
+	ID        string
+	Hash      keycache.Hash
+	Name      string
+	Owner     string
+	Status    string
+	Hosts     []string
+	Scopes    []string
+	Rate      *Rate
+	Quota     *Quota
+	ExpiresAt *time.Time
+	Metadata  json.RawMessage // a JSON object, or nil
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// LastUsedAt is maintained by IngestUsage.
+	LastUsedAt *time.Time
+	// QuotaExhaustedUntil is set by IngestUsage when the fleet's allowed
+	// requests in the current quota period reach the quota (the end of the
+	// period), and kept consistent by UpdateKey when the quota changes; nil
+	// if never exhausted. A time in the past means not exhausted any more.
+	QuotaExhaustedUntil *time.Time
+}
+
+// ListFilter selects keys for ListKeys. Cursor is opaque (from a previous
+// page); Limit <= 0 means the implementation's default (100), max 1000.
+type ListFilter struct {
+	Owner  string
+	Status string
+	Cursor string
+	Limit  int
+}
+
+// AuditEntry is one admin action. Detail never holds a secret.
+type AuditEntry struct {
+	ID     int64
+	At     time.Time
+	Actor  string // who: "admin" or a credential's name
+	Action string // "key.create", "key.revoke", ...
+	KeyID  string
+	Detail json.RawMessage // a JSON object
+}
+
+// AuditFilter selects audit entries, newest first.
+type AuditFilter struct {
+	KeyID  string
+	Cursor string
+	Limit  int
+}
+
+// Change is one entry of a sync response: an upsert (Key != nil) or a delete
+// (Key == nil, Hash set).
+type Change struct {
+	Hash keycache.Hash
+	Key  *Key
+}
+
+// SyncPage is what the sync endpoint sends (see docs/wire.md).
+type SyncPage struct {
+	Version  int64
+	Snapshot bool
+	More     bool
+	Cursor   string
+	Changes  []Change
+}
+
+// UsageCount is one line of a usage batch (docs/wire.md).
+type UsageCount struct {
+	KeyID   string
+	Minute  time.Time // start of a UTC minute
+	Host    string
+	Outcome string // "allowed" or a refusal code
+	N       int64
+}
+
+// UsageBatch is one flush from one Envoy, identified by (Node, Boot, Seq).
+type UsageBatch struct {
+	Node   string
+	Boot   string
+	Seq    int64
+	Counts []UsageCount
+}
+
+// UsagePoint is one bucket of a usage time series.
+type UsagePoint struct {
+	Start   time.Time
+	Outcome string
+	N       int64
+}
+
+// UsageTotal is one row of a top-keys report or a key's totals.
+type UsageTotal struct {
+	KeyID   string
+	Allowed int64
+	Denied  int64
+}
+
+// TopOrder ranks a top-keys report.
+type TopOrder int
+
+const (
+	// ByTotal ranks keys by allowed+denied requests.
+	ByTotal TopOrder = iota
+	// ByDenied ranks keys by refused requests; keys without refusals are
+	// left out.
+	ByDenied
+)
+
+// Shares is one node's part of every fleet-wide rate limit (docs/wire.md,
+// POST /v1/usage): Keys maps the id of each rate-limited key with demand
+// anywhere in the fleet within the share window to the node's share in
+// (0, 1]; Default applies to every other rate-limited key. Nodes is the
+// number of active nodes the shares were divided among, the asking node
+// included.
+type Shares struct {
+	Keys    map[string]float64
+	Default float64
+	Nodes   int
+}
+
+// Store is implemented by the SQLite and PostgreSQL stores.
+//
+// Every method that changes a key (create, update, rotate, delete) writes the
+// key's change to the change log in the same transaction, so Sync sees it.
+type Store interface {
+	// Keys.
+	CreateKey(ctx context.Context, k *Key) error // ErrConflict on duplicate id or hash
+	GetKey(ctx context.Context, id string) (*Key, error)
+	ListKeys(ctx context.Context, f ListFilter) (keys []*Key, next string, err error)
+	// UpdateKey reads the key, applies fn and writes it back in one
+	// transaction; fn returning an error aborts the update.
+	UpdateKey(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
+	DeleteKey(ctx context.Context, id string) error
+	// RotateKey stores newKey and sets the old key's ExpiresAt to
+	// oldExpiresAt (the end of the grace period) in one transaction.
+	RotateKey(ctx context.Context, oldID string, newKey *Key, oldExpiresAt time.Time) (old *Key, err error)
+
+	// Audit.
+	AppendAudit(ctx context.Context, e *AuditEntry) error
+	ListAudit(ctx context.Context, f AuditFilter) (entries []*AuditEntry, next string, err error)
+
+	// Sync. Sync answers a delta after since, or a (paged) snapshot when
+	// since is 0, too old or ahead; limit <= 0 means 2000. WaitForChange
+	// blocks until the current version is above since or ctx ends; it must
+	// work across replicas sharing one database (polling is fine).
+	Sync(ctx context.Context, since int64, cursor string, limit int) (*SyncPage, error)
+	CurrentVersion(ctx context.Context) (int64, error)
+	WaitForChange(ctx context.Context, since int64) error
+
+	// Usage. IngestUsage merges a batch exactly once: it returns
+	// duplicate=true and changes nothing for a batch identity it has seen.
+	// In the same transaction it advances each key's LastUsedAt, records
+	// the node's demand per key for Shares, adds allowed requests to the
+	// keys' quota periods and sets QuotaExhaustedUntil (with a change-log
+	// entry) on keys whose quota the fleet has used up.
+	IngestUsage(ctx context.Context, b *UsageBatch) (duplicate bool, err error)
+	// Shares divides each rate-limited key's rate among the nodes active
+	// within the share window in proportion to their recent demand (see
+	// shares.go) and returns node's part.
+	Shares(ctx context.Context, node string) (*Shares, error)
+	// QuotaUsed returns a key's allowed requests in the UTC quota period
+	// ("day" or "month") that contains at.
+	QuotaUsed(ctx context.Context, keyID, period string, at time.Time) (int64, error)
+	// UsageSeries returns per-bucket, per-outcome sums for one key ("" for
+	// requests with no identified key) in [from, to); step is "minute",
+	// "hour" or "day".
+	UsageSeries(ctx context.Context, keyID string, from, to time.Time, step string) ([]UsagePoint, error)
+	// UsageByHost returns per-host sums for one key in [from, to).
+	UsageByHost(ctx context.Context, keyID string, from, to time.Time) (map[string]UsageTotal, error)
+	// FleetSeries is UsageSeries over every key, requests without an
+	// identified key included.
+	FleetSeries(ctx context.Context, from, to time.Time, step string) ([]UsagePoint, error)
+	// HostTotals returns the top hosts of the whole fleet by requests in
+	// [from, to) (KeyID empty), most first; top <= 0 means 10, at most 1000.
+	HostTotals(ctx context.Context, from, to time.Time, top int) (map[string]UsageTotal, error)
+	// TopKeys returns the identified keys with the most requests (or
+	// refusals) in [from, to).
+	TopKeys(ctx context.Context, from, to time.Time, top int, order TopOrder) ([]UsageTotal, error)
+
+	// Settings: small named values (e.g. the admin credential's hash).
+	GetSetting(ctx context.Context, name string) (string, error) // ErrNotFound
+	SetSettingIfAbsent(ctx context.Context, name, value string) (set bool, err error)
+
+	// Retention. PruneChanges drops change-log entries recorded before
+	// before, and all but the newest MaxChangeLogEntries; a filter whose
+	// since is older than what remains is answered with a snapshot.
+	// PruneUsageBatches forgets usage batch identities received before
+	// before (a batch retried after that would count twice, so keep them
+	// well beyond the filters' retry horizon). Both return the rows removed.
+	PruneChanges(ctx context.Context, before time.Time) (removed int64, err error)
+	PruneUsageBatches(ctx context.Context, before time.Time) (removed int64, err error)
+
+	Ping(ctx context.Context) error
+	Close() error
+}

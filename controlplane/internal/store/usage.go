@@ -1,0 +1,503 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Usage batch limits (docs/wire.md).
+const (
+	MaxBatchCounts = 10_000
+	MaxNodeLen     = 128
+	MaxBootLen     = 64
+	MaxHostLen     = 255
+	// MaxCountN bounds one count's n so sums cannot overflow.
+	MaxCountN = 1_000_000_000_000
+)
+
+// Outcomes with a meaning of their own in the store.
+const (
+	// OutcomeAllowed is the outcome of a request the filter let through.
+	OutcomeAllowed = "allowed"
+	// OutcomeRateLimited is a request the key's limiter refused.
+	OutcomeRateLimited = "rate_limited"
+)
+
+// Outcomes lists every outcome a usage count may carry (docs/wire.md).
+var Outcomes = []string{
+	OutcomeAllowed, "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
+	"key_revoked", "key_expired", "key_disabled", "host_not_allowed",
+	"insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
+}
+
+var outcomeSet = func() map[string]bool {
+	m := make(map[string]bool, len(Outcomes))
+	for _, o := range Outcomes {
+		m[o] = true
+	}
+	return m
+}()
+
+// ValidateBatch checks b against the wire format's rules; the error is a
+// *FieldError naming the field in wire terms.
+func ValidateBatch(b *UsageBatch) error {
+	if n := utf8.RuneCountInString(b.Node); n < 1 || n > MaxNodeLen || !printable(b.Node) {
+		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
+	}
+	if n := utf8.RuneCountInString(b.Boot); n < 1 || n > MaxBootLen || !printable(b.Boot) {
+		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxBootLen)}
+	}
+	if b.Seq < 1 {
+		return &FieldError{Field: "seq", Message: "must be at least 1"}
+	}
+	if len(b.Counts) > MaxBatchCounts {
+		return &FieldError{Field: "counts", Message: fmt.Sprintf("at most %d counts per batch", MaxBatchCounts)}
+	}
+	for i := range b.Counts {
+		c := &b.Counts[i]
+		field := func(name string) string { return fmt.Sprintf("counts[%d].%s", i, name) }
+		if len(c.KeyID) > MaxKeyIDLen || !printable(c.KeyID) {
+			return &FieldError{Field: field("key_id"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxKeyIDLen)}
+		}
+		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 {
+			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60)"}
+		}
+		if len(c.Host) > MaxHostLen || !printable(c.Host) {
+			return &FieldError{Field: field("host"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxHostLen)}
+		}
+		if !outcomeSet[c.Outcome] {
+			return &FieldError{Field: field("outcome"), Message: "must be allowed or a refusal code of docs/wire.md"}
+		}
+		if c.N < 1 || c.N > MaxCountN {
+			return &FieldError{Field: field("n"), Message: fmt.Sprintf("must be between 1 and %d", int64(MaxCountN))}
+		}
+	}
+	return nil
+}
+
+// printable tells whether s is valid UTF-8 without control characters
+// (PostgreSQL text cannot even hold NUL).
+func printable(s string) bool {
+	for _, r := range s {
+		if r == utf8.RuneError || r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return false
+		}
+	}
+	return true
+}
+
+type rollup struct {
+	keyID, host, outcome string
+	minute               int64
+	n                    int64
+}
+
+// aggregate merges counts with the same (key, minute, host, outcome) and
+// sorts them, so every transaction touches rollup rows in the same order
+// (no deadlocks between concurrent ingests on PostgreSQL) and no statement
+// updates one row twice.
+func aggregate(counts []UsageCount) []rollup {
+	type id struct {
+		keyID, host, outcome string
+		minute               int64
+	}
+	idx := make(map[id]int, len(counts))
+	out := make([]rollup, 0, len(counts))
+	for _, c := range counts {
+		k := id{c.KeyID, c.Host, c.Outcome, c.Minute.Unix()}
+		if i, ok := idx[k]; ok {
+			out[i].n += c.N
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, rollup{keyID: c.KeyID, host: c.Host, outcome: c.Outcome, minute: k.minute, n: c.N})
+	}
+	// The order of the table's primary key.
+	slices.SortFunc(out, func(a, b rollup) int {
+		return cmp.Or(cmp.Compare(a.minute, b.minute), strings.Compare(a.keyID, b.keyID),
+			strings.Compare(a.host, b.host), strings.Compare(a.outcome, b.outcome))
+	})
+	return out
+}
+
+type lastUse struct {
+	keyID string
+	at    int64 // unix microseconds
+}
+
+// lastUses returns, per identified key with an allowed count, the start of
+// its latest such minute, sorted by key id (the lock order on PostgreSQL).
+func lastUses(rs []rollup) []lastUse {
+	latest := map[string]int64{}
+	for _, r := range rs {
+		if r.keyID == "" || r.outcome != OutcomeAllowed {
+			continue
+		}
+		latest[r.keyID] = max(latest[r.keyID], r.minute*1_000_000)
+	}
+	out := make([]lastUse, 0, len(latest))
+	for id, at := range latest {
+		out = append(out, lastUse{id, at})
+	}
+	slices.SortFunc(out, func(a, b lastUse) int { return strings.Compare(a.keyID, b.keyID) })
+	return out
+}
+
+// IngestUsage merges b exactly once. Counts with the same identity are added
+// up; a key's LastUsedAt becomes the start of the latest minute in which it
+// had an allowed request, if that is later than what it was (usage is
+// recorded per minute, so that is as precise as it gets). Counts of unknown
+// or deleted keys are kept: history outlives keys.
+func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error) {
+	if err := ValidateBatch(b); err != nil {
+		return false, err
+	}
+	rs := aggregate(b.Counts)
+	lu := lastUses(rs)
+	ds := demands(rs)
+	days := dayCounts(rs)
+	used := make([]string, len(lu)) // keys with allowed requests
+	for i, u := range lu {
+		used[i] = u.keyID
+	}
+	dup, changed := false, false
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		dup, changed = false, false
+		now := s.now()
+		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			dup = true
+			return nil
+		}
+		if s.d == dialectPostgres {
+			err = s.mergePostgres(ctx, tx, rs, lu)
+		} else {
+			err = s.mergeSQLite(ctx, tx, rs, lu)
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.addDays(ctx, tx, days); err != nil {
+			return fmt.Errorf("usage days: %w", err)
+		}
+		if err := s.recordDemand(ctx, tx, b.Node, now.UnixMicro(), ds); err != nil {
+			return err
+		}
+		// Last: it may bump the change-log version, which holds the
+		// sync_state row lock until commit.
+		if changed, err = s.exhaustQuotas(ctx, tx, used, now); err != nil {
+			return fmt.Errorf("quotas: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: ingest usage: %w", err)
+	}
+	if changed {
+		s.notify()
+	}
+	if !dup {
+		s.pruneShares(ctx)
+	}
+	return dup, nil
+}
+
+const upsertRollupSuffix = ` ON CONFLICT (minute, key_id, host, outcome) DO UPDATE SET n = usage_minutes.n + excluded.n`
+
+// sqliteChunk is how many rows go in one multi-row statement on SQLite.
+// The driver binds parameters in time quadratic in their number, so chunks
+// stay small; anonymous ? parameters keep each bind cheap.
+const sqliteChunk = 25
+
+var (
+	sqliteUpsertFull   = sqliteUpsert(sqliteChunk)
+	sqliteLastUsedFull = sqliteLastUsed(sqliteChunk)
+)
+
+func sqliteUpsert(rows int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO usage_minutes (minute, key_id, host, outcome, n) VALUES `)
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?)")
+	}
+	b.WriteString(upsertRollupSuffix)
+	return b.String()
+}
+
+// sqliteLastUsed advances keys.last_used_at for rows (id, at) pairs.
+func sqliteLastUsed(rows int) string {
+	var b strings.Builder
+	b.WriteString(`UPDATE keys SET last_used_at = v.column2 FROM (VALUES `)
+	for i := range rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?)")
+	}
+	b.WriteString(`) AS v WHERE keys.id = v.column1 AND (keys.last_used_at IS NULL OR keys.last_used_at < v.column2)`)
+	return b.String()
+}
+
+// execChunks runs n rows through a multi-row statement in chunks, preparing
+// the full-chunk statement once per transaction.
+func execChunks(ctx context.Context, tx *sql.Tx, n int, full string, partial func(rows int) string, rowArgs func(args []any, i int) []any) error {
+	var stmt *sql.Stmt
+	defer func() {
+		if stmt != nil {
+			stmt.Close()
+		}
+	}()
+	args := make([]any, 0, 5*sqliteChunk)
+	for done := 0; done < n; {
+		rows := min(n-done, sqliteChunk)
+		args = args[:0]
+		for i := done; i < done+rows; i++ {
+			args = rowArgs(args, i)
+		}
+		var err error
+		if rows == sqliteChunk {
+			if stmt == nil {
+				if stmt, err = tx.PrepareContext(ctx, full); err != nil {
+					return err
+				}
+			}
+			_, err = stmt.ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, partial(rows), args...)
+		}
+		if err != nil {
+			return err
+		}
+		done += rows
+	}
+	return nil
+}
+
+func (s *sqlStore) mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
+	err := execChunks(ctx, tx, len(rs), sqliteUpsertFull, sqliteUpsert, func(args []any, i int) []any {
+		r := &rs[i]
+		return append(args, r.minute, r.keyID, r.host, r.outcome, r.n)
+	})
+	if err != nil {
+		return err
+	}
+	return execChunks(ctx, tx, len(lu), sqliteLastUsedFull, sqliteLastUsed, func(args []any, i int) []any {
+		return append(args, lu[i].keyID, lu[i].at)
+	})
+}
+
+// mergePostgres sends the whole batch as arrays: one statement for the
+// rollups, one for the last-use times.
+func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
+	if len(rs) > 0 {
+		keys := make([]string, len(rs))
+		minutes := make([]int64, len(rs))
+		hosts := make([]string, len(rs))
+		outcomes := make([]string, len(rs))
+		ns := make([]int64, len(rs))
+		for i, r := range rs {
+			keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
+			SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])`+upsertRollupSuffix,
+			minutes, keys, hosts, outcomes, ns); err != nil {
+			return err
+		}
+	}
+	if len(lu) > 0 {
+		ids := make([]string, len(lu))
+		ats := make([]int64, len(lu))
+		for i, u := range lu {
+			ids[i], ats[i] = u.keyID, u.at
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET last_used_at = u.at
+			FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
+			WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)`, ids, ats); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var stepSeconds = map[string]int64{"minute": 60, "hour": 3600, "day": 86400}
+
+func usageRange(from, to time.Time) (int64, int64, error) {
+	if to.Before(from) {
+		return 0, 0, &FieldError{Field: "to", Message: "must not be before from"}
+	}
+	return from.Unix(), to.Unix(), nil
+}
+
+// UsageSeries buckets are aligned to UTC minute, hour or day boundaries; a
+// bucket is reported with its start even when from falls inside it. Only
+// minutes starting in [from, to) are counted.
+func (s *sqlStore) UsageSeries(ctx context.Context, keyID string, from, to time.Time, step string) ([]UsagePoint, error) {
+	return s.series(ctx, &keyID, from, to, step)
+}
+
+// FleetSeries reads the minute-first primary key of usage_minutes.
+func (s *sqlStore) FleetSeries(ctx context.Context, from, to time.Time, step string) ([]UsagePoint, error) {
+	return s.series(ctx, nil, from, to, step)
+}
+
+// series is UsageSeries of one key, or of all when keyID is nil.
+func (s *sqlStore) series(ctx context.Context, keyID *string, from, to time.Time, step string) ([]UsagePoint, error) {
+	st, ok := stepSeconds[step]
+	if !ok {
+		return nil, &FieldError{Field: "step", Message: "must be minute, hour or day"}
+	}
+	lo, hi, err := usageRange(from, to)
+	if err != nil {
+		return nil, err
+	}
+	where, args := `minute >= $1 AND minute < $2`, []any{lo, hi, st}
+	if keyID != nil {
+		where += ` AND key_id = $4`
+		args = append(args, *keyID)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT minute - (minute % $3) AS bucket, outcome, CAST(SUM(n) AS BIGINT)
+		FROM usage_minutes WHERE `+where+`
+		GROUP BY bucket, outcome ORDER BY bucket, outcome`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: usage series: %w", err)
+	}
+	defer rows.Close()
+	out := []UsagePoint{}
+	for rows.Next() {
+		var (
+			p      UsagePoint
+			bucket int64
+		)
+		if err := rows.Scan(&bucket, &p.Outcome, &p.N); err != nil {
+			return nil, fmt.Errorf("store: usage series: %w", err)
+		}
+		p.Start = time.Unix(bucket, 0).UTC()
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: usage series: %w", err)
+	}
+	return out, nil
+}
+
+// The casts keep PostgreSQL's SUM(bigint) (a numeric) an integer.
+const sumAllowedDenied = `CAST(SUM(CASE WHEN outcome = 'allowed' THEN n ELSE 0 END) AS BIGINT), CAST(SUM(CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END) AS BIGINT)`
+
+func (s *sqlStore) UsageByHost(ctx context.Context, keyID string, from, to time.Time) (map[string]UsageTotal, error) {
+	lo, hi, err := usageRange(from, to)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT host, `+sumAllowedDenied+`
+		FROM usage_minutes WHERE key_id = $1 AND minute >= $2 AND minute < $3 GROUP BY host`, keyID, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("store: usage by host: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]UsageTotal{}
+	for rows.Next() {
+		var (
+			host string
+			t    = UsageTotal{KeyID: keyID}
+		)
+		if err := rows.Scan(&host, &t.Allowed, &t.Denied); err != nil {
+			return nil, fmt.Errorf("store: usage by host: %w", err)
+		}
+		out[host] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: usage by host: %w", err)
+	}
+	return out, nil
+}
+
+// HostTotals ranks the fleet's hosts by allowed+denied, ties by host.
+func (s *sqlStore) HostTotals(ctx context.Context, from, to time.Time, top int) (map[string]UsageTotal, error) {
+	lo, hi, err := usageRange(from, to)
+	if err != nil {
+		return nil, err
+	}
+	if top <= 0 {
+		top = 10
+	}
+	top = min(top, MaxListLimit)
+	rows, err := s.r.QueryContext(ctx, `SELECT host, `+sumAllowedDenied+`
+		FROM usage_minutes WHERE minute >= $1 AND minute < $2
+		GROUP BY host ORDER BY SUM(n) DESC, host LIMIT $3`, lo, hi, top)
+	if err != nil {
+		return nil, fmt.Errorf("store: host totals: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]UsageTotal{}
+	for rows.Next() {
+		var (
+			host string
+			t    UsageTotal
+		)
+		if err := rows.Scan(&host, &t.Allowed, &t.Denied); err != nil {
+			return nil, fmt.Errorf("store: host totals: %w", err)
+		}
+		out[host] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: host totals: %w", err)
+	}
+	return out, nil
+}
+
+// TopKeys ranks identified keys (not the "" bucket of requests without a
+// key) by allowed+denied (ByTotal) or by denied, leaving out keys without
+// refusals (ByDenied); ties by key id; top <= 0 means 10, at most 1000.
+func (s *sqlStore) TopKeys(ctx context.Context, from, to time.Time, top int, order TopOrder) ([]UsageTotal, error) {
+	lo, hi, err := usageRange(from, to)
+	if err != nil {
+		return nil, err
+	}
+	if top <= 0 {
+		top = 10
+	}
+	top = min(top, MaxListLimit)
+	rank := `ORDER BY SUM(n) DESC, key_id`
+	switch order {
+	case ByTotal:
+	case ByDenied:
+		const denied = `SUM(CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END)`
+		rank = `HAVING ` + denied + ` > 0 ORDER BY ` + denied + ` DESC, key_id`
+	default:
+		return nil, &FieldError{Field: "order", Message: "must be total or denied"}
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT key_id, `+sumAllowedDenied+`
+		FROM usage_minutes WHERE minute >= $1 AND minute < $2 AND key_id <> ''
+		GROUP BY key_id `+rank+` LIMIT $3`, lo, hi, top)
+	if err != nil {
+		return nil, fmt.Errorf("store: top keys: %w", err)
+	}
+	defer rows.Close()
+	out := []UsageTotal{}
+	for rows.Next() {
+		var t UsageTotal
+		if err := rows.Scan(&t.KeyID, &t.Allowed, &t.Denied); err != nil {
+			return nil, fmt.Errorf("store: top keys: %w", err)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: top keys: %w", err)
+	}
+	return out, nil
+}
