@@ -1,0 +1,448 @@
+package host
+
+// Filter cost (issue 2): the compiled keygate filter against the pass-through
+// module, driven below ServeHTTP so that the host's Go HTTP plumbing does not
+// drown a filter that costs a few µs. filterRig.serve makes the proxy-wasm
+// call sequence ServeHTTP makes for one request (context create, request
+// headers, response headers, response body, log, done, delete) on worker 0's
+// VM, with Envoy's header maps, and checks the outcome.
+//
+//	go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 200000x
+//	go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilterMemory$' -benchtime 1x
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/shareddata"
+	"github.com/keygate/keygate/keycache"
+)
+
+// filterWasm returns build/filter.wasm (or $FILTER_WASM) and fails the test
+// when it is missing.
+func filterWasm(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("FILTER_WASM")
+	if p == "" {
+		p = filepath.Join(repoRoot(t), "build", "filter.wasm")
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("keygate filter module missing (%v): build it with ./build.sh", err)
+	}
+	return p
+}
+
+const (
+	// keygateVMID is the vm_id partition of shared data the filter reads.
+	keygateVMID = "keygate"
+	// benchKeyID is the id of the key every benchmark request carries.
+	benchKeyID = "key_bench"
+	// The sync state mirrors filter/plugin.go (syncState.encode): format,
+	// epoch, version, lastSyncMS, defaultShare. A mismatch makes every
+	// request a 503 cache_unavailable and the rig's check fails.
+	benchStateKey    = "keygate/state"
+	benchStateFormat = 2
+	benchStateLen    = 1 + 4 + 8 + 8 + 8
+	benchEpoch       = 1
+	usageQueueName   = "keygate/usage"
+)
+
+// keygateConfig is the HTTP filter's plugin configuration in the benchmarks:
+// the defaults (bearer and x-api-key sources, strip, identity and RateLimit
+// headers) with a staleness bound long enough for a 1M-request run without a
+// sync service; the check it enables is the same comparison either way.
+const keygateConfig = `{"max_staleness_ms": 3600000}`
+
+// newBenchKey makes the valid key (prefix "ak") every benchmark request
+// carries, once per process.
+var newBenchKey = sync.OnceValues(func() (string, error) { return keycache.NewKey("ak", rand.Reader) })
+
+// benchRecord is the record of the benchmark key: active, allowed on the
+// request's host, with a rate limit far above any rate a benchmark reaches,
+// so every request takes the full path (record lookup, host match, limiter
+// compare-and-swap) and is admitted.
+func benchRecord() keycache.Record {
+	return keycache.Record{
+		ID: benchKeyID, Owner: "acme", Status: keycache.StatusActive, Epoch: benchEpoch,
+		HasRate: true, RateLimit: 1_000_000, RatePeriodMS: 1000, RateBurst: 1_000_000,
+		Hosts:  []string{"*.example.org", "api.example.com"},
+		Scopes: []string{"orders:read", "orders:write"},
+	}
+}
+
+// seedKeys writes a fresh sync state and n key records into the keygate
+// partition of sd, as the sync service would after a snapshot: the
+// benchmark key plus n-1 others with varied hosts, rates and quotas.
+func seedKeys(sd *shareddata.Store, key string, n int, now time.Time) error {
+	var st [benchStateLen]byte
+	st[0] = benchStateFormat
+	binary.LittleEndian.PutUint32(st[1:], benchEpoch)
+	binary.LittleEndian.PutUint64(st[5:], uint64(n))
+	binary.LittleEndian.PutUint64(st[13:], uint64(now.UnixMilli()))
+	binary.LittleEndian.PutUint64(st[21:], math.Float64bits(1)) // this node's share: the whole rate
+	if err := sd.Set(keygateVMID, benchStateKey, st[:], 0); err != nil {
+		return err
+	}
+	var name [1 + sha256.Size]byte
+	name[0] = 'k'
+	put := func(hash [sha256.Size]byte, rec *keycache.Record, buf []byte) ([]byte, error) {
+		buf, err := rec.Append(buf[:0])
+		if err != nil {
+			return buf, err
+		}
+		copy(name[1:], hash[:])
+		return buf, sd.Set(keygateVMID, string(name[:]), buf, 0)
+	}
+	br := benchRecord()
+	buf, err := put(sha256.Sum256([]byte(key)), &br, nil)
+	if err != nil {
+		return err
+	}
+	hosts := [][]string{{"api.example.com"}, {"*.example.com", "example.com"}, {"shop.example.net:8443"}}
+	for i := 1; i < n; i++ {
+		rec := keycache.Record{
+			ID: "key_" + strconv.Itoa(i), Owner: "owner-" + strconv.Itoa(i%97), Status: keycache.StatusActive,
+			Epoch: benchEpoch, Hosts: hosts[i%len(hosts)], Scopes: []string{"orders:read"},
+		}
+		if i%2 == 0 {
+			rec.HasRate, rec.RateLimit, rec.RatePeriodMS, rec.RateBurst = true, 100, 1000, 10
+		}
+		if i%5 == 0 {
+			rec.HasQuota, rec.QuotaLimit, rec.QuotaPeriod = true, 10000, keycache.QuotaDay
+		}
+		// Any 32 distinct bytes do: only the benchmark key is ever presented.
+		if buf, err = put(sha256.Sum256([]byte("seed-key-"+strconv.Itoa(i))), &rec, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchRequest is the request header map Envoy hands a filter for
+// `GET /v1/orders?limit=20` from a typical API client (what requestHeaderMap
+// builds from net/http), with the key in Authorization.
+func benchRequest(key string) [][2]string {
+	return [][2]string{
+		{":authority", "api.example.com"}, {":path", "/v1/orders?limit=20"}, {":method", "GET"}, {":scheme", "http"},
+		{"accept", "application/json"}, {"accept-encoding", "gzip"}, {"authorization", "Bearer " + key},
+		{"user-agent", "acme-client/2.3 (linux; go1.25)"}, {"x-forwarded-proto", "http"},
+		{"x-request-id", "6f1c2a4e-8b1d-4c55-9a7e-2f0d3b9c7a11"},
+	}
+}
+
+// benchResponse is the upstream's answer: headers as responseHeaderMap
+// builds them, plus a small JSON body.
+var (
+	benchResponse = [][2]string{
+		{":status", "200"}, {"content-length", "2"}, {"content-type", "application/json"},
+		{"date", "Mon, 02 Jun 2025 10:00:00 GMT"}, {"x-envoy-upstream-service-time", "1"},
+	}
+	benchResponseBody = []byte("{}")
+)
+
+// filterRig is a host with one wasm filter on its listener and the in-process
+// driver that calls that filter on worker 0's VM.
+type filterRig struct {
+	h       *Host
+	plugin  *Plugin
+	slot    *vmSlot
+	key     string
+	req     [][2]string
+	keygate bool
+}
+
+// rigKind selects the filter of a rig.
+type rigKind int
+
+const (
+	rigPassthrough rigKind = iota
+	rigKeygate
+)
+
+// newFilterRig starts a host (1 worker, no sockets used) with the keygate
+// filter and nkeys seeded records, or with the pass-through module. It
+// returns errors instead of failing so that benchmarks can build it lazily
+// from a sub-benchmark. The host is closed by cleanup.
+func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup func(func())) (*filterRig, error) {
+	spec := pluginSpec{name: "passthrough", vmID: "passthrough", wasm: passPath}
+	if kind == rigKeygate {
+		spec = pluginSpec{name: "keygate", vmID: keygateVMID, wasm: filterPath, config: keygateConfig}
+	}
+	cfg, err := ParseConfig([]byte(testYAML([]pluginSpec{spec}, nil, map[string]string{"upstream": "127.0.0.1:9"})))
+	if err != nil {
+		return nil, err
+	}
+	logs := &syncBuffer{}
+	h, err := New(Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs})
+	if err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, logs.String())
+	}
+	cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = h.Close(ctx)
+	})
+	key, err := newBenchKey()
+	if err != nil {
+		return nil, err
+	}
+	p := h.listeners[0].cfg.Filters[0]
+	r := &filterRig{h: h, plugin: p, slot: h.workers[0][p.vmKey()], key: key, req: benchRequest(key), keygate: kind == rigKeygate}
+	if kind == rigKeygate {
+		// The usage queue of the sync service (no consumer here): the
+		// worker's once-a-second hand-off runs as in production.
+		h.queues.register(keygateVMID, usageQueueName, nil, 0)
+		if err := seedKeys(h.SharedData(), key, nkeys, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.check(); err != nil {
+		return nil, fmt.Errorf("%w\nhost log:\n%s", err, logs.String())
+	}
+	return r, nil
+}
+
+// serve runs one request through the filter and returns the status the
+// client would get and the exchange as the filter left it. It holds the
+// VM's lock for the whole sequence (ServeHTTP takes it per callback; with
+// one driving goroutine the only difference is that a tick waits for the
+// request to end instead of running between two callbacks).
+func (r *filterRig) serve() (int, *exchange, error) {
+	ex := &exchange{visible: -1, filterState: map[string][]byte{}, wakeCh: make(chan struct{}, 1), start: r.h.clock.Now()}
+	ex.req = &headerMap{pairs: append([][2]string(nil), r.req...)}
+	in := r.slot.acquire(r.plugin)
+	if in == nil {
+		return 0, nil, errVMDead
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	sc, err := in.newStream(r.plugin, ex)
+	if err != nil {
+		return 0, nil, err
+	}
+	action, err := in.call(in.fn.reqHeaders, sc.id, uint64(sc.id), uint64(len(ex.req.pairs)), 1)
+	if err != nil {
+		return 0, nil, err
+	}
+	status := 200
+	local, reset := ex.stopped()
+	switch {
+	case reset:
+		return 0, nil, errors.New("the filter reset the stream")
+	case local:
+		ex.resp, ex.respBody = localReplyHeaders(ex.local), ex.local.body
+		status = ex.local.status
+	case uint32(action) != 0:
+		return 0, nil, errors.New("the filter paused the request without a local reply")
+	default:
+		ex.resp, ex.respBody = &headerMap{pairs: append([][2]string(nil), benchResponse...)}, benchResponseBody
+	}
+	eos := len(ex.respBody) == 0
+	if _, err := in.call(in.fn.respHeaders, sc.id, uint64(sc.id), uint64(len(ex.resp.pairs)), b2u(eos)); err != nil {
+		return 0, nil, err
+	}
+	if !eos {
+		ex.visible = bufResponseBody
+		_, err := in.call(in.fn.respBody, sc.id, uint64(sc.id), uint64(len(ex.respBody)), 1)
+		ex.visible = -1
+		if err != nil {
+			return 0, nil, err
+		}
+	}
+	if _, err := in.call(in.fn.log, sc.id, uint64(sc.id)); err != nil {
+		return 0, nil, err
+	}
+	in.endStream(sc)
+	if in.dead {
+		return 0, nil, errVMDead
+	}
+	return status, ex, nil
+}
+
+// check serves one request and verifies the filter did its whole job: for
+// keygate, the key stripped, identity headers and filter state set,
+// RateLimit headers from the limiter, whose state is in shared data.
+func (r *filterRig) check() error {
+	status, ex, err := r.serve()
+	if err != nil {
+		return err
+	}
+	if status == 503 && r.keygate {
+		return fmt.Errorf("the valid key got 503 (does seedKeys' sync state still match filter/plugin.go's syncState?): %s", ex.respBody)
+	}
+	if status != 200 {
+		return fmt.Errorf("the valid key got %d: %s", status, ex.respBody)
+	}
+	if !r.keygate {
+		if _, ok := ex.req.get("authorization"); !ok {
+			return errors.New("the pass-through module changed the request")
+		}
+		return nil
+	}
+	if v, ok := ex.req.get("authorization"); ok {
+		return fmt.Errorf("the credential reached the upstream: %q", v)
+	}
+	if v, _ := ex.req.get("x-keygate-key-id"); v != benchKeyID {
+		return fmt.Errorf("x-keygate-key-id = %q, want %q", v, benchKeyID)
+	}
+	if v := string(ex.filterState["wasm.keygate_key_id"]); v != benchKeyID {
+		return fmt.Errorf("filter state wasm.keygate_key_id = %q", v)
+	}
+	if v, ok := ex.resp.get("ratelimit"); !ok {
+		return errors.New("no RateLimit header: the limiter did not run")
+	} else if v == "" {
+		return errors.New("empty RateLimit header")
+	}
+	sum := sha256.Sum256([]byte(r.key))
+	if _, _, err := r.h.SharedData().Get(keygateVMID, "r"+string(sum[:])); err != nil {
+		return fmt.Errorf("no limiter state in shared data: %w", err)
+	}
+	return nil
+}
+
+// guestStat calls one of the filter module's statistics exports
+// (keygate_mallocs, keygate_heap_alloc) on worker 0's VM.
+func (r *filterRig) guestStat(name string) (uint64, error) {
+	in := r.slot.acquire(r.plugin)
+	if in == nil {
+		return 0, errVMDead
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	fn := in.mod.ExportedFunction(name)
+	if fn == nil {
+		return 0, fmt.Errorf("the module does not export %s", name)
+	}
+	res, err := fn.Call(in.ctx)
+	if err != nil {
+		return 0, err
+	}
+	return res[0], nil
+}
+
+// memorySize is worker 0's linear memory size in bytes.
+func (r *filterRig) memorySize() (uint64, error) {
+	in := r.slot.acquire(r.plugin)
+	if in == nil {
+		return 0, errVMDead
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return uint64(in.mod.Memory().Size()), nil
+}
+
+// run serves n requests and fails on the first one not answered 200.
+func (r *filterRig) run(n int) error {
+	for i := 0; i < n; i++ {
+		status, ex, err := r.serve()
+		if err != nil {
+			return fmt.Errorf("request %d: %w", i, err)
+		}
+		if status != 200 {
+			return fmt.Errorf("request %d: status %d: %s", i, status, ex.respBody)
+		}
+	}
+	return nil
+}
+
+// lazyRigs builds each rig of a benchmark once, on first use by a
+// sub-benchmark (a sub-benchmark's function runs once per b.N tried), and
+// closes them when the parent benchmark ends.
+type lazyRigs struct {
+	parent      *testing.B
+	filter      string
+	passthrough string
+	rigs        map[string]*filterRig
+}
+
+func newLazyRigs(b *testing.B) *lazyRigs {
+	return &lazyRigs{parent: b, filter: filterWasm(b), passthrough: passthroughWasm(b), rigs: map[string]*filterRig{}}
+}
+
+func (l *lazyRigs) get(b *testing.B, name string, kind rigKind, nkeys int) *filterRig {
+	b.Helper()
+	if r := l.rigs[name]; r != nil {
+		return r
+	}
+	start := time.Now()
+	r, err := newFilterRig(kind, l.filter, l.passthrough, nkeys, l.parent.Cleanup)
+	if err != nil {
+		b.Fatalf("%s: %v", name, err)
+	}
+	b.Logf("%s: host started and %d keys seeded in %v", name, nkeys, time.Since(start).Round(time.Millisecond))
+	l.rigs[name] = r
+	return r
+}
+
+// BenchmarkFilter compares, side by side on the compiled modules, the cost
+// of one request through the pass-through module and through the keygate
+// filter checking a valid key that has a rate limit (record lookup, host
+// match, limiter CAS, identity headers, RateLimit headers), with 1k and 1M
+// keys in shared data. µs/req is the wall time per request of the whole
+// proxy-wasm call sequence; guest-allocs/req counts TinyGo heap allocations
+// (keygate_mallocs) on the worker VM; allocs/op are the Go host's.
+//
+// Envoy's shared data is C++ memory; here it is a Go map the Go collector
+// marks on every cycle, which with 1M records costs the emulator, not the
+// filter, hundreds of ms per cycle. So that 1k and 1M compare the filter,
+// both run with GOGC at 400 (about one cycle per 200k requests at 1M keys)
+// and start measuring right after a collection.
+func BenchmarkFilter(b *testing.B) {
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	rigs := newLazyRigs(b)
+	for _, c := range []struct {
+		name  string
+		kind  rigKind
+		nkeys int
+	}{
+		{"passthrough", rigPassthrough, 0},
+		{"keygate/keys=1k", rigKeygate, 1_000},
+		{"keygate/keys=1M", rigKeygate, 1_000_000},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			r := rigs.get(b, c.name, c.kind, c.nkeys)
+			var before uint64
+			if r.keygate {
+				var err error
+				if before, err = r.guestStat("keygate_mallocs"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			runtime.GC()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				status, ex, err := r.serve()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if status != 200 {
+					b.Fatalf("status %d: %s", status, ex.respBody)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "µs/req")
+			if r.keygate {
+				after, err := r.guestStat("keygate_mallocs")
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(after-before)/float64(b.N), "guest-allocs/req")
+			}
+		})
+	}
+}

@@ -1,0 +1,526 @@
+// Package host runs proxy-wasm modules on wazero the way Envoy does, from
+// the same envoy.yaml: a base VM per vm_config, a throw-away configure clone
+// per plugin, one VM per worker, a singleton service VM, Envoy's shared data,
+// shared queues, timers, HTTP callouts, metrics, failure policies and a real
+// HTTP listener with routing to static clusters. It is never kinder than
+// Envoy: see /work/shared/design/envoy-host.md and e2e/RATIONALE.md.
+package host
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keygate/keygate/internal/shareddata"
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
+)
+
+// Options configure a Host. Config is required; everything else overrides
+// or complements it.
+type Options struct {
+	// Config is the parsed envoy.yaml.
+	Config *Config
+	// Concurrency is the number of workers (Envoy's --concurrency); default 2.
+	Concurrency int
+	// Listen overrides the address of the first listener (e.g. 127.0.0.1:0).
+	Listen string
+	// AdminAddr overrides the admin address; "" keeps envoy.yaml's, "off"
+	// disables the admin listener.
+	AdminAddr string
+	// Clusters overrides cluster addresses by name (host:port).
+	Clusters map[string]string
+	// WasmPath overrides every plugin's vm_config.code.local.filename.
+	WasmPath string
+	// BaseDir resolves relative .wasm paths; default the working directory.
+	BaseDir string
+	// AccessLog receives access log lines; default os.Stdout.
+	AccessLog io.Writer
+	// Log receives host and guest logs; default os.Stderr.
+	Log io.Writer
+	// LogLevel is the lowest level logged: trace, debug, info (default),
+	// warn, error, critical.
+	LogLevel string
+	// Clock is the time source; default the real clock.
+	Clock Clock
+}
+
+// Host is one emulated Envoy process.
+type Host struct {
+	cfg       *Config
+	clock     Clock
+	realClock bool
+	rt        wazero.Runtime
+	shared    *shareddata.Store
+	queues    *queues
+	stats     *stats
+	transport *http.Transport
+	// upstream carries routed requests; the transport unless a benchmark
+	// swaps in an in-memory one.
+	upstream http.RoundTripper
+
+	clusters  map[string]string
+	workers   []map[string]*vmSlot
+	rr        atomic.Uint64
+	instSeq   atomic.Uint64
+	services  []*instance
+	bases     []*instance
+	listeners []*listenerRT
+	admin     *http.Server
+	adminLn   net.Listener
+	ready     atomic.Bool
+
+	logMu     sync.Mutex
+	logW      io.Writer
+	accessW   io.Writer
+	logLevel  int
+	closeOnce sync.Once
+}
+
+// compileCache shares compiled code between hosts of one process (tests run
+// many hosts on the same modules).
+var compileCache = wazero.NewCompilationCache()
+
+// New loads every module, starts the VMs as Envoy does, binds the listeners
+// and the admin listener, and starts serving.
+func New(opts Options) (_ *Host, err error) {
+	if opts.Config == nil {
+		return nil, errors.New("host: Options.Config is required")
+	}
+	cfg := opts.Config.clone() // paths are resolved in the host's own copy
+	if opts.Concurrency == 0 {
+		opts.Concurrency = 2
+	}
+	if opts.Concurrency < 0 {
+		return nil, fmt.Errorf("host: concurrency %d must be positive", opts.Concurrency)
+	}
+	h := &Host{
+		cfg:      cfg,
+		clock:    opts.Clock,
+		shared:   shareddata.New(),
+		queues:   newQueues(),
+		stats:    newStats(),
+		clusters: map[string]string{},
+		logW:     opts.Log,
+		accessW:  opts.AccessLog,
+	}
+	if h.clock == nil {
+		h.clock, h.realClock = NewRealClock(), true
+	}
+	if h.logW == nil {
+		h.logW = os.Stderr
+	}
+	if h.accessW == nil {
+		h.accessW = os.Stdout
+	}
+	if h.logLevel, err = parseLevel(opts.LogLevel); err != nil {
+		return nil, err
+	}
+	for k, v := range cfg.Clusters {
+		h.clusters[k] = v
+	}
+	for k, v := range opts.Clusters {
+		if _, ok := h.clusters[k]; !ok {
+			return nil, fmt.Errorf("host: --cluster %s: no such cluster in the config", k)
+		}
+		h.clusters[k] = v
+	}
+	h.transport = &http.Transport{
+		DisableCompression:  true, // Envoy does not decompress for the module
+		MaxIdleConnsPerHost: 256,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	}
+	h.upstream = h.transport
+	defer func() {
+		if err != nil {
+			h.Close(context.Background())
+		}
+	}()
+	ctx := context.Background()
+	h.rt = wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCompilationCache(compileCache))
+	if _, err = wasi_snapshot_preview1.Instantiate(ctx, h.rt); err != nil {
+		return nil, fmt.Errorf("host: wasi: %w", err)
+	}
+	if err = instantiateEnv(ctx, h.rt); err != nil {
+		return nil, fmt.Errorf("host: env: %w", err)
+	}
+
+	// Resolve plugin paths and group plugins by vm_config.
+	base := opts.BaseDir
+	resolve := func(p *Plugin) {
+		if opts.WasmPath != "" {
+			p.WasmPath = opts.WasmPath
+		}
+		if !filepath.IsAbs(p.WasmPath) && base != "" {
+			p.WasmPath = filepath.Join(base, p.WasmPath)
+		}
+	}
+	code := map[string]wazero.CompiledModule{}
+	compile := func(path string) (wazero.CompiledModule, error) {
+		if cm, ok := code[path]; ok {
+			return cm, nil
+		}
+		cm, err := h.compile(path)
+		if err == nil {
+			code[path] = cm
+		}
+		return cm, err
+	}
+	newGroup := func(p *Plugin) (*vmGroup, error) {
+		cm, err := compile(p.WasmPath)
+		if err != nil {
+			return nil, err
+		}
+		g := &vmGroup{key: p.vmKey(), vmID: p.VMID, code: cm, vmConfig: p.VMConfig}
+		// The base VM: _start only.
+		bi, err := h.newInstance(g, p.VMID+"/base")
+		if err != nil {
+			return nil, err
+		}
+		h.bases = append(h.bases, bi)
+		return g, nil
+	}
+
+	// Bootstrap services start first, on the main thread.
+	for _, p := range cfg.Services {
+		resolve(p)
+		g, err := newGroup(p)
+		if err != nil {
+			return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
+		}
+		g.plugins = []*Plugin{p}
+		if err := h.validatePlugin(g, p); err != nil {
+			return nil, err
+		}
+		in, err := h.startVM(g, p.VMID+"/service-"+p.Name)
+		if err != nil {
+			return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
+		}
+		h.services = append(h.services, in)
+	}
+
+	groups := map[string]*vmGroup{}
+	var order []*vmGroup
+	for _, l := range cfg.Listeners {
+		for _, p := range l.Filters {
+			resolve(p)
+			g := groups[p.vmKey()]
+			if g == nil {
+				if g, err = newGroup(p); err != nil {
+					return nil, fmt.Errorf("host: filter %q: %w", p.Name, err)
+				}
+				groups[g.key] = g
+				order = append(order, g)
+			}
+			g.plugins = append(g.plugins, p)
+			if err := h.validatePlugin(g, p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for w := 0; w < opts.Concurrency; w++ {
+		slots := map[string]*vmSlot{}
+		for _, g := range order {
+			name := fmt.Sprintf("%s/worker-%d", g.vmID, w)
+			in, err := h.startVM(g, name)
+			if err != nil {
+				return nil, fmt.Errorf("host: %w", err)
+			}
+			s := &vmSlot{host: h, group: g, name: name, inst: in}
+			in.slot = s
+			slots[g.key] = s
+		}
+		h.workers = append(h.workers, slots)
+	}
+
+	// Listeners.
+	for i, l := range cfg.Listeners {
+		addr := l.Addr
+		if i == 0 && opts.Listen != "" {
+			addr = opts.Listen
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("host: listener %q: %w", l.Name, err)
+		}
+		lr := &listenerRT{h: h, cfg: l, ln: ln, prefix: l.StatPrefix}
+		lr.srv = &http.Server{Handler: lr, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		h.listeners = append(h.listeners, lr)
+		go func() { _ = lr.srv.Serve(ln) }()
+	}
+	adminAddr := cfg.AdminAddr
+	if opts.AdminAddr != "" {
+		adminAddr = opts.AdminAddr
+	}
+	if adminAddr != "" && adminAddr != "off" {
+		if h.adminLn, err = net.Listen("tcp", adminAddr); err != nil {
+			return nil, fmt.Errorf("host: admin: %w", err)
+		}
+		h.admin = &http.Server{Handler: h.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = h.admin.Serve(h.adminLn) }()
+	}
+	h.ready.Store(true)
+	return h, nil
+}
+
+// validatePlugin runs on_vm_start and on_configure in a throw-away clone,
+// then destroys it (its timers and callouts die; shared data stays).
+func (h *Host) validatePlugin(g *vmGroup, p *Plugin) error {
+	in, err := h.newInstance(g, p.VMID+"/configure-"+p.Name)
+	if err != nil {
+		return fmt.Errorf("host: plugin %q: %w", p.Name, err)
+	}
+	defer in.close()
+	in.mu.Lock()
+	err = in.startPlugin(p)
+	in.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("host: plugin %q rejected: %w", p.Name, err)
+	}
+	return nil
+}
+
+// compile reads, compiles and checks a module as Envoy would before
+// loading it: an ABI version export and only imports Envoy provides.
+func (h *Host) compile(path string) (wazero.CompiledModule, error) {
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("wasm: %w", err)
+	}
+	cm, err := h.rt.CompileModule(context.Background(), bin)
+	if err != nil {
+		return nil, fmt.Errorf("wasm %s: %w", path, err)
+	}
+	if err := CheckModule(cm); err != nil {
+		return nil, fmt.Errorf("wasm %s: %w", path, err)
+	}
+	return cm, nil
+}
+
+// CheckModule reports imports Envoy would not link and a missing proxy-wasm
+// ABI version export.
+func CheckModule(cm wazero.CompiledModule) error {
+	env := map[string]bool{}
+	for _, f := range hostFuncs {
+		env[f.name] = true
+	}
+	var missing []string
+	for _, f := range cm.ImportedFunctions() {
+		mod, name, _ := f.Import()
+		switch {
+		case mod == "env" && env[name]:
+		case mod == "wasi_snapshot_preview1" && envoyWASI[name]:
+		default:
+			missing = append(missing, mod+"."+name)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("imports the host (like Envoy) does not provide: %s", strings.Join(missing, ", "))
+	}
+	exp := cm.ExportedFunctions()
+	for _, v := range abiVersions {
+		if _, ok := exp[v]; ok {
+			return nil
+		}
+	}
+	return errors.New("exports no proxy_abi_version_* function")
+}
+
+// moduleConfig is one instance's wazero config: real clocks (wazero's
+// default clock is fake) or the injected one, crypto/rand, guest stdout and
+// stderr to the log.
+func (h *Host) moduleConfig(name string) wazero.ModuleConfig {
+	lw := &guestWriter{h: h, vm: name}
+	// wazero needs unique module names; the sequence keeps them so.
+	mc := wazero.NewModuleConfig().WithName(fmt.Sprintf("%s#%d", name, h.instSeq.Add(1))).WithStartFunctions().
+		WithRandSource(rand.Reader).WithStdout(lw).WithStderr(lw)
+	if h.realClock {
+		return mc.WithSysWalltime().WithSysNanotime().WithSysNanosleep()
+	}
+	c := h.clock
+	return mc.WithWalltime(func() (int64, int32) {
+		t := c.Now()
+		return t.Unix(), int32(t.Nanosecond())
+	}, sys.ClockResolution(1)).WithNanotime(c.Nanotime, sys.ClockResolution(1)).
+		WithNanosleep(func(int64) {})
+}
+
+func (h *Host) clusterAddr(name string) (string, bool) {
+	a, ok := h.clusters[name]
+	return a, ok
+}
+
+// pickWorker is round robin over the workers.
+func (h *Host) pickWorker() map[string]*vmSlot {
+	return h.workers[int(h.rr.Add(1)-1)%len(h.workers)]
+}
+
+// Addr returns the bound address of the i-th listener.
+func (h *Host) Addr(i int) string { return h.listeners[i].ln.Addr().String() }
+
+// AdminAddr returns the admin listener's address, "" when disabled.
+func (h *Host) AdminAddr() string {
+	if h.adminLn == nil {
+		return ""
+	}
+	return h.adminLn.Addr().String()
+}
+
+// SharedData is the process's shared data (for tests and tools).
+func (h *Host) SharedData() *shareddata.Store { return h.shared }
+
+// Counter returns a host counter by its /stats name.
+func (h *Host) Counter(name string) int64 { return h.stats.get(name) }
+
+// Metric returns a module-defined metric by the name it was defined with.
+func (h *Host) Metric(name string) (int64, bool) { return h.stats.custom(name) }
+
+// VMMemory returns the linear memory size in bytes of every live worker and
+// service VM, by VM name (for soak tests: it must stay flat under load).
+func (h *Host) VMMemory() map[string]uint64 {
+	var vms []*instance
+	for _, w := range h.workers {
+		for _, s := range w {
+			s.mu.Lock()
+			if s.inst != nil {
+				vms = append(vms, s.inst)
+			}
+			s.mu.Unlock()
+		}
+	}
+	vms = append(vms, h.services...)
+	out := make(map[string]uint64, len(vms))
+	for _, in := range vms {
+		in.mu.Lock()
+		if !in.dead {
+			out[in.name] = uint64(in.mod.Memory().Size())
+		}
+		in.mu.Unlock()
+	}
+	return out
+}
+
+// Close stops the listeners gracefully and destroys every VM.
+func (h *Host) Close(ctx context.Context) error {
+	var err error
+	h.closeOnce.Do(func() {
+		h.ready.Store(false)
+		for _, l := range h.listeners {
+			if e := l.srv.Shutdown(ctx); e != nil && err == nil {
+				err = e
+			}
+		}
+		if h.admin != nil {
+			_ = h.admin.Shutdown(ctx)
+		}
+		for _, w := range h.workers {
+			for _, s := range w {
+				s.mu.Lock()
+				in := s.inst
+				s.inst = nil
+				s.mu.Unlock()
+				if in != nil {
+					in.close()
+				}
+			}
+		}
+		for _, in := range append(h.services, h.bases...) {
+			in.close()
+		}
+		if h.transport != nil {
+			h.transport.CloseIdleConnections()
+		}
+		if h.rt != nil {
+			_ = h.rt.Close(context.Background())
+		}
+	})
+	return err
+}
+
+func (h *Host) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		h.stats.writeText(w)
+		mem := h.VMMemory()
+		names := make([]string, 0, len(mem))
+		for n := range mem {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(w, "wasm_host.vm.%s.memory_bytes: %d\n", n, mem[n])
+		}
+	})
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !h.ready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "DRAINING\n")
+			return
+		}
+		_, _ = io.WriteString(w, "LIVE\n")
+	})
+	return mux
+}
+
+func (h *Host) writeAccessLog(line []byte) {
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	_, _ = h.accessW.Write(line)
+}
+
+func parseLevel(s string) (int, error) {
+	if s == "" {
+		return 2, nil
+	}
+	for i, l := range logLevels {
+		if l == s {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("host: unknown log level %q", s)
+}
+
+func (h *Host) logf(level, vmID, format string, args ...any) {
+	lv, _ := parseLevel(level)
+	if lv < h.logLevel {
+		return
+	}
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	fmt.Fprintf(h.logW, "[%s][%s][wasm] %s: %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), level, vmID, fmt.Sprintf(format, args...))
+}
+
+func (h *Host) guestLog(level int, vmID, msg string) {
+	if level < h.logLevel {
+		return
+	}
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	fmt.Fprintf(h.logW, "[%s][%s][wasm] wasm log %s: %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), logLevels[level], vmID, msg)
+}
+
+// guestWriter sends a module's WASI stdout/stderr to the log, as Envoy does.
+type guestWriter struct {
+	h  *Host
+	vm string
+}
+
+func (g *guestWriter) Write(p []byte) (int, error) {
+	g.h.guestLog(2, g.vm, strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,157 @@
+package host
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Memory flatness of the compiled filter under load: TinyGo's heap never
+// shrinks, so a per-request leak shows up as linear memory growing.
+//
+// The criterion: TinyGo (runtime/gc_blocks.go, arch_tinygowasm.go) grows
+// linear memory only when a collection leaves less than a third of the heap
+// free, and then by doubling it (memory.grow by the current size). After a
+// warm-up of warmRequests, memory may therefore double at most once more —
+// a live heap that happened to sit near the two-thirds mark — but never
+// twice: memAfter <= 2 * memWarm. The check is only meaningful when the run
+// can see the smallest leak there is, one 16-byte TinyGo block per request:
+// 16 * (total - warm) leaked bytes must exceed 2 * memWarm, more than one
+// doubling can hold, so a run too short for that fails as inconclusive
+// instead of passing.
+const (
+	warmRequests   = 10_000
+	tinyGoMinBlock = 16 // bytesPerBlock on wasm32: 4 pointers
+)
+
+// memoryReport is what a flatness run measured on worker 0's VM.
+type memoryReport struct {
+	warm, total           int
+	memWarm, memAfter     uint64 // linear memory bytes
+	heapWarm, heapAfter   uint64 // keygate_heap_alloc
+	mallocsPerRequest     float64
+	leakDetectableAtBytes float64 // smallest per-request leak the run detects
+}
+
+// measureMemory serves warm requests, records memory, serves the rest up
+// to total and records again.
+func measureMemory(r *filterRig, warm, total int) (memoryReport, error) {
+	rep := memoryReport{warm: warm, total: total}
+	if err := r.run(warm); err != nil {
+		return rep, err
+	}
+	var err error
+	if rep.memWarm, err = r.memorySize(); err != nil {
+		return rep, err
+	}
+	if rep.heapWarm, err = r.guestStat("keygate_heap_alloc"); err != nil {
+		return rep, err
+	}
+	m0, err := r.guestStat("keygate_mallocs")
+	if err != nil {
+		return rep, err
+	}
+	if err := r.run(total - warm); err != nil {
+		return rep, err
+	}
+	if rep.memAfter, err = r.memorySize(); err != nil {
+		return rep, err
+	}
+	if rep.heapAfter, err = r.guestStat("keygate_heap_alloc"); err != nil {
+		return rep, err
+	}
+	m1, err := r.guestStat("keygate_mallocs")
+	if err != nil {
+		return rep, err
+	}
+	rep.mallocsPerRequest = float64(m1-m0) / float64(total-warm)
+	rep.leakDetectableAtBytes = 2 * float64(rep.memWarm) / float64(total-warm)
+	return rep, nil
+}
+
+// verdict applies the criterion above.
+func (m memoryReport) verdict() error {
+	if float64(tinyGoMinBlock) <= m.leakDetectableAtBytes {
+		return fmt.Errorf("inconclusive: %d requests after warm-up cannot reveal a %d-byte-per-request leak with %d bytes of memory at warm-up (detects >= %.1f B/request); run more requests",
+			m.total-m.warm, tinyGoMinBlock, m.memWarm, m.leakDetectableAtBytes)
+	}
+	if m.memAfter > 2*m.memWarm {
+		return fmt.Errorf("linear memory grew from %d bytes after %d requests to %d bytes after %d (more than one TinyGo heap doubling): the filter leaks; heap alloc %d -> %d",
+			m.memWarm, m.warm, m.memAfter, m.total, m.heapWarm, m.heapAfter)
+	}
+	return nil
+}
+
+func (m memoryReport) String() string {
+	return fmt.Sprintf("memory %d B after %d requests, %d B after %d; heap alloc %d -> %d B; %.1f guest allocs/request; detects leaks >= %.2f B/request",
+		m.memWarm, m.warm, m.memAfter, m.total, m.heapWarm, m.heapAfter, m.mallocsPerRequest, m.leakDetectableAtBytes)
+}
+
+// TestFilterMemoryFlat serves 200k valid-key requests (full path with the
+// rate limiter) through the compiled filter and enforces the criterion.
+func TestFilterMemoryFlat(t *testing.T) {
+	const total = 200_000
+	r, err := newFilterRig(rigKeygate, filterWasm(t), passthroughWasm(t), 1_000, t.Cleanup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := measureMemory(r, warmRequests, total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(rep)
+	if err := rep.verdict(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMemoryVerdict checks the criterion itself on made-up numbers.
+func TestMemoryVerdict(t *testing.T) {
+	base := memoryReport{warm: 10_000, total: 1_010_000, memWarm: 1 << 20}
+	base.leakDetectableAtBytes = 2 * float64(base.memWarm) / float64(base.total-base.warm)
+	for _, c := range []struct {
+		name  string
+		after uint64
+		ok    bool
+	}{{"flat", 1 << 20, true}, {"one doubling", 2 << 20, true}, {"two doublings", 4 << 20, false}} {
+		m := base
+		m.memAfter = c.after
+		if err := m.verdict(); (err == nil) != c.ok {
+			t.Errorf("%s: verdict %v", c.name, err)
+		}
+	}
+	short := base
+	short.total, short.memAfter = 20_000, base.memWarm
+	short.leakDetectableAtBytes = 2 * float64(short.memWarm) / float64(short.total-short.warm)
+	if err := short.verdict(); err == nil {
+		t.Error("a run too short to see a one-block leak passed")
+	}
+}
+
+// BenchmarkFilterMemory serves 10k and then 1M requests (per iteration;
+// run it with -benchtime 1x) through the keygate filter with 1k keys and
+// reports linear memory and TinyGo heap after each; it fails when memory
+// grew by more than one heap doubling.
+func BenchmarkFilterMemory(b *testing.B) {
+	const total = 1_000_000
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		r, err := newFilterRig(rigKeygate, filterWasm(b), passthroughWasm(b), 1_000, b.Cleanup)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		rep, err := measureMemory(r, warmRequests, total)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Log(rep)
+		if err := rep.verdict(); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(rep.memWarm), "mem-10k-bytes")
+		b.ReportMetric(float64(rep.memAfter), "mem-1M-bytes")
+		b.ReportMetric(float64(rep.heapWarm), "heap-10k-bytes")
+		b.ReportMetric(float64(rep.heapAfter), "heap-1M-bytes")
+		b.ReportMetric(rep.mallocsPerRequest, "guest-allocs/req")
+	}
+}
