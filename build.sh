@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# build.sh: one entry point for building, testing, benchmarking and running.
+#
+#   ./build.sh [build]   install TinyGo if needed, build build/filter.wasm,
+#                        build/passthrough.wasm and the Go binaries
+#   ./build.sh test      build, then run every test (go vet, go test ./...)
+#   ./build.sh bench     build, then print the benchmark tables
+#   ./build.sh run       build, then start control plane + demo upstream + proxy
+#   ./build.sh tinygo    only make sure TinyGo is installed; print its path
+#
+# TinyGo: an installed `tinygo` 0.39.x on PATH is used as is. Otherwise TinyGo
+# 0.39.0 is built from source into $TINYGO_CACHE (default
+# ~/.cache/tinygo-0.39.0) the way ../shared/design/toolchain.md describes; a
+# stamp file makes the second run free.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+TINYGO_VERSION=0.39.0
+GO_FOR_TINYGO=go1.25.5
+TINYGO_CACHE=${TINYGO_CACHE:-$HOME/.cache/tinygo-$TINYGO_VERSION}
+APT_PACKAGES="llvm-19-dev libclang-19-dev clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc binaryen gcc g++ make"
+
+log() { printf '[build.sh] %s\n' "$*" >&2; }
+die() { printf '[build.sh] error: %s\n' "$*" >&2; exit 1; }
+
+need_go() {
+  command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go 1.25 or newer"
+}
+
+# ensure_apt installs the Debian packages TinyGo needs, only when missing.
+ensure_apt() {
+  local missing=()
+  for p in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}" >/dev/null
+}
+
+# tinygo_ok tells whether the tinygo on PATH is a usable 0.39.x.
+tinygo_ok() {
+  command -v tinygo >/dev/null 2>&1 && tinygo version 2>/dev/null | grep -q "tinygo version 0\.39\."
+}
+
+# install_tinygo builds TinyGo from the module proxy's source zip.
+install_tinygo() {
+  need_go
+  ensure_apt
+  log "building TinyGo $TINYGO_VERSION from source into $TINYGO_CACHE (about 2 minutes)"
+  local tmp="$TINYGO_CACHE.tmp"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+
+  # A private Go 1.25 GOROOT: TinyGo 0.39 accepts Go 1.19..1.25 only.
+  local goroot
+  goroot=$(cd "$tmp" && GOTOOLCHAIN=$GO_FOR_TINYGO GOFLAGS= go env GOROOT)
+  [ -x "$goroot/bin/go" ] || die "could not fetch $GO_FOR_TINYGO through the module proxy"
+  cp -a "$goroot" "$tmp/go"
+  chmod -R u+w "$tmp/go"
+
+  # TinyGo's source, copied somewhere writable.
+  local srcdir
+  srcdir=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "github.com/tinygo-org/tinygo@v$TINYGO_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$srcdir" ] || die "could not download github.com/tinygo-org/tinygo@v$TINYGO_VERSION"
+  cp -a "$srcdir" "$tmp/root"
+  chmod -R u+w "$tmp/root"
+
+  # The zip has no submodules: link Debian's wasi-libc and compiler-rt builtins
+  # instead of building them, and give `net` an empty placeholder.
+  local builtins=/usr/lib/llvm-19/lib/clang/19/lib/wasi/libclang_rt.builtins-wasm32.a
+  [ -f "$builtins" ] || die "missing $builtins (Debian package libclang-rt-19-dev-wasm32)"
+  python3 - "$tmp/root/targets/wasip1.json" "$builtins" <<'PY'
+import json, sys
+path, builtins = sys.argv[1], sys.argv[2]
+t = json.load(open(path))
+t.pop("libc", None)
+t.pop("rtlib", None)
+t["cflags"] = t.get("cflags", []) + ["-isystem", "/usr/include/wasm32-wasi"]
+t["ldflags"] = t.get("ldflags", []) + ["-L/usr/lib/wasm32-wasi", "-lc", builtins]
+json.dump(t, open(path, "w"), indent="\t")
+PY
+  mkdir -p "$tmp/root/src/net/http"
+
+  (cd "$tmp/root" &&
+    PATH="/usr/lib/llvm-19/bin:$PATH" CGO_ENABLED=1 GOFLAGS= GOTOOLCHAIN=local \
+      go build -tags=llvm19 \
+      -ldflags="-X github.com/tinygo-org/tinygo/goenv.TINYGOROOT=$TINYGO_CACHE/root" \
+      -o "$tmp/bin/tinygo" .)
+
+  rm -rf "$TINYGO_CACHE"
+  mv "$tmp" "$TINYGO_CACHE"
+  echo "$TINYGO_VERSION" > "$TINYGO_CACHE/.stamp"
+  log "TinyGo installed"
+}
+
+# ensure_tinygo sets TINYGO to a command that runs a working TinyGo 0.39.
+ensure_tinygo() {
+  if tinygo_ok; then
+    TINYGO=(tinygo)
+    return
+  fi
+  if [ ! -f "$TINYGO_CACHE/.stamp" ]; then
+    install_tinygo
+  fi
+  TINYGO=(env GOROOT="$TINYGO_CACHE/go" GOTOOLCHAIN=local PATH="$TINYGO_CACHE/go/bin:$PATH" "$TINYGO_CACHE/bin/tinygo")
+}
+
+build_wasm() {
+  ensure_tinygo
+  mkdir -p build
+  local flags=(-no-debug -scheduler=none -target=wasi -buildmode=wasi-legacy)
+  log "tinygo build build/filter.wasm"
+  "${TINYGO[@]}" build -o build/filter.wasm "${flags[@]}" ./filter/cmd/filter
+  log "tinygo build build/passthrough.wasm"
+  "${TINYGO[@]}" build -o build/passthrough.wasm "${flags[@]}" ./filter/cmd/passthrough
+}
+
+check_go_line() {
+  # TinyGo 0.39 runs on Go 1.25: the module must not require a newer Go.
+  local line
+  line=$(sed -n 's/^go \([0-9.]*\)$/\1/p' go.mod)
+  case "$line" in
+    1.25|1.25.*) ;;
+    *) die "go.mod says 'go $line'; it must stay at 1.25 (TinyGo 0.39). Pin the dependency that raised it." ;;
+  esac
+}
+
+# ensure_postgres makes sure the PostgreSQL the storage tests use is up
+# (127.0.0.1:5432, user postgres, database test; KEYGATE_TEST_POSTGRES
+# overrides). On this kind of machine it is installed and usually running.
+ensure_postgres() {
+  [ -n "${KEYGATE_TEST_POSTGRES:-}" ] && return 0
+  if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then
+    return 0
+  fi
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    log "starting PostgreSQL"
+    for v in $(ls /etc/postgresql); do
+      pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+    done
+    for _ in $(seq 1 30); do
+      pg_isready -q -h 127.0.0.1 -p 5432 && break
+      sleep 1
+    done
+  fi
+  pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || die "PostgreSQL is not reachable on 127.0.0.1:5432 (the storage tests need it; set KEYGATE_TEST_POSTGRES to use another)"
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" postgres 2>/dev/null | grep -q 1 ||
+    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres >/dev/null
+}
+
+build_all() {
+  need_go
+  check_go_line
+  build_wasm
+  # The dashboard's chart library comes from the npm registry (pinned hash).
+  "$ROOT/controlplane/internal/ui/setup.sh" --no-browser >&2
+  log "go build ./..."
+  go build ./...
+  go build -o build/controlplane ./controlplane/cmd/controlplane
+  go build -o build/wasmhost ./e2e/cmd/wasmhost
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  tinygo) ensure_tinygo; "${TINYGO[@]}" version ;;
+  build) build_all ;;
+  test)
+    build_all
+    ensure_postgres
+    # The dashboard's browser test needs Debian's chromium.
+    "$ROOT/controlplane/internal/ui/setup.sh" >&2
+    log "go vet ./..."
+    go vet ./...
+    log "go test ./..."
+    FILTER_WASM="$ROOT/build/filter.wasm" PASSTHROUGH_WASM="$ROOT/build/passthrough.wasm" \
+      CONTROLPLANE_BIN="$ROOT/build/controlplane" \
+      go test -count=1 -timeout 30m "$@" ./...
+    ;;
+  bench)
+    # Runs every Go benchmark with fixed benchtimes (about 6 minutes on 2
+    # cores) and prints the summary tables; -quick for a smoke run, -only
+    # filter,host,controlplane,revocation to pick tables, -v for raw output.
+    build_all
+    FILTER_WASM="$ROOT/build/filter.wasm" PASSTHROUGH_WASM="$ROOT/build/passthrough.wasm" GOTOOLCHAIN=local \
+      CONTROLPLANE_BIN="$ROOT/build/controlplane" \
+      go run ./internal/benchtable "$@"
+    ;;
+  run)
+    build_all
+    go build -o build/demo ./e2e/cmd/demo
+    exec ./build/demo "$@"
+    ;;
+  *) die "unknown command '$cmd' (build, test, bench, run, tinygo)" ;;
+esac

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestParseSample(t *testing.T) {
+	f, err := os.Open("testdata/sample.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 14 {
+		t.Fatalf("parsed %d results, want 14", len(res))
+	}
+	first := res[0]
+	if first.Name != "BenchmarkFilter/passthrough" || first.Procs != 2 || first.N != 100000 {
+		t.Fatalf("first result: %+v", first)
+	}
+	if first.Metrics["µs/req"] != 4.117 || first.Metrics["allocs/op"] != 26 || first.Metrics["ns/op"] != 4117 {
+		t.Fatalf("first metrics: %v", first.Metrics)
+	}
+	if r := res[len(res)-1]; r.Name != "BenchmarkSingle" || r.Procs != 1 || r.N != 500 {
+		t.Fatalf("GOMAXPROCS=1 result: %+v", r)
+	}
+	s := Set{}
+	s.Add(res)
+	// Three runs of the pass-through: 4.117, 3.993, 7.575 -> median 4.117.
+	if m, ok := s.Median("BenchmarkFilter/passthrough", "µs/req"); !ok || m != 4.117 {
+		t.Fatalf("median = %v, %v", m, ok)
+	}
+	if _, ok := s.Median("BenchmarkFilter/passthrough", "guest-allocs/req"); ok {
+		t.Fatal("median of a metric nobody reported")
+	}
+	if got := s.Names("BenchmarkHostThroughput/"); len(got) != 4 || got[0] != "BenchmarkHostThroughput/extauthz" {
+		t.Fatalf("names: %v", got)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, in := range []string{
+		"BenchmarkX-2 \t 10\t 5 ns/op\t 7\n", // a value without a unit
+		"BenchmarkX-2 \t 10\t five ns/op\n",  // not a number
+	} {
+		if _, err := Parse(strings.NewReader(in)); err == nil {
+			t.Errorf("%q parsed", in)
+		}
+	}
+	// Lines that are not results are skipped, not errors.
+	res, err := Parse(strings.NewReader("BenchmarkX\n--- FAIL: BenchmarkX\nBenchmarkY-2 --- skipped\n"))
+	if err != nil || len(res) != 0 {
+		t.Fatalf("got %v, %v", res, err)
+	}
+}
+
+func TestMedianEven(t *testing.T) {
+	s := Set{}
+	s.Add([]Result{{Name: "B", Metrics: map[string]float64{"u": 1}}, {Name: "B", Metrics: map[string]float64{"u": 3}}})
+	if m, _ := s.Median("B", "u"); m != 2 {
+		t.Fatalf("median = %v", m)
+	}
+}
+
+func TestTables(t *testing.T) {
+	b, err := os.ReadFile("testdata/sample.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &outcome{results: Set{}, commands: []string{"go test ./x"}}
+	o.results.Add(res)
+	var out bytes.Buffer
+	filterTable(&out, o)
+	hostTable(&out, o)
+	controlPlaneTable(&out, o)
+	revocationTable(&out, &outcome{results: Set{}, missing: []string{benchRevoke}})
+	got := out.String()
+	for _, want := range []string{
+		"reproduce: go test ./x",
+		// 22.07 / 4.117 = 5.36x, 22.07 - 4.117 = 17.95 µs.
+		"keygate, 1k keys  22.07   5.36x            17.95     29.0",
+		"aim: keygate (1k keys) adds <= 5 µs and costs <= 1.5x pass-through: NOT MET",
+		// 25.15 / 22.07 = 1.14x.
+		"aim: 1M keys within 1.2x of 1k keys: met (1.14x)",
+		"linear memory 196608 B after 10k requests, 196608 B after 1M",
+		// 16705 / 18583 = 89.9 %, 16705 / 11590 = 1.44x.
+		"(89.9% of pass-through)",
+		"aim: keygate >= 10x ext_authz-style: NOT MET (1.44x)",
+		"usage ingest sqlite/batch=1000",
+		"create key p50 / p99 (50 clients, SQLite)  1.48 / 2.06 ms",
+		"skipped: BenchmarkRevocationPropagation does not exist",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("tables lack %q:\n%s", want, got)
+		}
+	}
+}
