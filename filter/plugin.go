@@ -121,7 +121,7 @@ func (p *plugin) NewHttpContext(uint32) types.HttpContext {
 	if p.filter == nil {
 		return nil // the syncing role serves no streams
 	}
-	return &stream{root: p.filter}
+	return p.filter.newStream()
 }
 
 // syncState is the syncing VM's progress, read by every request.
@@ -168,7 +168,7 @@ func decodeShare(b []byte) (float64, bool) {
 type hostStore struct{}
 
 func (hostStore) Get(key string) ([]byte, uint32, error) {
-	v, cas, err := proxywasm.GetSharedData(key)
+	v, cas, err := sharedGet(key)
 	if errors.Is(err, types.ErrorStatusNotFound) {
 		return nil, 0, bucket.ErrNotFound
 	}

@@ -1,9 +1,7 @@
 package filter
 
 import (
-	"crypto/sha256"
 	"errors"
-	"hash"
 	"unsafe"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
@@ -20,12 +18,14 @@ type filterRoot struct {
 	clock    Clock
 	usage    *usageCounter
 	limiter  bucket.Limiter
-	recKey   [1 + sha256.Size]byte
-	limKey   [1 + sha256.Size]byte
-	keyBuf   []byte
+	recKey   [1 + keycache.HashSize]byte
+	limKey   [1 + keycache.HashSize]byte
 	shareKey []byte
-	hasher   hash.Hash // reused: sha256.Sum256 allocates under TinyGo
-	sum      [sha256.Size]byte
+	hdrBuf   []byte // response header values being rendered
+	sum      keycache.Hash
+	found    found     // the current request's header scan
+	pairs    pairIter  // and its iterator
+	free     []*stream // finished streams for reuse (see newStream)
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -45,7 +45,6 @@ func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
 		clock:   clock,
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
-		hasher:  sha256.New(),
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
@@ -61,6 +60,32 @@ type stream struct {
 	hasRate bool
 	rate    bucket.Result
 	q, w    int64 // RateLimit-Policy of the key's (fleet-wide) policy
+}
+
+// maxFreeStreams bounds the streams a worker keeps for reuse.
+const maxFreeStreams = 64
+
+// newStream returns a stream for a new HTTP context, reusing a finished one
+// when it can: one allocation less per request, which under TinyGo's
+// allocator is a measurable part of the filter's cost.
+func (r *filterRoot) newStream() *stream {
+	if n := len(r.free); n > 0 {
+		s := r.free[n-1]
+		r.free[n-1] = nil
+		r.free = r.free[:n-1]
+		return s
+	}
+	return &stream{root: r}
+}
+
+// OnHttpStreamDone runs at on_log, the last callback Envoy makes on a stream
+// (on_done and on_delete only reach the SDK), so the stream can be reused.
+func (s *stream) OnHttpStreamDone() {
+	r := s.root
+	*s = stream{root: r}
+	if len(r.free) < maxFreeStreams {
+		r.free = append(r.free, s)
+	}
 }
 
 // bstr views b as a string without copying; only for values the host copies
@@ -98,8 +123,9 @@ func bearerToken(v string) (string, bool) {
 	if len(v) < 6 {
 		return "", false
 	}
-	for i, c := range []byte("bearer") {
-		if v[i]|0x20 != c {
+	const scheme = "bearer"
+	for i := 0; i < len(scheme); i++ { // no []byte("bearer"): TinyGo allocates it
+		if v[i]|0x20 != scheme[i] {
 			return "", false
 		}
 	}
@@ -119,11 +145,18 @@ func bearerToken(v string) (string, bool) {
 	return t, true
 }
 
-func (s *stream) scan(hdrs [][2]string) found {
+// scan reads the serialized request header map once, in place, into f
+// (the root's: a found on the stack escapes to the heap under TinyGo).
+func (s *stream) scan(hdrs []byte, f *found) {
 	c := s.root.cfg
-	var f found
-	for _, h := range hdrs {
-		name, val := h[0], h[1]
+	*f = found{}
+	it := &s.root.pairs // the root's: an iterator on the stack escapes under TinyGo
+	*it = newPairIter(hdrs)
+	for {
+		name, val, ok := it.next()
+		if !ok {
+			break
+		}
 		switch name {
 		case ":authority":
 			f.authority = val
@@ -148,10 +181,9 @@ func (s *stream) scan(hdrs [][2]string) found {
 	}
 	for i, src := range c.sources {
 		if src.kind == sourceQuery {
-			noteQueryParam(&f, f.path, src.name, i)
+			noteQueryParam(f, f.path, src.name, i)
 		}
 	}
-	return f
 }
 
 // noteQueryParam notes every value of parameter name in path's query as a
@@ -257,13 +289,14 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	r := s.root
 	c := r.cfg
 	now := r.clock()
-	hdrs, err := proxywasm.GetHttpRequestHeaders()
+	hdrs, err := requestHeaderBytes()
 	if err != nil {
 		proxywasm.LogErrorf("keygate: reading request headers: %v", err)
 		sendProblem(problemFor(codeCacheDown))
 		return types.ActionPause
 	}
-	f := s.scan(hdrs)
+	f := &r.found
+	s.scan(hdrs, f)
 	rt := c.matchRoute(f.path, f.method)
 	if rt == nil {
 		rt = &defaultRoute
@@ -292,12 +325,9 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return s.refuse(codeCacheDown, nil, now, f.authority)
 	}
 
-	r.keyBuf = append(r.keyBuf[:0], f.key...)
-	r.hasher.Reset()
-	_, _ = r.hasher.Write(r.keyBuf)
-	sum := r.hasher.Sum(r.sum[:0])
-	copy(r.recKey[1:], sum[:])
-	raw, _, err := proxywasm.GetSharedData(bstr(r.recKey[:]))
+	keycache.HashKeyTo(&r.sum, f.key)
+	copy(r.recKey[1:], r.sum[:])
+	raw, _, err := sharedGet(bstr(r.recKey[:]))
 	var rec keycache.View
 	known := false
 	if err == nil {
@@ -312,7 +342,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !known {
 		if stale { // failure mode open: let it through unverified
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
-			s.stripCredential(&f)
+			s.stripCredential(f)
 			return types.ActionContinue
 		}
 		return s.refuse(codeUnknownKey, nil, now, f.authority)
@@ -337,12 +367,12 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	if _, _, until, ok := rec.Quota(); ok && until > now/1e9 {
 		r.usage.add(now, codeQuotaExceeded, id, f.authority)
-		_ = proxywasm.SetProperty(keyIDProperty, id)
+		_ = setKeyIDProperty(id)
 		sendRetry(problemFor(codeQuotaExceeded), until-now/1e9, nil, " The quota resets at "+itoa(until)+" (unix seconds).")
 		return types.ActionPause
 	}
 	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
-		copy(r.limKey[1:], sum[:])
+		copy(r.limKey[1:], r.sum[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		local := policy
 		if share := r.share(id, state.defaultShare); share < 1 {
@@ -364,31 +394,33 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		s.q, s.w = policy.QuotaWindow()
 		if !res.Allowed {
 			r.usage.add(now, codeRateLimited, id, f.authority)
-			_ = proxywasm.SetProperty(keyIDProperty, id)
+			_ = setKeyIDProperty(id)
 			// The refusal carries the fields itself; Envoy runs this filter's
 			// response callbacks on its own local reply too, which must not
-			// add them a second time.
-			defer func() { s.hasRate = false }()
+			// add them a second time. (No defer here: under TinyGo a defer
+			// costs this function a heap allocation on every request.)
+			rl := s.rateHeaders()
+			s.hasRate = false
 			p := problemFor(codeRateLimited)
 			if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
-				h := append(append([][2]string(nil), p.headers...), s.rateHeaders()...)
+				h := append(append([][2]string(nil), p.headers...), rl...)
 				_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
 				return types.ActionPause
 			}
-			sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), s.rateHeaders(), "")
+			sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, "")
 			return types.ActionPause
 		}
 	}
 
 	r.usage.add(now, outcomeAllowed, id, f.authority)
-	s.stripCredential(&f)
+	s.stripCredential(f)
 	if c.idHeaderKeyID != "" {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderKeyID, bstr(id))
 	}
 	if owner := rec.Owner(); c.idHeaderOwner != "" && len(owner) > 0 {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderOwner, bstr(owner))
 	}
-	_ = proxywasm.SetProperty(keyIDProperty, id)
+	_ = setKeyIDProperty(id)
 	return types.ActionContinue
 }
 
@@ -396,7 +428,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 // per-key share when it sent one, else its default share, else 1.
 func (r *filterRoot) share(id []byte, def float64) float64 {
 	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
-	if b, _, err := proxywasm.GetSharedData(bstr(r.shareKey)); err == nil {
+	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
 		if v, ok := decodeShare(b); ok {
 			return v
 		}
@@ -411,35 +443,52 @@ func (r *filterRoot) share(id []byte, def float64) float64 {
 func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
 	s.root.usage.add(now, code, keyID, authority)
 	if keyID != nil {
-		_ = proxywasm.SetProperty(keyIDProperty, keyID)
+		_ = setKeyIDProperty(keyID)
 	}
 	sendProblem(problemFor(code))
 	return types.ActionPause
 }
 
-// keyIDProperty is where the key id goes for the access log: Envoy keeps it
-// in filter state as "wasm.keygate_key_id".
-var keyIDProperty = []string{"keygate_key_id"}
-
 func (s *stream) OnHttpResponseHeaders(int, bool) types.Action {
 	if s.hasRate {
-		for _, h := range s.rateHeaders() {
-			_ = proxywasm.AddHttpResponseHeader(h[0], h[1])
-		}
+		// Rendered into the root's buffer: the host copies both values.
+		r := s.root
+		b := s.appendPolicy(r.hdrBuf[:0])
+		n := len(b)
+		b = s.appendRateLimit(b)
+		r.hdrBuf = b
+		_ = proxywasm.AddHttpResponseHeader("ratelimit-policy", bstr(b[:n]))
+		_ = proxywasm.AddHttpResponseHeader("ratelimit", bstr(b[n:]))
 	}
 	return types.ActionContinue
 }
 
 // rateHeaders renders the IETF RateLimit-Policy and RateLimit fields
-// (draft-ietf-httpapi-ratelimit-headers).
+// (draft-ietf-httpapi-ratelimit-headers) for a refusal.
 func (s *stream) rateHeaders() [][2]string {
 	if !s.hasRate {
 		return nil
 	}
 	return [][2]string{
-		{"ratelimit-policy", `"key";q=` + itoa(s.q) + ";w=" + itoa(s.w)},
-		{"ratelimit", `"key";r=` + itoa(s.rate.Remaining) + ";t=" + itoa(bucket.CeilSeconds(s.rate.WindowNanos()))},
+		{"ratelimit-policy", string(s.appendPolicy(nil))},
+		{"ratelimit", string(s.appendRateLimit(nil))},
 	}
+}
+
+// appendPolicy appends the RateLimit-Policy value: `"key";q=<quota>;w=<window s>`.
+func (s *stream) appendPolicy(b []byte) []byte {
+	b = append(b, `"key";q=`...)
+	b = appendInt(b, s.q)
+	b = append(b, ";w="...)
+	return appendInt(b, s.w)
+}
+
+// appendRateLimit appends the RateLimit value: `"key";r=<remaining>;t=<reset s>`.
+func (s *stream) appendRateLimit(b []byte) []byte {
+	b = append(b, `"key";r=`...)
+	b = appendInt(b, s.rate.Remaining)
+	b = append(b, ";t="...)
+	return appendInt(b, bucket.CeilSeconds(s.rate.WindowNanos()))
 }
 
 func (s *stream) removeIdentityHeaders() {

@@ -21,14 +21,30 @@ type usageCounter struct {
 	resolved bool
 	warned   bool
 
-	index  map[string]int // line prefix -> position in keys/counts
+	// index maps the FNV-1a hash of a line prefix to its first position in
+	// keys/counts; next chains positions whose prefixes share a hash. The
+	// key is an integer because TinyGo allocates on every lookup in a map
+	// keyed by string.
+	index  map[uint64]int32
+	next   []int32
+	hash   func([]byte) uint64 // fnv1a; tests force collisions
 	keys   []string
 	counts []int64
 	buf    []byte
 }
 
 func newUsageCounter(vmID string) *usageCounter {
-	return &usageCounter{vmID: vmID, index: make(map[string]int), buf: make([]byte, 0, 512)}
+	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512)}
+}
+
+// fnv1a is the 64-bit FNV-1a hash of b.
+func fnv1a(b []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range b {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
 }
 
 // add counts one request. Allocation-free once the combination was seen in
@@ -43,13 +59,21 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	b = append(b, '\t')
 	b = appendHost(b, authority)
 	u.buf = b
-	if i, ok := u.index[string(b)]; ok {
-		u.counts[i]++
-		return
+	h := u.hash(b)
+	first, ok := u.index[h]
+	if ok {
+		for i := first; i >= 0; i = u.next[i] {
+			if u.keys[i] == bstr(b) {
+				u.counts[i]++
+				return
+			}
+		}
+	} else {
+		first = -1
 	}
-	k := string(b)
-	u.index[k] = len(u.keys)
-	u.keys = append(u.keys, k)
+	u.index[h] = int32(len(u.keys))
+	u.next = append(u.next, first)
+	u.keys = append(u.keys, string(b))
 	u.counts = append(u.counts, 1)
 }
 
@@ -132,6 +156,7 @@ func (u *usageCounter) handOff() {
 		return
 	}
 	clear(u.index)
+	u.next = u.next[:0]
 	u.keys = u.keys[:0]
 	u.counts = u.counts[:0]
 }

@@ -1,0 +1,102 @@
+package filter
+
+import (
+	"encoding/binary"
+	"reflect"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+)
+
+func iterate(b []byte) ([][2]string, bool) {
+	var out [][2]string
+	it := newPairIter(b)
+	for {
+		k, v, ok := it.next()
+		if !ok {
+			return out, !it.malformed()
+		}
+		out = append(out, [2]string{k, v})
+	}
+}
+
+func TestPairIter(t *testing.T) {
+	pairs := [][2]string{{":authority", "api.example.com"}, {":path", "/"}, {"empty", ""}, {"", "no name"}}
+	b := appendPairs(nil, pairs)
+	got, ok := iterate(b)
+	if !ok || !reflect.DeepEqual(got, pairs) {
+		t.Fatalf("round trip: %q ok=%v", got, ok)
+	}
+	if got, ok := iterate(appendPairs(nil, nil)); !ok || len(got) != 0 {
+		t.Fatalf("empty map: %q ok=%v", got, ok)
+	}
+	// Every truncation of a valid buffer ends the walk early and says so;
+	// none panics.
+	for n := 0; n < len(b); n++ {
+		if _, ok := iterate(b[:n]); ok && n >= 4 {
+			t.Errorf("truncated to %d bytes: not reported", n)
+		}
+	}
+	huge := binary.LittleEndian.AppendUint32(nil, 1<<31)
+	if _, ok := iterate(huge); ok {
+		t.Error("a count larger than the buffer was not reported")
+	}
+	bad := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(bad[4:], 1<<30) // first name size
+	if _, ok := iterate(bad); ok {
+		t.Error("a size past the end was not reported")
+	}
+}
+
+func FuzzPairIter(f *testing.F) {
+	f.Add(appendPairs(nil, [][2]string{{"a", "b"}, {"authorization", "Bearer x"}}))
+	f.Add([]byte{1, 0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, ok := iterate(b) // must not panic
+		if ok && len(b) >= 4 {
+			if again := appendPairs(nil, got); len(again) > len(b) {
+				t.Fatalf("walked %d bytes of pairs out of a %d-byte buffer", len(again), len(b))
+			}
+		}
+	})
+}
+
+func TestUsageHashCollisions(t *testing.T) {
+	u := newUsageCounter("vm")
+	u.hash = func([]byte) uint64 { return 7 } // every line collides
+	for i := 0; i < 3; i++ {
+		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_a"), "a.example.com")
+		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_b"), "a.example.com")
+		u.add(fakeEpochNanos, codeKeyRevoked, []byte("key_a"), "a.example.com")
+	}
+	if len(u.keys) != 3 {
+		t.Fatalf("%d lines, want 3: %q", len(u.keys), u.keys)
+	}
+	for i, n := range u.counts {
+		if n != 3 {
+			t.Errorf("%q counted %d times, want 3", u.keys[i], n)
+		}
+	}
+}
+
+// A stream object is reused after on_log: nothing of the previous request
+// may leak into the next one.
+func TestStreamReuseStartsClean(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+		id := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", keys.limited), true)
+		host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+		if _, ok := header(host.GetCurrentResponseHeaders(id), "ratelimit"); !ok {
+			t.Fatal("no RateLimit field on the first response")
+		}
+		host.CompleteHttpContext(id)
+		id = host.InitializeHttpContext()
+		host.CallOnRequestHeaders(id, get("/free/x", "x-api-key", keys.limited), true)
+		host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+		if v, ok := header(host.GetCurrentResponseHeaders(id), "ratelimit"); ok {
+			t.Fatalf("the next request on a reused stream got ratelimit %q", v)
+		}
+	})
+}

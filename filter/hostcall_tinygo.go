@@ -1,0 +1,61 @@
+//go:build tinygo
+
+package filter
+
+import "unsafe"
+
+// Out-parameters of the host calls below: package variables, so nothing
+// escapes to the heap (see hostcall.go). A VM runs one call at a time.
+var (
+	outData unsafe.Pointer
+	outSize uint32
+	outCas  uint32
+)
+
+//go:wasmimport env proxy_get_shared_data
+func proxyGetSharedData(key unsafe.Pointer, keySize uint32, data unsafe.Pointer, size unsafe.Pointer, cas unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_get_header_map_pairs
+func proxyGetHeaderMapPairs(mapType uint32, data unsafe.Pointer, size unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_set_property
+func proxySetProperty(path unsafe.Pointer, pathSize uint32, data unsafe.Pointer, size uint32) uint32
+
+// hostBytes is the buffer the host just handed over (allocated through
+// proxy_on_memory_allocate, so the GC owns it).
+func hostBytes() []byte {
+	if outData == nil || outSize == 0 {
+		return nil
+	}
+	b := unsafe.Slice((*byte)(outData), outSize)
+	outData = nil // the GC must not see the buffer through us after this
+	return b
+}
+
+func sharedGet(key string) ([]byte, uint32, error) {
+	outData, outSize, outCas = nil, 0, 0
+	st := proxyGetSharedData(unsafe.Pointer(unsafe.StringData(key)), uint32(len(key)),
+		unsafe.Pointer(&outData), unsafe.Pointer(&outSize), unsafe.Pointer(&outCas))
+	if st != 0 {
+		return nil, 0, statusError(st)
+	}
+	return hostBytes(), outCas, nil
+}
+
+const mapTypeRequestHeaders = 0
+
+func requestHeaderBytes() ([]byte, error) {
+	outData, outSize = nil, 0
+	if st := proxyGetHeaderMapPairs(mapTypeRequestHeaders, unsafe.Pointer(&outData), unsafe.Pointer(&outSize)); st != 0 {
+		return nil, statusError(st)
+	}
+	return hostBytes(), nil
+}
+
+func setKeyIDProperty(id []byte) error {
+	if len(id) == 0 {
+		return nil
+	}
+	return statusError(proxySetProperty(unsafe.Pointer(unsafe.StringData(keyIDPath)), uint32(len(keyIDPath)),
+		unsafe.Pointer(&id[0]), uint32(len(id))))
+}
