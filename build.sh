@@ -113,7 +113,9 @@ ensure_tinygo() {
 build_wasm() {
   ensure_tinygo
   mkdir -p build
-  local flags=(-no-debug -scheduler=none -target=wasi -buildmode=wasi-legacy)
+  # -opt=2: TinyGo's default, -opt=z, favours size; the request path runs
+  # about 2 us faster at -opt=2 for a module 35% larger (RATIONALE.md).
+  local flags=(-no-debug -opt=2 -scheduler=none -target=wasi -buildmode=wasi-legacy)
   log "tinygo build build/filter.wasm"
   "${TINYGO[@]}" build -o build/filter.wasm "${flags[@]}" ./filter/cmd/filter
   log "tinygo build build/passthrough.wasm"
