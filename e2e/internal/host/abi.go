@@ -169,11 +169,11 @@ func (in *instance) copyOut(m api.Module, data []byte, ptrPtr, sizePtr uint32) u
 	}
 	var p uint32
 	if len(data) > 0 {
-		res, err := in.fn.malloc.Call(in.ctx, uint64(len(data)))
-		if err != nil {
+		in.mstack[0] = uint64(len(data))
+		if err := in.fn.malloc.CallWithStack(in.ctx, in.mstack[:]); err != nil {
 			panic(err) // a trap in the allocator traps the calling callback
 		}
-		p = uint32(res[0])
+		p = uint32(in.mstack[0])
 		if p == 0 || !m.Memory().Write(p, data) {
 			return statusInvalidMemoryAccess
 		}

@@ -61,7 +61,9 @@ type instance struct {
 	fn      exports
 	phase   phase
 	dead    bool
-	current uint32 // effective context id of the running callback
+	current uint32     // effective context id of the running callback
+	stack   [10]uint64 // call's arguments and results (max: proxy_on_http_call_response's 5)
+	mstack  [1]uint64  // copyOut's proxy_on_memory_allocate call
 
 	nextContextID uint32
 	roots         map[uint32]*rootCtx
@@ -185,16 +187,21 @@ func (in *instance) call(fn api.Function, ctxID uint32, args ...uint64) (uint64,
 	}
 	prev := in.current
 	in.current = ctxID
-	res, err := fn.Call(in.ctx, args...)
+	// CallWithStack on the instance's buffer: Call would allocate the
+	// arguments and results on every callback. Callbacks never nest (the
+	// only re-entry, proxy_on_memory_allocate, has its own buffer).
+	stack := in.stack[:max(len(args), 1)]
+	copy(stack, args)
+	err := fn.CallWithStack(in.ctx, stack)
 	in.current = prev
 	if err != nil {
 		in.fail(err)
 		return 0, err
 	}
-	if len(res) == 0 {
+	if len(fn.Definition().ResultTypes()) == 0 {
 		return 0, nil
 	}
-	return res[0], nil
+	return stack[0], nil
 }
 
 // fail drops the VM after a trap or proc_exit. Hold in.mu.
