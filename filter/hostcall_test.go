@@ -100,3 +100,41 @@ func TestStreamReuseStartsClean(t *testing.T) {
 		}
 	})
 }
+
+// The one-entry cache of the previous combination must never count a
+// request under another line, nor survive a hand-off.
+func TestUsageLastCombination(t *testing.T) {
+	u := newUsageCounter("vm")
+	seq := []struct {
+		min     int64
+		outcome string
+		id      string
+		host    string
+	}{
+		{0, outcomeAllowed, "key_a", "a.example.com"},
+		{0, outcomeAllowed, "key_a", "a.example.com"},
+		{0, outcomeAllowed, "key_a", "b.example.com"},
+		{0, codeRateLimited, "key_a", "b.example.com"},
+		{0, codeRateLimited, "key_b", "b.example.com"},
+		{60, codeRateLimited, "key_b", "b.example.com"},
+		{60, codeRateLimited, "key_b", "b.example.com"},
+		{0, outcomeAllowed, "key_a", "a.example.com"},
+	}
+	for _, r := range seq {
+		u.add(fakeEpochNanos+r.min*1e9, r.outcome, []byte(r.id), r.host)
+	}
+	want := []int64{3, 1, 1, 1, 2}
+	if len(u.counts) != len(want) {
+		t.Fatalf("%d lines %q, want %d", len(u.counts), u.keys, len(want))
+	}
+	for i, n := range want {
+		if u.counts[i] != n {
+			t.Errorf("%q counted %d, want %d", u.keys[i], u.counts[i], n)
+		}
+	}
+	u.reset()
+	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_a"), "a.example.com")
+	if len(u.counts) != 1 || u.counts[0] != 1 {
+		t.Fatalf("after a reset: %q %v", u.keys, u.counts)
+	}
+}

@@ -25,16 +25,25 @@ type usageCounter struct {
 	// keys/counts; next chains positions whose prefixes share a hash. The
 	// key is an integer because TinyGo allocates on every lookup in a map
 	// keyed by string.
-	index  map[uint64]int32
-	next   []int32
-	hash   func([]byte) uint64 // fnv1a; tests force collisions
-	keys   []string
-	counts []int64
-	buf    []byte
+	index map[uint64]int32
+	next  []int32
+	hash  func([]byte) uint64 // fnv1a; tests force collisions
+
+	// The previous request's combination and its position (-1: none), so
+	// that consecutive requests of one key from one host skip building and
+	// hashing the line.
+	lastIdx  int
+	lastMin  int64
+	lastOut  string
+	lastID   []byte
+	lastAuth []byte
+	keys     []string
+	counts   []int64
+	buf      []byte
 }
 
 func newUsageCounter(vmID string) *usageCounter {
-	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512)}
+	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512), lastIdx: -1}
 }
 
 // fnv1a is the 64-bit FNV-1a hash of b.
@@ -51,6 +60,11 @@ func fnv1a(b []byte) uint64 {
 // this hand-off period.
 func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authority string) {
 	minute := nowNanos / 1e9 / 60 * 60
+	if u.lastIdx >= 0 && minute == u.lastMin && outcome == u.lastOut &&
+		bstr(keyID) == bstr(u.lastID) && authority == bstr(u.lastAuth) {
+		u.counts[u.lastIdx]++
+		return
+	}
 	b := appendInt(u.buf[:0], minute)
 	b = append(b, '\t')
 	b = append(b, outcome...)
@@ -65,6 +79,7 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 		for i := first; i >= 0; i = u.next[i] {
 			if u.keys[i] == bstr(b) {
 				u.counts[i]++
+				u.remember(int(i), minute, outcome, keyID, authority)
 				return
 			}
 		}
@@ -75,6 +90,15 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	u.next = append(u.next, first)
 	u.keys = append(u.keys, string(b))
 	u.counts = append(u.counts, 1)
+	u.remember(len(u.keys)-1, minute, outcome, keyID, authority)
+}
+
+// remember notes the combination just counted at position i (copies: the
+// key id and authority are views of host buffers).
+func (u *usageCounter) remember(i int, minute int64, outcome string, keyID []byte, authority string) {
+	u.lastIdx, u.lastMin, u.lastOut = i, minute, outcome
+	u.lastID = append(u.lastID[:0], keyID...)
+	u.lastAuth = append(u.lastAuth[:0], authority...)
 }
 
 // appendField appends s, dropping bytes that would break the line format.
@@ -155,7 +179,13 @@ func (u *usageCounter) handOff() {
 		u.resolved = false // the syncer may have been recreated: resolve again
 		return
 	}
+	u.reset()
+}
+
+// reset forgets everything counted (after a successful hand-off).
+func (u *usageCounter) reset() {
 	clear(u.index)
+	u.lastIdx = -1
 	u.next = u.next[:0]
 	u.keys = u.keys[:0]
 	u.counts = u.counts[:0]
