@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"encoding/binary"
 	"errors"
 	"unsafe"
 
@@ -26,6 +27,7 @@ type filterRoot struct {
 	found    found     // the current request's header scan
 	pairs    pairIter  // and its iterator
 	free     []*stream // finished streams for reuse (see newStream)
+	shares   map[uint64]shareEntry
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -45,6 +47,7 @@ func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
 		clock:   clock,
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
+		shares:  make(map[uint64]shareEntry),
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
@@ -375,7 +378,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		copy(r.limKey[1:], r.sum[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		local := policy
-		if share := r.share(id, state.defaultShare); share < 1 {
+		if share := r.share(&r.sum, id, state.defaultShare, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
 		res, err := r.limiter.Take(bstr(r.limKey[:]), local, rt.cost, now)
@@ -426,17 +429,47 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 
 // share returns this node's share of the key's rate: the control plane's
 // per-key share when it sent one, else its default share, else 1.
-func (r *filterRoot) share(id []byte, def float64) float64 {
-	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
-	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
-		if v, ok := decodeShare(b); ok {
-			return v
-		}
+func (r *filterRoot) share(hash *keycache.Hash, id []byte, def float64, now int64) float64 {
+	if v := r.keyShare(hash, id, now); v > 0 {
+		return v
 	}
 	if def > 0 && def <= 1 {
 		return def
 	}
 	return 1
+}
+
+// shareEntry is a per-key share as read from shared data (0: none).
+type shareEntry struct {
+	v      float64
+	readAt int64
+}
+
+// maxCachedShares bounds the per-worker share cache.
+const maxCachedShares = 4096
+
+// keyShare returns the control plane's share for the key (0 when it sent
+// none), read from shared data at most every stateTTL per key: a share
+// moves at most once per flush period, and a host call on every request for
+// it cost more than the rest of the limiter. The cache is keyed by the first
+// 8 bytes of the key's SHA-256.
+func (r *filterRoot) keyShare(hash *keycache.Hash, id []byte, now int64) float64 {
+	k := binary.LittleEndian.Uint64(hash[:8])
+	if e, ok := r.shares[k]; ok && now-e.readAt >= 0 && now-e.readAt < stateTTL {
+		return e.v
+	}
+	var v float64
+	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
+	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
+		if d, ok := decodeShare(b); ok {
+			v = d
+		}
+	}
+	if len(r.shares) >= maxCachedShares {
+		clear(r.shares)
+	}
+	r.shares[k] = shareEntry{v: v, readAt: now}
+	return v
 }
 
 // refuse counts the refusal and ends the stream with its problem response.
