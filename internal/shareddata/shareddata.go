@@ -17,6 +17,7 @@ package shareddata
 
 import (
 	"errors"
+	"strings"
 	"sync"
 )
 
@@ -71,7 +72,7 @@ func (s *Store) Set(vmID, key string, value []byte, cas uint32) error {
 	}
 	if !ok {
 		e = &entry{}
-		part[key] = e
+		part[strings.Clone(key)] = e // key may be a view of the caller's memory
 	}
 	e.value = append(e.value[:0:0], value...)
 	e.cas = s.newCAS()

@@ -3,6 +3,7 @@ package shareddata
 import (
 	"errors"
 	"testing"
+	"unsafe"
 )
 
 func TestEnvoyCASRules(t *testing.T) {
@@ -55,5 +56,20 @@ func TestCASSkipsZero(t *testing.T) {
 	s.Set("vm", "k", nil, 0)
 	if _, cas, _ := s.Get("vm", "k"); cas != 1 {
 		t.Fatalf("cas after wrap = %d, want 1", cas)
+	}
+}
+
+// The host passes keys that are views of guest memory: the store must keep
+// its own copy of a key it inserts.
+func TestSetCopiesTheKey(t *testing.T) {
+	s := New()
+	buf := []byte("key-1")
+	key := unsafe.String(&buf[0], len(buf))
+	if err := s.Set("vm", key, []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	copy(buf, "XXXXX")
+	if v, _, err := s.Get("vm", "key-1"); err != nil || string(v) != "v" {
+		t.Fatalf("after the caller's buffer changed: %q %v", v, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/keygate/keygate/internal/shareddata"
 	"github.com/tetratelabs/wazero"
@@ -153,6 +154,17 @@ func readString(m api.Module, ptr, size uint32) (string, bool) {
 	return string(b), true
 }
 
+// viewString is size bytes at ptr as a string without copying: only for
+// lookups that finish before the guest runs again (a guest allocation can
+// grow, and so move, its memory).
+func viewString(m api.Module, ptr, size uint32) (string, bool) {
+	b, ok := m.Memory().Read(ptr, size)
+	if !ok {
+		return "", false
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b)), true
+}
+
 func readBytes(m api.Module, ptr, size uint32) ([]byte, bool) {
 	b, ok := m.Memory().Read(ptr, size)
 	if !ok {
@@ -200,7 +212,7 @@ func hLog(in *instance, m api.Module, s []uint64) uint32 {
 }
 
 func hGetSharedData(in *instance, m api.Module, s []uint64) uint32 {
-	key, ok := readString(m, arg(s, 0), arg(s, 1))
+	key, ok := viewString(m, arg(s, 0), arg(s, 1)) // used before copyOut runs the guest
 	if !ok || !inBounds(m, arg(s, 4), 4) {
 		return statusInvalidMemoryAccess
 	}
@@ -218,7 +230,7 @@ func hGetSharedData(in *instance, m api.Module, s []uint64) uint32 {
 }
 
 func hSetSharedData(in *instance, m api.Module, s []uint64) uint32 {
-	key, ok1 := readString(m, arg(s, 0), arg(s, 1))
+	key, ok1 := viewString(m, arg(s, 0), arg(s, 1)) // Set copies what it keeps
 	val, ok2 := m.Memory().Read(arg(s, 2), arg(s, 3))
 	if !ok1 || !ok2 {
 		return statusInvalidMemoryAccess
@@ -369,7 +381,7 @@ func hReplaceHeader(in *instance, m api.Module, s []uint64) uint32 {
 }
 
 func hRemoveHeader(in *instance, m api.Module, s []uint64) uint32 {
-	key, ok := readString(m, arg(s, 1), arg(s, 2))
+	key, ok := viewString(m, arg(s, 1), arg(s, 2))
 	if !ok {
 		return statusInvalidMemoryAccess
 	}
