@@ -13,9 +13,7 @@ func numCPU() int { return runtime.NumCPU() }
 
 // Benchmark names the tables read.
 const (
-	benchPass    = "BenchmarkFilter/passthrough"
-	benchKG1k    = "BenchmarkFilter/keygate/keys=1k"
-	benchKG1M    = "BenchmarkFilter/keygate/keys=1M"
+	benchFilter  = "BenchmarkFilter" // metrics <design>-<unit>, designs pass, 1k, 1M
 	benchMemory  = "BenchmarkFilterMemory"
 	benchHost    = "BenchmarkHostThroughput/"
 	benchIngest  = "BenchmarkIngest/"
@@ -88,19 +86,20 @@ func newTab(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0,
 // filterTable is issue 2: the filter's cost against the pass-through module.
 func filterTable(w io.Writer, o *outcome) {
 	s := o.results
-	header(w, "Filter cost per request (compiled modules, in-process proxy-wasm call sequence on one worker VM; median of runs)", o.commands)
-	pass := get(s, benchPass, "µs/req")
+	header(w, "Filter cost per request (compiled modules, in-process proxy-wasm call sequence on one worker VM; designs interleaved in one run; median of runs)", o.commands)
+	m := func(design, unit string) cell { return get(s, benchFilter, design+"-"+unit) }
+	pass := m("pass", "µs/req")
 	tw := newTab(w)
 	fmt.Fprintln(tw, "design\tµs/req\tvs pass-through\tadded µs\tguest allocs/req\thost allocs/req\thost B/req")
-	fmt.Fprintf(tw, "pass-through\t%s\t1.00x\t-\t-\t%s\t%s\n", pass.f(2), get(s, benchPass, "allocs/op").f(0), get(s, benchPass, "B/op").f(0))
-	for _, r := range []struct{ label, name string }{{"keygate, 1k keys", benchKG1k}, {"keygate, 1M keys", benchKG1M}} {
-		v := get(s, r.name, "µs/req")
+	fmt.Fprintf(tw, "pass-through\t%s\t1.00x\t-\t-\t%s\t%s\n", pass.f(2), m("pass", "host-allocs/req").f(0), m("pass", "host-B/req").f(0))
+	for _, r := range []struct{ label, design string }{{"keygate, 1k keys", "1k"}, {"keygate, 1M keys", "1M"}} {
+		v := m(r.design, "µs/req")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.label, v.f(2), ratio(v, pass).x(), diff(v, pass).f(2),
-			get(s, r.name, "guest-allocs/req").f(1), get(s, r.name, "allocs/op").f(0), get(s, r.name, "B/op").f(0))
+			m(r.design, "guest-allocs/req").f(1), m(r.design, "host-allocs/req").f(0), m(r.design, "host-B/req").f(0))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "keygate requests carry a valid key with a rate limit: record lookup, host match, limiter CAS, identity and RateLimit headers.")
-	k1, kM := get(s, benchKG1k, "µs/req"), get(s, benchKG1M, "µs/req")
+	k1, kM := m("1k", "µs/req"), m("1M", "µs/req")
 	added, rel := diff(k1, pass), ratio(k1, pass)
 	fmt.Fprintf(w, "aim: keygate (1k keys) adds <= 5 µs and costs <= 1.5x pass-through: %s (adds %s µs, %s)\n",
 		aim(added.v <= 5 && rel.v <= 1.5, added.ok && rel.ok), added.f(2), rel.x())

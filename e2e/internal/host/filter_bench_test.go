@@ -7,7 +7,7 @@ package host
 // headers, response headers, response body, log, done, delete) on worker 0's
 // VM, with Envoy's header maps, and checks the outcome.
 //
-//	go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 200000x
+//	go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 200000x -count 3
 //	go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilterMemory$' -benchtime 1x
 
 import (
@@ -174,9 +174,8 @@ const (
 )
 
 // newFilterRig starts a host (1 worker, no sockets used) with the keygate
-// filter and nkeys seeded records, or with the pass-through module. It
-// returns errors instead of failing so that benchmarks can build it lazily
-// from a sub-benchmark. The host is closed by cleanup.
+// filter and nkeys seeded records, or with the pass-through module, and
+// checks one request. The host is closed by cleanup.
 func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup func(func())) (*filterRig, error) {
 	spec := pluginSpec{name: "passthrough", vmID: "passthrough", wasm: passPath}
 	if kind == rigKeygate {
@@ -359,90 +358,107 @@ func (r *filterRig) run(n int) error {
 	return nil
 }
 
-// lazyRigs builds each rig of a benchmark once, on first use by a
-// sub-benchmark (a sub-benchmark's function runs once per b.N tried), and
-// closes them when the parent benchmark ends.
-type lazyRigs struct {
-	parent      *testing.B
-	filter      string
-	passthrough string
-	rigs        map[string]*filterRig
+// sideBySide is one design of BenchmarkFilter: a rig and what it measured.
+type sideBySide struct {
+	label   string // metric prefix: pass, 1k, 1M
+	kind    rigKind
+	nkeys   int
+	rig     *filterRig
+	elapsed time.Duration
+	mallocs uint64 // guest allocations during the timed requests
 }
 
-func newLazyRigs(b *testing.B) *lazyRigs {
-	return &lazyRigs{parent: b, filter: filterWasm(b), passthrough: passthroughWasm(b), rigs: map[string]*filterRig{}}
-}
-
-func (l *lazyRigs) get(b *testing.B, name string, kind rigKind, nkeys int) *filterRig {
-	b.Helper()
-	if r := l.rigs[name]; r != nil {
-		return r
-	}
-	start := time.Now()
-	r, err := newFilterRig(kind, l.filter, l.passthrough, nkeys, l.parent.Cleanup)
-	if err != nil {
-		b.Fatalf("%s: %v", name, err)
-	}
-	b.Logf("%s: host started and %d keys seeded in %v", name, nkeys, time.Since(start).Round(time.Millisecond))
-	l.rigs[name] = r
-	return r
-}
+// filterChunk is how many requests one design serves before the next one
+// takes over.
+const filterChunk = 1000
 
 // BenchmarkFilter compares, side by side on the compiled modules, the cost
 // of one request through the pass-through module and through the keygate
 // filter checking a valid key that has a rate limit (record lookup, host
-// match, limiter CAS, identity headers, RateLimit headers), with 1k and 1M
-// keys in shared data. µs/req is the wall time per request of the whole
-// proxy-wasm call sequence; guest-allocs/req counts TinyGo heap allocations
-// (keygate_mallocs) on the worker VM; allocs/op are the Go host's.
+// match, limiter compare-and-swap, identity headers, RateLimit headers),
+// with 1k and 1M keys in shared data. b.N is the number of requests per
+// design. The designs take turns in chunks of filterChunk requests, each
+// round starting with the next design, so that a slower or busier moment
+// of a shared machine lands on all of them alike instead of on whichever
+// ran last (sequential sub-benchmarks drifted by up to 30% here).
+//
+// Metrics, per design (pass, 1k, 1M): <d>-µs/req, the wall time per request
+// of the whole proxy-wasm call sequence; <d>-guest-allocs/req, TinyGo heap
+// allocations (keygate_mallocs) on the worker VM; <d>-host-allocs/req and
+// <d>-host-B/req, the Go host's, measured after the timed loop.
 //
 // Envoy's shared data is C++ memory; here it is a Go map the Go collector
 // marks on every cycle, which with 1M records costs the emulator, not the
-// filter, hundreds of ms per cycle. So that 1k and 1M compare the filter,
-// both run with GOGC at 400 (about one cycle per 200k requests at 1M keys)
-// and start measuring right after a collection.
+// filter, hundreds of ms per cycle. So the run uses GOGC 400 and starts
+// right after a collection.
 func BenchmarkFilter(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	rigs := newLazyRigs(b)
-	for _, c := range []struct {
-		name  string
-		kind  rigKind
-		nkeys int
-	}{
-		{"passthrough", rigPassthrough, 0},
-		{"keygate/keys=1k", rigKeygate, 1_000},
-		{"keygate/keys=1M", rigKeygate, 1_000_000},
-	} {
-		b.Run(c.name, func(b *testing.B) {
-			r := rigs.get(b, c.name, c.kind, c.nkeys)
-			var before uint64
-			if r.keygate {
-				var err error
-				if before, err = r.guestStat("keygate_mallocs"); err != nil {
-					b.Fatal(err)
-				}
-			}
-			runtime.GC()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				status, ex, err := r.serve()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if status != 200 {
-					b.Fatalf("status %d: %s", status, ex.respBody)
-				}
-			}
-			b.StopTimer()
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "µs/req")
-			if r.keygate {
-				after, err := r.guestStat("keygate_mallocs")
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.ReportMetric(float64(after-before)/float64(b.N), "guest-allocs/req")
-			}
-		})
+	filter, pass := filterWasm(b), passthroughWasm(b)
+	designs := []*sideBySide{
+		{label: "pass", kind: rigPassthrough},
+		{label: "1k", kind: rigKeygate, nkeys: 1_000},
+		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
 	}
+	for _, d := range designs {
+		start := time.Now()
+		r, err := newFilterRig(d.kind, filter, pass, d.nkeys, b.Cleanup)
+		if err != nil {
+			b.Fatalf("%s: %v", d.label, err)
+		}
+		if err := r.run(filterChunk); err != nil { // warm-up
+			b.Fatalf("%s: %v", d.label, err)
+		}
+		b.Logf("%s: host started and %d keys seeded in %v", d.label, d.nkeys, time.Since(start).Round(time.Millisecond))
+		d.rig = r
+	}
+	before := make([]uint64, len(designs))
+	for i, d := range designs {
+		if d.rig.keygate {
+			var err error
+			if before[i], err = d.rig.guestStat("keygate_mallocs"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	runtime.GC()
+	b.ResetTimer()
+	for done, round := 0, 0; done < b.N; round++ {
+		n := min(filterChunk, b.N-done)
+		for i := range designs {
+			d := designs[(round+i)%len(designs)]
+			start := time.Now()
+			if err := d.rig.run(n); err != nil {
+				b.Fatalf("%s: %v", d.label, err)
+			}
+			d.elapsed += time.Since(start)
+		}
+		done += n
+	}
+	b.StopTimer()
+	for i, d := range designs {
+		b.ReportMetric(float64(d.elapsed.Nanoseconds())/1e3/float64(b.N), d.label+"-µs/req")
+		if d.rig.keygate {
+			after, err := d.rig.guestStat("keygate_mallocs")
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(after-before[i])/float64(b.N), d.label+"-guest-allocs/req")
+		}
+		allocs, bytes, err := hostAllocs(d.rig, filterChunk)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(allocs, d.label+"-host-allocs/req")
+		b.ReportMetric(bytes, d.label+"-host-B/req")
+	}
+}
+
+// hostAllocs serves n requests and returns the Go host's allocations and
+// bytes per request.
+func hostAllocs(r *filterRig, n int) (allocs, bytes float64, err error) {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	err = r.run(n)
+	runtime.ReadMemStats(&m1)
+	return float64(m1.Mallocs-m0.Mallocs) / float64(n), float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n), err
 }
