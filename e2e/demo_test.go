@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 var (
@@ -56,14 +58,14 @@ func TestDemoCommand(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command(demo,
 		"--controlplane", cpBin,
-		"--wasm", filterWasm(t),
-		"--envoy-config", filepath.Join(repoDir(t), "envoy.yaml"),
+		"--wasm", testkit.FilterWasm(t),
+		"--envoy-config", filepath.Join(testkit.RepoRoot(t), "envoy.yaml"),
 		"--data", filepath.Join(dir, "data"),
 		"--proxy", "host", // the same on machines with and without Envoy
 		"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
 		"--upstream", "127.0.0.1:0", "--controlplane-addr", "127.0.0.1:0")
 	cmd.Dir = dir
-	stderr := &logBuffer{}
+	stderr := &testkit.Log{}
 	cmd.Stderr = stderr
 	dumpOnFailure(t, "demo stderr", stderr)
 	out, err := cmd.StdoutPipe()

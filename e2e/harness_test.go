@@ -28,6 +28,8 @@ import (
 
 	"github.com/keygate/keygate/e2e/internal/host"
 	"github.com/keygate/keygate/keycache"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // filterToken is the placeholder envoy.yaml carries for the sync service's
@@ -46,30 +48,6 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(buildDir)
 	}
 	os.Exit(code)
-}
-
-// repoDir is the module root (e2e/ is one level below it).
-func repoDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return filepath.Dir(dir)
-}
-
-// filterWasm returns $FILTER_WASM or build/filter.wasm and fails when the
-// module is missing.
-func filterWasm(tb testing.TB) string {
-	tb.Helper()
-	p := os.Getenv("FILTER_WASM")
-	if p == "" {
-		p = filepath.Join(repoDir(tb), "build", "filter.wasm")
-	}
-	if _, err := os.Stat(p); err != nil {
-		tb.Fatalf("filter module missing (%v): run ./build.sh build first", err)
-	}
-	return p
 }
 
 var builds struct {
@@ -103,7 +81,7 @@ func goBinary(tb testing.TB, pkg, envVar string) string {
 	}
 	out := filepath.Join(buildDir, filepath.Base(pkg))
 	cmd := exec.Command("go", "build", "-o", out, "./"+pkg)
-	cmd.Dir = repoDir(tb)
+	cmd.Dir = testkit.RepoRoot(tb)
 	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("go build %s: %v\n%s", pkg, err, b)
@@ -115,32 +93,8 @@ func goBinary(tb testing.TB, pkg, envVar string) string {
 	return out
 }
 
-// logBuffer collects a process's or host's log lines and shows the tail
-// when the test fails.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.buf.Len() > 4<<20 { // keep memory bounded in long runs
-		tail := append([]byte(nil), l.buf.Bytes()[l.buf.Len()-1<<20:]...)
-		l.buf.Reset()
-		l.buf.Write(tail)
-	}
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // dumpOnFailure logs the last lines of l if the test failed.
-func dumpOnFailure(tb testing.TB, name string, l *logBuffer) {
+func dumpOnFailure(tb testing.TB, name string, l *testkit.Log) {
 	tb.Cleanup(func() {
 		if !tb.Failed() {
 			return
@@ -172,7 +126,7 @@ type controlPlane struct {
 	addr        string // bound address, kept across restarts
 	admin       string
 	filter      string
-	logs        *logBuffer
+	logs        *testkit.Log
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -190,7 +144,7 @@ func startControlPlane(tb testing.TB) *controlPlane {
 		dbPath: filepath.Join(tb.TempDir(), "keygate.db"),
 		admin:  randomToken(tb, "kgadmin_"),
 		filter: randomToken(tb, "kgfilter_"),
-		logs:   &logBuffer{},
+		logs:   &testkit.Log{},
 	}
 	dumpOnFailure(tb, "control plane", c.logs)
 	c.start("127.0.0.1:0")
@@ -410,7 +364,7 @@ func startUpstream(tb testing.TB) *httptest.Server {
 // place of the placeholder.
 func hostConfig(tb testing.TB, cp *controlPlane) *host.Config {
 	tb.Helper()
-	raw, err := os.ReadFile(filepath.Join(repoDir(tb), "envoy.yaml"))
+	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(tb), "envoy.yaml"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -474,7 +428,7 @@ type proxy struct {
 	h      *host.Host
 	base   string
 	client *http.Client
-	logs   *logBuffer
+	logs   *testkit.Log
 }
 
 // hostOptions adjust a host before it starts.
@@ -503,13 +457,13 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	if o.controlPlaneAddr != "" {
 		cpAddr = o.controlPlaneAddr
 	}
-	logs := &logBuffer{}
+	logs := &testkit.Log{}
 	dumpOnFailure(tb, "host", logs)
 	h, err := host.New(host.Options{
 		Config:    cfg,
 		Listen:    "127.0.0.1:0",
 		AdminAddr: "off",
-		WasmPath:  filterWasm(tb),
+		WasmPath:  testkit.FilterWasm(tb),
 		Clusters: map[string]string{
 			"upstream_api":         upstream.Listener.Addr().String(),
 			"keygate_controlplane": cpAddr,

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 const (
@@ -43,24 +45,6 @@ func (c *clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
-}
-
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // opener opens a fresh, empty store for one test.
@@ -128,7 +112,7 @@ type env struct {
 	ts    *httptest.Server
 	st    store.Store
 	clock *clock
-	logs  *syncBuffer
+	logs  *testkit.Log
 }
 
 var t0 = time.Date(2030, 3, 4, 10, 20, 30, 0, time.UTC)
@@ -137,7 +121,7 @@ func newEnv(t testing.TB, open opener) *env {
 	t.Helper()
 	c := &clock{t: t0}
 	st := open(t, c.Now)
-	logs := &syncBuffer{}
+	logs := &testkit.Log{}
 	srv, err := New(Config{
 		Store:            st,
 		AdminCredential:  HashCredential(adminToken),

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/tetratelabs/wazero/api"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // guestVM starts a worker-like VM of the pass-through module for calling
@@ -12,7 +14,7 @@ import (
 func guestVM(t *testing.T) (*testHost, *instance) {
 	t.Helper()
 	up := echoUpstream(t)
-	h := startHost(t, testYAML([]pluginSpec{{name: "pt", vmID: "pt", wasm: passthroughWasm(t)}}, nil,
+	h := startHost(t, testYAML([]pluginSpec{{name: "pt", vmID: "pt", wasm: testkit.PassthroughWasm(t)}}, nil,
 		map[string]string{"upstream": up.Listener.Addr().String()}), Options{Concurrency: 1})
 	for _, s := range h.workers[0] {
 		in, err := h.startVM(s.group, "abi-test")

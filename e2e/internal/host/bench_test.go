@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // benchHost starts a host whose listener has the pass-through filter or no
@@ -13,7 +15,7 @@ import (
 func benchHost(b *testing.B, withFilter bool, upstream string) *testHost {
 	var filters []pluginSpec
 	if withFilter {
-		filters = []pluginSpec{{name: "passthrough", vmID: "passthrough", wasm: passthroughWasm(b)}}
+		filters = []pluginSpec{{name: "passthrough", vmID: "passthrough", wasm: testkit.PassthroughWasm(b)}}
 	}
 	return startHost(b, testYAML(filters, nil, map[string]string{"upstream": upstream}), Options{Concurrency: 2, AccessLog: io.Discard})
 }

@@ -24,6 +24,8 @@ import (
 
 	"github.com/keygate/keygate/keycache"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // authzKeys is the number of key hashes in the authorization service.
@@ -102,10 +104,10 @@ func throughputDesigns() []throughputDesign {
 	return []throughputDesign{
 		{name: "nofilter", filters: func(testing.TB) []pluginSpec { return nil }},
 		{name: "passthrough", filters: func(tb testing.TB) []pluginSpec {
-			return []pluginSpec{{name: "passthrough", vmID: "passthrough", wasm: passthroughWasm(tb)}}
+			return []pluginSpec{{name: "passthrough", vmID: "passthrough", wasm: testkit.PassthroughWasm(tb)}}
 		}},
 		{name: "keygate", checksKeys: true, filters: func(tb testing.TB) []pluginSpec {
-			return []pluginSpec{{name: "keygate", vmID: keygateVMID, wasm: filterWasm(tb), config: keygateConfig}}
+			return []pluginSpec{{name: "keygate", vmID: keygateVMID, wasm: testkit.FilterWasm(tb), config: keygateConfig}}
 		}, setup: func(tb testing.TB, h *testHost, key string) {
 			h.queues.register(keygateVMID, usageQueueName, nil, 0)
 			if err := seedKeys(h.SharedData(), key, 1_000, time.Now()); err != nil {

@@ -19,8 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -30,21 +28,9 @@ import (
 
 	"github.com/keygate/keygate/internal/shareddata"
 	"github.com/keygate/keygate/keycache"
-)
 
-// filterWasm returns build/filter.wasm (or $FILTER_WASM) and fails the test
-// when it is missing.
-func filterWasm(t testing.TB) string {
-	t.Helper()
-	p := os.Getenv("FILTER_WASM")
-	if p == "" {
-		p = filepath.Join(repoRoot(t), "build", "filter.wasm")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("keygate filter module missing (%v): build it with ./build.sh", err)
-	}
-	return p
-}
+	"github.com/keygate/keygate/internal/testkit"
+)
 
 const (
 	// keygateVMID is the vm_id partition of shared data the filter reads.
@@ -185,7 +171,7 @@ func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup 
 	if err != nil {
 		return nil, err
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.Log{}
 	h, err := New(Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs})
 	if err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, logs.String())
@@ -393,7 +379,7 @@ const filterChunk = 1000
 // right after a collection.
 func BenchmarkFilter(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	filter, pass := filterWasm(b), passthroughWasm(b)
+	filter, pass := testkit.FilterWasm(b), testkit.PassthroughWasm(b)
 	designs := []*sideBySide{
 		{label: "pass", kind: rigPassthrough},
 		{label: "1k", kind: rigKeygate, nkeys: 1_000},

@@ -1,7 +1,6 @@
 package host
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,40 +16,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
-
-// repoRoot is the directory holding go.mod.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-}
-
-// passthroughWasm returns build/passthrough.wasm (or $PASSTHROUGH_WASM) and
-// fails the test when it is missing.
-func passthroughWasm(t testing.TB) string {
-	t.Helper()
-	p := os.Getenv("PASSTHROUGH_WASM")
-	if p == "" {
-		p = filepath.Join(repoRoot(t), "build", "passthrough.wasm")
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("pass-through module missing (%v): build it with ./build.sh (or: tinygo build -o build/passthrough.wasm -no-debug -scheduler=none -target=wasi -buildmode=wasi-legacy ./filter/cmd/passthrough)", err)
-	}
-	return p
-}
 
 var buildMu sync.Mutex
 
@@ -82,7 +50,7 @@ func testModule(t testing.TB, name string) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	root := repoRoot(t)
+	root := testkit.RepoRoot(t)
 	src := filepath.Join(root, "e2e", "internal", "host", "testdata", name)
 	h := sha256.New()
 	for _, f := range []string{filepath.Join(src, "main.go"), filepath.Join(root, "go.sum")} {
@@ -117,24 +85,6 @@ func testModule(t testing.TB, name string) string {
 		}
 	}
 	return out
-}
-
-// syncBuffer is a goroutine-safe bytes.Buffer.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // plugin describes a wasm plugin for testYAML.
@@ -203,8 +153,8 @@ func testYAML(filters []pluginSpec, services []pluginSpec, clusters map[string]s
 
 type testHost struct {
 	*Host
-	access *syncBuffer
-	log    *syncBuffer
+	access *testkit.Log
+	log    *testkit.Log
 	url    string
 }
 
@@ -215,7 +165,7 @@ func startHost(t testing.TB, yaml string, opts Options) *testHost {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yaml)
 	}
-	th := &testHost{access: &syncBuffer{}, log: &syncBuffer{}}
+	th := &testHost{access: &testkit.Log{}, log: &testkit.Log{}}
 	opts.Config = cfg
 	if opts.Listen == "" {
 		opts.Listen = "127.0.0.1:0"

@@ -16,6 +16,8 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 func sharedU64(t *testing.T, h *testHost, vmID, key string) uint64 {
@@ -45,7 +47,7 @@ type testHostUpstream struct{ url string }
 // with the pass-through module over real HTTP.
 func TestRepoEnvoyYAMLThroughPassthrough(t *testing.T) {
 	up := echoUpstream(t)
-	cfg, err := LoadConfig(filepath.Join(repoRoot(t), "envoy.yaml"))
+	cfg, err := LoadConfig(filepath.Join(testkit.RepoRoot(t), "envoy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +57,11 @@ func TestRepoEnvoyYAMLThroughPassthrough(t *testing.T) {
 	if f := cfg.Listeners[0].Filters[0]; f.VMID != "keygate" || f.RootID != "keygate" || f.Failure != FailReload || !strings.Contains(string(f.Configuration), `"key_prefix":"ak"`) {
 		t.Fatalf("filter plugin: %+v", f)
 	}
-	access, logs := &syncBuffer{}, &syncBuffer{}
+	access, logs := &testkit.Log{}, &testkit.Log{}
 	h, err := New(Options{
 		Config: cfg, Concurrency: 2, Listen: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		Clusters: map[string]string{"upstream_api": up.Listener.Addr().String(), "keygate_controlplane": closedAddr(t)},
-		WasmPath: passthroughWasm(t), AccessLog: access, Log: logs,
+		WasmPath: testkit.PassthroughWasm(t), AccessLog: access, Log: logs,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +392,7 @@ func TestOnlyLoggingAndWASIDuringStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.Log{}
 	_, err = New(Options{Config: cfg, Listen: "127.0.0.1:0", AdminAddr: "off", Log: logs})
 	if err == nil || !strings.Contains(err.Error(), "proxy_get_shared_data: not allowed during _start") {
 		t.Fatalf("want a _start failure, got %v", err)
@@ -449,10 +451,10 @@ func TestVMFailurePolicies(t *testing.T) {
 // TestModuleImportsImplemented fails when a module imports a function the
 // host (and Envoy) does not provide.
 func TestModuleImportsImplemented(t *testing.T) {
-	mods := map[string]string{"passthrough": passthroughWasm(t), "probe": testModule(t, "probe"), "startcall": testModule(t, "startcall")}
+	mods := map[string]string{"passthrough": testkit.PassthroughWasm(t), "probe": testModule(t, "probe"), "startcall": testModule(t, "startcall")}
 	filter := os.Getenv("FILTER_WASM")
 	if filter == "" {
-		filter = filepath.Join(repoRoot(t), "build", "filter.wasm")
+		filter = filepath.Join(testkit.RepoRoot(t), "build", "filter.wasm")
 	}
 	if _, err := os.Stat(filter); err == nil {
 		mods["filter"] = filter
@@ -538,18 +540,18 @@ func TestHostsAreIsolated(t *testing.T) {
 func TestRepoEnvoyYAMLWithFilter(t *testing.T) {
 	filter := os.Getenv("FILTER_WASM")
 	if filter == "" {
-		filter = filepath.Join(repoRoot(t), "build", "filter.wasm")
+		filter = filepath.Join(testkit.RepoRoot(t), "build", "filter.wasm")
 	}
 	if _, err := os.Stat(filter); err != nil {
 		t.Logf("%s not built yet: only the pass-through module was run with envoy.yaml", filter)
 		return
 	}
 	up := echoUpstream(t)
-	cfg, err := LoadConfig(filepath.Join(repoRoot(t), "envoy.yaml"))
+	cfg, err := LoadConfig(filepath.Join(testkit.RepoRoot(t), "envoy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.Log{}
 	h, err := New(Options{
 		Config: cfg, Concurrency: 2, Listen: "127.0.0.1:0", AdminAddr: "off", WasmPath: filter,
 		Clusters:  map[string]string{"upstream_api": up.Listener.Addr().String(), "keygate_controlplane": closedAddr(t)},

@@ -3,6 +3,8 @@ package host
 import (
 	"fmt"
 	"testing"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // Memory flatness of the compiled filter under load: TinyGo's heap never
@@ -90,7 +92,7 @@ func (m memoryReport) String() string {
 // rate limiter) through the compiled filter and enforces the criterion.
 func TestFilterMemoryFlat(t *testing.T) {
 	const total = 200_000
-	r, err := newFilterRig(rigKeygate, filterWasm(t), passthroughWasm(t), 1_000, t.Cleanup)
+	r, err := newFilterRig(rigKeygate, testkit.FilterWasm(t), testkit.PassthroughWasm(t), 1_000, t.Cleanup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +149,7 @@ func BenchmarkFilterMemory(b *testing.B) {
 	const total = 1_000_000
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		r, err := newFilterRig(rigKeygate, filterWasm(b), passthroughWasm(b), 1_000, b.Cleanup)
+		r, err := newFilterRig(rigKeygate, testkit.FilterWasm(b), testkit.PassthroughWasm(b), 1_000, b.Cleanup)
 		if err != nil {
 			b.Fatal(err)
 		}
