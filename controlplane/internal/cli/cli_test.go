@@ -11,13 +11,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/api"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/keycache"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 const (
@@ -196,26 +197,8 @@ func TestKeysCLI(t *testing.T) {
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// lockedBuffer is written by the server goroutine and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // serveOnce runs "serve" until stop is called; it returns the base URL.
-func serveOnce(t *testing.T, env map[string]string, stderr *lockedBuffer) (base string, stop func() error) {
+func serveOnce(t *testing.T, env map[string]string, stderr *testkit.Log) (base string, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
@@ -263,7 +246,7 @@ func get(t *testing.T, url, token string) int {
 func TestServeGeneratesCredentialsOnce(t *testing.T) {
 	dbPath := filepath.Join(t.TempDir(), "sub", "keygate.db")
 	env := map[string]string{"KEYGATE_STORE": "sqlite:" + dbPath}
-	var stderr lockedBuffer
+	var stderr testkit.Log
 	base, stop := serveOnce(t, env, &stderr)
 	tokens := regexp.MustCompile(`(?m)^    (kg(admin|filter)_\S+)$`).FindAllStringSubmatch(stderr.String(), -1)
 	if len(tokens) != 2 {
@@ -300,7 +283,7 @@ func TestServeGeneratesCredentialsOnce(t *testing.T) {
 	}
 
 	// Second start: nothing printed, the same credentials still work.
-	var stderr2 lockedBuffer
+	var stderr2 testkit.Log
 	base, stop = serveOnce(t, env, &stderr2)
 	if strings.Contains(stderr2.String(), "Generated") {
 		t.Fatalf("credential generated again:\n%s", stderr2.String())
@@ -315,7 +298,7 @@ func TestServeGeneratesCredentialsOnce(t *testing.T) {
 	// Credentials from the environment take precedence.
 	env["KEYGATE_ADMIN_TOKEN"] = adminToken
 	env["KEYGATE_FILTER_TOKEN"] = filterToken
-	var stderr3 lockedBuffer
+	var stderr3 testkit.Log
 	base, stop = serveOnce(t, env, &stderr3)
 	if get(t, base+"/v1/keys", adminToken) != 200 || get(t, base+"/v1/keys", admin) != 401 || get(t, base+"/v1/sync", filterToken) != 200 {
 		t.Fatal("environment credentials not used")
