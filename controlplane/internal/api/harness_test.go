@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
-
 	"github.com/keygate/keygate/internal/testkit"
 )
 

@@ -28,7 +28,6 @@ import (
 
 	"github.com/keygate/keygate/internal/shareddata"
 	"github.com/keygate/keygate/keycache"
-
 	"github.com/keygate/keygate/internal/testkit"
 )
 
