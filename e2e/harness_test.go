@@ -27,8 +27,8 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/e2e/internal/host"
-	"github.com/keygate/keygate/keycache"
 	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keycache"
 )
 
 // filterToken is the placeholder envoy.yaml carries for the sync service's

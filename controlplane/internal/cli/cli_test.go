@@ -16,8 +16,8 @@ import (
 
 	"github.com/keygate/keygate/controlplane/internal/api"
 	"github.com/keygate/keygate/controlplane/internal/store"
-	"github.com/keygate/keygate/keycache"
 	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keycache"
 )
 
 const (

@@ -27,8 +27,8 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/shareddata"
-	"github.com/keygate/keygate/keycache"
 	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keycache"
 )
 
 const (
