@@ -91,8 +91,9 @@ func (s *stream) OnHttpStreamDone() {
 	}
 }
 
-// bstr views b as a string without copying; only for values the host copies
-// during the call.
+// bstr views b as a string without copying: b must not change while the
+// string is in use (a key for a host call, which copies it, or a view of a
+// buffer the host handed over).
 func bstr(b []byte) string {
 	if len(b) == 0 {
 		return ""
