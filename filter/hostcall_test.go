@@ -138,3 +138,38 @@ func TestUsageLastCombination(t *testing.T) {
 		t.Fatalf("after a reset: %q %v", u.keys, u.counts)
 	}
 }
+
+// Streams overlap on a worker: one finishing (and going back for reuse)
+// while others are in flight must not disturb them, and the stream that
+// reuses its object starts clean.
+func TestInterleavedStreamsWithReuse(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+		a := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(a, get("/v1/x", "x-api-key", keys.limited), true) // has a rate
+		b := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(b, get("/v1/x", "x-api-key", keys.active), true) // has none
+		host.CallOnResponseHeaders(a, [][2]string{{":status", "200"}}, false)
+		if _, ok := header(host.GetCurrentResponseHeaders(a), "ratelimit"); !ok {
+			t.Fatal("no RateLimit field for the rate-limited key")
+		}
+		host.CompleteHttpContext(a) // a's stream goes back for reuse while b is in flight
+		c := host.InitializeHttpContext()
+		host.CallOnRequestHeaders(c, get("/free/x", "x-api-key", keys.limited), true) // no limit on this route
+		for _, id := range []uint32{b, c} {
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+			if v, ok := header(host.GetCurrentResponseHeaders(id), "ratelimit"); ok {
+				t.Errorf("stream %d got ratelimit %q it never earned", id, v)
+			}
+		}
+		if v, _ := header(host.GetCurrentRequestHeaders(b), "x-keygate-key-id"); v != "key_active" {
+			t.Errorf("b upstream key id %q", v)
+		}
+		if v, _ := header(host.GetCurrentRequestHeaders(c), "x-keygate-key-id"); v != "key_limited" {
+			t.Errorf("c upstream key id %q", v)
+		}
+		host.CompleteHttpContext(b)
+		host.CompleteHttpContext(c)
+	})
+}
