@@ -40,12 +40,9 @@ func (s *sqlStore) ListAudit(ctx context.Context, f AuditFilter) ([]*AuditEntry,
 	limit := clampLimit(f.Limit)
 	var (
 		where []string
-		args  []any
+		ph    placeholders
 	)
-	arg := func(v any) string {
-		args = append(args, v)
-		return fmt.Sprintf("$%d", len(args))
-	}
+	arg := ph.add
 	if f.KeyID != "" {
 		where = append(where, "key_id = "+arg(f.KeyID))
 	}
@@ -61,7 +58,7 @@ func (s *sqlStore) ListAudit(ctx context.Context, f AuditFilter) ([]*AuditEntry,
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY id DESC LIMIT ` + arg(limit+1)
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.r.QueryContext(ctx, q, ph.args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("store: list audit: %w", err)
 	}

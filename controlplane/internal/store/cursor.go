@@ -125,3 +125,13 @@ func decodeSyncCursor(s string) (syncCursor, error) {
 	}
 	return syncCursor{snapshot: true, since: n[0], upto: n[1], hash: h}, nil
 }
+
+// placeholders numbers a query's arguments ($1, $2, ...) as a list query
+// adds its conditions; both drivers accept the $n form.
+type placeholders struct{ args []any }
+
+// add appends v and returns its placeholder.
+func (p *placeholders) add(v any) string {
+	p.args = append(p.args, v)
+	return "$" + strconv.Itoa(len(p.args))
+}

@@ -438,12 +438,9 @@ func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, 
 	limit := clampLimit(f.Limit)
 	var (
 		where []string
-		args  []any
+		ph    placeholders
 	)
-	arg := func(v any) string {
-		args = append(args, v)
-		return fmt.Sprintf("$%d", len(args))
-	}
+	arg := ph.add
 	if f.Owner != "" {
 		where = append(where, "owner = "+arg(f.Owner))
 	}
@@ -462,7 +459,7 @@ func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, 
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	q += ` ORDER BY created_at, id LIMIT ` + arg(limit+1)
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	rows, err := s.r.QueryContext(ctx, q, ph.args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("store: list keys: %w", err)
 	}

@@ -408,22 +408,7 @@ func (s *sqlStore) UsageByHost(ctx context.Context, keyID string, from, to time.
 	if err != nil {
 		return nil, fmt.Errorf("store: usage by host: %w", err)
 	}
-	defer rows.Close()
-	out := map[string]UsageTotal{}
-	for rows.Next() {
-		var (
-			host string
-			t    = UsageTotal{KeyID: keyID}
-		)
-		if err := rows.Scan(&host, &t.Allowed, &t.Denied); err != nil {
-			return nil, fmt.Errorf("store: usage by host: %w", err)
-		}
-		out[host] = t
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: usage by host: %w", err)
-	}
-	return out, nil
+	return scanHostTotals(rows, keyID, "usage by host")
 }
 
 // HostTotals ranks the fleet's hosts by allowed+denied, ties by host.
@@ -442,20 +427,26 @@ func (s *sqlStore) HostTotals(ctx context.Context, from, to time.Time, top int) 
 	if err != nil {
 		return nil, fmt.Errorf("store: host totals: %w", err)
 	}
+	return scanHostTotals(rows, "", "host totals")
+}
+
+// scanHostTotals reads (host, allowed, denied) rows into totals by host,
+// each carrying keyID; what names the query in errors. It closes rows.
+func scanHostTotals(rows *sql.Rows, keyID, what string) (map[string]UsageTotal, error) {
 	defer rows.Close()
 	out := map[string]UsageTotal{}
 	for rows.Next() {
 		var (
 			host string
-			t    UsageTotal
+			t    = UsageTotal{KeyID: keyID}
 		)
 		if err := rows.Scan(&host, &t.Allowed, &t.Denied); err != nil {
-			return nil, fmt.Errorf("store: host totals: %w", err)
+			return nil, fmt.Errorf("store: %s: %w", what, err)
 		}
 		out[host] = t
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("store: host totals: %w", err)
+		return nil, fmt.Errorf("store: %s: %w", what, err)
 	}
 	return out, nil
 }
