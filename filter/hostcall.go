@@ -56,7 +56,7 @@ type pairIter struct {
 
 func newPairIter(b []byte) pairIter {
 	if len(b) < 4 {
-		return pairIter{}
+		return pairIter{overflow: len(b) > 0} // nothing, or a cut count
 	}
 	n := int(binary.LittleEndian.Uint32(b))
 	if n < 0 || n > (len(b)-4)/8 {
