@@ -15,6 +15,7 @@ func TestNoAllocations(t *testing.T) {
 	l := &bucket.Limiter{Store: s}
 	now := t0
 	take(t, l, p, 1, now) // create the key, and the store's entry
+	var lease bucket.Lease
 
 	cases := []struct {
 		name string
@@ -34,6 +35,13 @@ func TestNoAllocations(t *testing.T) {
 			}
 			r, err = l.Take(key, p, 10, now)
 			if err != nil || r.Allowed {
+				t.Fatalf("%+v %v", r, err)
+			}
+		}},
+		{"leased", func() {
+			now += ms
+			r, err := l.TakeLeased(key, &lease, p, 1, now)
+			if err != nil || !r.Allowed {
 				t.Fatalf("%+v %v", r, err)
 			}
 		}},

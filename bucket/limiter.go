@@ -151,12 +151,20 @@ func (l *Limiter) Take(stateKey string, p Policy, cost int64, nowNanos int64) (R
 		return res, err
 	}
 
+	res, _, err := l.take(stateKey, p, g, cost, 0, nowNanos)
+	return res, err
+}
+
+// take is Take that also takes up to ahead more tokens while the bucket
+// keeps at least ahead for others after it (the lease of TakeLeased); it
+// returns how many it took ahead. The Result counts the request's cost only.
+func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead int64, nowNanos int64) (Result, int64, error) {
 	need := cost * g.interval // <= tau, no overflow
 	for n := l.attempts(); n > 0; n-- {
 		val, cas, err := l.Store.Get(stateKey)
 		if err != nil {
 			if !errors.Is(err, ErrNotFound) {
-				return Result{}, err
+				return Result{}, 0, err
 			}
 			val, cas = nil, insertCAS
 		}
@@ -166,13 +174,17 @@ func (l *Limiter) Take(stateKey string, p Policy, cost int64, nowNanos int64) (R
 				// Best effort: whoever beats this write leaves a valid state.
 				encode(&l.buf, addSat(nowNanos, debt))
 				if err := l.Store.Set(stateKey, l.buf[:], cas); err != nil && !errors.Is(err, ErrCASMismatch) {
-					return Result{}, err
+					return Result{}, 0, err
 				}
 			}
-			return g.refused(p.Limit, debt, need), nil
+			return g.refused(p.Limit, debt, need), 0, nil
 		}
 		debt += need
-		encode(&l.buf, addSat(nowNanos, debt))
+		extra := int64(0)
+		if ahead > 0 && debt <= g.tau-2*ahead*g.interval { // ahead <= capacity/4: no overflow
+			extra = ahead
+		}
+		encode(&l.buf, addSat(nowNanos, debt+extra*g.interval))
 		err = l.Store.Set(stateKey, l.buf[:], cas)
 		if err == nil {
 			return Result{
@@ -180,15 +192,15 @@ func (l *Limiter) Take(stateKey string, p Policy, cost int64, nowNanos int64) (R
 				Limit:      p.Limit,
 				Remaining:  (g.tau - debt) / g.interval,
 				ResetNanos: debt,
-			}, nil
+			}, extra, nil
 		}
 		if !errors.Is(err, ErrCASMismatch) {
-			return Result{}, err
+			return Result{}, 0, err
 		}
 	}
 	// Every attempt lost to a concurrent worker: refuse as if the bucket were
 	// empty, with a retry after one emission interval.
-	return Result{Limit: p.Limit, ResetNanos: g.tau, RetryAfterNanos: g.interval}, ErrContention
+	return Result{Limit: p.Limit, ResetNanos: g.tau, RetryAfterNanos: g.interval}, 0, ErrContention
 }
 
 // Peek reports what a cost-1 Take would see at nowNanos, without writing:

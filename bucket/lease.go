@@ -1,0 +1,95 @@
+package bucket
+
+// LeaseWindow is how long a worker may spend tokens it took ahead (see
+// RATIONALE.md, "Why leases?"). Tokens left when it ends are forfeit.
+const LeaseWindow int64 = 10e6 // 10 ms
+
+// MaxLease bounds the tokens one lease takes ahead.
+const MaxLease int64 = 1024
+
+// Lease is one worker's tokens from one shared bucket, taken ahead of its
+// requests by TakeLeased so that a busy key does not cost a shared-data read
+// and compare-and-swap on every request. The zero Lease holds nothing. A
+// Lease belongs to one stateKey; like the Limiter it is not safe for
+// concurrent use.
+type Lease struct {
+	policy  Policy
+	tokens  int64 // tokens left to spend
+	start   int64 // when they were taken (unix ns)
+	used    int64 // tokens spent from this take, its own cost included
+	rem     int64 // Remaining as this worker sees it
+	resetAt int64 // when the bucket is full again as this worker sees it
+}
+
+// Tokens returns how many tokens the lease holds (for tests and metrics).
+func (ls *Lease) Tokens() int64 { return ls.tokens }
+
+// TakeLeased is Take for a worker that keeps lease for stateKey. It admits
+// the request from the lease when the lease holds cost tokens for the same
+// policy and is younger than LeaseWindow, without touching the Store.
+// Otherwise it forfeits what is left and takes from the Store, adding to
+// the request's cost the tokens this worker is likely to spend in the next
+// LeaseWindow: what it spent in the lease just ended, twice that when the
+// lease ran out before its window did, nothing after a quiet window; at most
+// MaxLease and a quarter of the capacity, and only while the bucket keeps at
+// least as many for other workers. A worker's lease follows its own demand,
+// and near the limit every request goes to the Store exactly as Take.
+//
+// The Result of a leased request is this worker's view: Remaining and
+// ResetNanos count the lease's tokens as spent only when spent, and ignore
+// what the bucket refilled or other workers took since the lease began.
+func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, nowNanos int64) (Result, error) {
+	if ls.policy == p && cost >= 1 && ls.tokens >= cost && nowNanos >= ls.start && nowNanos-ls.start < LeaseWindow {
+		g, _ := p.gcra() // valid: the lease was taken under it
+		ls.tokens -= cost
+		ls.used += cost
+		ls.rem -= cost
+		ls.resetAt += cost * g.interval
+		reset := ls.resetAt - nowNanos
+		if reset < 0 {
+			reset = 0
+		}
+		return Result{Allowed: true, Limit: p.Limit, Remaining: ls.rem, ResetNanos: reset}, nil
+	}
+	g, err := p.gcra()
+	if err != nil {
+		return Result{}, err
+	}
+	if cost < 1 {
+		return Result{}, ErrBadCost
+	}
+	ahead := int64(0)
+	if age := nowNanos - ls.start; ls.policy == p && age >= 0 {
+		switch {
+		case age < LeaseWindow: // spent before its window ended: demand is higher
+			ahead = g.leaseSize(2 * ls.used)
+		case age < 2*LeaseWindow: // lasted its window: this was the demand
+			ahead = g.leaseSize(ls.used)
+		}
+	}
+	*ls = Lease{}
+	if g.capacity == 0 || cost > g.capacity || l.Store == nil {
+		return l.Take(stateKey, p, cost, nowNanos)
+	}
+	res, extra, err := l.take(stateKey, p, g, cost, ahead, nowNanos)
+	if err != nil || !res.Allowed {
+		return res, err
+	}
+	*ls = Lease{policy: p, tokens: extra, start: nowNanos, used: cost, rem: res.Remaining, resetAt: nowNanos + res.ResetNanos}
+	return res, nil
+}
+
+// leaseSize bounds a lease of n tokens by MaxLease and a quarter of the
+// capacity (so leases alone never empty the bucket).
+func (g gcra) leaseSize(n int64) int64 {
+	if c := g.capacity / 4; n > c {
+		n = c
+	}
+	if n > MaxLease {
+		n = MaxLease
+	}
+	if n < 0 {
+		return 0
+	}
+	return n
+}

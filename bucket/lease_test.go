@@ -1,0 +1,236 @@
+package bucket_test
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/keygate/keygate/bucket"
+)
+
+// takeLeased calls TakeLeased and fails the test on error.
+func takeLeased(t *testing.T, l *bucket.Limiter, ls *bucket.Lease, p bucket.Policy, now int64) bucket.Result {
+	t.Helper()
+	r, err := l.TakeLeased(key, ls, p, 1, now)
+	if err != nil {
+		t.Fatalf("TakeLeased(now t0%+d): %v", now-t0, err)
+	}
+	return r
+}
+
+// A steady stream on one worker at 90% of its limit reaches the store a few
+// times per LeaseWindow, and is never refused: the tokens its leases forfeit
+// at the end of their windows do not starve it.
+func TestLeaseFollowsDemand(t *testing.T) {
+	p := bucket.Policy{Limit: 100_000, PeriodNanos: sec, Burst: 999} // 1 per 10 µs, 1,000 at once
+	s := &countingStore{Store: newSharedStore()}
+	l := &bucket.Limiter{Store: s}
+	var ls bucket.Lease
+	now := t0
+	const n = 90_000 // one request per 11.1 µs for a second
+	for i := 0; i < n; i++ {
+		if r := takeLeased(t, l, &ls, p, now); !r.Allowed {
+			t.Fatalf("request %d at 90%% of the limit refused: %+v", i, r)
+		}
+		now += 11_111
+	}
+	// Leases are capped at a quarter of the capacity (250): about 4 sets per
+	// 900 requests.
+	if sets := s.sets.Load(); sets > n/200 {
+		t.Errorf("%d requests reached the store %d times", n, sets)
+	}
+	t.Logf("%d requests, %d store sets", n, s.sets.Load())
+}
+
+// A worker whose key is quiet takes no tokens ahead: after a gap of two
+// windows the next request costs exactly its own cost.
+func TestLeaseQuietKeyTakesNothingAhead(t *testing.T) {
+	p := bucket.Policy{Limit: 1000, PeriodNanos: sec, Burst: 999}
+	l, _ := newLimiter()
+	var ls bucket.Lease
+	now := t0
+	for i := 0; i < 50; i++ { // a busy spell grows the lease
+		takeLeased(t, l, &ls, p, now)
+		now += 10_000
+	}
+	if ls.Tokens() == 0 {
+		t.Fatal("a busy spell took nothing ahead")
+	}
+	now += 2 * bucket.LeaseWindow
+	before, _ := l.Peek(key, p, now)
+	r := takeLeased(t, l, &ls, p, now)
+	after, _ := l.Peek(key, p, now)
+	if ls.Tokens() != 0 || before.Remaining-after.Remaining != 1 {
+		t.Errorf("after a quiet gap: lease %d, bucket went %d -> %d (%+v)", ls.Tokens(), before.Remaining, after.Remaining, r)
+	}
+}
+
+// Leases never take the bucket's last tokens: near the limit each request
+// goes to the store, and the worker admits exactly what Take would.
+func TestLeaseNearTheLimitIsExact(t *testing.T) {
+	p := bucket.Policy{Limit: 100, PeriodNanos: sec, Burst: 39} // capacity 40: leases of at most 10
+	l, _ := newLimiter()
+	var ls bucket.Lease
+	admitted := 0
+	for i := 0; i < 100; i++ { // all at once: only the capacity is admitted
+		if takeLeased(t, l, &ls, p, t0).Allowed {
+			admitted++
+		}
+	}
+	if admitted != 40 {
+		t.Fatalf("admitted %d of a burst of 100, want the capacity 40", admitted)
+	}
+	if ls.Tokens() != 0 {
+		t.Errorf("an empty bucket left %d tokens leased", ls.Tokens())
+	}
+}
+
+// A leased request's result is the worker's view: Remaining falls by the
+// cost and ResetNanos grows by its emission time, as for Take.
+func TestLeaseResultView(t *testing.T) {
+	p := bucket.Policy{Limit: 1000, PeriodNanos: sec, Burst: 999}
+	l, _ := newLimiter()
+	var ls bucket.Lease
+	now := t0
+	var prev bucket.Result
+	for i := 0; i < 40; i++ {
+		r := takeLeased(t, l, &ls, p, now)
+		if !r.Allowed || r.Limit != 1000 {
+			t.Fatalf("request %d: %+v", i, r)
+		}
+		if i > 0 && (r.Remaining > prev.Remaining || r.Remaining < prev.Remaining-1) {
+			t.Errorf("request %d: remaining %d after %d", i, r.Remaining, prev.Remaining)
+		}
+		if i > 0 && r.ResetNanos <= prev.ResetNanos {
+			t.Errorf("request %d: reset %d after %d", i, r.ResetNanos, prev.ResetNanos)
+		}
+		prev = r
+	}
+	if ls.Tokens() == 0 {
+		t.Error("40 requests at once took nothing ahead")
+	}
+	if want := int64(1000 - 40); prev.Remaining != want {
+		t.Errorf("remaining after 40 at once: %d, want %d", prev.Remaining, want)
+	}
+}
+
+// A lease taken under one policy is not spent under another (a limit that
+// changed, or a new share of the fleet's rate).
+func TestLeasePolicyChange(t *testing.T) {
+	a := bucket.Policy{Limit: 1000, PeriodNanos: sec, Burst: 999}
+	b := bucket.Policy{Limit: 500, PeriodNanos: sec, Burst: 499}
+	s := &countingStore{Store: newSharedStore()}
+	l := &bucket.Limiter{Store: s}
+	var ls bucket.Lease
+	for i := 0; i < 10; i++ {
+		takeLeased(t, l, &ls, a, t0)
+	}
+	if ls.Tokens() == 0 {
+		t.Fatal("no lease under the first policy")
+	}
+	sets := s.sets.Load()
+	takeLeased(t, l, &ls, b, t0)
+	if s.sets.Load() != sets+1 {
+		t.Error("a request under a new policy was served from the old policy's lease")
+	}
+}
+
+// TestLeaseHammer: workers with their own Limiter and Lease share one key
+// under Envoy's cas rules while a fake clock advances. Leases never admit
+// more than GCRA allows, and the tokens they forfeit are bounded.
+func TestLeaseHammer(t *testing.T) {
+	policies := []bucket.Policy{
+		{Limit: 100_000, PeriodNanos: sec, Burst: 9_999}, // 10k at once, 1 per 10 µs
+		{Limit: 1000, PeriodNanos: sec, Burst: 99},       // 100 at once, 1 per ms
+		// Just under the offered rate: leases until the bucket runs low.
+		{Limit: 700_000, PeriodNanos: sec, Burst: 69_999},
+		// Above the offered rate: leases carry most requests.
+		{Limit: 2_000_000, PeriodNanos: sec, Burst: 199_999},
+	}
+	const (
+		workers   = 8
+		perWorker = 20_000
+		stepEvery = 4
+		step      = 5_000 // 5 µs of fake time per step
+	)
+	for _, c := range hammerCases(policies) {
+		p := c.p
+		var store bucket.Store = newSharedStore()
+		if c.yield {
+			store = yieldingStore{store}
+		}
+		var (
+			clock    atomic.Int64
+			calls    atomic.Int64
+			admitted atomic.Int64
+			held     atomic.Int64
+			wg       sync.WaitGroup
+			failure  atomic.Value
+		)
+		clock.Store(t0)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l := &bucket.Limiter{Store: store, MaxRetries: 1 << 20}
+				var ls bucket.Lease
+				for i := 0; i < perWorker; i++ {
+					r, err := l.TakeLeased(key, &ls, p, 1, clock.Load())
+					if err != nil {
+						failure.CompareAndSwap(nil, err.Error())
+						return
+					}
+					if r.Allowed {
+						admitted.Add(1)
+					}
+					if calls.Add(1)%stepEvery == 0 {
+						clock.Add(step)
+					}
+					if i%64 == 0 {
+						runtime.Gosched()
+					}
+				}
+				held.Add(ls.Tokens())
+			}()
+		}
+		wg.Wait()
+		if f := failure.Load(); f != nil {
+			t.Fatalf("%s: a worker failed: %v", c.name, f)
+		}
+		elapsed := clock.Load() - t0
+		bound := p.Capacity() + elapsed/p.EmissionIntervalNanos()
+		got := admitted.Load()
+		if got > bound {
+			t.Fatalf("%s: admitted %d in %d ns of fake time, GCRA allows %d", c.name, got, elapsed, bound)
+		}
+		if offered := stepEvery * sec / step; offered*p.PeriodNanos < p.Limit*sec {
+			// Below the limit: leases must not cost a single refusal.
+			if got != calls.Load() {
+				t.Errorf("%s: admitted %d of %d calls offered below the limit", c.name, got, calls.Load())
+			}
+			t.Logf("%s: %d calls, %d admitted", c.name, calls.Load(), got)
+			continue
+		}
+		// Above the limit the bucket never fills, so every token of the
+		// bound was admitted, is still in the bucket, is still leased, or
+		// was forfeited by a lease that ran out of time: a few leases' worth.
+		l := &bucket.Limiter{Store: store}
+		drained := int64(0)
+		for {
+			r, err := l.Take(key, p, 1, clock.Load())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !r.Allowed {
+				break
+			}
+			drained++
+		}
+		lost := bound - got - drained - held.Load()
+		if lost < 0 || lost > workers*p.Capacity()/4 {
+			t.Errorf("%s: %d tokens forfeited (admitted %d, drained %d, held %d, bound %d)", c.name, lost, got, drained, held.Load(), bound)
+		}
+		t.Logf("%s: %d calls, %d admitted (bound %d), %d forfeited", c.name, calls.Load(), got, bound, lost)
+	}
+}
