@@ -76,14 +76,15 @@ func run(args []string) error {
 	if *adminPort >= 0 {
 		opts.AdminAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort))
 	}
+	// Catch the signals before serving: a SIGTERM that arrives as soon as
+	// the listener answers must stop the host, not kill the process.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	h, err := host.New(opts)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "wasmhost: listening on %s, admin on %s, %d workers\n", h.Addr(0), h.AdminAddr(), *concurrency)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "wasmhost: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
