@@ -24,8 +24,8 @@ const (
 	recordTag   = 'k'             // "k" + 32-byte SHA-256: keycache record
 	limiterTag  = 'r'             // "r" + 32-byte SHA-256: bucket state
 	shareTag    = 's'             // "s" + key id: this node's share of the key's rate
-	stateFormat = 2
-	stateLen    = 1 + 4 + 8 + 8 + 8
+	stateFormat = 3
+	stateLen    = 1 + 4 + 8 + 8 + 8 + 8
 )
 
 // Clock returns the current time in unix nanoseconds.
@@ -132,6 +132,10 @@ type syncState struct {
 	// defaultShare is this node's share of a rate-limited key the control
 	// plane listed no share for (0 = not told yet: the whole rate).
 	defaultShare float64
+	// gen moves whenever the syncer has written records: a worker's cached
+	// records are valid while the state it reads carries their gen
+	// (recordcache.go).
+	gen uint64
 }
 
 func (s syncState) encode(b *[stateLen]byte) []byte {
@@ -140,6 +144,7 @@ func (s syncState) encode(b *[stateLen]byte) []byte {
 	binary.LittleEndian.PutUint64(b[5:], uint64(s.version))
 	binary.LittleEndian.PutUint64(b[13:], uint64(s.lastSyncMS))
 	binary.LittleEndian.PutUint64(b[21:], math.Float64bits(s.defaultShare))
+	binary.LittleEndian.PutUint64(b[29:], s.gen)
 	return b[:]
 }
 
@@ -152,6 +157,7 @@ func decodeState(b []byte) (syncState, bool) {
 		version:      int64(binary.LittleEndian.Uint64(b[5:])),
 		lastSyncMS:   int64(binary.LittleEndian.Uint64(b[13:])),
 		defaultShare: math.Float64frombits(binary.LittleEndian.Uint64(b[21:])),
+		gen:          binary.LittleEndian.Uint64(b[29:]),
 	}, true
 }
 

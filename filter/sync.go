@@ -36,6 +36,7 @@ type syncer struct {
 	syncFails  int
 	nextSyncMS int64
 	recBuf     []byte
+	wrote      bool // records written since the state's gen last moved
 
 	// Usage.
 	node, boot  string
@@ -265,7 +266,19 @@ func (s *syncer) applyPage(body []byte) error {
 		return true
 	})
 	if firstErr != nil {
+		if s.wrote {
+			// Records changed: workers must drop what they cached, even
+			// though this page does not advance the sync.
+			s.wrote = false
+			s.state.gen++
+			var buf [stateLen]byte
+			_ = setShared(stateKey, s.state.encode(&buf))
+		}
 		return firstErr
+	}
+	if s.wrote || (!more && snapshot) {
+		s.wrote = false
+		s.state.gen++
 	}
 	if more {
 		s.cursor = cursor
@@ -301,6 +314,7 @@ func (s *syncer) writeRecord(h keycache.Hash, rec *keycache.Record) error {
 	var key [1 + len(h)]byte
 	key[0] = recordTag
 	copy(key[1:], h[:])
+	s.wrote = true
 	return setShared(string(key[:]), s.recBuf)
 }
 

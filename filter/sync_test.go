@@ -118,12 +118,27 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		if st := readState(t); st.version != 0 {
 			t.Fatalf("version advanced before the last page: %+v", st)
 		}
+		// Every page that writes records moves the gen, so workers drop
+		// the records they cached (recordcache.go).
+		gen := readState(t).gen
+		if gen == 0 {
+			t.Fatal("gen did not move after a page wrote records")
+		}
+		genMoved := func(page string) {
+			t.Helper()
+			if g := readState(t).gen; g <= gen {
+				t.Fatalf("gen %d -> %d after %s", gen, g, page)
+			} else {
+				gen = g
+			}
+		}
 
 		c = h.next("/v1/sync")
 		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=0&cursor=p2&wait=0" {
 			t.Errorf("second page path %q", p)
 		}
 		h.answer(c, "200", recorded(t, "sync_snapshot_2.json"))
+		genMoved("snapshot page 2")
 		st := readState(t)
 		if st.version != 42 || st.epoch != 1 || st.lastSyncMS == 0 {
 			t.Fatalf("state after snapshot %+v", st)
@@ -137,6 +152,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 			t.Errorf("delta path %q", p)
 		}
 		h.answer(c, "200", recorded(t, "sync_delta.json"))
+		genMoved("delta")
 		if r, _ := readRecord(t, syncKeyA); r.Status != keycache.StatusRevoked {
 			t.Errorf("revocation not applied: %+v", r)
 		}
@@ -150,6 +166,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		// A bad record fails closed for its key, and the rest goes on.
 		c = h.next("/v1/sync")
 		h.answer(c, "200", recorded(t, "sync_bad_record.json"))
+		genMoved("delta with a bad record")
 		if _, ok := live(t, syncKeyB); ok {
 			t.Error("key with an unreadable update still served")
 		}
@@ -157,6 +174,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		// A new snapshot drops every key it does not carry.
 		c = h.next("/v1/sync")
 		h.answer(c, "200", recorded(t, "sync_resnapshot.json"))
+		genMoved("re-snapshot")
 		if st := readState(t); st.epoch != 2 || st.version != 90 {
 			t.Fatalf("state after re-snapshot %+v", st)
 		}
@@ -203,6 +221,15 @@ func TestSyncFailuresKeepCache(t *testing.T) {
 				t.Errorf("credential in log: %s", l)
 			}
 		}
+		// A page that fails after writing records moves the gen (and
+		// nothing else): workers must not keep what it replaced.
+		c = h.next("/v1/sync")
+		h.answer(c, "200", []byte(`{"version":60,"upserts":[{"hash":"bd29d3fb7dffde80c68973ad3c4e031a59726a41cf13e8f1cc9147c1985183fb","id":"key_a","owner":"acme","status":"revoked","expires_at":0,"hosts":[],"scopes":[]}],"deletes":["not-a-hash"]}`))
+		st := readState(t)
+		if st.gen <= before.gen || st.version != before.version || st.epoch != before.epoch {
+			t.Fatalf("failed page that wrote a record: %+v -> %+v", before, st)
+		}
+		before = st
 		// A callout reset (no headers) is a failure too.
 		c = h.next("/v1/sync")
 		h.host.CallOnHttpCallResponse(c.CalloutID, nil, nil, nil)

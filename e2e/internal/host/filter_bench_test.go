@@ -37,11 +37,11 @@ const (
 	// benchKeyID is the id of the key every benchmark request carries.
 	benchKeyID = "key_bench"
 	// The sync state mirrors filter/plugin.go (syncState.encode): format,
-	// epoch, version, lastSyncMS, defaultShare. A mismatch makes every
+	// epoch, version, lastSyncMS, defaultShare, gen. A mismatch makes every
 	// request a 503 cache_unavailable and the rig's check fails.
 	benchStateKey    = "keygate/state"
-	benchStateFormat = 2
-	benchStateLen    = 1 + 4 + 8 + 8 + 8
+	benchStateFormat = 3
+	benchStateLen    = 1 + 4 + 8 + 8 + 8 + 8
 	benchEpoch       = 1
 	usageQueueName   = "keygate/usage"
 )
@@ -79,6 +79,7 @@ func seedKeys(sd *shareddata.Store, key string, n int, now time.Time) error {
 	binary.LittleEndian.PutUint64(st[5:], uint64(n))
 	binary.LittleEndian.PutUint64(st[13:], uint64(now.UnixMilli()))
 	binary.LittleEndian.PutUint64(st[21:], math.Float64bits(1)) // this node's share: the whole rate
+	binary.LittleEndian.PutUint64(st[29:], 1)                   // gen
 	if err := sd.Set(keygateVMID, benchStateKey, st[:], 0); err != nil {
 		return err
 	}
