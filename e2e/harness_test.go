@@ -590,13 +590,21 @@ func parseResult(status int, hdr http.Header, body []byte) result {
 }
 
 // eventually polls cond every 10 ms until it holds, failing the test with
-// the last observation after timeout.
+// the last observation after timeout. Once it holds it waits workerSkew
+// more, without polling, so that every worker of every host has caught up.
+// workerSkew bounds how much later than another worker of its host a worker
+// serves a change the syncer has written: each re-reads the sync state at
+// most 5 ms apart (filter/request.go, stateTTL), with margin for a busy
+// machine.
+const workerSkew = 25 * time.Millisecond
+
 func eventually(tb testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, last := cond()
 		if ok {
+			time.Sleep(workerSkew)
 			return
 		}
 		if time.Now().After(deadline) {

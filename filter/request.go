@@ -1,7 +1,6 @@
 package filter
 
 import (
-	"encoding/binary"
 	"errors"
 	"unsafe"
 
@@ -27,7 +26,7 @@ type filterRoot struct {
 	found    found     // the current request's header scan
 	pairs    pairIter  // and its iterator
 	free     []*stream // finished streams for reuse (see newStream)
-	shares   map[uint64]shareEntry
+	records  *recordCache
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -36,10 +35,14 @@ type filterRoot struct {
 }
 
 // stateTTL is how long a worker reuses the sync state it read. The state
-// changes when a snapshot completes (epoch) and on every good sync (time),
-// so a worker sees both at most this late; revocations live in the records
-// and are not delayed by it.
-const stateTTL = 50e6 // 50 ms in nanoseconds
+// changes when the syncer writes records (gen), a snapshot completes
+// (epoch) and on every good sync (time), so a worker sees each of them, a
+// revocation included (recordcache.go), at most this late.
+const stateTTL = 5e6 // 5 ms in nanoseconds
+
+// shareTTL is how long a worker reuses a key's fleet share it read: the
+// control plane moves shares at most once per flush period (1 s default).
+const shareTTL = 50e6 // 50 ms in nanoseconds
 
 func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
 	r := &filterRoot{
@@ -47,7 +50,7 @@ func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
 		clock:   clock,
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
-		shares:  make(map[uint64]shareEntry),
+		records: newRecordCache(),
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
@@ -330,19 +333,15 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	keycache.HashKeyTo(&r.sum, f.key)
-	copy(r.recKey[1:], r.sum[:])
-	raw, _, err := sharedGet(bstr(r.recKey[:]))
-	var rec keycache.View
-	known := false
-	if err == nil {
-		if rec, err = keycache.Parse(raw); err == nil {
-			known = rec.Epoch() >= state.epoch && rec.Status() != keycache.StatusDeleted
-		} else {
-			proxywasm.LogErrorf("keygate: corrupt record in shared data: %v", err)
+	slot := r.records.slot(&r.sum)
+	rec, found, cached := slot.lookup(state.gen, state.epoch)
+	if !cached || !stateOK {
+		var ok bool
+		if rec, found, ok = r.readRecord(); ok && stateOK {
+			slot.store(state.gen, state.epoch, rec, found)
 		}
-	} else if !errors.Is(err, types.ErrorStatusNotFound) {
-		proxywasm.LogErrorf("keygate: reading shared data: %v", err)
 	}
+	known := found && rec.Epoch() >= state.epoch && rec.Status() != keycache.StatusDeleted
 	if !known {
 		if stale { // failure mode open: let it through unverified
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
@@ -379,10 +378,10 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		copy(r.limKey[1:], r.sum[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		local := policy
-		if share := r.share(&r.sum, id, state.defaultShare, now); share < 1 {
+		if share := r.share(slot, id, state.defaultShare, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
-		res, err := r.limiter.Take(bstr(r.limKey[:]), local, rt.cost, now)
+		res, err := r.limiter.TakeLeased(bstr(r.limKey[:]), &slot.lease, local, rt.cost, now)
 		switch {
 		case err == nil:
 		case errors.Is(err, bucket.ErrContention):
@@ -430,8 +429,8 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 
 // share returns this node's share of the key's rate: the control plane's
 // per-key share when it sent one, else its default share, else 1.
-func (r *filterRoot) share(hash *keycache.Hash, id []byte, def float64, now int64) float64 {
-	if v := r.keyShare(hash, id, now); v > 0 {
+func (r *filterRoot) share(slot *recordSlot, id []byte, def float64, now int64) float64 {
+	if v := r.keyShare(slot, id, now); v > 0 {
 		return v
 	}
 	if def > 0 && def <= 1 {
@@ -440,24 +439,13 @@ func (r *filterRoot) share(hash *keycache.Hash, id []byte, def float64, now int6
 	return 1
 }
 
-// shareEntry is a per-key share as read from shared data (0: none).
-type shareEntry struct {
-	v      float64
-	readAt int64
-}
-
-// maxCachedShares bounds the per-worker share cache.
-const maxCachedShares = 4096
-
-// keyShare returns the control plane's share for the key (0 when it sent
-// none), read from shared data at most every stateTTL per key: a share
-// moves at most once per flush period, and a host call on every request for
-// it cost more than the rest of the limiter. The cache is keyed by the first
-// 8 bytes of the key's SHA-256.
-func (r *filterRoot) keyShare(hash *keycache.Hash, id []byte, now int64) float64 {
-	k := binary.LittleEndian.Uint64(hash[:8])
-	if e, ok := r.shares[k]; ok && now-e.readAt >= 0 && now-e.readAt < stateTTL {
-		return e.v
+// keyShare returns the control plane's share for the slot's key (0 when it
+// sent none), read from shared data at most every shareTTL: a share moves
+// at most once per flush period, and a host call on every request for it
+// cost more than the rest of the limiter.
+func (r *filterRoot) keyShare(slot *recordSlot, id []byte, now int64) float64 {
+	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < shareTTL {
+		return slot.share
 	}
 	var v float64
 	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
@@ -466,11 +454,29 @@ func (r *filterRoot) keyShare(hash *keycache.Hash, id []byte, now int64) float64
 			v = d
 		}
 	}
-	if len(r.shares) >= maxCachedShares {
-		clear(r.shares)
-	}
-	r.shares[k] = shareEntry{v: v, readAt: now}
+	slot.share, slot.shareAt, slot.shareOK = v, now, true
 	return v
+}
+
+// readRecord reads the key record of r.sum from shared data. ok is false
+// when the read failed in a way that must not be cached (a corrupt record
+// or a host error, both logged); a missing key is found == false, ok.
+func (r *filterRoot) readRecord() (rec keycache.View, found, ok bool) {
+	copy(r.recKey[1:], r.sum[:])
+	raw, _, err := sharedGet(bstr(r.recKey[:]))
+	switch {
+	case err == nil:
+		if rec, err = keycache.Parse(raw); err != nil {
+			proxywasm.LogErrorf("keygate: corrupt record in shared data: %v", err)
+			return keycache.View{}, false, false
+		}
+		return rec, true, true
+	case errors.Is(err, types.ErrorStatusNotFound):
+		return keycache.View{}, false, true
+	default:
+		proxywasm.LogErrorf("keygate: reading shared data: %v", err)
+		return keycache.View{}, false, false
+	}
 }
 
 // refuse counts the refusal and ends the stream with its problem response.

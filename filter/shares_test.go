@@ -136,7 +136,7 @@ func TestUsageResponseStoresShares(t *testing.T) {
 	})
 }
 
-// A worker re-reads a key's share at most every stateTTL: a new share from
+// A worker re-reads a key's share at most every shareTTL: a new share from
 // the control plane applies within that bound, and not before.
 func TestShareCachedForStateTTL(t *testing.T) {
 	_ = emulator(t, NewVM(fakeClock()), testConfig, nil) // the host sharedGet reads
@@ -148,18 +148,18 @@ func TestShareCachedForStateTTL(t *testing.T) {
 	h := keycache.HashKey("any key")
 	id := []byte("key_cached")
 	now := fakeEpochNanos
-	if got := r.share(&h, id, 0.25, now); got != 0.25 {
+	if got := r.share(r.records.slot(&h), id, 0.25, now); got != 0.25 {
 		t.Fatalf("no per-key share: %v, want the default 0.25", got)
 	}
 	seedShare(t, "key_cached", 0.5)
-	if got := r.share(&h, id, 0.25, now+stateTTL-1); got != 0.25 {
-		t.Fatalf("re-read before stateTTL: %v", got)
+	if got := r.share(r.records.slot(&h), id, 0.25, now+shareTTL-1); got != 0.25 {
+		t.Fatalf("re-read before shareTTL: %v", got)
 	}
-	if got := r.share(&h, id, 0.25, now+stateTTL); got != 0.5 {
-		t.Fatalf("after stateTTL: %v, want the per-key 0.5", got)
+	if got := r.share(r.records.slot(&h), id, 0.25, now+shareTTL); got != 0.5 {
+		t.Fatalf("after shareTTL: %v, want the per-key 0.5", got)
 	}
 	seedShare(t, "key_cached", 0.1)
-	if got := r.share(&h, id, 0.25, now+2*stateTTL+1); got != 0.1 {
-		t.Fatalf("after another stateTTL: %v, want 0.1", got)
+	if got := r.share(r.records.slot(&h), id, 0.25, now+2*shareTTL+1); got != 0.1 {
+		t.Fatalf("after another shareTTL: %v, want 0.1", got)
 	}
 }
