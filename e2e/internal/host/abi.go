@@ -176,24 +176,37 @@ func readBytes(m api.Module, ptr, size uint32) ([]byte, bool) {
 // copyOut hands data to the guest the way proxy-wasm-cpp-host does: memory
 // from proxy_on_memory_allocate, then the pointer and size written back.
 func (in *instance) copyOut(m api.Module, data []byte, ptrPtr, sizePtr uint32) uint32 {
+	dst, st := in.allocOut(m, len(data), ptrPtr, sizePtr)
+	copy(dst, data)
+	return st
+}
+
+// allocOut allocates size bytes in the guest through proxy_on_memory_allocate,
+// writes their address and size to ptrPtr and sizePtr, and returns the
+// guest memory for the caller to fill before it returns to the guest (as
+// Envoy serializes straight into the guest's buffer). Nothing is allocated
+// for size 0.
+func (in *instance) allocOut(m api.Module, size int, ptrPtr, sizePtr uint32) ([]byte, uint32) {
 	if !inBounds(m, ptrPtr, 4) || !inBounds(m, sizePtr, 4) {
-		return statusInvalidMemoryAccess
+		return nil, statusInvalidMemoryAccess
 	}
 	var p uint32
-	if len(data) > 0 {
-		in.mstack[0] = uint64(len(data))
+	var dst []byte
+	if size > 0 {
+		in.mstack[0] = uint64(size)
 		if err := in.fn.malloc.CallWithStack(in.ctx, in.mstack[:]); err != nil {
 			panic(err) // a trap in the allocator traps the calling callback
 		}
 		p = uint32(in.mstack[0])
-		if p == 0 || !m.Memory().Write(p, data) {
-			return statusInvalidMemoryAccess
+		var ok bool
+		if dst, ok = m.Memory().Read(p, uint32(size)); p == 0 || !ok {
+			return nil, statusInvalidMemoryAccess
 		}
 	}
-	if !m.Memory().WriteUint32Le(ptrPtr, p) || !m.Memory().WriteUint32Le(sizePtr, uint32(len(data))) {
-		return statusInvalidMemoryAccess
+	if !m.Memory().WriteUint32Le(ptrPtr, p) || !m.Memory().WriteUint32Le(sizePtr, uint32(size)) {
+		return nil, statusInvalidMemoryAccess
 	}
-	return statusOK
+	return dst, statusOK
 }
 
 var logLevels = [...]string{"trace", "debug", "info", "warn", "error", "critical"}
@@ -389,15 +402,13 @@ func hRemoveHeader(in *instance, m api.Module, s []uint64) uint32 {
 }
 
 func hGetHeaderPairs(in *instance, m api.Module, s []uint64) uint32 {
-	var data []byte
-	st := in.withMap(arg(s, 0), false, func(hm *headerMap) uint32 {
-		data = serializePairs(hm.pairs)
-		return statusOK
-	})
-	if st != statusOK {
+	return in.withMap(arg(s, 0), false, func(hm *headerMap) uint32 {
+		dst, st := in.allocOut(m, pairsSize(hm.pairs), arg(s, 1), arg(s, 2))
+		if st == statusOK {
+			serializePairsTo(dst, hm.pairs)
+		}
 		return st
-	}
-	return in.copyOut(m, data, arg(s, 1), arg(s, 2))
+	})
 }
 
 func hSetHeaderPairs(in *instance, m api.Module, s []uint64) uint32 {

@@ -173,7 +173,7 @@ func localCalloutReply(status int, body string) *calloutResponse {
 // responseHeaderMap turns a Go response into Envoy's header map: :status
 // first, lower-case names, repeated headers as separate pairs.
 func responseHeaderMap(res *http.Response) *headerMap {
-	hm := &headerMap{}
+	hm := newHeaderMap(1 + len(res.Header))
 	hm.add(":status", strconv.Itoa(res.StatusCode))
 	for _, k := range sortedKeys(res.Header) {
 		for _, v := range res.Header[k] {

@@ -208,7 +208,8 @@ func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup 
 // request to end instead of running between two callbacks).
 func (r *filterRig) serve() (int, *exchange, error) {
 	ex := &exchange{visible: -1, filterState: map[string][]byte{}, wakeCh: make(chan struct{}, 1), start: r.h.clock.Now()}
-	ex.req = &headerMap{pairs: append([][2]string(nil), r.req...)}
+	ex.req = newHeaderMap(len(r.req))
+	ex.req.pairs = append(ex.req.pairs, r.req...)
 	in := r.slot.acquire(r.plugin)
 	if in == nil {
 		return 0, nil, errVMDead
@@ -234,7 +235,8 @@ func (r *filterRig) serve() (int, *exchange, error) {
 	case uint32(action) != 0:
 		return 0, nil, errors.New("the filter paused the request without a local reply")
 	default:
-		ex.resp, ex.respBody = &headerMap{pairs: append([][2]string(nil), benchResponse...)}, benchResponseBody
+		ex.resp = newHeaderMap(len(benchResponse))
+		ex.resp.pairs, ex.respBody = append(ex.resp.pairs, benchResponse...), benchResponseBody
 	}
 	eos := len(ex.respBody) == 0
 	if _, err := in.call(in.fn.respHeaders, sc.id, uint64(sc.id), uint64(len(ex.resp.pairs)), b2u(eos)); err != nil {

@@ -12,6 +12,16 @@ type headerMap struct {
 	pairs [][2]string
 }
 
+// newHeaderMap returns an empty map with room for n pairs and a few that
+// filters add, so that adding a header rarely copies the map (Envoy's
+// header maps are linked lists: an add never copies).
+func newHeaderMap(n int) *headerMap {
+	return &headerMap{pairs: make([][2]string, 0, n+headerRoom)}
+}
+
+// headerRoom is the spare capacity of a new header map.
+const headerRoom = 8
+
 func (m *headerMap) get(name string) (string, bool) {
 	for _, p := range m.pairs {
 		if p[0] == name {
@@ -57,17 +67,28 @@ func (m *headerMap) remove(name string) {
 }
 
 func (m *headerMap) clone() *headerMap {
-	return &headerMap{pairs: append([][2]string(nil), m.pairs...)}
+	return &headerMap{pairs: append(newHeaderMap(len(m.pairs)).pairs, m.pairs...)}
 }
 
 // serialize encodes pairs in proxy-wasm's map format: a count, then the
 // key and value sizes, then each key and value followed by a NUL.
 func serializePairs(pairs [][2]string) []byte {
+	b := make([]byte, pairsSize(pairs))
+	serializePairsTo(b, pairs)
+	return b
+}
+
+// pairsSize is the size of pairs serialized.
+func pairsSize(pairs [][2]string) int {
 	size := 4
 	for _, p := range pairs {
 		size += 8 + len(p[0]) + len(p[1]) + 2
 	}
-	b := make([]byte, size)
+	return size
+}
+
+// serializePairsTo serializes pairs into b, which is pairsSize(pairs) long.
+func serializePairsTo(b []byte, pairs [][2]string) {
 	binary.LittleEndian.PutUint32(b, uint32(len(pairs)))
 	off := 4
 	for _, p := range pairs {
@@ -76,10 +97,13 @@ func serializePairs(pairs [][2]string) []byte {
 		off += 8
 	}
 	for _, p := range pairs {
-		off += copy(b[off:], p[0]) + 1
-		off += copy(b[off:], p[1]) + 1
+		off += copy(b[off:], p[0])
+		b[off] = 0
+		off++
+		off += copy(b[off:], p[1])
+		b[off] = 0
+		off++
 	}
-	return b
 }
 
 var errBadPairs = errors.New("malformed header map")

@@ -515,7 +515,7 @@ func domainRank(domain, host string) int {
 // pseudo-headers first, lower-case names, repeated headers as separate pairs,
 // then what the HTTP connection manager adds before the filters run.
 func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
-	hm := &headerMap{}
+	hm := newHeaderMap(4 + len(r.Header) + 3)
 	hm.add(":authority", r.Host)
 	hm.add(":path", r.URL.RequestURI())
 	hm.add(":method", r.Method)
@@ -539,7 +539,7 @@ func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
 
 // localReplyHeaders is the response header map of a local reply.
 func localReplyHeaders(lr *localReply) *headerMap {
-	hm := &headerMap{}
+	hm := newHeaderMap(2 + len(lr.headers))
 	hm.add(":status", strconv.Itoa(lr.status))
 	for _, p := range lr.headers {
 		hm.add(lower(p[0]), p[1])
