@@ -87,7 +87,10 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
-	p.filter = newFilterRoot(cfg, p.clock)
+	if p.filter, err = newFilterRoot(cfg, p.clock); err != nil {
+		proxywasm.LogCriticalf("keygate: %v", err)
+		return types.OnPluginStartStatusFailed
+	}
 	if err := proxywasm.SetTickPeriodMilliSeconds(cfg.flushPeriodMS); err != nil {
 		proxywasm.LogCriticalf("keygate: setting tick period: %v", err)
 		return types.OnPluginStartStatusFailed

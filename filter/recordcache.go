@@ -1,7 +1,11 @@
 package filter
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"unsafe"
+
+	"github.com/dchest/siphash"
 
 	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/keycache"
@@ -18,21 +22,28 @@ import (
 // apart, so a revocation reaches a cached key at most that much later than
 // it reaches shared data.
 //
-// It is direct-mapped on the key's SHA-256: a lookup is an index and a
-// 32-byte comparison, and a key that misses replaces the slot's entry.
+// Slots are found by a tag, the 128-bit SipHash-2-4 of the key under a
+// random key of the worker's own: a tenth of SHA-256's work, and what a
+// request for a cached key computes instead of it. The tag is a keyed PRF,
+// so nobody without the worker's secret can make two keys share a tag
+// (RATIONALE.md). The cache is direct-mapped: a lookup is an index and a
+// 16-byte comparison, and a key that misses replaces the slot's entry.
 // Missing keys are cached too, so a flood of one unknown key stays local.
 type recordCache struct {
-	slots []recordSlot
+	slots  []recordSlot
+	k0, k1 uint64 // SipHash key
 }
 
 type recordSlot struct {
-	hash  keycache.Hash
-	rec   keycache.View // valid when found
-	found bool          // the key has a record (else: known missing)
-	valid bool          // rec/found were read under gen and epoch
-	gen   uint64
-	epoch uint32
-	lease bucket.Lease // tokens taken ahead for this key (bucket.TakeLeased)
+	tag     [2]uint64
+	hash    keycache.Hash // the key's SHA-256, the name of its shared data
+	rec     keycache.View // valid when found
+	found   bool          // the key has a record (else: known missing)
+	valid   bool          // rec/found were read under gen and epoch
+	claimed bool          // tag and hash are a key's
+	gen     uint64
+	epoch   uint32
+	lease   bucket.Lease // tokens taken ahead for this key (bucket.TakeLeased)
 
 	// The control plane's share of the key's rate for this node (0: none),
 	// read at shareAt; see filterRoot.keyShare.
@@ -45,16 +56,33 @@ type recordSlot struct {
 // plus the records they hold keep a worker's heap small.
 const recordSlots = 512
 
-func newRecordCache() *recordCache {
-	return &recordCache{slots: make([]recordSlot, recordSlots)}
+// newRecordCache returns an empty cache with a fresh random SipHash key.
+func newRecordCache() (*recordCache, error) {
+	var k [16]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return nil, err
+	}
+	return &recordCache{
+		slots: make([]recordSlot, recordSlots),
+		k0:    binary.LittleEndian.Uint64(k[:8]),
+		k1:    binary.LittleEndian.Uint64(k[8:]),
+	}, nil
 }
 
-// slot returns the slot of hash h, claiming it (and dropping its previous
-// entry and lease) when it holds another key.
-func (c *recordCache) slot(h *keycache.Hash) *recordSlot {
-	s := &c.slots[binary.LittleEndian.Uint32(h[:4])&(recordSlots-1)]
-	if !sameHash(&s.hash, h) {
-		*s = recordSlot{hash: *h}
+// slot returns the slot of key, claiming it (and dropping its previous
+// entry, lease and share) when it holds another key; the slot's hash is
+// then the key's SHA-256, computed once per claim.
+func (c *recordCache) slot(key string) *recordSlot {
+	var t [2]uint64
+	if len(key) > 0 {
+		t[0], t[1] = siphash.Hash128(c.k0, c.k1, unsafe.Slice(unsafe.StringData(key), len(key)))
+	} else {
+		t[0], t[1] = siphash.Hash128(c.k0, c.k1, nil)
+	}
+	s := &c.slots[t[0]&(recordSlots-1)]
+	if (s.tag[0]^t[0])|(s.tag[1]^t[1]) != 0 || !s.claimed { // constant time
+		*s = recordSlot{tag: t, claimed: true}
+		keycache.HashKeyTo(&s.hash, key)
 	}
 	return s
 }
@@ -74,13 +102,4 @@ func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec keycache.View, found,
 // fresh host copy does not).
 func (s *recordSlot) store(gen uint64, epoch uint32, rec keycache.View, found bool) {
 	s.rec, s.found, s.valid, s.gen, s.epoch = rec, found, true, gen, epoch
-}
-
-// sameHash compares two hashes in constant time.
-func sameHash(a, b *keycache.Hash) bool {
-	var d uint64
-	for i := 0; i < len(a); i += 8 {
-		d |= binary.LittleEndian.Uint64(a[i:]) ^ binary.LittleEndian.Uint64(b[i:])
-	}
-	return d == 0
 }

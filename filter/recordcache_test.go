@@ -66,44 +66,64 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 
 // Two keys that share a slot evict each other and are never confused.
 func TestRecordCacheSlotCollision(t *testing.T) {
-	c := newRecordCache()
-	a := keycache.HashKey(newKey(t))
-	var b keycache.Hash
-	for {
-		b = keycache.HashKey(newKey(t))
-		if c.slot(&a) == c.slot(&b) {
-			break
-		}
+	c, err := newRecordCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newKey(t)
+	var b string
+	for b == "" || c.slot(b) != c.slot(a) {
+		b = newKey(t)
 	}
 	recA, err := keycache.Parse(mustRecord(t, keycache.Record{ID: "key_a", Status: keycache.StatusActive}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := c.slot(&a)
+	s := c.slot(a)
+	if s.hash != keycache.HashKey(a) {
+		t.Fatal("slot's hash is not the key's SHA-256")
+	}
 	s.store(7, 1, recA, true)
 	s.share, s.shareAt, s.shareOK = 0.5, 1, true
 
-	if rec, found, ok := c.slot(&a).lookup(7, 1); !ok || !found || string(rec.ID()) != "key_a" {
+	if rec, found, ok := c.slot(a).lookup(7, 1); !ok || !found || string(rec.ID()) != "key_a" {
 		t.Fatalf("a: %v %v", found, ok)
 	}
 	for _, st := range []struct {
 		gen   uint64
 		epoch uint32
 	}{{8, 1}, {7, 2}} {
-		if _, _, ok := c.slot(&a).lookup(st.gen, st.epoch); ok {
+		if _, _, ok := c.slot(a).lookup(st.gen, st.epoch); ok {
 			t.Errorf("entry read under gen 7 epoch 1 served under %+v", st)
 		}
 	}
-	sb := c.slot(&b) // claims the slot
-	if _, _, ok := sb.lookup(7, 1); ok || sb.shareOK {
+	sb := c.slot(b) // claims the slot
+	if _, _, ok := sb.lookup(7, 1); ok || sb.shareOK || sb.hash != keycache.HashKey(b) {
 		t.Fatal("b got a's entry")
 	}
 	sb.store(7, 1, keycache.View{}, false)
-	if _, found, ok := c.slot(&b).lookup(7, 1); !ok || found {
+	if _, found, ok := c.slot(b).lookup(7, 1); !ok || found {
 		t.Fatalf("b cached as missing: %v %v", found, ok)
 	}
-	if _, _, ok := c.slot(&a).lookup(7, 1); ok {
+	if _, _, ok := c.slot(a).lookup(7, 1); ok {
 		t.Fatal("a still cached after b took its slot")
+	}
+}
+
+// Each worker tags keys under its own random SipHash key, so slots and tags
+// say nothing across workers or restarts; the empty key has a slot too.
+func TestRecordCacheTagsAreKeyed(t *testing.T) {
+	c1, err1 := newRecordCache()
+	c2, err2 := newRecordCache()
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	key := newKey(t)
+	if c1.slot(key).tag == c2.slot(key).tag {
+		t.Error("two caches tagged a key alike")
+	}
+	if s := c1.slot(""); s.hash != keycache.HashKey("") {
+		t.Error("empty key's slot")
 	}
 }
 
@@ -114,19 +134,4 @@ func mustRecord(t *testing.T, r keycache.Record) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func TestSameHash(t *testing.T) {
-	a := keycache.HashKey("a")
-	for i := range a {
-		b := a
-		b[i] ^= 1
-		if sameHash(&a, &b) {
-			t.Fatalf("hashes differing in byte %d compared equal", i)
-		}
-	}
-	b := a
-	if !sameHash(&a, &b) {
-		t.Fatal("equal hashes compared different")
-	}
 }

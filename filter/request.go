@@ -44,17 +44,21 @@ const stateTTL = 5e6 // 5 ms in nanoseconds
 // control plane moves shares at most once per flush period (1 s default).
 const shareTTL = 50e6 // 50 ms in nanoseconds
 
-func newFilterRoot(cfg *filterConfig, clock Clock) *filterRoot {
+func newFilterRoot(cfg *filterConfig, clock Clock) (*filterRoot, error) {
+	records, err := newRecordCache()
+	if err != nil {
+		return nil, errors.New("seeding the record cache: " + err.Error())
+	}
 	r := &filterRoot{
 		cfg:     cfg,
 		clock:   clock,
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
-		records: newRecordCache(),
+		records: records,
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
-	return r
+	return r, nil
 }
 
 // stream is one HTTP request.
@@ -332,8 +336,8 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return s.refuse(codeCacheDown, nil, now, f.authority)
 	}
 
-	keycache.HashKeyTo(&r.sum, f.key)
-	slot := r.records.slot(&r.sum)
+	slot := r.records.slot(f.key)
+	r.sum = slot.hash
 	rec, found, cached := slot.lookup(state.gen, state.epoch)
 	if !cached || !stateOK {
 		var ok bool

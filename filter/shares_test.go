@@ -8,8 +8,6 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
-
-	"github.com/keygate/keygate/keycache"
 )
 
 func seedShare(t *testing.T, id string, share float64) {
@@ -144,22 +142,24 @@ func TestShareCachedForStateTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newFilterRoot(cfg, fakeClock())
-	h := keycache.HashKey("any key")
+	r, err := newFilterRoot(cfg, fakeClock())
+	if err != nil {
+		t.Fatal(err)
+	}
 	id := []byte("key_cached")
 	now := fakeEpochNanos
-	if got := r.share(r.records.slot(&h), id, 0.25, now); got != 0.25 {
+	if got := r.share(r.records.slot("any key"), id, 0.25, now); got != 0.25 {
 		t.Fatalf("no per-key share: %v, want the default 0.25", got)
 	}
 	seedShare(t, "key_cached", 0.5)
-	if got := r.share(r.records.slot(&h), id, 0.25, now+shareTTL-1); got != 0.25 {
+	if got := r.share(r.records.slot("any key"), id, 0.25, now+shareTTL-1); got != 0.25 {
 		t.Fatalf("re-read before shareTTL: %v", got)
 	}
-	if got := r.share(r.records.slot(&h), id, 0.25, now+shareTTL); got != 0.5 {
+	if got := r.share(r.records.slot("any key"), id, 0.25, now+shareTTL); got != 0.5 {
 		t.Fatalf("after shareTTL: %v, want the per-key 0.5", got)
 	}
 	seedShare(t, "key_cached", 0.1)
-	if got := r.share(r.records.slot(&h), id, 0.25, now+2*shareTTL+1); got != 0.1 {
+	if got := r.share(r.records.slot("any key"), id, 0.25, now+2*shareTTL+1); got != 0.1 {
 		t.Fatalf("after another shareTTL: %v, want 0.1", got)
 	}
 }
