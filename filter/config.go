@@ -58,6 +58,44 @@ type filterConfig struct {
 	allowAnonymous   bool
 	flushPeriodMS    uint32
 	vmID             string
+
+	// nameLens has bit n set when a header name of length n (n >= 63:
+	// bit 63) may matter to the request scan; see scanLen.
+	nameLens uint64
+}
+
+// scanLen reports whether the scan must look at a header name of length n:
+// most request headers are skipped on their length alone.
+func (c *filterConfig) scanLen(n int) bool {
+	if n > 63 {
+		n = 63
+	}
+	return c.nameLens&(1<<uint(n)) != 0
+}
+
+// indexNames sets nameLens from the names the scan looks for.
+func (c *filterConfig) indexNames() {
+	c.nameLens = 0
+	mark := func(name string) {
+		if name != "" {
+			n := len(name)
+			if n > 63 {
+				n = 63
+			}
+			c.nameLens |= 1 << uint(n)
+		}
+	}
+	for _, n := range []string{":authority", ":path", ":method", c.idHeaderKeyID, c.idHeaderOwner} {
+		mark(n)
+	}
+	for _, src := range c.sources {
+		switch src.kind {
+		case sourceBearer:
+			mark("authorization")
+		case sourceHeader:
+			mark(src.name)
+		}
+	}
 }
 
 // syncConfig is the syncing role's configuration.
@@ -215,6 +253,15 @@ func scopeName(s string) bool {
 }
 
 func parseFilterConfig(data []byte) (*filterConfig, error) {
+	c, err := parseFilterFields(data)
+	if err != nil {
+		return nil, err
+	}
+	c.indexNames()
+	return c, nil
+}
+
+func parseFilterFields(data []byte) (*filterConfig, error) {
 	c := &filterConfig{
 		sources:          []keySource{{kind: sourceBearer}, {kind: sourceHeader, name: "x-api-key"}},
 		prefix:           keycache.DefaultPrefix,

@@ -88,3 +88,22 @@ func TestConfigValidation(t *testing.T) {
 		}
 	})
 }
+
+// The scan skips headers on their name's length alone: every name it reads
+// must pass, long names included.
+func TestScanLenCoversEveryName(t *testing.T) {
+	long := strings.Repeat("x", 70)
+	cfg, err := parseFilterConfig([]byte(`{"key_sources":[{"type":"bearer"},{"type":"header","name":"` + long + `"}],
+	  "identity_headers":{"key_id":"x-id","owner":"x-the-owner"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{":authority", ":path", ":method", "authorization", long, "x-id", "x-the-owner", strings.Repeat("y", 80)} {
+		if !cfg.scanLen(len(name)) {
+			t.Errorf("header %q skipped", name)
+		}
+	}
+	if cfg.scanLen(len("accept")) || cfg.scanLen(len("x-forwarded-proto")) {
+		t.Error("lengths no name has are scanned")
+	}
+}

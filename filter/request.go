@@ -168,6 +168,9 @@ func (s *stream) scan(hdrs []byte, f *found) {
 		if !ok {
 			break
 		}
+		if !c.scanLen(len(name)) {
+			continue
+		}
 		switch name {
 		case ":authority":
 			f.authority = val
