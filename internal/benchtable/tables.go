@@ -98,11 +98,11 @@ func filterTable(w io.Writer, o *outcome) {
 			m(r.design, "guest-allocs/req").f(1), m(r.design, "host-allocs/req").f(0), m(r.design, "host-B/req").f(0))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "keygate requests carry a valid key with a rate limit: record lookup, host match, limiter CAS, identity and RateLimit headers.")
+	fmt.Fprintln(w, "keygate requests carry a valid key with a rate limit: key check, record lookup, host match, limiter, usage count, credential strip, identity headers, filter state and RateLimit fields.")
 	k1, kM := m("1k", "µs/req"), m("1M", "µs/req")
 	added, rel := diff(k1, pass), ratio(k1, pass)
-	fmt.Fprintf(w, "aim: keygate (1k keys) adds <= 5 µs and costs <= 1.5x pass-through: %s (adds %s µs, %s)\n",
-		aim(added.v <= 5 && rel.v <= 1.5, added.ok && rel.ok), added.f(2), rel.x())
+	fmt.Fprintf(w, "aim: keygate (1k keys) adds <= 5 µs: %s (adds %s µs)\n", aim(added.v <= 5, added.ok), added.f(2))
+	fmt.Fprintf(w, "aim: keygate (1k keys) costs <= 1.5x pass-through: %s (%s; where the time goes: RATIONALE.md)\n", aim(rel.v <= 1.5, rel.ok), rel.x())
 	scale := ratio(kM, k1)
 	fmt.Fprintf(w, "aim: 1M keys within 1.2x of 1k keys: %s (%s)\n", aim(scale.v <= 1.2, scale.ok), scale.x())
 	m10k, m1M := get(s, benchMemory, "mem-10k-bytes"), get(s, benchMemory, "mem-1M-bytes")
