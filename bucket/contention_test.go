@@ -133,55 +133,21 @@ func TestHammer(t *testing.T) {
 			store = yieldingStore{store}
 		}
 		shared := &countingStore{Store: store}
-		var (
-			clock    atomic.Int64
-			calls    atomic.Int64
-			admitted atomic.Int64
-			start    sync.WaitGroup
-			done     sync.WaitGroup
-			failures atomic.Value
-		)
-		clock.Store(t0)
-		start.Add(1)
-		for w := 0; w < workers; w++ {
-			done.Add(1)
-			go func() {
-				defer done.Done()
-				l := &bucket.Limiter{Store: shared, MaxRetries: 1 << 20}
-				start.Wait()
-				for i := 0; i < perWorker; i++ {
-					r, err := l.Take(key, p, 1, clock.Load())
-					if err != nil {
-						failures.CompareAndSwap(nil, err.Error())
-						return
-					}
-					if r.Allowed {
-						admitted.Add(1)
-					}
-					if calls.Add(1)%stepEvery == 0 {
-						clock.Add(step)
-					}
-					if i%64 == 0 {
-						runtime.Gosched()
-					}
-				}
-			}()
-		}
-		start.Done()
-		done.Wait()
-		if f := failures.Load(); f != nil {
-			t.Fatalf("%s: a worker failed: %v", c.name, f)
-		}
-		elapsed := clock.Load() - t0
+		h := hammer{workers: workers, perWorker: perWorker, stepEvery: stepEvery, step: step}
+		got, calls, now := h.run(t, c.name, func() (func(int64) (bucket.Result, error), func()) {
+			l := &bucket.Limiter{Store: shared, MaxRetries: 1 << 20}
+			return func(now int64) (bucket.Result, error) { return l.Take(key, p, 1, now) }, func() {}
+		})
+		admitted := got
+		elapsed := now - t0
 		bound := p.Capacity() + elapsed/p.EmissionIntervalNanos()
-		got := admitted.Load()
 		if got > bound {
 			t.Fatalf("%s: admitted %d in %d ns of fake time, GCRA allows %d", c.name, got, elapsed, bound)
 		}
 		// Nothing lost: draining at the final time reaches the bound exactly.
 		l := &bucket.Limiter{Store: shared}
 		for {
-			r, err := l.Take(key, p, 1, clock.Load())
+			r, err := l.Take(key, p, 1, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,8 +160,61 @@ func TestHammer(t *testing.T) {
 			t.Fatalf("%s: %d admitted after drain, want exactly %d", c.name, got, bound)
 		}
 		t.Logf("%s: %d calls, %d admitted (bound %d), %d sets, %d cas mismatches",
-			c.name, calls.Load(), admitted.Load(), bound, shared.sets.Load(), shared.mismatches.Load())
+			c.name, calls, admitted, bound, shared.sets.Load(), shared.mismatches.Load())
 	}
+}
+
+// hammer drives workers goroutines, standing for Envoy workers, that start
+// together and each call the take their newWorker returns perWorker times,
+// while a fake clock starting at t0 advances step ns every stepEvery calls
+// in all. done runs when a worker has made its calls.
+type hammer struct {
+	workers, perWorker int
+	stepEvery, step    int64
+}
+
+// run returns the admitted takes, the calls made and the clock at the end;
+// it fails the test on a take's error.
+func (h hammer) run(t *testing.T, name string, newWorker func() (take func(now int64) (bucket.Result, error), done func())) (admitted, calls, now int64) {
+	t.Helper()
+	var (
+		clock, ncalls, nadmitted atomic.Int64
+		start, finished          sync.WaitGroup
+		failure                  atomic.Value
+	)
+	clock.Store(t0)
+	start.Add(1)
+	for w := 0; w < h.workers; w++ {
+		take, done := newWorker()
+		finished.Add(1)
+		go func() {
+			defer finished.Done()
+			start.Wait()
+			for i := 0; i < h.perWorker; i++ {
+				r, err := take(clock.Load())
+				if err != nil {
+					failure.CompareAndSwap(nil, err.Error())
+					return
+				}
+				if r.Allowed {
+					nadmitted.Add(1)
+				}
+				if ncalls.Add(1)%h.stepEvery == 0 {
+					clock.Add(h.step)
+				}
+				if i%64 == 0 {
+					runtime.Gosched()
+				}
+			}
+			done()
+		}()
+	}
+	start.Done()
+	finished.Wait()
+	if f := failure.Load(); f != nil {
+		t.Fatalf("%s: a worker failed: %v", name, f)
+	}
+	return nadmitted.Load(), ncalls.Load(), clock.Load()
 }
 
 type hammerCase struct {
