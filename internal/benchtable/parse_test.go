@@ -88,7 +88,7 @@ func TestTables(t *testing.T) {
 	for _, want := range []string{
 		"reproduce: go test ./x",
 		// 22.07 / 4.117 = 5.36x, 22.07 - 4.117 = 17.95 µs.
-		"keygate, 1k keys  22.07   5.36x            17.95     29.0",
+		"keygate, 1k keys                               22.07   5.36x            17.95     29.0",
 		"aim: keygate (1k keys) adds <= 5 µs: NOT MET (adds 17.95 µs)",
 		"aim: keygate (1k keys) costs <= 1.5x pass-through: NOT MET (5.36x;",
 		// 25.15 / 22.07 = 1.14x.

@@ -149,6 +149,10 @@ type filterRig struct {
 	key     string
 	req     [][2]string
 	keygate bool
+	// others, when set, are requests with other valid keys that serve
+	// presents in turn instead of req (see withColdKeys).
+	others [][][2]string
+	turn   int
 }
 
 // rigKind selects the filter of a rig.
@@ -208,8 +212,13 @@ func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup 
 // request to end instead of running between two callbacks).
 func (r *filterRig) serve() (int, *exchange, error) {
 	ex := &exchange{visible: -1, filterState: map[string][]byte{}, wakeCh: make(chan struct{}, 1), start: r.h.clock.Now()}
-	ex.req = newHeaderMap(len(r.req))
-	ex.req.pairs = append(ex.req.pairs, r.req...)
+	req := r.req
+	if n := len(r.others); n > 0 {
+		req = r.others[r.turn%n]
+		r.turn++
+	}
+	ex.req = newHeaderMap(len(req))
+	ex.req.pairs = append(ex.req.pairs, req...)
 	in := r.slot.acquire(r.plugin)
 	if in == nil {
 		return 0, nil, errVMDead
@@ -301,6 +310,32 @@ func (r *filterRig) check() error {
 	return nil
 }
 
+// withColdKeys seeds n more valid keys like the benchmark key and makes
+// the rig present them in turn: with more keys than the filter's record
+// cache has slots, nearly every request misses it and takes the slow path
+// (SHA-256, record read and parse, limiter read and compare-and-swap).
+func (r *filterRig) withColdKeys(n int) error {
+	sd := r.h.SharedData()
+	var buf []byte
+	for i := 0; i < n; i++ {
+		key, err := keycache.NewKey("ak", rand.Reader)
+		if err != nil {
+			return err
+		}
+		rec := benchRecord()
+		rec.ID = benchKeyID + "_" + strconv.Itoa(i)
+		if buf, err = rec.Append(buf[:0]); err != nil {
+			return err
+		}
+		sum := sha256.Sum256([]byte(key))
+		if err := sd.Set(keygateVMID, "k"+string(sum[:]), buf, 0); err != nil {
+			return err
+		}
+		r.others = append(r.others, benchRequest(key))
+	}
+	return nil
+}
+
 // guestStat calls one of the filter module's statistics exports
 // (keygate_mallocs, keygate_heap_alloc) on worker 0's VM.
 func (r *filterRig) guestStat(name string) (uint64, error) {
@@ -348,9 +383,10 @@ func (r *filterRig) run(n int) error {
 
 // sideBySide is one design of BenchmarkFilter: a rig and what it measured.
 type sideBySide struct {
-	label   string // metric prefix: pass, 1k, 1M
+	label   string // metric prefix: pass, 1k, 1M, 1M-cold
 	kind    rigKind
 	nkeys   int
+	cold    int // keys presented in turn (withColdKeys); 0: the benchmark key
 	rig     *filterRig
 	elapsed time.Duration
 	mallocs uint64 // guest allocations during the timed requests
@@ -360,17 +396,23 @@ type sideBySide struct {
 // takes over.
 const filterChunk = 1000
 
+// coldKeys is how many keys the 1M-cold design presents in turn: eight
+// times the filter's record cache slots (filter/recordcache.go).
+const coldKeys = 8 * 4096
+
 // BenchmarkFilter compares, side by side on the compiled modules, the cost
 // of one request through the pass-through module and through the keygate
 // filter checking a valid key that has a rate limit (record lookup, host
-// match, limiter compare-and-swap, identity headers, RateLimit headers),
-// with 1k and 1M keys in shared data. b.N is the number of requests per
+// match, limiter, identity headers, RateLimit headers), with 1k and 1M keys
+// in shared data; and, as 1M-cold, coldKeys keys presented in turn, which
+// defeat the worker's record cache and limiter leases (the slow path each
+// key's first request takes). b.N is the number of requests per
 // design. The designs take turns in chunks of filterChunk requests, each
 // round starting with the next design, so that a slower or busier moment
 // of a shared machine lands on all of them alike instead of on whichever
 // ran last (sequential sub-benchmarks drifted by up to 30% here).
 //
-// Metrics, per design (pass, 1k, 1M): <d>-µs/req, the wall time per request
+// Metrics, per design (pass, 1k, 1M, 1M-cold): <d>-µs/req, the wall time per request
 // of the whole proxy-wasm call sequence; <d>-guest-allocs/req, TinyGo heap
 // allocations (keygate_mallocs) on the worker VM; <d>-host-allocs/req and
 // <d>-host-B/req, the Go host's, measured after the timed loop.
@@ -386,10 +428,14 @@ func BenchmarkFilter(b *testing.B) {
 		{label: "pass", kind: rigPassthrough},
 		{label: "1k", kind: rigKeygate, nkeys: 1_000},
 		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
+		{label: "1M-cold", kind: rigKeygate, nkeys: 1_000_000, cold: coldKeys},
 	}
 	for _, d := range designs {
 		start := time.Now()
 		r, err := newFilterRig(d.kind, filter, pass, d.nkeys, b.Cleanup)
+		if err == nil && d.cold > 0 {
+			err = r.withColdKeys(d.cold)
+		}
 		if err != nil {
 			b.Fatalf("%s: %v", d.label, err)
 		}
