@@ -52,9 +52,10 @@ type recordSlot struct {
 	shareOK bool
 }
 
-// recordSlots is the cache's size: a power of two. 512 slots of ~150 bytes
-// plus the records they hold keep a worker's heap small.
-const recordSlots = 512
+// recordSlots is the cache's size, a power of two: 4,096 slots of about
+// 200 bytes plus the records they hold, under 2 MB per worker, so that a
+// worker's working set of busy keys fits.
+const recordSlots = 4096
 
 // newRecordCache returns an empty cache with a fresh random SipHash key.
 func newRecordCache() (*recordCache, error) {
