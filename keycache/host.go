@@ -27,9 +27,11 @@ func MatchHost(pattern, authority string) bool {
 
 func matchHost(pattern []byte, authority string) bool {
 	host, port, ok := splitAuthority(authority)
-	if !ok {
-		return false
-	}
+	return ok && matchSplit(pattern, host, port)
+}
+
+// matchSplit is matchHost on an authority already split by splitAuthority.
+func matchSplit(pattern []byte, host, port string) bool {
 	phost, pport, ok := splitPattern(pattern)
 	if !ok {
 		return false

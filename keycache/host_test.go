@@ -60,6 +60,21 @@ func TestMatchHost(t *testing.T) {
 		if got := MatchHost(c.pattern, c.authority); got != c.want {
 			t.Errorf("MatchHost(%q, %q) = %v, want %v", c.pattern, c.authority, got, c.want)
 		}
+		// A record's host list splits the authority once for all its
+		// patterns: same answers, alone or behind a pattern that fails.
+		for _, hosts := range [][]string{{c.pattern}, {"never.invalid", c.pattern}} {
+			b, err := (&Record{ID: "k", Status: StatusActive, Hosts: hosts}).Append(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := Parse(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := v.AllowsHost(c.authority); got != c.want {
+				t.Errorf("AllowsHost(%q) with hosts %q = %v, want %v", c.authority, hosts, got, c.want)
+			}
+		}
 	}
 }
 

@@ -248,13 +248,17 @@ func (v View) HasScope(s string) bool {
 // AllowsHost reports whether any of the key's host patterns matches the
 // request authority (see MatchHost).
 func (v View) AllowsHost(authority string) bool {
+	host, port, ok := splitAuthority(authority) // once, not per pattern
+	if !ok {
+		return false
+	}
 	off := v.hosts
 	n := int(binary.LittleEndian.Uint16(v.b[off:]))
 	off += 2
 	for i := 0; i < n; i++ {
 		var item []byte
 		item, off = v.str(off)
-		if matchHost(item, authority) {
+		if matchSplit(item, host, port) {
 			return true
 		}
 	}
