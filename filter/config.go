@@ -59,6 +59,9 @@ type filterConfig struct {
 	flushPeriodMS    uint32
 	vmID             string
 
+	// keyLen is the length of every well-formed key (keycache.KeyLen).
+	keyLen int
+
 	// nameLens has bit n set when a header name of length n (n >= 63:
 	// bit 63) may matter to the request scan; see scanLen.
 	nameLens uint64
@@ -258,6 +261,7 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 		return nil, err
 	}
 	c.indexNames()
+	c.keyLen = keycache.KeyLen(c.prefix)
 	return c, nil
 }
 

@@ -70,20 +70,31 @@ func newRecordCache() (*recordCache, error) {
 	}, nil
 }
 
-// slot returns the slot of key, claiming it (and dropping its previous
-// entry, lease and share) when it holds another key; the slot's hash is
-// then the key's SHA-256, computed once per claim.
-func (c *recordCache) slot(key string) *recordSlot {
-	var t [2]uint64
+// find returns key's slot, whether the slot holds key, and key's tag.
+func (c *recordCache) find(key string) (s *recordSlot, held bool, tag [2]uint64) {
 	if len(key) > 0 {
-		t[0], t[1] = siphash.Hash128(c.k0, c.k1, unsafe.Slice(unsafe.StringData(key), len(key)))
+		tag[0], tag[1] = siphash.Hash128(c.k0, c.k1, unsafe.Slice(unsafe.StringData(key), len(key)))
 	} else {
-		t[0], t[1] = siphash.Hash128(c.k0, c.k1, nil)
+		tag[0], tag[1] = siphash.Hash128(c.k0, c.k1, nil)
 	}
-	s := &c.slots[t[0]&(recordSlots-1)]
-	if (s.tag[0]^t[0])|(s.tag[1]^t[1]) != 0 || !s.claimed { // constant time
-		*s = recordSlot{tag: t, claimed: true}
-		keycache.HashKeyTo(&s.hash, key)
+	s = &c.slots[tag[0]&(recordSlots-1)]
+	held = s.claimed && (s.tag[0]^tag[0])|(s.tag[1]^tag[1]) == 0 // constant time
+	return s, held, tag
+}
+
+// claim makes s the slot of key (whose tag is tag), dropping its previous
+// entry, lease and share; the slot's hash is then the key's SHA-256,
+// computed once per claim.
+func (s *recordSlot) claim(tag [2]uint64, key string) {
+	*s = recordSlot{tag: tag, claimed: true}
+	keycache.HashKeyTo(&s.hash, key)
+}
+
+// slot returns the slot of key, claiming it when it holds another key.
+func (c *recordCache) slot(key string) *recordSlot {
+	s, held, tag := c.find(key)
+	if !held {
+		s.claim(tag, key)
 	}
 	return s
 }

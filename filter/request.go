@@ -329,7 +329,14 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		}
 		return s.refuse(codeMissingKey, nil, now, f.authority)
 	}
-	if keycache.CheckKey(f.key, c.prefix) != nil {
+	// A key this worker holds in its record cache passed CheckKey when it
+	// took its slot: its tag, a keyed PRF of the key, stands for it. The
+	// length check first bounds the work of tagging a hostile value.
+	if len(f.key) != c.keyLen {
+		return s.refuse(codeMalformedKey, nil, now, f.authority)
+	}
+	slot, held, tag := r.records.find(f.key)
+	if !held && keycache.CheckKey(f.key, c.prefix) != nil {
 		return s.refuse(codeMalformedKey, nil, now, f.authority)
 	}
 
@@ -339,7 +346,9 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return s.refuse(codeCacheDown, nil, now, f.authority)
 	}
 
-	slot := r.records.slot(f.key)
+	if !held {
+		slot.claim(tag, f.key)
+	}
 	r.sum = slot.hash
 	rec, found, cached := slot.lookup(state.gen, state.epoch)
 	if !cached || !stateOK {
