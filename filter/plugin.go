@@ -25,7 +25,7 @@ const (
 	limiterTag  = 'r'             // "r" + 32-byte SHA-256: bucket state
 	shareTag    = 's'             // "s" + key id: this node's share of the key's rate
 	stateFormat = 3
-	stateLen    = 1 + 4 + 8 + 8 + 8 + 8
+	stateLen    = 1 + 4 + 8 + 8 + 8 + 8 + 1
 )
 
 // Clock returns the current time in unix nanoseconds.
@@ -139,6 +139,9 @@ type syncState struct {
 	// records are valid while the state it reads carries their gen
 	// (recordcache.go).
 	gen uint64
+	// keyShares is set while shared data may hold per-key shares: without
+	// it a worker does not look for one (a host call per newly cached key).
+	keyShares bool
 }
 
 func (s syncState) encode(b *[stateLen]byte) []byte {
@@ -148,6 +151,10 @@ func (s syncState) encode(b *[stateLen]byte) []byte {
 	binary.LittleEndian.PutUint64(b[13:], uint64(s.lastSyncMS))
 	binary.LittleEndian.PutUint64(b[21:], math.Float64bits(s.defaultShare))
 	binary.LittleEndian.PutUint64(b[29:], s.gen)
+	b[37] = 0
+	if s.keyShares {
+		b[37] = 1
+	}
 	return b[:]
 }
 
@@ -161,6 +168,7 @@ func decodeState(b []byte) (syncState, bool) {
 		lastSyncMS:   int64(binary.LittleEndian.Uint64(b[13:])),
 		defaultShare: math.Float64frombits(binary.LittleEndian.Uint64(b[21:])),
 		gen:          binary.LittleEndian.Uint64(b[29:]),
+		keyShares:    b[37] == 1,
 	}, true
 }
 

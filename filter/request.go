@@ -394,7 +394,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		copy(r.limKey[1:], r.sum[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		local := policy
-		if share := r.share(slot, id, state.defaultShare, now); share < 1 {
+		if share := r.share(slot, id, &r.state, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
 		res, err := r.limiter.TakeLeased(bstr(r.limKey[:]), &slot.lease, local, rt.cost, now)
@@ -445,11 +445,13 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 
 // share returns this node's share of the key's rate: the control plane's
 // per-key share when it sent one, else its default share, else 1.
-func (r *filterRoot) share(slot *recordSlot, id []byte, def float64, now int64) float64 {
-	if v := r.keyShare(slot, id, now); v > 0 {
-		return v
+func (r *filterRoot) share(slot *recordSlot, id []byte, st *syncState, now int64) float64 {
+	if st.keyShares {
+		if v := r.keyShare(slot, id, now); v > 0 {
+			return v
+		}
 	}
-	if def > 0 && def <= 1 {
+	if def := st.defaultShare; def > 0 && def <= 1 {
 		return def
 	}
 	return 1

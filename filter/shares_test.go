@@ -69,7 +69,7 @@ func TestShareScalesTheLimiter(t *testing.T) {
 					if c.perKey > 0 {
 						seedShare(t, "key_limited", c.perKey)
 					}
-					seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3, defaultShare: c.fallback})
+					seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3, defaultShare: c.fallback, keyShares: c.perKey > 0})
 				})
 				ra := retryAfterOfSecond(t, host, func(id uint32) (uint32, [][2]string) {
 					if r := host.GetSentLocalResponse(id); r != nil {
@@ -131,6 +131,15 @@ func TestUsageResponseStoresShares(t *testing.T) {
 		if len(h.host.GetErrorLogs()) == before {
 			t.Error("bad shares not logged")
 		}
+		// Workers look for per-key shares only while the state says some
+		// may exist.
+		if !readState(t).keyShares {
+			t.Error("state does not say per-key shares exist")
+		}
+		send(`{"accepted":1,"duplicate":false,"shares":{},"default_share":0.25}`)
+		if _, ok := share("key_a"); ok || readState(t).keyShares {
+			t.Errorf("shares all withdrawn, but key_a's kept (%v) or the state still says some exist", ok)
+		}
 	})
 }
 
@@ -148,18 +157,19 @@ func TestShareCachedForStateTTL(t *testing.T) {
 	}
 	id := []byte("key_cached")
 	now := fakeEpochNanos
-	if got := r.share(r.records.slot("any key"), id, 0.25, now); got != 0.25 {
+	st := &syncState{defaultShare: 0.25, keyShares: true}
+	if got := r.share(r.records.slot("any key"), id, st, now); got != 0.25 {
 		t.Fatalf("no per-key share: %v, want the default 0.25", got)
 	}
 	seedShare(t, "key_cached", 0.5)
-	if got := r.share(r.records.slot("any key"), id, 0.25, now+shareTTL-1); got != 0.25 {
+	if got := r.share(r.records.slot("any key"), id, st, now+shareTTL-1); got != 0.25 {
 		t.Fatalf("re-read before shareTTL: %v", got)
 	}
-	if got := r.share(r.records.slot("any key"), id, 0.25, now+shareTTL); got != 0.5 {
+	if got := r.share(r.records.slot("any key"), id, st, now+shareTTL); got != 0.5 {
 		t.Fatalf("after shareTTL: %v, want the per-key 0.5", got)
 	}
 	seedShare(t, "key_cached", 0.1)
-	if got := r.share(r.records.slot("any key"), id, 0.25, now+2*shareTTL+1); got != 0.1 {
+	if got := r.share(r.records.slot("any key"), id, st, now+2*shareTTL+1); got != 0.1 {
 		t.Fatalf("after another shareTTL: %v, want 0.1", got)
 	}
 }

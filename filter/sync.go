@@ -499,6 +499,15 @@ func (s *syncer) applyShares(body []byte) error {
 	if def.Exists() && (def.Type != gjson.Number || def.Num <= 0 || def.Num > 1) {
 		return errors.New("default_share: want a number in (0, 1]")
 	}
+	// Workers look for per-key shares only while the state says there may
+	// be some: say so before writing the first.
+	if !s.state.keyShares && len(shares.Map()) > 0 {
+		s.state.keyShares = true
+		var buf [stateLen]byte
+		if err := setShared(stateKey, s.state.encode(&buf)); err != nil {
+			return err
+		}
+	}
 	var firstErr error
 	seen := make(map[string]bool, len(s.shareIDs))
 	shares.ForEach(func(k, v gjson.Result) bool {
@@ -526,8 +535,14 @@ func (s *syncer) applyShares(body []byte) error {
 		}
 	}
 	s.shareIDs = seen
+	changed := false
 	if def.Exists() && def.Num != s.state.defaultShare {
-		s.state.defaultShare = def.Num
+		s.state.defaultShare, changed = def.Num, true
+	}
+	if len(seen) == 0 && s.state.keyShares { // every share is gone
+		s.state.keyShares, changed = false, true
+	}
+	if changed {
 		var buf [stateLen]byte
 		return setShared(stateKey, s.state.encode(&buf))
 	}

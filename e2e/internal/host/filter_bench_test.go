@@ -37,11 +37,11 @@ const (
 	// benchKeyID is the id of the key every benchmark request carries.
 	benchKeyID = "key_bench"
 	// The sync state mirrors filter/plugin.go (syncState.encode): format,
-	// epoch, version, lastSyncMS, defaultShare, gen. A mismatch makes every
+	// epoch, version, lastSyncMS, defaultShare, gen, keyShares. A mismatch makes every
 	// request a 503 cache_unavailable and the rig's check fails.
 	benchStateKey    = "keygate/state"
 	benchStateFormat = 3
-	benchStateLen    = 1 + 4 + 8 + 8 + 8 + 8
+	benchStateLen    = 1 + 4 + 8 + 8 + 8 + 8 + 1
 	benchEpoch       = 1
 	usageQueueName   = "keygate/usage"
 )
