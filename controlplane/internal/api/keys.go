@@ -523,44 +523,56 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 	if req.GraceSeconds < 0 || req.GraceSeconds > maxGraceSeconds {
 		return invalid(FieldError{Field: "grace_seconds", Message: "must be 0 to " + strconv.Itoa(maxGraceSeconds)})
 	}
-	old, err := s.store.GetKey(r.Context(), r.PathValue("id"))
-	if err != nil {
-		return fromStoreError(err, "key")
-	}
-	now := s.now().UTC()
-	switch {
-	case old.Status == store.StatusRevoked:
-		return conflict("a revoked key cannot be rotated")
-	case old.ExpiresAt != nil && !old.ExpiresAt.After(now):
-		return conflict("an expired key cannot be rotated")
-	}
-	oldExpires := now.Add(time.Duration(req.GraceSeconds) * time.Second).Truncate(time.Second)
-	if old.ExpiresAt != nil && old.ExpiresAt.Before(oldExpires) {
-		oldExpires = *old.ExpiresAt
-	}
-	nk := &store.Key{
-		Name:      old.Name,
-		Owner:     old.Owner,
-		Status:    old.Status,
-		Hosts:     slices.Clone(nonNil(old.Hosts)),
-		Scopes:    slices.Clone(nonNil(old.Scopes)),
-		Rate:      old.Rate,
-		Quota:     old.Quota,
-		ExpiresAt: old.ExpiresAt,
-		Metadata:  old.Metadata,
-		CreatedAt: now,
-		UpdatedAt: now,
-	}
-	var secret string
-	for attempt := 0; ; attempt++ {
+	// The checks and the copy of the old key's settings run on the row the
+	// store has locked, so a revoke or an update racing the rotation is
+	// either seen here or waits for it: never a fresh key cut from a key
+	// revoked a moment before.
+	var (
+		secret     string
+		oldExpires time.Time
+	)
+	prepare := func(old *store.Key) (*store.Key, time.Time, error) {
+		now := s.now().UTC()
+		switch {
+		case old.Status == store.StatusRevoked:
+			return nil, time.Time{}, conflict("a revoked key cannot be rotated")
+		case old.ExpiresAt != nil && !old.ExpiresAt.After(now):
+			return nil, time.Time{}, conflict("an expired key cannot be rotated")
+		}
+		oldExpires = now.Add(time.Duration(req.GraceSeconds) * time.Second).Truncate(time.Second)
+		if old.ExpiresAt != nil && old.ExpiresAt.Before(oldExpires) {
+			oldExpires = *old.ExpiresAt
+		}
+		nk := &store.Key{
+			Name:      old.Name,
+			Owner:     old.Owner,
+			Status:    old.Status,
+			Hosts:     slices.Clone(nonNil(old.Hosts)),
+			Scopes:    slices.Clone(nonNil(old.Scopes)),
+			Rate:      old.Rate,
+			Quota:     old.Quota,
+			ExpiresAt: old.ExpiresAt,
+			Metadata:  old.Metadata,
+			CreatedAt: now,
+			UpdatedAt: now,
+		}
+		var err error
 		if secret, err = keycache.NewKey(s.prefix, s.rand); err != nil {
-			return internalError(err)
+			return nil, time.Time{}, err
 		}
 		if nk.ID, err = s.newID(); err != nil {
-			return internalError(err)
+			return nil, time.Time{}, err
 		}
 		nk.Hash = keycache.HashKey(secret)
-		_, err = s.store.RotateKey(r.Context(), old.ID, nk, oldExpires)
+		return nk, oldExpires, nil
+	}
+	var (
+		old, nk *store.Key
+		err     error
+	)
+	for attempt := 0; ; attempt++ {
+		// A conflict here is the new key's id or hash taken: try new ones.
+		old, nk, err = s.store.RotateKey(r.Context(), r.PathValue("id"), prepare)
 		if err == nil || !errors.Is(err, store.ErrConflict) || attempt == 2 {
 			break
 		}

@@ -403,35 +403,40 @@ func (s *sqlStore) DeleteKey(ctx context.Context, id string) error {
 }
 
 // RotateKey never extends the old key's life: if it already expires before
-// oldExpiresAt, its expiry stays.
-func (s *sqlStore) RotateKey(ctx context.Context, oldID string, newKey *Key, oldExpiresAt time.Time) (*Key, error) {
-	s.normalizeNew(newKey)
-	var old *Key
+// the time fn returns, its expiry stays.
+func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn func(*Key) (*Key, time.Time, error)) (*Key, *Key, error) {
+	var old, newKey *Key
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		k, err := s.lockKey(ctx, tx, oldID)
 		if err != nil {
 			return err
 		}
+		view := *k // fn decides on the row; what is written stays the store's
+		nk, oldExpiresAt, err := fn(&view)
+		if err != nil {
+			return err
+		}
+		s.normalizeNew(nk)
 		exp := truncTime(oldExpiresAt)
 		if k.ExpiresAt == nil || exp.Before(*k.ExpiresAt) {
 			k.ExpiresAt = &exp
 		}
 		k.UpdatedAt = truncTime(s.now())
 		// New key first: a conflict on it aborts before any change is logged.
-		if err := s.insertKey(ctx, tx, newKey); err != nil {
+		if err := s.insertKey(ctx, tx, nk); err != nil {
 			return err
 		}
 		if err := s.writeKey(ctx, tx, k); err != nil {
 			return err
 		}
-		old = k
+		old, newKey = k, nk
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.notify()
-	return old, nil
+	return old, newKey, nil
 }
 
 func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, error) {

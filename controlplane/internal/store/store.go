@@ -190,9 +190,13 @@ type Store interface {
 	// transaction; fn returning an error aborts the update.
 	UpdateKey(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
 	DeleteKey(ctx context.Context, id string) error
-	// RotateKey stores newKey and sets the old key's ExpiresAt to
-	// oldExpiresAt (the end of the grace period) in one transaction.
-	RotateKey(ctx context.Context, oldID string, newKey *Key, oldExpiresAt time.Time) (old *Key, err error)
+	// RotateKey locks the old key and calls fn with it, in one transaction:
+	// fn refuses (its error aborts the rotation) or returns the new key and
+	// when the old one expires (the end of the grace period). The new key is
+	// stored and the old one's ExpiresAt set to that, never later than it
+	// was. Deciding on the locked row means a concurrent revoke or update
+	// is either seen by fn or waits for the rotation.
+	RotateKey(ctx context.Context, oldID string, fn func(old *Key) (newKey *Key, oldExpiresAt time.Time, err error)) (old, newKey *Key, err error)
 
 	// Audit.
 	AppendAudit(ctx context.Context, e *AuditEntry) error

@@ -31,6 +31,7 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"UpdateKeyRules", testUpdateKeyRules},
 		{"ListKeysPaging", testListKeysPaging},
 		{"RotateKey", testRotateKey},
+		{"RotateDecidesOnTheLockedRow", testRotateDecidesOnTheLockedRow},
 		{"SyncSnapshotPaging", testSyncSnapshotPaging},
 		{"SyncDelta", testSyncDelta},
 		{"SyncBadCursor", testSyncBadCursor},
@@ -211,7 +212,7 @@ func testKeyNotFound(t *testing.T, open func(t testing.TB) Store) {
 	if err := s.DeleteKey(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("DeleteKey: %v", err)
 	}
-	if _, err := s.RotateKey(ctx, "nope", newTestKey(t), time.Now()); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.RotateKey(ctx, "nope", rotateTo(newTestKey(t), time.Now())); !errors.Is(err, ErrNotFound) {
 		t.Errorf("RotateKey: %v", err)
 	}
 	if v, err := s.CurrentVersion(ctx); err != nil || v != 0 {
@@ -330,7 +331,7 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	grace := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 	nk := newTestKey(t)
 	nk.Hosts, nk.Scopes = old.Hosts, old.Scopes
-	got, err := s.RotateKey(ctx, old.ID, nk, grace)
+	got, _, err := s.RotateKey(ctx, old.ID, rotateTo(nk, grace))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	}
 	// Rotation never extends an earlier expiry.
 	later := grace.Add(24 * time.Hour)
-	got, err = s.RotateKey(ctx, old.ID, newTestKey(t), later)
+	got, _, err = s.RotateKey(ctx, old.ID, rotateTo(newTestKey(t), later))
 	if err != nil || !got.ExpiresAt.Equal(grace) {
 		t.Fatalf("second rotation: expiry %v, %v; want %v", got.ExpiresAt, err, grace)
 	}
@@ -364,7 +365,7 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	v1, _ := s.CurrentVersion(ctx)
 	dup := newTestKey(t)
 	dup.Hash = nk.Hash
-	if _, err := s.RotateKey(ctx, nk.ID, dup, time.Now()); !errors.Is(err, ErrConflict) {
+	if _, _, err := s.RotateKey(ctx, nk.ID, rotateTo(dup, time.Now())); !errors.Is(err, ErrConflict) {
 		t.Fatalf("conflicting rotation: %v", err)
 	}
 	if k, _ := s.GetKey(ctx, nk.ID); k.ExpiresAt != nil {
@@ -372,6 +373,41 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	}
 	if v, _ := s.CurrentVersion(ctx); v != v1 {
 		t.Fatalf("aborted rotation moved the version")
+	}
+}
+
+// rotateTo is a RotateKey decision that always rotates to nk.
+func rotateTo(nk *Key, oldExpiresAt time.Time) func(*Key) (*Key, time.Time, error) {
+	return func(*Key) (*Key, time.Time, error) { return nk, oldExpiresAt, nil }
+}
+
+// testRotateDecidesOnTheLockedRow: the decision sees the key as it is when
+// the rotation commits, and a refusal changes nothing.
+func testRotateDecidesOnTheLockedRow(t *testing.T, open func(t testing.TB) Store) {
+	s := open(t)
+	ctx := testCtx(t)
+	old := mustCreate(t, s, newTestKey(t))
+	if _, err := s.UpdateKey(ctx, old.ID, func(k *Key) error { k.Status = StatusRevoked; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	v0, _ := s.CurrentVersion(ctx)
+	refused := errors.New("revoked")
+	var seen string
+	_, _, err := s.RotateKey(ctx, old.ID, func(k *Key) (*Key, time.Time, error) {
+		seen = k.Status
+		if k.Status == StatusRevoked {
+			return nil, time.Time{}, refused
+		}
+		return newTestKey(t), time.Now(), nil
+	})
+	if !errors.Is(err, refused) || seen != StatusRevoked {
+		t.Fatalf("rotation of a revoked key: %v (decided on status %q)", err, seen)
+	}
+	if v, _ := s.CurrentVersion(ctx); v != v0 {
+		t.Fatal("a refused rotation moved the version")
+	}
+	if k, _ := s.GetKey(ctx, old.ID); k.ExpiresAt != nil {
+		t.Fatal("a refused rotation set an expiry")
 	}
 }
 
