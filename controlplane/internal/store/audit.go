@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -26,8 +27,19 @@ func (s *sqlStore) AppendAudit(ctx context.Context, e *AuditEntry) error {
 		e.At = s.now()
 	}
 	e.At = truncTime(e.At)
-	err := s.w.QueryRowContext(ctx, `INSERT INTO audit_log (at, actor, action, key_id, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
-		e.At.UnixMicro(), e.Actor, e.Action, e.KeyID, detail).Scan(&e.ID)
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if s.d == dialectPostgres {
+			// Appends take ids and commit in one order, so a reader paging
+			// by id never passes an id whose row commits later (SQLite has
+			// one writer already). The lock conflicts with itself, not
+			// with readers; audit appends are admin actions, few.
+			if _, err := tx.ExecContext(ctx, `LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+				return err
+			}
+		}
+		return tx.QueryRowContext(ctx, `INSERT INTO audit_log (at, actor, action, key_id, detail) VALUES ($1, $2, $3, $4, $5) RETURNING id`,
+			e.At.UnixMicro(), e.Actor, e.Action, e.KeyID, detail).Scan(&e.ID)
+	})
 	if err != nil {
 		return fmt.Errorf("store: append audit: %w", err)
 	}
