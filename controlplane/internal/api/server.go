@@ -32,6 +32,11 @@ type Config struct {
 	// credentials (see HashCredential). They must differ.
 	AdminCredential  [sha256.Size]byte
 	FilterCredential [sha256.Size]byte
+	// PreviousAdminCredential and PreviousFilterCredential, when not zero,
+	// are accepted too: the credentials being rotated out, until every
+	// client and filter uses the new ones.
+	PreviousAdminCredential  [sha256.Size]byte
+	PreviousFilterCredential [sha256.Size]byte
 	// KeyPrefix prefixes new keys; "" means keycache.DefaultPrefix.
 	KeyPrefix string
 	// Logger receives structured logs; nil discards them.
@@ -40,6 +45,21 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
 	Rand io.Reader
+}
+
+// credentials are the SHA-256 of a bearer credential and of the one it
+// replaces (zero: none).
+type credentials [2][sha256.Size]byte
+
+// match reports in constant time whether h is one of the credentials; a
+// zero entry matches nothing.
+func (c credentials) match(h [sha256.Size]byte) bool {
+	var zero [sha256.Size]byte
+	ok := 0
+	for _, v := range c {
+		ok |= subtle.ConstantTimeCompare(h[:], v[:]) & (1 ^ subtle.ConstantTimeCompare(v[:], zero[:]))
+	}
+	return ok == 1
 }
 
 // HashCredential returns the SHA-256 of a bearer credential, the only form
@@ -55,8 +75,8 @@ type Server struct {
 	now         func() time.Time
 	rand        io.Reader
 	prefix      string
-	adminHash   [sha256.Size]byte
-	filterHash  [sha256.Size]byte
+	adminHash   credentials
+	filterHash  credentials
 	metrics     *metrics
 	mux         *http.ServeMux
 	maxSyncBody int
@@ -77,8 +97,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminCredential == zero || cfg.FilterCredential == zero {
 		return nil, errors.New("api: admin and filter credentials are required")
 	}
-	if subtle.ConstantTimeCompare(cfg.AdminCredential[:], cfg.FilterCredential[:]) == 1 {
-		return nil, errors.New("api: the admin and filter credentials must differ")
+	admin := credentials{cfg.AdminCredential, cfg.PreviousAdminCredential}
+	filter := credentials{cfg.FilterCredential, cfg.PreviousFilterCredential}
+	for _, h := range filter {
+		if h != zero && admin.match(h) {
+			return nil, errors.New("api: the admin and filter credentials must differ")
+		}
 	}
 	s := &Server{
 		store:       cfg.Store,
@@ -86,8 +110,8 @@ func New(cfg Config) (*Server, error) {
 		now:         cfg.Now,
 		rand:        cfg.Rand,
 		prefix:      cfg.KeyPrefix,
-		adminHash:   cfg.AdminCredential,
-		filterHash:  cfg.FilterCredential,
+		adminHash:   admin,
+		filterHash:  filter,
 		metrics:     newMetrics(),
 		mux:         http.NewServeMux(),
 		maxSyncBody: maxSyncBody,
@@ -267,8 +291,8 @@ func (s *Server) authenticate(r *http.Request, need auth) *problem {
 		return p
 	}
 	h := sha256.Sum256([]byte(token))
-	isAdmin := subtle.ConstantTimeCompare(h[:], s.adminHash[:]) == 1
-	isFilter := subtle.ConstantTimeCompare(h[:], s.filterHash[:]) == 1
+	isAdmin := s.adminHash.match(h)
+	isFilter := s.filterHash.match(h)
 	switch {
 	case need == authAdmin && isAdmin, need == authFilter && isFilter:
 		return nil

@@ -3,9 +3,11 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/controlplane"
 )
@@ -52,6 +54,54 @@ func TestAuthSeparation(t *testing.T) {
 	r := e.call("GET", "/v1/keys", "kgadmin_wrong-credential-000000", nil)
 	if strings.Contains(string(r.body), "wrong-credential") {
 		t.Fatal("credential echoed")
+	}
+}
+
+// A credential being rotated out is accepted with the new one, for its own
+// role only, and a zero previous credential matches nothing.
+func TestPreviousCredentials(t *testing.T) {
+	const oldAdmin, oldFilter = "kgadmin_old-admin-credential-0000", "kgfilter_old-filter-credential-000"
+	st := sqliteOpener(t, time.Now)
+	srv, err := New(Config{Store: st,
+		AdminCredential: HashCredential(adminToken), PreviousAdminCredential: HashCredential(oldAdmin),
+		FilterCredential: HashCredential(filterToken), PreviousFilterCredential: HashCredential(oldFilter)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.BeginShutdown()
+	call := func(path, token string) int {
+		r := httptest.NewRequest("GET", path, nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+		return w.Code
+	}
+	for _, c := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/v1/keys", adminToken, 200}, {"/v1/keys", oldAdmin, 200},
+		{"/v1/keys", oldFilter, 403}, {"/v1/keys", filterToken, 403},
+		{"/v1/sync", filterToken, 200}, {"/v1/sync", oldFilter, 200},
+		{"/v1/sync", oldAdmin, 403}, {"/v1/keys", "kgadmin_unknown-credential-00000", 401},
+	} {
+		if got := call(c.path, c.token); got != c.want {
+			t.Errorf("GET %s with %.12s…: %d, want %d", c.path, c.token, got, c.want)
+		}
+	}
+	// The zero hash never matches, whatever hashes to it.
+	var zero [32]byte
+	if (credentials{HashCredential(adminToken), zero}).match(zero) {
+		t.Error("an unset previous credential matched")
+	}
+	// No credential may serve both roles, previous ones included.
+	for _, cfg := range []Config{
+		{Store: st, AdminCredential: HashCredential(adminToken), FilterCredential: HashCredential(filterToken), PreviousFilterCredential: HashCredential(adminToken)},
+		{Store: st, AdminCredential: HashCredential(adminToken), PreviousAdminCredential: HashCredential(filterToken), FilterCredential: HashCredential(filterToken)},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Error("a credential shared by both roles was accepted")
+		}
 	}
 }
 

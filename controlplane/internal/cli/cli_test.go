@@ -305,6 +305,19 @@ func TestServeGeneratesCredentialsOnce(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+
+	// Rotation: the previous credentials work until they are unset.
+	env["KEYGATE_ADMIN_TOKEN_PREVIOUS"] = admin
+	env["KEYGATE_FILTER_TOKEN_PREVIOUS"] = filter
+	var stderr4 testkit.Log
+	base, stop = serveOnce(t, env, &stderr4)
+	if get(t, base+"/v1/keys", adminToken) != 200 || get(t, base+"/v1/keys", admin) != 200 ||
+		get(t, base+"/v1/sync", filterToken) != 200 || get(t, base+"/v1/sync", filter) != 200 {
+		t.Fatal("previous credentials refused during a rotation")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestServeConfigErrors(t *testing.T) {
@@ -319,6 +332,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/a.db", "KEYGATE_KEY_PREFIX": "AK"}, nil, "prefix"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/b.db", "KEYGATE_ADMIN_TOKEN": "short"}, nil, "at least 16"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/c.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": adminToken}, nil, "must differ"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/h.db", "KEYGATE_ADMIN_TOKEN_PREVIOUS": "short"}, nil, "at least 16"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/i.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": filterToken, "KEYGATE_FILTER_TOKEN_PREVIOUS": adminToken}, nil, "must differ"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/d.db"}, []string{"--log-level", "loud"}, "log-level"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/e.db"}, []string{"extra"}, "no arguments"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/f.db", "KEYGATE_SHARE_WINDOW": "ten"}, nil, "KEYGATE_SHARE_WINDOW"},

@@ -67,7 +67,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
 		"how long an Envoy counts as active for fleet-wide rate-limit shares after its latest usage flush; keep it several flush periods (KEYGATE_SHARE_WINDOW)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: controlplane serve [flags]\n\nCredentials come from KEYGATE_ADMIN_TOKEN and KEYGATE_FILTER_TOKEN;\nwhen unset, one is generated on first start and printed once.\n\nflags:")
+		fmt.Fprintln(stderr, "usage: controlplane serve [flags]\n\nCredentials come from KEYGATE_ADMIN_TOKEN and KEYGATE_FILTER_TOKEN;\nwhen unset, one is generated on first start and printed once. To rotate\none, set the new value and the old one as KEYGATE_ADMIN_TOKEN_PREVIOUS\n(or KEYGATE_FILTER_TOKEN_PREVIOUS), which is accepted too until unset.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	if pos, err := parseInterspersed(fs, args); err != nil {
@@ -104,7 +104,16 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if err != nil {
 		return err
 	}
+	prevAdmin, err := previousCredential("admin", env("KEYGATE_ADMIN_TOKEN_PREVIOUS"))
+	if err != nil {
+		return err
+	}
+	prevFilter, err := previousCredential("filter", env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
+	if err != nil {
+		return err
+	}
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
+		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
 		KeyPrefix: cfg.prefix, Logger: log})
 	if err != nil {
 		return err
@@ -229,6 +238,18 @@ func credential(ctx context.Context, st store.Store, what, setting, fromEnv stri
 		// Another replica stored one first: use it.
 	}
 	return [32]byte{}, fmt.Errorf("could not settle the %s credential", what)
+}
+
+// previousCredential hashes the credential being rotated out (fromEnv),
+// accepted with the current one until it is unset; "" gives none.
+func previousCredential(what, fromEnv string) ([32]byte, error) {
+	if fromEnv == "" {
+		return [32]byte{}, nil
+	}
+	if len(fromEnv) < minCredentialLen {
+		return [32]byte{}, fmt.Errorf("the previous %s credential must be at least %d characters", what, minCredentialLen)
+	}
+	return api.HashCredential(fromEnv), nil
 }
 
 // janitor prunes the change log and usage batch identities older than
