@@ -26,12 +26,14 @@ import (
 // random key of the worker's own: a tenth of SHA-256's work, and what a
 // request for a cached key computes instead of it. The tag is a keyed PRF,
 // so nobody without the worker's secret can make two keys share a tag
-// (RATIONALE.md). The cache is direct-mapped: a lookup is an index and a
-// 16-byte comparison, and a key that misses replaces the slot's entry.
-// Missing keys are cached too, so a flood of one unknown key stays local.
+// (RATIONALE.md). The cache is 4-way set-associative: a lookup compares
+// the tags of one set of four slots, and a key that misses takes the set's
+// least recently used slot. Missing keys are cached too, so a flood of one
+// unknown key stays local.
 type recordCache struct {
 	slots  []recordSlot
 	k0, k1 uint64 // SipHash key
+	clock  uint64 // lookups so far: the recency of slots
 }
 
 type recordSlot struct {
@@ -41,6 +43,7 @@ type recordSlot struct {
 	found   bool          // the key has a record (else: known missing)
 	valid   bool          // rec/found were read under gen and epoch
 	claimed bool          // tag and hash are a key's
+	usedAt  uint64        // the cache's clock when last found
 	gen     uint64
 	epoch   uint32
 	lease   bucket.Lease // tokens taken ahead for this key (bucket.TakeLeased)
@@ -54,8 +57,12 @@ type recordSlot struct {
 
 // recordSlots is the cache's size, a power of two: 4,096 slots of about
 // 200 bytes plus the records they hold, under 2 MB per worker, so that a
-// worker's working set of busy keys fits.
-const recordSlots = 4096
+// worker's working set of busy keys fits. recordWays slots form a set.
+const (
+	recordSlots = 4096
+	recordWays  = 4
+	recordSets  = recordSlots / recordWays
+)
 
 // newRecordCache returns an empty cache with a fresh random SipHash key.
 func newRecordCache() (*recordCache, error) {
@@ -70,23 +77,35 @@ func newRecordCache() (*recordCache, error) {
 	}, nil
 }
 
-// find returns key's slot, whether the slot holds key, and key's tag.
+// find returns key's slot, whether the slot holds key, and key's tag. When
+// no slot holds key, s is the one to claim for it: a free slot of its set,
+// else the least recently found.
 func (c *recordCache) find(key string) (s *recordSlot, held bool, tag [2]uint64) {
 	if len(key) > 0 {
 		tag[0], tag[1] = siphash.Hash128(c.k0, c.k1, unsafe.Slice(unsafe.StringData(key), len(key)))
 	} else {
 		tag[0], tag[1] = siphash.Hash128(c.k0, c.k1, nil)
 	}
-	s = &c.slots[tag[0]&(recordSlots-1)]
-	held = s.claimed && (s.tag[0]^tag[0])|(s.tag[1]^tag[1]) == 0 // constant time
-	return s, held, tag
+	c.clock++
+	base := int(tag[0]&(recordSets-1)) * recordWays
+	for i := base; i < base+recordWays; i++ {
+		t := &c.slots[i]
+		if t.claimed && (t.tag[0]^tag[0])|(t.tag[1]^tag[1]) == 0 {
+			t.usedAt = c.clock
+			return t, true, tag
+		}
+		if s == nil || (s.claimed && (!t.claimed || t.usedAt < s.usedAt)) {
+			s = t
+		}
+	}
+	return s, false, tag
 }
 
-// claim makes s the slot of key (whose tag is tag), dropping its previous
-// entry, lease and share; the slot's hash is then the key's SHA-256,
-// computed once per claim.
-func (s *recordSlot) claim(tag [2]uint64, key string) {
-	*s = recordSlot{tag: tag, claimed: true}
+// claim makes s, which find returned, the slot of key (whose tag is tag),
+// dropping its previous entry, lease and share; the slot's hash is then the
+// key's SHA-256, computed once per claim.
+func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
+	*s = recordSlot{tag: tag, claimed: true, usedAt: c.clock}
 	keycache.HashKeyTo(&s.hash, key)
 }
 
@@ -94,7 +113,7 @@ func (s *recordSlot) claim(tag [2]uint64, key string) {
 func (c *recordCache) slot(key string) *recordSlot {
 	s, held, tag := c.find(key)
 	if !held {
-		s.claim(tag, key)
+		c.claim(s, tag, key)
 	}
 	return s
 }

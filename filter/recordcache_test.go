@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"strconv"
 	"testing"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
@@ -64,49 +65,62 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 	})
 }
 
-// Two keys that share a slot evict each other and are never confused.
-func TestRecordCacheSlotCollision(t *testing.T) {
+// Keys of one set share its four slots; a fifth takes the least recently
+// used one, and no key is ever served another's entry.
+func TestRecordCacheSets(t *testing.T) {
 	c, err := newRecordCache()
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := newKey(t)
-	var b string
-	for b == "" || c.slot(b) != c.slot(a) {
-		b = newKey(t)
+	set := func(key string) uint64 {
+		_, _, tag := c.find(key)
+		return tag[0] & (recordSets - 1)
 	}
-	recA, err := keycache.Parse(mustRecord(t, keycache.Record{ID: "key_a", Status: keycache.StatusActive}))
-	if err != nil {
-		t.Fatal(err)
+	keys := []string{newKey(t)}
+	for len(keys) < recordWays+1 {
+		if k := newKey(t); set(k) == set(keys[0]) {
+			keys = append(keys, k)
+		}
 	}
-	s := c.slot(a)
-	if s.hash != keycache.HashKey(a) {
-		t.Fatal("slot's hash is not the key's SHA-256")
+	held := func(key string) bool { _, ok, _ := c.find(key); return ok }
+	for i, k := range keys[:recordWays] {
+		s := c.slot(k)
+		if s.hash != keycache.HashKey(k) {
+			t.Fatal("slot's hash is not the key's SHA-256")
+		}
+		rec, err := keycache.Parse(mustRecord(t, keycache.Record{ID: "key_" + strconv.Itoa(i), Status: keycache.StatusActive}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.store(7, 1, rec, true)
 	}
-	s.store(7, 1, recA, true)
-	s.share, s.shareAt, s.shareOK = 0.5, 1, true
-
-	if rec, found, ok := c.slot(a).lookup(7, 1); !ok || !found || string(rec.ID()) != "key_a" {
-		t.Fatalf("a: %v %v", found, ok)
+	for i, k := range keys[:recordWays] {
+		if rec, found, ok := c.slot(k).lookup(7, 1); !ok || !found || string(rec.ID()) != "key_"+strconv.Itoa(i) {
+			t.Fatalf("key %d: %v %v", i, found, ok)
+		}
 	}
 	for _, st := range []struct {
 		gen   uint64
 		epoch uint32
 	}{{8, 1}, {7, 2}} {
-		if _, _, ok := c.slot(a).lookup(st.gen, st.epoch); ok {
+		if _, _, ok := c.slot(keys[0]).lookup(st.gen, st.epoch); ok {
 			t.Errorf("entry read under gen 7 epoch 1 served under %+v", st)
 		}
 	}
-	sb := c.slot(b) // claims the slot
-	if _, _, ok := sb.lookup(7, 1); ok || sb.shareOK || sb.hash != keycache.HashKey(b) {
-		t.Fatal("b got a's entry")
+	// Use all but keys[1], which becomes the least recently used.
+	for _, i := range []int{0, 2, 3} {
+		if !held(keys[i]) {
+			t.Fatalf("key %d not held", i)
+		}
 	}
-	sb.store(7, 1, keycache.View{}, false)
-	if _, found, ok := c.slot(b).lookup(7, 1); !ok || found {
-		t.Fatalf("b cached as missing: %v %v", found, ok)
+	s := c.slot(keys[recordWays]) // a fifth key of the set
+	if _, _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != keycache.HashKey(keys[recordWays]) {
+		t.Fatal("the fifth key got another key's entry")
 	}
-	if _, _, ok := c.slot(a).lookup(7, 1); ok {
-		t.Fatal("a still cached after b took its slot")
+	for i, k := range keys {
+		if want := i != 1; held(k) != want {
+			t.Errorf("key %d held %v, want %v", i, !want, want)
+		}
 	}
 }
 

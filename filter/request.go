@@ -347,7 +347,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	if !held {
-		slot.claim(tag, f.key)
+		r.records.claim(slot, tag, f.key)
 	}
 	r.sum = slot.hash
 	rec, found, cached := slot.lookup(state.gen, state.epoch)
