@@ -94,7 +94,8 @@ func filterTable(w io.Writer, o *outcome) {
 	fmt.Fprintf(tw, "pass-through\t%s\t1.00x\t-\t-\t%s\t%s\n", pass.f(2), m("pass", "host-allocs/req").f(0), m("pass", "host-B/req").f(0))
 	for _, r := range []struct{ label, design string }{
 		{"keygate, 1k keys", "1k"}, {"keygate, 1M keys", "1M"},
-		{"keygate, 1M keys, 32k in turn (cache misses)", "1M-cold"},
+		{"keygate, 1M keys, 2k in turn (cached, no lease)", "1M-2k"},
+		{"keygate, 1M keys, 32k in turn (cache misses)", "1M-32k"},
 	} {
 		v := m(r.design, "µs/req")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.label, v.f(2), ratio(v, pass).x(), diff(v, pass).f(2),
