@@ -13,12 +13,13 @@ const MaxLease int64 = 1024
 // Lease belongs to one stateKey; like the Limiter it is not safe for
 // concurrent use.
 type Lease struct {
-	policy  Policy
-	tokens  int64 // tokens left to spend
-	start   int64 // when they were taken (unix ns)
-	used    int64 // tokens spent from this take, its own cost included
-	rem     int64 // Remaining as this worker sees it
-	resetAt int64 // when the bucket is full again as this worker sees it
+	policy   Policy
+	tokens   int64 // tokens left to spend
+	start    int64 // when they were taken (unix ns)
+	used     int64 // tokens spent from this take, its own cost included
+	rem      int64 // Remaining as this worker sees it
+	resetAt  int64 // when the bucket is full again as this worker sees it
+	interval int64 // the policy's emission interval
 }
 
 // Tokens returns how many tokens the lease holds (for tests and metrics).
@@ -40,11 +41,10 @@ func (ls *Lease) Tokens() int64 { return ls.tokens }
 // what the bucket refilled or other workers took since the lease began.
 func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, nowNanos int64) (Result, error) {
 	if ls.policy == p && cost >= 1 && ls.tokens >= cost && nowNanos >= ls.start && nowNanos-ls.start < LeaseWindow {
-		g, _ := p.gcra() // valid: the lease was taken under it
 		ls.tokens -= cost
 		ls.used += cost
 		ls.rem -= cost
-		ls.resetAt += cost * g.interval
+		ls.resetAt += cost * ls.interval
 		reset := ls.resetAt - nowNanos
 		if reset < 0 {
 			reset = 0
@@ -75,7 +75,8 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 	if err != nil || !res.Allowed {
 		return res, err
 	}
-	*ls = Lease{policy: p, tokens: extra, start: nowNanos, used: cost, rem: res.Remaining, resetAt: nowNanos + res.ResetNanos}
+	*ls = Lease{policy: p, tokens: extra, start: nowNanos, used: cost, rem: res.Remaining,
+		resetAt: nowNanos + res.ResetNanos, interval: g.interval}
 	return res, nil
 }
 
