@@ -145,22 +145,30 @@ func TestHammer(t *testing.T) {
 			t.Fatalf("%s: admitted %d in %d ns of fake time, GCRA allows %d", c.name, got, elapsed, bound)
 		}
 		// Nothing lost: draining at the final time reaches the bound exactly.
-		l := &bucket.Limiter{Store: shared}
-		for {
-			r, err := l.Take(key, p, 1, now)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !r.Allowed {
-				break
-			}
-			got++
-		}
+		got += drain(t, shared, p, now)
 		if got != bound {
 			t.Fatalf("%s: %d admitted after drain, want exactly %d", c.name, got, bound)
 		}
 		t.Logf("%s: %d calls, %d admitted (bound %d), %d sets, %d cas mismatches",
 			c.name, calls, admitted, bound, shared.sets.Load(), shared.mismatches.Load())
+	}
+}
+
+// drain takes cost-1 tokens from key at now until the bucket refuses and
+// returns how many it got.
+func drain(t *testing.T, s bucket.Store, p bucket.Policy, now int64) int64 {
+	t.Helper()
+	l := &bucket.Limiter{Store: s}
+	n := int64(0)
+	for {
+		r, err := l.Take(key, p, 1, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.Allowed {
+			return n
+		}
+		n++
 	}
 }
 

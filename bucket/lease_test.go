@@ -186,18 +186,7 @@ func TestLeaseHammer(t *testing.T) {
 		// Above the limit the bucket never fills, so every token of the
 		// bound was admitted, is still in the bucket, is still leased, or
 		// was forfeited by a lease that ran out of time: a few leases' worth.
-		l := &bucket.Limiter{Store: store}
-		drained := int64(0)
-		for {
-			r, err := l.Take(key, p, 1, now)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !r.Allowed {
-				break
-			}
-			drained++
-		}
+		drained := drain(t, store, p, now)
 		lost := bound - got - drained - held.Load()
 		if lost < 0 || lost > workers*p.Capacity()/4 {
 			t.Errorf("%s: %d tokens forfeited (admitted %d, drained %d, held %d, bound %d)", c.name, lost, got, drained, held.Load(), bound)
