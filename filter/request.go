@@ -21,8 +21,7 @@ type filterRoot struct {
 	recKey   [1 + keycache.HashSize]byte
 	limKey   [1 + keycache.HashSize]byte
 	shareKey []byte
-	hdrBuf   []byte // response header values being rendered
-	sum      keycache.Hash
+	hdrBuf   []byte    // response header values being rendered
 	found    found     // the current request's header scan
 	pairs    pairIter  // and its iterator
 	free     []*stream // finished streams for reuse (see newStream)
@@ -349,11 +348,10 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !held {
 		r.records.claim(slot, tag, f.key)
 	}
-	r.sum = slot.hash
 	rec, found, cached := slot.lookup(state.gen, state.epoch)
 	if !cached || !stateOK {
 		var ok bool
-		if rec, found, ok = r.readRecord(); ok && stateOK {
+		if rec, found, ok = r.readRecord(&slot.hash); ok && stateOK {
 			slot.store(state.gen, state.epoch, rec, found)
 		}
 	}
@@ -391,7 +389,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return types.ActionPause
 	}
 	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
-		copy(r.limKey[1:], r.sum[:])
+		copy(r.limKey[1:], slot.hash[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		local := policy
 		if share := r.share(slot, id, &r.state, now); share < 1 {
@@ -476,11 +474,12 @@ func (r *filterRoot) keyShare(slot *recordSlot, id []byte, now int64) float64 {
 	return v
 }
 
-// readRecord reads the key record of r.sum from shared data. ok is false
-// when the read failed in a way that must not be cached (a corrupt record
-// or a host error, both logged); a missing key is found == false, ok.
-func (r *filterRoot) readRecord() (rec keycache.View, found, ok bool) {
-	copy(r.recKey[1:], r.sum[:])
+// readRecord reads the record of the key with SHA-256 h from shared data.
+// ok is false when the read failed in a way that must not be cached (a
+// corrupt record or a host error, both logged); a missing key is found ==
+// false, ok.
+func (r *filterRoot) readRecord(h *keycache.Hash) (rec keycache.View, found, ok bool) {
+	copy(r.recKey[1:], h[:])
 	raw, _, err := sharedGet(bstr(r.recKey[:]))
 	switch {
 	case err == nil:
