@@ -109,15 +109,6 @@ func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
 	keycache.HashKeyTo(&s.hash, key)
 }
 
-// slot returns the slot of key, claiming it when it holds another key.
-func (c *recordCache) slot(key string) *recordSlot {
-	s, held, tag := c.find(key)
-	if !held {
-		c.claim(s, tag, key)
-	}
-	return s
-}
-
 // lookup returns the cached record of the slot's key if it was read under
 // the sync state's gen and epoch; ok is false when the caller must read
 // shared data.

@@ -141,6 +141,16 @@ func TestRecordCacheTagsAreKeyed(t *testing.T) {
 	}
 }
 
+// slot returns the slot of key, claiming it when it holds another key, as
+// the request path does with find and claim.
+func (c *recordCache) slot(key string) *recordSlot {
+	s, held, tag := c.find(key)
+	if !held {
+		c.claim(s, tag, key)
+	}
+	return s
+}
+
 func mustRecord(t *testing.T, r keycache.Record) []byte {
 	t.Helper()
 	b, err := r.Append(nil)
