@@ -28,14 +28,22 @@ const syncTestConfig = `{"role":"sync","node_id":"node-a","flush_period_ms":100,
 type syncHarness struct {
 	t    *testing.T
 	host proxytest.HostEmulator
-	seen   int // callouts already answered or inspected
-	tokens int // instance tokens issued
+	seen    int // callouts already answered or inspected
+	skipped []proxytest.HttpCalloutAttribute
+	tokens  int // instance tokens issued
 }
 
 // next ticks until the syncer dispatches a callout whose path starts with
-// prefix, and returns it. Other callouts are left unanswered.
+// prefix, and returns it. Other callouts are left unanswered, kept for a
+// later next.
 func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 	h.t.Helper()
+	for i, c := range h.skipped {
+		if p, _ := header(c.Headers, ":path"); strings.HasPrefix(p, prefix) {
+			h.skipped = append(h.skipped[:i], h.skipped[i+1:]...)
+			return c
+		}
+	}
 	for i := 0; i < 20000; i++ {
 		calls := h.host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
 		for ; h.seen < len(calls); h.seen++ {
@@ -44,6 +52,7 @@ func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 				h.seen++
 				return c
 			}
+			h.skipped = append(h.skipped, calls[h.seen])
 		}
 		h.host.Tick()
 	}
@@ -55,7 +64,12 @@ func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 // returns the instance token it issued.
 func (h *syncHarness) register() string {
 	h.t.Helper()
-	c := h.next("/v1/nodes/register")
+	return h.registerCall(h.next("/v1/nodes/register"))
+}
+
+// registerCall answers registration callout c.
+func (h *syncHarness) registerCall(c proxytest.HttpCalloutAttribute) string {
+	h.t.Helper()
 	if a, _ := header(c.Headers, "authorization"); a != "Bearer filter-secret" {
 		h.t.Errorf("registration authorization %q, want the fleet credential", a)
 	}
