@@ -26,8 +26,8 @@ const syncTestConfig = `{"role":"sync","node_id":"node-a","flush_period_ms":100,
 
 // syncHarness drives a syncing VM through proxytest's callouts.
 type syncHarness struct {
-	t    *testing.T
-	host proxytest.HostEmulator
+	t       *testing.T
+	host    proxytest.HostEmulator
 	seen    int // callouts already answered or inspected
 	skipped []proxytest.HttpCalloutAttribute
 	tokens  int // instance tokens issued
