@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -46,7 +47,7 @@ func TestEnvoysWithOneConfigAreDistinctInstances(t *testing.T) {
 	eventually(t, 10*time.Second, "both instances listed with batches and syncs", func() (bool, string) {
 		cp.call("GET", "/v1/nodes", nil, http.StatusOK, &list)
 		if len(list.Nodes) != 2 || list.Live != 2 {
-			return false, "nodes: " + strings.Repeat("x", len(list.Nodes))
+			return false, fmt.Sprintf("%+v", list)
 		}
 		for _, n := range list.Nodes {
 			if !n.Live || n.LastBatch == nil || n.LastSync == nil {
