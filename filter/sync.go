@@ -515,7 +515,7 @@ func (s *syncer) merge(msg []byte) {
 }
 
 // usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>":
-// a minute of 1 to 12 digits, an outcome of [a-z_], a key id and a host of
+// a minute of 1 to 12 digits without a leading zero, an outcome of [a-z_], a key id and a host of
 // at most keycache.MaxStringLen and 255 bytes without control characters.
 func usageLinePrefix(p []byte) bool {
 	field, start := 0, 0
@@ -529,7 +529,7 @@ func usageLinePrefix(p []byte) bool {
 		f := p[start:i]
 		switch field {
 		case 0:
-			if len(f) == 0 || len(f) > 12 {
+			if len(f) == 0 || len(f) > 12 || len(f) > 1 && f[0] == '0' { // a JSON number
 				return false
 			}
 			for _, c := range f {
