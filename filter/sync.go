@@ -694,6 +694,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 		proxywasm.LogCriticalf("keygate: usage batch %d refused for good (%s): %s", s.seq, status, snippet(body))
 		s.inflight = nil
 		s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
+		s.usageFails = 0 // it answered: the next failure is retried at once again
 		return
 	case !s.legacy && (status == "401" || status == "403"),
 		s.legacy && status == "403" && problemCode(body) == "instance_token_required":
@@ -732,6 +733,7 @@ func (s *syncer) newInstance() error {
 	s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 	s.token, s.legacy = "", false
 	s.seq, s.idleReported = 0, false
+	s.usageFails, s.regFails = 0, 0
 	s.nextRegMS = s.nowMS()
 	return s.newBoot()
 }
