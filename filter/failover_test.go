@@ -9,8 +9,6 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 	"github.com/tidwall/gjson"
-
-	"github.com/keygate/keygate/keycache"
 )
 
 // Upserts of the keys behind syncKeyA, syncKeyB and syncKeyC, all active.
@@ -273,5 +271,4 @@ func TestJSONDepth(t *testing.T) {
 			t.Errorf("jsonDepthOK(%.40q) = %v", c.in, got)
 		}
 	}
-	_ = keycache.StatusActive
 }
