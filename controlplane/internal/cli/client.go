@@ -28,9 +28,10 @@ type clientFlags struct {
 }
 
 func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
-	fs.StringVar(&cf.url, "url", envOr(env, "KEYGATE_URL", "http://127.0.0.1:8081"), "control plane URL (KEYGATE_URL)")
+	cf.url = envOr(env, "KEYGATE_URL", "http://127.0.0.1:8081")
+	fs.Var(urlFlag{&cf.url}, "url", "control plane URL (KEYGATE_URL)")
 	cf.token = env("KEYGATE_ADMIN_TOKEN")
-	fs.StringVar(&cf.token, "token", cf.token, "admin credential (KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
+	fs.Var(secretFlag{&cf.token}, "token", "admin credential (default KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
 	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
 }
 
