@@ -220,7 +220,9 @@ func parseExpiry(fe *fieldErrors, field, s string, now time.Time) *time.Time {
 		fe.add(field, "must be in the future")
 		return nil
 	}
-	t = t.UTC().Truncate(time.Second)
+	// Kept to the microsecond the store holds; the sync wire rounds up to
+	// whole seconds, so the key never stops early.
+	t = t.UTC()
 	return &t
 }
 
