@@ -24,7 +24,8 @@ commands:
   keys show <id>            show a key with its usage totals
   keys update <id>          change a key's settings
   keys revoke|disable|enable|delete <id>
-  keys rotate <id>          issue a new key; the old one expires after --grace
+  keys rotate <id>          issue a new key; the old one keeps working for
+                            --grace (default 24h, 0 ends it at once)
   usage <id>                a key's usage over time
   usage top                 the keys with the most requests
 

@@ -2,10 +2,14 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -67,6 +71,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		limit         int
 		all           bool
 		grace         time.Duration
+		idemKey       string
 	)
 	nargs := 1
 	switch sub {
@@ -82,7 +87,8 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		fs.IntVar(&limit, "limit", 100, "keys per page (1-1000)")
 		fs.BoolVar(&all, "all", false, "follow the pages to the end")
 	case "rotate":
-		fs.DurationVar(&grace, "grace", 0, "how long the old key keeps working (e.g. 24h)")
+		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the old key keeps working after the rotation; 0 ends it at once (use 0 for a leaked key, or revoke it)")
+		fs.StringVar(&idemKey, "idempotency-key", "", "Idempotency-Key of the rotation (default: a random one, reused when the request is retried after a network error)")
 	case "show", "revoke", "disable", "enable", "delete":
 	default:
 		return usagef("unknown keys subcommand %q", sub)
@@ -143,7 +149,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 			return usagef("--grace must be a non-negative whole number of seconds")
 		}
 		req := map[string]any{"grace_seconds": int64(grace / time.Second)}
-		if body, err = c.do(ctx, "POST", "/v1/keys/"+id+"/rotate", nil, req); err != nil {
+		if body, err = rotate(ctx, c, id, req, idemKey); err != nil {
 			return err
 		}
 	case "delete":
@@ -434,4 +440,29 @@ func parseExpires(v string, now time.Time) (time.Time, error) {
 		return now.Add(d).Truncate(time.Second), nil
 	}
 	return time.Time{}, usagef("--expires must be an RFC 3339 time or a positive duration (720h)")
+}
+
+// rotate posts a rotation with an Idempotency-Key and retries it (twice,
+// with the same key) when the answer is lost to a network error: the
+// server then answers the rotation it already made, new key included,
+// instead of a second rotation or a 409.
+func rotate(ctx context.Context, c *client, id string, req map[string]any, idemKey string) ([]byte, error) {
+	if idemKey == "" {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		idemKey = "cli-" + hex.EncodeToString(b[:])
+	}
+	hdr := http.Header{"Idempotency-Key": {idemKey}}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var body []byte
+		body, err = c.doWith(ctx, "POST", "/v1/keys/"+id+"/rotate", nil, req, hdr)
+		var ae *apiError
+		if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
+			return body, err
+		}
+	}
+	return nil, err
 }

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cliProcessEnv makes the test binary act as the controlplane command: the
@@ -97,5 +99,53 @@ func TestNoSecretInHelpOrErrors(t *testing.T) {
 		if strings.Contains(strings.Join(args, " "), "-h") && !strings.Contains(out, "-token") && args[0] != "serve" {
 			t.Errorf("controlplane %s: help does not list -token:\n%s", strings.Join(args, " "), out)
 		}
+	}
+}
+
+// TestRotateCLI: the CLI rotates with a day's grace by default, says so in
+// its help, and a repeated rotation with the same --idempotency-key prints
+// the same new key instead of failing.
+func TestRotateCLI(t *testing.T) {
+	ts := startServer(t)
+	env := []string{"KEYGATE_URL=" + ts.URL, "KEYGATE_ADMIN_TOKEN=" + adminToken}
+	code, out := runProcess(t, env, "keys", "create", "--json")
+	if code != 0 {
+		t.Fatalf("create: %d %s", code, out)
+	}
+	var k struct{ ID, Key string }
+	if err := json.Unmarshal([]byte(out), &k); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	rot := func(extra ...string) (int, string) {
+		return runProcess(t, env, append([]string{"keys", "rotate", k.ID, "--json"}, extra...)...)
+	}
+	code, first := rot("--idempotency-key", "cli-test-1")
+	if code != 0 {
+		t.Fatalf("rotate: %d %s", code, first)
+	}
+	code, second := rot("--idempotency-key", "cli-test-1")
+	if code != 0 {
+		t.Fatalf("repeated rotate: %d %s", code, second)
+	}
+	var n1, n2 struct {
+		ID, Key     string
+		RotatedFrom struct {
+			ExpiresAt time.Time `json:"expires_at"`
+		} `json:"rotated_from"`
+	}
+	if json.Unmarshal([]byte(first), &n1) != nil || json.Unmarshal([]byte(second), &n2) != nil ||
+		n1.Key == "" || n1.Key != n2.Key || n1.ID != n2.ID {
+		t.Fatalf("repeated rotation printed another key:\n%s\n%s", first, second)
+	}
+	if d := n1.RotatedFrom.ExpiresAt.Sub(before); d < 24*time.Hour-time.Minute || d > 24*time.Hour+time.Minute {
+		t.Fatalf("default grace ends %v after the rotation, want 24h", d)
+	}
+	if code, out := rot(); code != 1 || !strings.Contains(out, "conflict (409)") || !strings.Contains(out, n1.ID) {
+		t.Fatalf("second rotation without the key: %d %s", code, out)
+	}
+	if _, out := runProcess(t, env, "keys", "rotate", "-h"); !strings.Contains(out, "default 24h") ||
+		!strings.Contains(out, "0 ends it at once") {
+		t.Fatalf("rotate help does not state the default grace:\n%s", out)
 	}
 }
