@@ -244,7 +244,9 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-func escapePtr(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1") }
+func escapePtr(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
 
 func deepCopy(v any) any {
 	b, _ := json.Marshal(v)
