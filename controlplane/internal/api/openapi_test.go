@@ -152,7 +152,7 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 					walk(s, at, depth+1)
 					return
 				}
-				instance := instanceAt(bodies, schemas, n, at)
+				instance := instanceAt(bodies, n, at)
 				if obj, ok := instance.(map[string]any); ok && n["required"] != nil {
 					// The members the schema requires (and one required
 					// alternative) are enough.
@@ -222,7 +222,7 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 
 // instanceAt returns a valid value for the schema node at path: the value
 // there in an example body, or the first example of the node's schema.
-func instanceAt(bodies []any, schemas map[string]any, node map[string]any, at []any) any {
+func instanceAt(bodies []any, node map[string]any, at []any) any {
 	for _, b := range bodies {
 		if v, ok := getAt(b, at); ok && v != nil {
 			return v
@@ -231,7 +231,6 @@ func instanceAt(bodies []any, schemas map[string]any, node map[string]any, at []
 	if exs, ok := node["examples"].([]any); ok && len(exs) > 0 {
 		return exs[0]
 	}
-	_ = schemas
 	return nil
 }
 
