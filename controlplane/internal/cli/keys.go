@@ -42,6 +42,18 @@ type keyOut struct {
 		ID        string    `json:"id"`
 		ExpiresAt time.Time `json:"expires_at"`
 	} `json:"rotated_from"`
+	PredecessorID string     `json:"predecessor_id"`
+	SuccessorID   string     `json:"successor_id"`
+	GraceEndsAt   *time.Time `json:"grace_ends_at"`
+}
+
+// stopsAt is when the key stops working: the earlier of its expiry and its
+// rotation's grace end.
+func (k *keyOut) stopsAt() *time.Time {
+	if k.GraceEndsAt != nil && (k.ExpiresAt == nil || k.GraceEndsAt.Before(*k.ExpiresAt)) {
+		return k.GraceEndsAt
+	}
+	return k.ExpiresAt
 }
 
 type rateOut struct {
@@ -215,7 +227,7 @@ func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, own
 				return fmt.Errorf("unexpected response: %w", err)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Name), dash(k.Owner), statusText(&k),
-				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.ExpiresAt), timeText(k.LastUsed))
+				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.stopsAt()), timeText(k.LastUsed))
 		}
 		if page.NextCursor == "" || !all {
 			if !asJSON && page.NextCursor != "" {
@@ -252,6 +264,15 @@ func printKey(w io.Writer, k *keyOut) {
 	}
 	row("QUOTA", quota)
 	row("EXPIRES", timeText(k.ExpiresAt))
+	if k.GraceEndsAt != nil {
+		row("GRACE ENDS", timeText(k.GraceEndsAt))
+	}
+	if k.PredecessorID != "" {
+		row("ROTATED FROM", k.PredecessorID)
+	}
+	if k.SuccessorID != "" {
+		row("ROTATED TO", k.SuccessorID)
+	}
 	if len(k.Metadata) > 0 && string(k.Metadata) != "null" {
 		row("METADATA", string(k.Metadata))
 	}

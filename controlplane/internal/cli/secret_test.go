@@ -141,6 +141,11 @@ func TestRotateCLI(t *testing.T) {
 	if d := n1.RotatedFrom.ExpiresAt.Sub(before); d < 24*time.Hour-time.Minute || d > 24*time.Hour+time.Minute {
 		t.Fatalf("default grace ends %v after the rotation, want 24h", d)
 	}
+	// The old key's page shows its grace end and successor.
+	if code, out := runProcess(t, env, "keys", "show", k.ID); code != 0 || !strings.Contains(out, "GRACE ENDS") ||
+		!strings.Contains(out, "ROTATED TO") || !strings.Contains(out, n1.ID) {
+		t.Fatalf("keys show of the rotated key: %d\n%s", code, out)
+	}
 	if code, out := rot(); code != 1 || !strings.Contains(out, "conflict (409)") || !strings.Contains(out, n1.ID) {
 		t.Fatalf("second rotation without the key: %d %s", code, out)
 	}
