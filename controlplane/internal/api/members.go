@@ -19,7 +19,7 @@ import (
 // metadata are skipped. The document must be valid JSON.
 func checkMembers(doc []byte, t reflect.Type) *problem {
 	sc := memberScanner{b: doc}
-	return sc.value(t, "")
+	return sc.value(t)
 }
 
 // memberTyper is implemented by wrappers (optional[T]) whose JSON is that
@@ -78,8 +78,9 @@ func elemType(t reflect.Type) reflect.Type {
 }
 
 type memberScanner struct {
-	b []byte
-	i int
+	b    []byte
+	i    int
+	path []pathElem
 }
 
 func (s *memberScanner) ws() {
@@ -140,16 +141,19 @@ func (s *memberScanner) skip() {
 				return
 			}
 		}
-	default:
-		for s.i < len(s.b) && !strings.ContainsRune(",}] \t\r\n", rune(s.b[s.i])) {
+	default: // number, true, false, null
+		for s.i < len(s.b) {
+			switch s.b[s.i] {
+			case ',', '}', ']', ' ', '\t', '\r', '\n':
+				return
+			}
 			s.i++
 		}
 	}
 }
 
-// value checks one value of type t at path (a wire name such as
-// "counts[3].outcome"; "" for the body).
-func (s *memberScanner) value(t reflect.Type, path string) *problem {
+// value checks one value of type t at the scanner's current path.
+func (s *memberScanner) value(t reflect.Type) *problem {
 	t = elemType(t)
 	s.ws()
 	if s.i >= len(s.b) || t == nil {
@@ -158,7 +162,7 @@ func (s *memberScanner) value(t reflect.Type, path string) *problem {
 	}
 	switch {
 	case s.b[s.i] == '{' && t.Kind() == reflect.Struct:
-		return s.object(fieldsOf(t), path)
+		return s.object(fieldsOf(t))
 	case s.b[s.i] == '[' && t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
 		s.i++
 		for n := 0; ; n++ {
@@ -167,7 +171,10 @@ func (s *memberScanner) value(t reflect.Type, path string) *problem {
 				s.i++
 				return nil
 			}
-			if p := s.value(t.Elem(), path+"["+strconv.Itoa(n)+"]"); p != nil {
+			s.path = append(s.path, pathElem{index: n})
+			p := s.value(t.Elem())
+			s.path = s.path[:len(s.path)-1]
+			if p != nil {
 				return p
 			}
 			s.ws()
@@ -180,9 +187,10 @@ func (s *memberScanner) value(t reflect.Type, path string) *problem {
 	return nil
 }
 
-func (s *memberScanner) object(fields *structFields, path string) *problem {
+func (s *memberScanner) object(fields *structFields) *problem {
 	s.i++ // '{'
-	seen := make([]bool, len(fields.types))
+	var seen uint64 // by field index; structs here have far fewer than 64 fields
+	var seenMore map[int]bool
 	for {
 		s.ws()
 		if s.b[s.i] == '}' {
@@ -190,27 +198,38 @@ func (s *memberScanner) object(fields *structFields, path string) *problem {
 			return nil
 		}
 		raw, escaped := s.str()
-		name := string(raw)
+		var (
+			idx int
+			ok  bool
+		)
 		if escaped {
-			if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &name); err != nil {
-				name = string(raw)
-			}
+			idx, ok = fields.index[unescape(raw)]
+		} else {
+			idx, ok = fields.index[string(raw)] // no allocation
 		}
-		member := name
-		if path != "" {
-			member = path + "." + name
-		}
-		idx, ok := fields.index[name]
+		s.path = append(s.path, pathElem{name: raw, escaped: escaped})
 		if !ok {
-			return unknownMember(member, name, fields)
+			return unknownMember(s.pathString(), unescapeIf(raw, escaped), fields)
 		}
-		if seen[idx] {
-			return invalid(FieldError{Field: member, Message: "is given more than once"})
+		dup := false
+		if idx < 64 {
+			dup = seen&(1<<idx) != 0
+			seen |= 1 << idx
+		} else {
+			dup = seenMore[idx]
+			if seenMore == nil {
+				seenMore = map[int]bool{}
+			}
+			seenMore[idx] = true
 		}
-		seen[idx] = true
+		if dup {
+			return invalid(FieldError{Field: s.pathString(), Message: "is given more than once"})
+		}
 		s.ws()
 		s.i++ // ':'
-		if p := s.value(fields.types[idx], member); p != nil {
+		p := s.value(fields.types[idx])
+		s.path = s.path[:len(s.path)-1]
+		if p != nil {
 			return p
 		}
 		s.ws()
@@ -218,6 +237,46 @@ func (s *memberScanner) object(fields *structFields, path string) *problem {
 			s.i++
 		}
 	}
+}
+
+// pathElem is one step of the path to the value being checked: a member
+// name (raw, as in the document) or an array index.
+type pathElem struct {
+	name    []byte
+	escaped bool
+	index   int
+}
+
+// pathString names the current value in wire terms, e.g. counts[3].key_id.
+func (s *memberScanner) pathString() string {
+	var b strings.Builder
+	for _, e := range s.path {
+		if e.name == nil {
+			b.WriteString("[" + strconv.Itoa(e.index) + "]")
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(unescapeIf(e.name, e.escaped))
+	}
+	return b.String()
+}
+
+func unescapeIf(raw []byte, escaped bool) string {
+	if escaped {
+		return unescape(raw)
+	}
+	return string(raw)
+}
+
+// unescape decodes the contents of a JSON string with escapes.
+func unescape(raw []byte) string {
+	var out string
+	if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &out); err != nil {
+		return string(raw)
+	}
+	return out
 }
 
 // unknownMember is the problem for a member name that is not exactly one of
