@@ -188,7 +188,7 @@ func (s *memberScanner) value(t reflect.Type) *problem {
 }
 
 func (s *memberScanner) object(fields *structFields) *problem {
-	s.i++ // '{'
+	s.i++           // '{'
 	var seen uint64 // by field index; structs here have far fewer than 64 fields
 	var seenMore map[int]bool
 	for {
