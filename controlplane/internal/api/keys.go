@@ -566,11 +566,12 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 			Message: "must be 1 to " + strconv.Itoa(maxIdempotencyKeyLen) + " visible ASCII characters"})
 	}
 	oldID := r.PathValue("id")
-	newSecret := func() (string, error) {
+	// newSecret makes the key of the successor with id newID.
+	newSecret := func(newID string) (string, error) {
 		if idem == "" {
 			return keycache.NewKey(s.prefix, s.rand)
 		}
-		return keycache.NewKey(s.prefix, idempotentRand(r, oldID, idem))
+		return keycache.NewKey(s.prefix, idempotentRand(r, oldID, newID, idem))
 	}
 	// The checks and the copy of the old key's settings run on the row the
 	// store has locked, so a revoke, an update or another rotation racing
@@ -585,7 +586,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 		oldRow = *old
 		if succ != nil {
 			if idem != "" {
-				again, err := newSecret()
+				again, err := newSecret(succ.ID)
 				if err != nil {
 					return nil, time.Time{}, err
 				}
@@ -619,10 +620,10 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 			UpdatedAt: now,
 		}
 		var err error
-		if secret, err = newSecret(); err != nil {
+		if nk.ID, err = s.newID(); err != nil {
 			return nil, time.Time{}, err
 		}
-		if nk.ID, err = s.newID(); err != nil {
+		if secret, err = newSecret(nk.ID); err != nil {
 			return nil, time.Time{}, err
 		}
 		nk.Hash = keycache.HashKey(secret)
@@ -687,14 +688,17 @@ func validIdempotencyKey(v string) bool {
 
 // idempotentRand is the randomness of a rotation sent with an
 // Idempotency-Key: an HMAC-SHA256 stream keyed by the request's admin
-// credential over the old key's id and the idempotency key. The same
-// request sent again derives the same new key, so a client whose answer
-// was lost gets its key again although the key is never stored; without
-// the admin credential, which the server does not keep either, nothing in
-// the store or the logs lets anyone derive it.
-func idempotentRand(r *http.Request, oldID, idem string) io.Reader {
+// credential over the old key's id, the new key's (random) id and the
+// idempotency key. The same request sent again derives the same new key
+// from the successor's id, so a client whose answer was lost gets its key
+// again although the key is never stored; without the admin credential,
+// which the server does not keep either, nothing in the store or the logs
+// lets anyone derive it. The new id in the input means that a rotation
+// made again after its successor was deleted or revoked gives a new key,
+// never the discarded one.
+func idempotentRand(r *http.Request, oldID, newID, idem string) io.Reader {
 	token, _ := bearerToken(r)
-	return &hmacStream{key: []byte(token), msg: "keygate rotate\x00" + oldID + "\x00" + idem}
+	return &hmacStream{key: []byte(token), msg: "keygate rotate\x00" + oldID + "\x00" + newID + "\x00" + idem}
 }
 
 // hmacStream yields HMAC(key, msg || counter) blocks for counter 0, 1, ...

@@ -149,6 +149,18 @@ func TestRotationIdempotencyKey(t *testing.T) {
 		if len(list.Keys) != 2 {
 			t.Fatalf("%d keys, want 2", len(list.Keys))
 		}
+		// Once the successor is deleted (or revoked), the same
+		// Idempotency-Key makes a new rotation with a new key, never the
+		// discarded one again.
+		if r := e.admin("DELETE", "/v1/keys/"+n1.ID, nil); r.status != http.StatusNoContent {
+			t.Fatalf("delete the successor: %d", r.status)
+		}
+		third := e.rotate(k.ID, nil, "Idempotency-Key", "rot-7f3a")
+		var n4 keyJSON
+		third.json(t, &n4)
+		if third.status != http.StatusCreated || third.header.Get("Idempotent-Replayed") != "" || n4.ID == n1.ID || n4.Key == n1.Key {
+			t.Fatalf("rotation after the successor's deletion: %d %s", third.status, third.body)
+		}
 		// Without Idempotency-Key keys are random; with it, they differ by
 		// old key (same header value on another key).
 		k2 := e.createKey(map[string]any{})
