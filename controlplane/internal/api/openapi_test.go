@@ -18,7 +18,9 @@ import (
 // members), or the whole body when the request body is required, must be
 // refused with a 400 that names it. An example the test cannot place fails
 // it, so the document cannot grow examples nobody checks. An object with
-// only the members its schema requires must be accepted too.
+// only the members its schema requires must be accepted too, and every
+// answer must be documented for its status and carry the members its
+// schema requires.
 func TestOpenAPIAgreesWithServer(t *testing.T) {
 	var doc map[string]any
 	if err := json.Unmarshal(controlplane.OpenAPI, &doc); err != nil {
@@ -52,6 +54,7 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 	// one each) and returns the answer.
 	send := func(method, path string, body any) *response {
 		t.Helper()
+		template := path
 		token := adminToken
 		if path == "/v1/usage" {
 			token = filterToken
@@ -66,14 +69,18 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 			k := e.createKey(map[string]any{"hosts": []string{"api.example.com"}})
 			path = strings.ReplaceAll(path, "{id}", k.ID)
 		}
+		var r *response
 		if body == nil {
-			return e.call(method, path, token, nil)
+			r = e.call(method, path, token, nil)
+		} else {
+			raw, err := json.Marshal(body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r = e.call(method, path, token, raw)
 		}
-		raw, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e.call(method, path, token, raw)
+		checkAnswer(t, doc, method, template, r)
+		return r
 	}
 	accepted := func(what string, r *response) {
 		t.Helper()
@@ -218,6 +225,81 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 			t.Errorf("example %s is not checked against the server (place it in a request body schema)", ptr)
 		}
 	}
+}
+
+// checkAnswer checks that an answer of the live server is documented for
+// its route and status and carries every member its schema requires.
+func checkAnswer(t *testing.T, doc map[string]any, method, template string, r *response) {
+	t.Helper()
+	op := doc["paths"].(map[string]any)[template].(map[string]any)[strings.ToLower(method)].(map[string]any)
+	resp, ok := op["responses"].(map[string]any)[strconv.Itoa(r.status)].(map[string]any)
+	if !ok {
+		t.Errorf("%s %s answered %d, which the document does not list: %s", method, template, r.status, r.body)
+		return
+	}
+	if ref, ok := resp["$ref"].(string); ok {
+		resp = doc["components"].(map[string]any)["responses"].(map[string]any)[strings.TrimPrefix(ref, "#/components/responses/")].(map[string]any)
+	}
+	content, _ := resp["content"].(map[string]any)
+	ct, _, _ := strings.Cut(r.header.Get("Content-Type"), ";")
+	media, ok := content[ct].(map[string]any)
+	if !ok {
+		if len(content) > 0 {
+			t.Errorf("%s %s %d: Content-Type %q is not documented", method, template, r.status, ct)
+		}
+		return
+	}
+	var v any
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Errorf("%s %s %d: %v", method, template, r.status, err)
+		return
+	}
+	if missing := missingRequired(doc, media["schema"], v, ""); len(missing) > 0 {
+		t.Errorf("%s %s %d: the answer lacks required members %v: %s", method, template, r.status, missing, r.body)
+	}
+}
+
+// missingRequired lists the members that schema requires and v lacks,
+// following $ref, allOf, the non-null branch of oneOf, properties and
+// items.
+func missingRequired(doc map[string]any, schema, v any, at string) []string {
+	n, ok := schema.(map[string]any)
+	if !ok || v == nil {
+		return nil
+	}
+	if ref, ok := n["$ref"].(string); ok {
+		name := strings.TrimPrefix(ref, "#/components/schemas/")
+		return missingRequired(doc, doc["components"].(map[string]any)["schemas"].(map[string]any)[name], v, at)
+	}
+	var out []string
+	for _, sub := range anyList(n["allOf"]) {
+		out = append(out, missingRequired(doc, sub, v, at)...)
+	}
+	for _, sub := range anyList(n["oneOf"]) {
+		if m, ok := sub.(map[string]any); ok && m["$ref"] != nil {
+			out = append(out, missingRequired(doc, sub, v, at)...)
+		}
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		for _, req := range stringList(n["required"]) {
+			if _, ok := x[req]; !ok {
+				out = append(out, strings.TrimPrefix(at+"."+req, "."))
+			}
+		}
+		if props, ok := n["properties"].(map[string]any); ok {
+			for name, sub := range props {
+				if val, ok := x[name]; ok {
+					out = append(out, missingRequired(doc, sub, val, strings.TrimPrefix(at+"."+name, "."))...)
+				}
+			}
+		}
+	case []any:
+		for i, item := range x {
+			out = append(out, missingRequired(doc, n["items"], item, at+"["+strconv.Itoa(i)+"]")...)
+		}
+	}
+	return out
 }
 
 // instanceAt returns a valid value for the schema node at path: the value
