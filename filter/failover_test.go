@@ -272,3 +272,32 @@ func TestJSONDepth(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterWarnsBelowSyncStaleness: the sync service publishes the
+// max_staleness_ms its configuration was checked against; a filter with a
+// smaller bound says at start that the rule does not cover it.
+func TestFilterWarnsBelowSyncStaleness(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, c := range []struct {
+			config string
+			warn   bool
+		}{
+			{`{"max_staleness_ms":5000}`, true},
+			{`{"max_staleness_ms":60000}`, false},
+			{`{}`, false},
+		} {
+			t.Run(c.config, func(t *testing.T) {
+				host := emulator(t, vm(), c.config, func() {
+					var b [syncerLen]byte
+					if err := setShared(syncerKey, syncerRecord{maxStalenessMS: 60000}.encode(&b)); err != nil {
+						t.Fatal(err)
+					}
+				})
+				warned := strings.Contains(strings.Join(host.GetWarnLogs(), "\n"), "below the sync service's max_staleness_ms 60000")
+				if warned != c.warn {
+					t.Errorf("warned %v, want %v (%q)", warned, c.warn, host.GetWarnLogs())
+				}
+			})
+		}
+	})
+}

@@ -87,6 +87,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
+	warnStaleness(cfg.maxStalenessMS)
 	if p.filter, err = newFilterRoot(cfg, p.clock); err != nil {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed

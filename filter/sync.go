@@ -35,22 +35,25 @@ const (
 	// syncerKey holds the syncing VM's own bookkeeping (syncerRecord),
 	// which workers never read.
 	syncerKey    = "keygate/syncer"
-	syncerFormat = 1
-	syncerLen    = 1 + 4 + 8
+	syncerFormat = 2
+	syncerLen    = 1 + 4 + 8 + 8
 )
 
-// syncerRecord is what a syncing VM keeps in shared data for its successor
-// and for tests: the highest epoch any record may carry, and how many
-// requests' usage counts were dropped because the backlog was full.
+// syncerRecord is what a syncing VM keeps in shared data for its successor,
+// for the filters and for tests: the highest epoch any record may carry,
+// how many requests' usage counts were dropped because the backlog was
+// full, and the staleness bound its configuration was checked against.
 type syncerRecord struct {
-	epochHigh    uint32
-	usageDropped uint64
+	epochHigh      uint32
+	usageDropped   uint64
+	maxStalenessMS int64
 }
 
 func (r syncerRecord) encode(b *[syncerLen]byte) []byte {
 	b[0] = syncerFormat
 	binary.LittleEndian.PutUint32(b[1:], r.epochHigh)
 	binary.LittleEndian.PutUint64(b[5:], r.usageDropped)
+	binary.LittleEndian.PutUint64(b[13:], uint64(r.maxStalenessMS))
 	return b[:]
 }
 
@@ -58,7 +61,27 @@ func decodeSyncer(b []byte) (syncerRecord, bool) {
 	if len(b) != syncerLen || b[0] != syncerFormat {
 		return syncerRecord{}, false
 	}
-	return syncerRecord{epochHigh: binary.LittleEndian.Uint32(b[1:]), usageDropped: binary.LittleEndian.Uint64(b[5:])}, true
+	return syncerRecord{
+		epochHigh:      binary.LittleEndian.Uint32(b[1:]),
+		usageDropped:   binary.LittleEndian.Uint64(b[5:]),
+		maxStalenessMS: int64(binary.LittleEndian.Uint64(b[13:])),
+	}, true
+}
+
+// warnStaleness logs when a filter's max_staleness_ms is below the bound
+// the sync service's configuration was checked against: its staleness rule
+// (docs/config.md) does not hold for that filter, and one failed long poll
+// may make it answer 503. Envoy starts bootstrap services before
+// listeners, so the record is normally there.
+func warnStaleness(filterMS int64) {
+	b, _, err := proxywasm.GetSharedData(syncerKey)
+	if err != nil {
+		return
+	}
+	if r, ok := decodeSyncer(b); ok && r.maxStalenessMS > filterMS {
+		proxywasm.LogWarnf("keygate: max_staleness_ms %d is below the sync service's max_staleness_ms %d: "+
+			"one failed sync may make this filter stale; give both roles the same value", filterMS, r.maxStalenessMS)
+	}
 }
 
 // syncer is the syncing VM: it pulls key records from the control plane into
@@ -135,6 +158,12 @@ func (s *syncer) start() error {
 		if r, ok := decodeSyncer(b); ok {
 			s.rec = r
 		}
+	}
+	// Published for the filters (warnStaleness).
+	s.rec.maxStalenessMS = s.cfg.maxStalenessMS
+	var rb [syncerLen]byte
+	if err := setShared(syncerKey, s.rec.encode(&rb)); err != nil {
+		return errors.New("storing the sync service's record: " + err.Error())
 	}
 	s.node = s.cfg.nodeID
 	if s.node == "" {
