@@ -437,6 +437,13 @@ type hostOptions struct {
 	// controlPlaneAddr overrides the control plane's address (a dead port
 	// makes a host that never syncs).
 	controlPlaneAddr string
+	// controlPlaneAddrs, when set, are the keygate_controlplane cluster's
+	// endpoints in order (replicas, dead addresses), instead of cp alone.
+	// The cluster keeps envoy.yaml's health check and outlier detection.
+	controlPlaneAddrs []string
+	// nodeID is the host's node.id (Envoy's --service-node); "" for none,
+	// as envoy.yaml has.
+	nodeID string
 	// noWait skips waiting for the first sync.
 	noWait bool
 }
@@ -452,9 +459,12 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	if o.sync != nil {
 		tune(tb, cfg, "sync", o.sync)
 	}
-	cpAddr := cp.addr
+	cpAddrs := []string{cp.addr}
 	if o.controlPlaneAddr != "" {
-		cpAddr = o.controlPlaneAddr
+		cpAddrs = []string{o.controlPlaneAddr}
+	}
+	if len(o.controlPlaneAddrs) > 0 {
+		cpAddrs = o.controlPlaneAddrs
 	}
 	logs := &testkit.Log{}
 	dumpOnFailure(tb, "host", logs)
@@ -463,10 +473,11 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 		Listen:    "127.0.0.1:0",
 		AdminAddr: "off",
 		WasmPath:  testkit.FilterWasm(tb),
-		Clusters: map[string]string{
-			"upstream_api":         upstream.Listener.Addr().String(),
-			"keygate_controlplane": cpAddr,
+		Clusters: map[string][]string{
+			"upstream_api":         {upstream.Listener.Addr().String()},
+			"keygate_controlplane": cpAddrs,
 		},
+		NodeID:    o.nodeID,
 		AccessLog: io.Discard,
 		Log:       logs,
 		LogLevel:  "info",

@@ -3,7 +3,8 @@
 // machines without Envoy.
 //
 //	wasmhost -c envoy.yaml --concurrency 2 --admin-port 9901 \
-//	  [--listen 127.0.0.1:10000] [--cluster name=host:port]... [--wasm path]
+//	  [--service-node id] [--service-cluster name] \
+//	  [--listen 127.0.0.1:10000] [--cluster name=host:port[,host:port]]... [--wasm path]
 package main
 
 import (
@@ -22,19 +23,23 @@ import (
 	"github.com/keygate/keygate/e2e/internal/host"
 )
 
-type clusterFlags map[string]string
+// clusterFlags replaces clusters' endpoints: name=host:port[,host:port...],
+// repeatable (repeating a name adds endpoints).
+type clusterFlags map[string][]string
 
-func (c clusterFlags) String() string { return fmt.Sprint(map[string]string(c)) }
+func (c clusterFlags) String() string { return fmt.Sprint(map[string][]string(c)) }
 
 func (c clusterFlags) Set(v string) error {
-	name, addr, ok := strings.Cut(v, "=")
+	name, list, ok := strings.Cut(v, "=")
 	if !ok || name == "" {
-		return errors.New("want name=host:port")
+		return errors.New("want name=host:port[,host:port...]")
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return fmt.Errorf("cluster %s: %w", name, err)
+	for _, addr := range strings.Split(list, ",") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("cluster %s: %w", name, err)
+		}
+		c[name] = append(c[name], addr)
 	}
-	c[name] = addr
 	return nil
 }
 
@@ -53,8 +58,10 @@ func run(args []string) error {
 	listen := fs.String("listen", "", "override the first listener's address (host:port)")
 	wasm := fs.String("wasm", "", "override every plugin's .wasm path")
 	logLevel := fs.String("log-level", "info", "trace, debug, info, warn, error or critical")
+	serviceNode := fs.String("service-node", "", "node.id, overriding the config's (Envoy's --service-node)")
+	serviceCluster := fs.String("service-cluster", "", "node.cluster, overriding the config's (Envoy's --service-cluster)")
 	clusters := clusterFlags{}
-	fs.Var(clusters, "cluster", "override a cluster's address: name=host:port (repeatable)")
+	fs.Var(clusters, "cluster", "replace a cluster's endpoints: name=host:port[,host:port...] (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -70,6 +77,8 @@ func run(args []string) error {
 		Concurrency: *concurrency,
 		Listen:      *listen,
 		Clusters:    clusters,
+		NodeID:      *serviceNode,
+		NodeCluster: *serviceCluster,
 		WasmPath:    *wasm,
 		LogLevel:    *logLevel,
 	}
