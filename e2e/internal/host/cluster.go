@@ -48,6 +48,7 @@ type clusterRT struct {
 
 	odTimer, dnsTimer Timer
 	outlierStats      map[string]int64
+	odRuns            int // outlier detection intervals run (for tests)
 }
 
 // upstream is one host of a cluster.
@@ -461,6 +462,7 @@ func (c *clusterRT) onOutlierInterval() {
 	}
 	od := c.cfg.Outlier
 	now := c.h.clock.Nanotime()
+	c.odRuns++
 	for _, u := range c.hosts {
 		if u.failedOutlier {
 			eject := time.Duration(math.Min(float64(od.BaseEjectionTime)*float64(u.backoff), float64(od.MaxEjectionTime))) + u.jitter
