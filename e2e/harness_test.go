@@ -446,6 +446,8 @@ type hostOptions struct {
 	nodeID string
 	// noWait skips waiting for the first sync.
 	noWait bool
+	// admin serves the host's admin endpoint (/clusters, /stats).
+	admin bool
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -468,10 +470,14 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	}
 	logs := &testkit.Log{}
 	dumpOnFailure(tb, "host", logs)
+	adminAddr := "off"
+	if o.admin {
+		adminAddr = "127.0.0.1:0"
+	}
 	h, err := host.New(host.Options{
 		Config:    cfg,
 		Listen:    "127.0.0.1:0",
-		AdminAddr: "off",
+		AdminAddr: adminAddr,
 		WasmPath:  testkit.FilterWasm(tb),
 		Clusters: map[string][]string{
 			"upstream_api":         {upstream.Listener.Addr().String()},

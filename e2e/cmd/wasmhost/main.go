@@ -51,6 +51,28 @@ func main() {
 }
 
 func run(args []string) error {
+	opts, err := parseArgs(args)
+	if err != nil {
+		return err
+	}
+	// Catch the signals before serving: a SIGTERM that arrives as soon as
+	// the listener answers must stop the host, not kill the process.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	h, err := host.New(opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "wasmhost: listening on %s, admin on %s, %d workers\n", h.Addr(0), h.AdminAddr(), opts.Concurrency)
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "wasmhost: shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.Close(sctx)
+}
+
+// parseArgs reads the flags and the config into the host's options.
+func parseArgs(args []string) (host.Options, error) {
 	fs := flag.NewFlagSet("wasmhost", flag.ContinueOnError)
 	config := fs.String("c", "envoy.yaml", "Envoy bootstrap (YAML or JSON)")
 	concurrency := fs.Int("concurrency", 2, "worker VMs (Envoy's --concurrency)")
@@ -63,14 +85,14 @@ func run(args []string) error {
 	clusters := clusterFlags{}
 	fs.Var(clusters, "cluster", "replace a cluster's endpoints: name=host:port[,host:port...] (repeatable)")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return host.Options{}, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return host.Options{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	cfg, err := host.LoadConfig(*config)
 	if err != nil {
-		return err
+		return host.Options{}, err
 	}
 	opts := host.Options{
 		Config:      cfg,
@@ -85,18 +107,5 @@ func run(args []string) error {
 	if *adminPort >= 0 {
 		opts.AdminAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(*adminPort))
 	}
-	// Catch the signals before serving: a SIGTERM that arrives as soon as
-	// the listener answers must stop the host, not kill the process.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	h, err := host.New(opts)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "wasmhost: listening on %s, admin on %s, %d workers\n", h.Addr(0), h.AdminAddr(), *concurrency)
-	<-ctx.Done()
-	fmt.Fprintln(os.Stderr, "wasmhost: shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return h.Close(sctx)
+	return opts, nil
 }
