@@ -655,3 +655,53 @@ func TestServiceNodeOverridesNodeID(t *testing.T) {
 		t.Fatalf("without a node id: %d %q", r.status, r.header.Get("echo-x-node-id"))
 	}
 }
+
+// TestCalloutTimeoutsAreGatewayFailures: a callout that times out (on the
+// host's clock) counts as a 504 for outlier detection; with
+// consecutive_gateway_failure enforced, two in a row eject the host and
+// callouts move to the other one.
+func TestCalloutTimeoutsAreGatewayFailures(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	slow := newSlowServer(t, release)
+	x := startNamed(t, "x")
+	clock := NewFakeClock(time.Unix(1_700_000_000, 0))
+	h := startHost(t, clusterTestYAML(t,
+		clusterYAML("upstream", [][]string{{x.addr}}, ""),
+		clusterYAML("svc", [][]string{{slow.addr, x.addr}}, `    outlier_detection:
+      consecutive_5xx: 10
+      consecutive_gateway_failure: 2
+      enforcing_consecutive_gateway_failure: 100
+      max_ejection_percent: 50
+`)), Options{Concurrency: 1, Clock: clock})
+	var got []string
+	for i := 0; i < 8 && h.flags("svc")[slow.addr] == "healthy"; i++ {
+		done := make(chan response, 1)
+		go func() {
+			done <- do(t, "GET", h.url+"/", map[string]string{"x-probe": "callout", "x-cluster": "svc", "x-timeout": "50"}, "")
+		}()
+		var r response
+		select {
+		case r = <-done:
+		case <-slow.arrived:
+			clock.Advance(50 * time.Millisecond)
+			r = <-done
+		}
+		got = append(got, r.header.Get("echo-x-callout-status")+":"+r.header.Get("echo-x-callout-body"))
+	}
+	if f := h.flags("svc"); f[slow.addr] != "/failed_outlier_check" {
+		t.Fatalf("after %v: %v", got, f)
+	}
+	timeouts := 0
+	for _, g := range got {
+		if g == "504:upstream request timeout" {
+			timeouts++
+		}
+	}
+	if timeouts != 2 {
+		t.Fatalf("callouts %v: want exactly 2 timeouts before the ejection", got)
+	}
+	if got := callouts(t, h, "svc", 3); !only(got, "x") {
+		t.Fatalf("after the ejection: %v", got)
+	}
+}
