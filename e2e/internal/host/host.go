@@ -1,9 +1,10 @@
 // Package host runs proxy-wasm modules on wazero the way Envoy does, from
 // the same envoy.yaml: a base VM per vm_config, a throw-away configure clone
 // per plugin, one VM per worker, a singleton service VM, Envoy's shared data,
-// shared queues, timers, HTTP callouts, metrics, failure policies and a real
-// HTTP listener with routing to static clusters. It is never kinder than
-// Envoy: see /work/shared/design/envoy-host.md and e2e/RATIONALE.md.
+// shared queues, timers, HTTP callouts, metrics, failure policies, a real
+// HTTP listener, and static clusters with Envoy's round robin, panic
+// threshold, DNS, active health checks and outlier detection. It is never
+// kinder than Envoy: see e2e/RATIONALE.md.
 package host
 
 import (
