@@ -705,3 +705,34 @@ func TestCalloutTimeoutsAreGatewayFailures(t *testing.T) {
 		t.Fatalf("after the ejection: %v", got)
 	}
 }
+
+// TestSuccessRateAndFailurePercentage: at the detector's interval, a host
+// whose success rate over the last interval is below mean - stdev_factor *
+// stdev (success rate) or whose failure share reaches the threshold
+// (failure percentage) is ejected.
+func TestSuccessRateAndFailurePercentage(t *testing.T) {
+	for _, c := range []struct{ name, od string }{
+		{"success rate", "      success_rate_minimum_hosts: 3\n      success_rate_request_volume: 10\n      success_rate_stdev_factor: 1000\n"},
+		{"failure percentage", "      enforcing_success_rate: 0\n      enforcing_failure_percentage: 100\n      failure_percentage_minimum_hosts: 3\n      failure_percentage_request_volume: 10\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			a, b, bad := startNamed(t, "a"), startNamed(t, "b"), startNamed(t, "bad")
+			bad.status.Store(500)
+			clock := NewFakeClock(time.Unix(1_700_000_000, 0))
+			h := startHost(t, clusterTestYAML(t, clusterYAML("upstream", [][]string{{a.addr, b.addr, bad.addr}},
+				"    outlier_detection:\n      consecutive_5xx: 0\n      max_ejection_percent: 50\n      interval: 10s\n"+c.od)),
+				Options{Concurrency: 1, Clock: clock})
+			route(t, h, 30)
+			if f := h.flags("upstream"); f[bad.addr] != "healthy" {
+				t.Fatalf("ejected before the interval: %v", f)
+			}
+			advanceOutlier(t, h, clock, "upstream", 10*time.Second)
+			if f := h.flags("upstream"); f[bad.addr] != "/failed_outlier_check" || f[a.addr] != "healthy" || f[b.addr] != "healthy" {
+				t.Fatalf("after the interval: %v", f)
+			}
+			if names, _ := route(t, h, 4); !isRoundRobin(names, "a", "b") {
+				t.Fatalf("traffic after the ejection: %v", names)
+			}
+		})
+	}
+}
