@@ -216,7 +216,7 @@ func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) {
 	switch rec.code {
 	case http.StatusMethodNotAllowed:
 		p = newProblem(http.StatusMethodNotAllowed, codeMethodNotAllowed,
-			fmt.Sprintf("method %s is not allowed here", r.Method))
+			fmt.Sprintf("method %s is not allowed here", clip(r.Method, maxLoggedMethod)))
 		p.header = http.Header{"Allow": rec.header.Values("Allow")}
 	default:
 		p = newProblem(http.StatusNotFound, codeNotFound, "no such resource")
@@ -257,18 +257,24 @@ func (s *Server) wrap(rt Route) http.Handler {
 // observe records metrics and the access log line for one request. Only the
 // method, route pattern, path, status and timing are logged: never headers,
 // query strings or bodies.
+//
+// route is a pattern of the routing table or "unmatched", the method label
+// one of knownMethods or "other", and the code one the server wrote: every
+// label comes from a closed set, so requests cannot add series. The log
+// line clips the method and path the client chose.
 func (s *Server) observe(r *http.Request, route string, code int, start time.Time) {
 	d := time.Since(start)
-	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
-	s.metrics.latency.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	method := methodLabel(r.Method)
+	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	s.metrics.latency.WithLabelValues(route, method).Observe(d.Seconds())
 	level := slog.LevelInfo
 	if code >= 500 {
 		level = slog.LevelWarn
 	}
 	s.log.LogAttrs(r.Context(), level, "request",
-		slog.String("method", r.Method),
+		slog.String("method", clip(r.Method, maxLoggedMethod)),
 		slog.String("route", route),
-		slog.String("path", r.URL.Path),
+		slog.String("path", clip(r.URL.Path, maxLoggedPath)),
 		slog.Int("status", code),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("remote", r.RemoteAddr))
