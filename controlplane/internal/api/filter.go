@@ -207,6 +207,9 @@ func (s *Server) ingestUsage(w http.ResponseWriter, r *http.Request) *problem {
 		return p
 	}
 	b, fe := checkBatch(&in)
+	if len(fe) == 0 {
+		fe = s.checkUsageWindow(b)
+	}
 	if p := fe.problem(); p != nil {
 		s.metrics.batches.WithLabelValues("invalid").Inc()
 		return p

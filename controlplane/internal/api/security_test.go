@@ -3,8 +3,12 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/keygate/keygate/controlplane/internal/store"
 )
 
 // metricSeries counts the series of the HTTP request metrics in /metrics.
@@ -68,4 +72,67 @@ func TestRequestLabelsAndLogsBounded(t *testing.T) {
 			t.Fatalf("log line of %d bytes: %.200s...", len(l), l)
 		}
 	}
+}
+
+// A usage count far from the control plane's clock is refused, naming the
+// field, and so is an admin query past year 9999: neither can make the
+// admin API answer 500 afterwards.
+func TestUsageTimesBounded(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		k := e.createKey(map[string]any{"name": "victim"})
+		now := t0.Truncate(time.Minute)
+		for i, minute := range []int64{
+			253402300800, // 10000-01-01
+			now.Add(25 * time.Hour).Unix(),
+			now.Add(-store.DefaultUsageRetention - time.Hour).Unix(),
+		} {
+			r := e.call("POST", "/v1/usage", filterToken, map[string]any{"node": "n", "boot": "b", "seq": i + 1,
+				"counts": []any{count(k.ID, now, "allowed", 1), map[string]any{"key_id": k.ID, "minute": minute, "host": "", "outcome": "allowed", "n": 1}}})
+			p := r.problem(t, 400, "invalid_request")
+			if len(p.Errors) != 1 || p.Errors[0].Field != "counts[1].minute" {
+				t.Fatalf("minute %d: %+v", minute, p.Errors)
+			}
+		}
+		// The edges of the window are taken.
+		e.postBatch("n", 10, count(k.ID, now.Add(24*time.Hour), "allowed", 1),
+			count(k.ID, now.Add(-store.DefaultUsageRetention+time.Minute), "allowed", 1))
+		for _, path := range []string{"/v1/keys", "/v1/keys/" + k.ID} {
+			if r := e.admin("GET", path, nil); r.status != 200 {
+				t.Fatalf("GET %s: %d %s", path, r.status, r.body)
+			}
+		}
+		if r := e.admin("PATCH", "/v1/keys/"+k.ID, map[string]any{"name": "still fine"}); r.status != 200 {
+			t.Fatalf("PATCH: %d %s", r.status, r.body)
+		}
+		var got keyJSON
+		e.admin("GET", "/v1/keys/"+k.ID, nil).json(t, &got)
+		if got.LastUsedAt == nil || !got.LastUsedAt.Equal(now.Add(24*time.Hour)) {
+			t.Fatalf("last used %v", got.LastUsedAt)
+		}
+
+		for _, c := range []struct{ path, field string }{
+			{"/v1/keys/" + k.ID + "/usage?to=253402300800", "to"},
+			{"/v1/keys/" + k.ID + "/usage?from=253402300800", "from"},
+			{"/v1/keys/" + k.ID + "/usage?step=day&to=" + url.QueryEscape("9999-12-31T23:59:59-05:00"), "to"},
+			{"/v1/usage?to=" + itoa(1<<40), "to"},
+			{"/v1/usage/series?from=" + url.QueryEscape("0000-01-01T00:00:00+01:00"), "from"},
+			{"/v1/usage/series?to=9223372036854775807", "to"},
+		} {
+			p := e.admin("GET", c.path, nil).problem(t, 400, "invalid_request")
+			if len(p.Errors) != 1 || p.Errors[0].Field != c.field {
+				t.Fatalf("%s: %+v", c.path, p.Errors)
+			}
+		}
+		// The latest time allowed still answers, rounded out to whole days.
+		for _, path := range []string{
+			"/v1/keys/" + k.ID + "/usage?step=day&to=" + url.QueryEscape("9999-12-30T12:00:00Z"),
+			"/v1/usage/series?step=day&to=" + itoa(maxQueryTime.Unix()),
+			"/v1/usage?to=" + itoa(maxQueryTime.Unix()),
+		} {
+			if r := e.admin("GET", path, nil); r.status != 200 {
+				t.Fatalf("%s: %d %s", path, r.status, r.body)
+			}
+		}
+	})
 }

@@ -45,6 +45,10 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
 	Rand io.Reader
+	// UsageRetention is how long usage is kept (the store prunes older
+	// minutes); usage batches with counts older than that are refused.
+	// Zero means store.DefaultUsageRetention.
+	UsageRetention time.Duration
 }
 
 // credentials are the SHA-256 of a bearer credential and of the one it
@@ -80,6 +84,8 @@ type Server struct {
 	metrics     *metrics
 	mux         *http.ServeMux
 	maxSyncBody int
+	// usageRetention bounds how old a usage count may be.
+	usageRetention time.Duration
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -125,6 +131,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.rand == nil {
 		s.rand = rand.Reader
+	}
+	if s.usageRetention = cfg.UsageRetention; s.usageRetention <= 0 {
+		s.usageRetention = store.DefaultUsageRetention
 	}
 	if s.prefix == "" {
 		s.prefix = keycache.DefaultPrefix

@@ -19,7 +19,15 @@ const (
 	MaxHostLen     = 255
 	// MaxCountN bounds one count's n so sums cannot overflow.
 	MaxCountN = 1_000_000_000_000
+	// DefaultUsageRetention is how long usage minutes are kept unless the
+	// operator says otherwise (serve --usage-retention).
+	DefaultUsageRetention = 90 * 24 * time.Hour
 )
+
+// MaxMinute is the latest usage minute the store takes: times past year
+// 9999 cannot be written as RFC 3339, so a key last used then could not be
+// shown. (The API refuses minutes more than a day ahead of its clock.)
+var MaxMinute = time.Date(9999, 12, 31, 23, 59, 0, 0, time.UTC)
 
 // Outcomes with a meaning of their own in the store.
 const (
@@ -65,8 +73,8 @@ func ValidateBatch(b *UsageBatch) error {
 		if len(c.KeyID) > MaxKeyIDLen || !printable(c.KeyID) {
 			return &FieldError{Field: field("key_id"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxKeyIDLen)}
 		}
-		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 {
-			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60)"}
+		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 || c.Minute.After(MaxMinute) {
+			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60) up to 9999-12-31"}
 		}
 		if len(c.Host) > MaxHostLen || !printable(c.Host) {
 			return &FieldError{Field: field("host"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxHostLen)}
