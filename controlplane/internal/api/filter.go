@@ -173,7 +173,7 @@ const (
 	maxNodeLen     = 128
 	maxBootLen     = 64
 	maxUsageHost   = 255
-	maxCountN      = 1 << 40
+	maxCountN      = store.MaxCountN
 	maxFieldErrors = 20
 )
 

@@ -136,3 +136,37 @@ func TestUsageTimesBounded(t *testing.T) {
 		}
 	})
 }
+
+// Forged batches at the limits saturate a key's counters instead of
+// overflowing them: every later batch is still taken and every admin view
+// of the key still answers.
+func TestUsageCountersSaturate(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		k := e.createKey(map[string]any{"quota": map[string]any{"limit": 100, "period": "month"}})
+		now := t0.Truncate(time.Minute)
+		big := make([]map[string]any, maxUsageCounts)
+		for i := range big {
+			big[i] = map[string]any{"key_id": k.ID, "minute": now.Unix(), "host": "api.example.com", "outcome": "allowed", "n": int64(store.MaxCountN)}
+		}
+		for seq := int64(1); seq <= 3; seq++ {
+			e.postBatch("forger", seq, big...)
+		}
+		e.postBatch("honest", 1, big[0]) // the same, saturated row
+		var u keyUsageResponse
+		e.admin("GET", "/v1/keys/"+k.ID+"/usage?step=minute&from="+itoa(now.Unix()), nil).json(t, &u)
+		if u.Totals.Allowed != store.MaxCounter {
+			t.Fatalf("allowed %d, want the counter saturated at %d", u.Totals.Allowed, store.MaxCounter)
+		}
+		var got keyJSON
+		e.admin("GET", "/v1/keys/"+k.ID, nil).json(t, &got)
+		if got.QuotaUsed == nil || *got.QuotaUsed != store.MaxCounter || got.QuotaExhaustedUntil == nil {
+			t.Fatalf("quota %+v", got)
+		}
+		for _, path := range []string{"/v1/keys", "/v1/usage", "/v1/usage/series"} {
+			if r := e.admin("GET", path, nil); r.status != 200 {
+				t.Fatalf("%s: %d %s", path, r.status, r.body)
+			}
+		}
+	})
+}

@@ -358,7 +358,7 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		if !sameQuota(k.Quota, orig.Quota) {
 			// A new limit or period: exhausted or not follows from the
 			// period's usage, so raising the limit lifts the exhaustion.
-			if err := settleQuota(ctx, tx, k, s.now()); err != nil {
+			if err := s.settleQuota(ctx, tx, k, s.now()); err != nil {
 				return fmt.Errorf("store: quota usage: %w", err)
 			}
 		}

@@ -52,7 +52,7 @@ func dayCounts(rs []rollup) []dayCount {
 	}
 	out := make([]dayCount, 0, len(sum))
 	for k, n := range sum {
-		out = append(out, dayCount{k.keyID, k.day, n})
+		out = append(out, dayCount{k.keyID, k.day, min(n, MaxCounter)})
 	}
 	slices.SortFunc(out, func(a, b dayCount) int {
 		return cmp.Or(strings.Compare(a.keyID, b.keyID), cmp.Compare(a.day, b.day))
@@ -60,7 +60,8 @@ func dayCounts(rs []rollup) []dayCount {
 	return out
 }
 
-const upsertDaySuffix = ` ON CONFLICT (key_id, day) DO UPDATE SET allowed = usage_days.allowed + excluded.allowed`
+// upsertDaySuffix adds to a day's counter, saturating at MaxCounter.
+const upsertDaySuffix = ` ON CONFLICT (key_id, day) DO UPDATE SET allowed = ` + `CASE WHEN usage_days.allowed >= ` + maxCounterSQL + ` - excluded.allowed THEN ` + maxCounterSQL + ` ELSE usage_days.allowed + excluded.allowed END`
 
 // addDays adds a batch's allowed requests to usage_days.
 func (s *sqlStore) addDays(ctx context.Context, tx *sql.Tx, ds []dayCount) error {
@@ -100,19 +101,19 @@ type querier interface {
 
 // quotaUsed sums a key's allowed requests in the quota period containing
 // at.
-func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Time) (int64, time.Time, error) {
+func (s *sqlStore) quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Time) (int64, time.Time, error) {
 	start, end, err := QuotaPeriod(period, at)
 	if err != nil {
 		return 0, time.Time{}, err
 	}
 	var used int64
-	err = q.QueryRowContext(ctx, `SELECT CAST(COALESCE(SUM(allowed), 0) AS BIGINT) FROM usage_days
+	err = q.QueryRowContext(ctx, `SELECT `+s.sum("allowed")+` FROM usage_days
 		WHERE key_id = $1 AND day >= $2 AND day < $3`, keyID, start.Unix(), end.Unix()).Scan(&used)
 	return used, end, err
 }
 
 func (s *sqlStore) QuotaUsed(ctx context.Context, keyID, period string, at time.Time) (int64, error) {
-	used, _, err := quotaUsed(ctx, s.r, keyID, period, at)
+	used, _, err := s.quotaUsed(ctx, s.r, keyID, period, at)
 	if err != nil {
 		return 0, fmt.Errorf("store: quota used: %w", err)
 	}
@@ -168,7 +169,7 @@ func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, 
 	}
 	changed := false
 	for _, k := range keys {
-		used, end, err := quotaUsed(ctx, tx, k.id, k.period, now)
+		used, end, err := s.quotaUsed(ctx, tx, k.id, k.period, now)
 		if err != nil {
 			return false, err
 		}
@@ -190,12 +191,12 @@ func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, 
 // settleQuota makes k.QuotaExhaustedUntil agree with k.Quota and the
 // period's usage as of now: nil without a quota, the period's end when the
 // used amount has reached the limit, else nil.
-func settleQuota(ctx context.Context, q querier, k *Key, now time.Time) error {
+func (s *sqlStore) settleQuota(ctx context.Context, q querier, k *Key, now time.Time) error {
 	if k.Quota == nil {
 		k.QuotaExhaustedUntil = nil
 		return nil
 	}
-	used, end, err := quotaUsed(ctx, q, k.ID, k.Quota.Period, now)
+	used, end, err := s.quotaUsed(ctx, q, k.ID, k.Quota.Period, now)
 	if err != nil {
 		return err
 	}
