@@ -170,3 +170,31 @@ func TestUsageCountersSaturate(t *testing.T) {
 		}
 	})
 }
+
+// Requests without a key from clients sending random authorities cannot
+// grow the usage tables without bound: past store.MaxAnonymousHosts hosts
+// a minute they are counted under store.OtherHost, nothing lost.
+func TestAnonymousHostsBounded(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		now := t0.Truncate(time.Minute)
+		var total int64
+		for seq := int64(1); seq <= 4; seq++ {
+			var counts []map[string]any
+			for i := range 500 {
+				counts = append(counts, map[string]any{"key_id": "", "minute": now.Unix(), "outcome": "missing_key", "n": 3,
+					"host": fmt.Sprintf("%d-%d.%s.example", seq, i, strings.Repeat("x", 200))})
+				total += 3
+			}
+			e.postBatch("envoy-1", seq, counts...)
+		}
+		var u keyUsageResponse
+		e.admin("GET", "/v1/usage/series?step=minute&from="+itoa(now.Unix())+"&to="+itoa(now.Add(time.Minute).Unix()), nil).json(t, &u)
+		if len(u.ByHost) != store.MaxAnonymousHosts+1 || u.Totals.Denied != total {
+			t.Fatalf("%d hosts (want %d), %d denied (want %d)", len(u.ByHost), store.MaxAnonymousHosts+1, u.Totals.Denied, total)
+		}
+		if u.ByHost[0].Host != store.OtherHost || u.ByHost[0].Denied != total-3*store.MaxAnonymousHosts {
+			t.Fatalf("busiest host %+v", u.ByHost[0])
+		}
+	})
+}

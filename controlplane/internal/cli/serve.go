@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,9 @@ type serveConfig struct {
 	prefix    string
 	logLevel  string
 	retention time.Duration
+	// usageRetention: usage minutes older than this are deleted, and
+	// usage batches with older counts refused.
+	usageRetention time.Duration
 	// shareWindow: a node is active for rate-limit shares this long after
 	// its latest usage batch.
 	shareWindow time.Duration
@@ -56,6 +60,14 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		}
 		cfg.shareWindow = d
 	}
+	cfg.usageRetention = store.DefaultUsageRetention
+	if v := env("KEYGATE_USAGE_RETENTION"); v != "" {
+		d, err := parseDays(v)
+		if err != nil {
+			return usagef("KEYGATE_USAGE_RETENTION: %v", err)
+		}
+		cfg.usageRetention = d
+	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.listen, "listen", cfg.listen, "listen address (KEYGATE_LISTEN)")
@@ -64,6 +76,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,
 		"how long the change log and usage batch identities are kept")
+	fs.Func("usage-retention", "how long usage is kept, e.g. 90d or 2160h; older usage is deleted and batches with older counts are refused (KEYGATE_USAGE_RETENTION, default 90d)",
+		func(v string) (err error) { cfg.usageRetention, err = parseDays(v); return err })
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
 		"how long an Envoy counts as active for fleet-wide rate-limit shares after its latest usage flush; keep it several flush periods (KEYGATE_SHARE_WINDOW)")
 	fs.Usage = func() {
@@ -80,6 +94,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	if cfg.retention < time.Hour {
 		return usagef("--retention must be at least 1h")
+	}
+	if cfg.usageRetention < 24*time.Hour {
+		return usagef("--usage-retention must be at least 1d")
 	}
 	if cfg.shareWindow < time.Second || cfg.shareWindow > time.Hour {
 		return usagef("--share-window must be from 1s to 1h")
@@ -114,7 +131,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
-		KeyPrefix: cfg.prefix, Logger: log})
+		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention})
 	if err != nil {
 		return err
 	}
@@ -142,7 +159,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 
 	jctx, stopJanitor := context.WithCancel(ctx)
 	defer stopJanitor()
-	go janitor(jctx, st, log, cfg.retention)
+	go janitor(jctx, st, log, cfg.retention, cfg.usageRetention)
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -253,8 +270,9 @@ func previousCredential(what, fromEnv string) ([32]byte, error) {
 }
 
 // janitor prunes the change log and usage batch identities older than
-// retention, hourly.
-func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention time.Duration) {
+// retention, and usage older than usageRetention, at start and hourly.
+// Every replica runs one: pruning is idempotent.
+func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention, usageRetention time.Duration) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -269,10 +287,27 @@ func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention ti
 		} else if n > 0 {
 			log.Info("pruned usage batch identities", slog.Int64("removed", n))
 		}
+		if n, err := st.PruneUsage(ctx, time.Now().Add(-usageRetention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune usage", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned usage past its retention", slog.Int64("removed", n))
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// parseDays parses a Go duration or a whole number of days ("90d").
+func parseDays(v string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*365 {
+			return 0, fmt.Errorf("invalid number of days %q", v)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(v)
 }

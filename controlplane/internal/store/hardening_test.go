@@ -2,6 +2,7 @@ package store
 
 import (
 	"database/sql"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ func runHardening(t *testing.T, open func(t testing.TB) Store) {
 	}{
 		{"CountersSaturate", testCountersSaturate},
 		{"SumsSaturate", testSumsSaturate},
+		{"AnonymousHostsFolded", testAnonymousHostsFolded},
+		{"PruneUsage", testPruneUsage},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
 	}
@@ -107,5 +110,126 @@ func testSumsSaturate(t *testing.T, open func(t testing.TB) Store) {
 	byHost, err := s.UsageByHost(ctx, "k1", from, to)
 	if err != nil || byHost["a"].Allowed != math.MaxInt64 {
 		t.Fatalf("by host %+v %v", byHost, err)
+	}
+}
+
+// usageRows counts the rows of usage_minutes.
+func usageRows(t *testing.T, s Store) int {
+	t.Helper()
+	var n int
+	if err := s.(*sqlStore).r.QueryRowContext(testCtx(t), `SELECT COUNT(*) FROM usage_minutes`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Requests without a key keep at most MaxAnonymousHosts hosts a minute:
+// random authorities from clients fold into OtherHost, counts intact.
+func testAnonymousHostsFolded(t *testing.T, open func(t testing.TB) Store) {
+	s := open(t)
+	ctx := testCtx(t)
+	m := time.Now().UTC().Truncate(time.Minute)
+	var seq, total int64
+	for batch := range 5 {
+		b := &UsageBatch{Node: "envoy", Boot: "b", Seq: seq + 1}
+		seq++
+		for i := range 400 {
+			for _, outcome := range []string{"missing_key", "unknown_key"} {
+				b.Counts = append(b.Counts, UsageCount{Minute: m, Host: fmt.Sprintf("r%d-%d.example", batch, i), Outcome: outcome, N: 2})
+				total += 2
+			}
+		}
+		// Identified keys and unknown hosts ("") are never folded.
+		b.Counts = append(b.Counts, UsageCount{KeyID: "k1", Minute: m, Host: fmt.Sprintf("k%d.example", batch), Outcome: "allowed", N: 1},
+			UsageCount{Minute: m, Host: "", Outcome: "missing_key", N: 1})
+		total += 2
+		if _, err := s.IngestUsage(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hosts, err := s.HostTotals(ctx, m, m.Add(time.Minute), MaxListLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, h := range hosts {
+		sum += h.Allowed + h.Denied
+	}
+	// 20 random hosts, (other), "" and k0..k4.
+	if len(hosts) != MaxAnonymousHosts+2+5 || hosts[OtherHost].Denied != 2*2*(5*400-MaxAnonymousHosts) || sum != total {
+		t.Fatalf("%d hosts, other %+v, total %d of %d", len(hosts), hosts[OtherHost], sum, total)
+	}
+	if n := usageRows(t, s); n > 2*(MaxAnonymousHosts+2)+5 {
+		t.Fatalf("%d usage rows for one minute", n)
+	}
+	// The next minute has room again.
+	if _, err := s.IngestUsage(ctx, &UsageBatch{Node: "envoy", Boot: "b", Seq: seq + 1, Counts: []UsageCount{
+		{Minute: m.Add(time.Minute), Host: "late.example", Outcome: "missing_key", N: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if hosts, err := s.HostTotals(ctx, m.Add(time.Minute), m.Add(2*time.Minute), 10); err != nil || hosts["late.example"].Denied != 1 {
+		t.Fatalf("%+v %v", hosts, err)
+	}
+}
+
+// PruneUsage deletes minutes before the cutoff in steps, keeps the quota
+// days of the current and previous month, and is safe to run twice at
+// once (replicas).
+func testPruneUsage(t *testing.T, open func(t testing.TB) Store) {
+	s := open(t)
+	other := open(t) // a second replica on the same database
+	ctx := testCtx(t)
+	now := time.Now().UTC().Truncate(time.Minute)
+	k := mustCreate(t, s, newTestKey(t))
+	var counts []UsageCount
+	for h := range 100 { // one count every 3 hours back to 300 hours ago
+		counts = append(counts, UsageCount{KeyID: k.ID, Minute: now.Add(-time.Duration(h*3) * time.Hour), Host: "h", Outcome: "allowed", N: 1})
+	}
+	if _, err := s.IngestUsage(ctx, &UsageBatch{Node: "n", Boot: "b", Seq: 1, Counts: counts}); err != nil {
+		t.Fatal(err)
+	}
+	usedBefore, err := s.QuotaUsed(ctx, k.ID, "month", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := now.Add(-100 * time.Hour)
+	var removed [2]int64
+	errs := make(chan error, 2)
+	for i, st := range []Store{s, other} {
+		go func() {
+			var err error
+			removed[i], err = st.PruneUsage(ctx, before)
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := usageRows(t, s); n != 34 { // hours 0, 3, ..., 99
+		t.Fatalf("%d rows left, want 34", n)
+	}
+	if removed[0]+removed[1] < 66 {
+		t.Fatalf("removed %v", removed)
+	}
+	pts, err := s.UsageSeries(ctx, k.ID, now.Add(-400*time.Hour), now.Add(time.Minute), "day")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, p := range pts {
+		sum += p.N
+	}
+	if sum != 34 {
+		t.Fatalf("series sums to %d", sum)
+	}
+	// The month's quota days survive a retention shorter than a month.
+	used, err := s.QuotaUsed(ctx, k.ID, "month", now)
+	if err != nil || used != usedBefore {
+		t.Fatalf("quota used %d %v", used, err)
+	}
+	if n, err := s.PruneUsage(ctx, before); err != nil || n != 0 {
+		t.Fatalf("second prune removed %d %v", n, err)
 	}
 }

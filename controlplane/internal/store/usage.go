@@ -171,7 +171,8 @@ func lastUses(rs []rollup) []lastUse {
 // up; a key's LastUsedAt becomes the start of the latest minute in which it
 // had an allowed request, if that is later than what it was (usage is
 // recorded per minute, so that is as precise as it gets). Counts of unknown
-// or deleted keys are kept: history outlives keys.
+// or deleted keys are kept: history outlives keys. Counts without a key
+// keep at most MaxAnonymousHosts hosts a minute (foldAnonymousHosts).
 func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error) {
 	if err := ValidateBatch(b); err != nil {
 		return false, err
@@ -198,6 +199,10 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 		} else if n == 0 {
 			dup = true
 			return nil
+		}
+		rs, err := s.foldAnonymousHosts(ctx, tx, rs)
+		if err != nil {
+			return fmt.Errorf("anonymous hosts: %w", err)
 		}
 		if s.d == dialectPostgres {
 			err = s.mergePostgres(ctx, tx, rs, lu)
