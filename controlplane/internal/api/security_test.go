@@ -2,6 +2,8 @@ package api
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -197,4 +199,95 @@ func TestAnonymousHostsBounded(t *testing.T) {
 			t.Fatalf("busiest host %+v", u.ByHost[0])
 		}
 	})
+}
+
+// fromAddr sends a GET with token from the local address ip.
+func (e *env) fromAddr(ip, path, token string) *response {
+	e.t.Helper()
+	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).DialContext}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", e.ts.URL+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return &response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// A client presenting invalid credentials is throttled after
+// defaultAuthFailures a minute: 429 with Retry-After for every
+// authenticated request, its right credential included, one log line per
+// window, other clients unaffected, and a bounded tracking table.
+func TestAuthFailuresThrottled(t *testing.T) {
+	e := newEnv(t, sqliteOpener)
+	const wrong = "kgadmin_not-the-credential-00000000"
+	for i := range defaultAuthFailures {
+		e.call("GET", "/v1/keys", wrong, nil).problem(t, 401, "unauthorized")
+		if i == 10 {
+			e.clock.Advance(30 * time.Second) // same window
+		}
+	}
+	for i := range 2000 {
+		r := e.call("GET", "/v1/keys", wrong, nil)
+		if i == 0 {
+			r.problem(t, 429, codeTooManyRequests)
+			if ra := r.header.Get("Retry-After"); ra != "30" {
+				t.Fatalf("Retry-After %q, want 30", ra)
+			}
+		} else if r.status != 429 {
+			t.Fatalf("attempt %d: %d", i, r.status)
+		}
+	}
+	e.call("GET", "/v1/keys", adminToken, nil).problem(t, 429, codeTooManyRequests)
+	e.call("GET", "/v1/sync", filterToken, nil).problem(t, 429, codeTooManyRequests)
+	if r := e.call("GET", "/healthz", "", nil); r.status != 200 {
+		t.Fatalf("healthz %d", r.status)
+	}
+	if r := e.fromAddr("127.0.0.2", "/v1/keys", adminToken); r.status != 200 {
+		t.Fatalf("another client: %d %s", r.status, r.body)
+	}
+	if n := strings.Count(e.logs.String(), "authentication failures throttled"); n != 1 {
+		t.Fatalf("%d throttle log lines, want 1", n)
+	}
+	e.clock.Advance(30 * time.Second) // the window ends
+	if r := e.call("GET", "/v1/keys", adminToken, nil); r.status != 200 {
+		t.Fatalf("after the window: %d %s", r.status, r.body)
+	}
+	e.call("GET", "/v1/keys", wrong, nil).problem(t, 401, "unauthorized")
+
+	// Many addresses: the table stays bounded; those without room share
+	// one budget.
+	e.srv.authLimit.maxClients = 50
+	throttledN := 0
+	for i := range 120 {
+		switch r := e.fromAddr(fmt.Sprintf("127.0.1.%d", i), "/v1/keys", wrong); r.status {
+		case 401:
+		case 429:
+			throttledN++
+		default:
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	}
+	// 49 addresses get entries of their own, the other 71 share one that
+	// allows defaultAuthFailures.
+	if want := 120 - 49 - defaultAuthFailures; throttledN != want {
+		t.Fatalf("%d throttled, want %d", throttledN, want)
+	}
+	e.srv.authLimit.mu.Lock()
+	tracked := len(e.srv.authLimit.clients)
+	e.srv.authLimit.mu.Unlock()
+	if tracked > 50+1 { // the shared entry included
+		t.Fatalf("%d clients tracked", tracked)
+	}
+	e.fromAddr("127.0.3.1", "/v1/keys", adminToken).problem(t, 429, codeTooManyRequests)
+	e.clock.Advance(time.Minute)
+	if r := e.fromAddr("127.0.3.1", "/v1/keys", adminToken); r.status != 200 {
+		t.Fatalf("after the window: %d", r.status)
+	}
+	if n := strings.Count(e.logs.String(), "authentication failures throttled"); n != 2 {
+		t.Fatalf("%d throttle log lines, want 2", n)
+	}
 }

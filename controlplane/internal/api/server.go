@@ -45,6 +45,10 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
 	Rand io.Reader
+	// AuthFailures is how many invalid credentials one client address may
+	// present per minute before its authenticated requests are answered
+	// 429 for the rest of the minute; zero means 30.
+	AuthFailures int
 	// UsageRetention is how long usage is kept (the store prunes older
 	// minutes); usage batches with counts older than that are refused.
 	// Zero means store.DefaultUsageRetention.
@@ -86,6 +90,7 @@ type Server struct {
 	maxSyncBody int
 	// usageRetention bounds how old a usage count may be.
 	usageRetention time.Duration
+	authLimit      *authLimiter
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -132,6 +137,10 @@ func New(cfg Config) (*Server, error) {
 	if s.rand == nil {
 		s.rand = rand.Reader
 	}
+	if cfg.AuthFailures <= 0 {
+		cfg.AuthFailures = defaultAuthFailures
+	}
+	s.authLimit = newAuthLimiter(cfg.AuthFailures)
 	if s.usageRetention = cfg.UsageRetention; s.usageRetention <= 0 {
 		s.usageRetention = store.DefaultUsageRetention
 	}
@@ -290,10 +299,16 @@ func (s *Server) observe(r *http.Request, route string, code int, start time.Tim
 }
 
 // authenticate checks r's bearer credential against the one the route
-// needs. Both hashes are always compared, in constant time.
+// needs. Both hashes are always compared, in constant time. A client that
+// has presented too many invalid credentials is refused (429) before its
+// credential is looked at, so throttling also hides whether a guess was
+// right.
 func (s *Server) authenticate(r *http.Request, need auth) *problem {
 	if need == authNone {
 		return nil
+	}
+	if wait, blocked := s.authLimit.blocked(clientKey(r), s.now()); blocked {
+		return throttled(wait)
 	}
 	realm := "keygate-admin"
 	if need == authFilter {
@@ -316,6 +331,7 @@ func (s *Server) authenticate(r *http.Request, need auth) *problem {
 	case need == authFilter && isAdmin:
 		return newProblem(http.StatusForbidden, codeForbidden, "the admin credential cannot use the filter endpoints")
 	}
+	s.authFailed(r)
 	p := newProblem(http.StatusUnauthorized, codeUnauthorized, "the bearer credential is not valid")
 	p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `", error="invalid_token"`}}
 	return p
