@@ -2,15 +2,21 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keycache"
 )
 
 // fleetDenied reads the fleet's refused requests per day over the last
@@ -78,5 +84,43 @@ func TestServePrunesUsage(t *testing.T) {
 			t.Fatalf("usage not pruned: %v\n%s", got, stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Credentials from the environment must be generated ones or carry about
+// 128 bits; the error names the variable and never shows the value.
+func TestServeWeakCredentials(t *testing.T) {
+	dir := t.TempDir()
+	genAdmin, err := keycache.NewKey("kgadmin", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw [16]byte
+	rand.Read(raw[:])
+	hex16, b64 := hex.EncodeToString(raw[:]), base64.StdEncoding.EncodeToString(raw[:])
+	for i, v := range []string{"Abcdef1234567890", "averyveryverylongpassword", hex16[:30], "correct horse battery staple", "tökentökentökentökentökentöken"} {
+		for _, name := range []string{"KEYGATE_ADMIN_TOKEN", "KEYGATE_FILTER_TOKEN", "KEYGATE_ADMIN_TOKEN_PREVIOUS", "KEYGATE_FILTER_TOKEN_PREVIOUS"} {
+			env := map[string]string{"KEYGATE_STORE": "sqlite:" + filepath.Join(dir, fmt.Sprintf("%d.db", i)), name: v}
+			code, out, errs := cmd(t, env, "serve", "--listen", "127.0.0.1:0")
+			if code != 2 || !strings.Contains(errs, name+" ") || strings.Contains(errs+out, v) {
+				t.Errorf("%s=%q: exit %d, stderr %s", name, v, code, errs)
+			}
+		}
+	}
+	// Generated credentials and random ones of 128 bits are taken.
+	for _, c := range []struct{ admin, filter string }{
+		{genAdmin, hex16},
+		{b64, strings.ToUpper(hex16)},
+	} {
+		env := map[string]string{"KEYGATE_STORE": "sqlite:" + filepath.Join(dir, "ok.db"),
+			"KEYGATE_ADMIN_TOKEN": c.admin, "KEYGATE_FILTER_TOKEN": c.filter}
+		var stderr testkit.Log
+		base, stop := serveOnce(t, env, &stderr)
+		if get(t, base+"/v1/keys", c.admin) != 200 || get(t, base+"/v1/sync", c.filter) != 200 {
+			t.Fatalf("credentials refused: %s", stderr.String())
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -27,8 +28,9 @@ const (
 	settingFilter = "filter_credential_sha256"
 )
 
-// minCredentialLen is the shortest credential accepted from the environment.
-const minCredentialLen = 16
+// minCredentialBits is the least estimated entropy of a credential taken
+// from the environment (see credentialBits).
+const minCredentialBits = 128
 
 type serveConfig struct {
 	listen    string
@@ -113,6 +115,15 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	defer st.Close()
 
+	// Check every credential from the environment before using any.
+	for _, c := range []struct{ name, role string }{
+		{"KEYGATE_ADMIN_TOKEN", "admin"}, {"KEYGATE_FILTER_TOKEN", "filter"},
+		{"KEYGATE_ADMIN_TOKEN_PREVIOUS", "admin"}, {"KEYGATE_FILTER_TOKEN_PREVIOUS", "filter"},
+	} {
+		if err := checkCredential(c.name, c.role, env(c.name)); err != nil {
+			return err
+		}
+	}
 	admin, err := credential(ctx, st, "admin", settingAdmin, env("KEYGATE_ADMIN_TOKEN"), stderr)
 	if err != nil {
 		return err
@@ -121,14 +132,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if err != nil {
 		return err
 	}
-	prevAdmin, err := previousCredential("admin", env("KEYGATE_ADMIN_TOKEN_PREVIOUS"))
-	if err != nil {
-		return err
-	}
-	prevFilter, err := previousCredential("filter", env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
-	if err != nil {
-		return err
-	}
+	prevAdmin := previousCredential(env("KEYGATE_ADMIN_TOKEN_PREVIOUS"))
+	prevFilter := previousCredential(env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
 		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention})
@@ -218,10 +223,7 @@ func storeKind(spec string) string {
 // credential that is generated, stored as its hash and printed once to
 // stderr. Replicas starting together agree through SetSettingIfAbsent.
 func credential(ctx context.Context, st store.Store, what, setting, fromEnv string, stderr io.Writer) ([32]byte, error) {
-	if fromEnv != "" {
-		if len(fromEnv) < minCredentialLen {
-			return [32]byte{}, fmt.Errorf("the %s credential must be at least %d characters", what, minCredentialLen)
-		}
+	if fromEnv != "" { // checked by checkCredential
 		return api.HashCredential(fromEnv), nil
 	}
 	for range 2 {
@@ -257,16 +259,72 @@ func credential(ctx context.Context, st store.Store, what, setting, fromEnv stri
 	return [32]byte{}, fmt.Errorf("could not settle the %s credential", what)
 }
 
-// previousCredential hashes the credential being rotated out (fromEnv),
-// accepted with the current one until it is unset; "" gives none.
-func previousCredential(what, fromEnv string) ([32]byte, error) {
+// previousCredential hashes the credential being rotated out (fromEnv,
+// checked by checkCredential), accepted with the current one until it is
+// unset; "" gives none.
+func previousCredential(fromEnv string) [32]byte {
 	if fromEnv == "" {
-		return [32]byte{}, nil
+		return [32]byte{}
 	}
-	if len(fromEnv) < minCredentialLen {
-		return [32]byte{}, fmt.Errorf("the previous %s credential must be at least %d characters", what, minCredentialLen)
+	return api.HashCredential(fromEnv)
+}
+
+// checkCredential refuses a credential from the environment variable name
+// that is weak: it must be one that serve generates for the role (a key
+// with prefix "kg"+role) or have an estimated minCredentialBits bits of
+// entropy. The error names the variable, never the value.
+func checkCredential(name, role, v string) error {
+	if v == "" || keycache.CheckKey(v, "kg"+role) == nil {
+		return nil
 	}
-	return api.HashCredential(fromEnv), nil
+	bits, ok := credentialBits(v)
+	if !ok {
+		return usagef("%s must be printable ASCII without spaces", name)
+	}
+	if bits < minCredentialBits {
+		return usagef("%s is too weak (about %d bits; at least %d needed): unset it to have a credential generated, "+
+			"or set a random one such as the output of openssl rand -hex 16", name, int(bits), minCredentialBits)
+	}
+	return nil
+}
+
+// credentialBits estimates the entropy of v as if its characters were
+// drawn at random from the classes it uses (lower case 26, upper case 26,
+// digits 10, other printable ASCII 33; hexadecimal digits alone 16): an
+// upper bound for a chosen password, exact for a random token. ok is false for characters outside
+// printable ASCII or a space.
+func credentialBits(v string) (bits float64, ok bool) {
+	var lower, upper, digit, other bool
+	hex := true // only [0-9a-f] or only [0-9A-F]: 16 symbols
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		hex = hex && (c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F')
+		switch {
+		case c >= 'a' && c <= 'z':
+			lower = true
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case c >= '0' && c <= '9':
+			digit = true
+		case c > ' ' && c < 0x7f:
+			other = true
+		default:
+			return 0, false
+		}
+	}
+	if hex && !(lower && upper) {
+		return float64(len(v)) * 4, true
+	}
+	pool := 0
+	for _, c := range []struct {
+		used bool
+		n    int
+	}{{lower, 26}, {upper, 26}, {digit, 10}, {other, 33}} {
+		if c.used {
+			pool += c.n
+		}
+	}
+	return float64(len(v)) * math.Log2(float64(pool)), true
 }
 
 // janitor prunes the change log and usage batch identities older than
