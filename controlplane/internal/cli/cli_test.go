@@ -340,6 +340,7 @@ func TestServeConfigErrors(t *testing.T) {
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/g.db"}, []string{"--share-window", "100ms"}, "share-window"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/j.db", "KEYGATE_USAGE_RETENTION": "ninety"}, nil, "KEYGATE_USAGE_RETENTION"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/k.db"}, []string{"--usage-retention", "12h"}, "usage-retention must be at least 1d"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/l.db", "KEYGATE_SQLITE_SYNCHRONOUS": "off"}, nil, "sqlite-synchronous must be full or normal"},
 	} {
 		code, _, errs := cmd(t, c.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(errs, c.want) {

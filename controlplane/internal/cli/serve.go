@@ -41,6 +41,9 @@ type serveConfig struct {
 	// usageRetention: usage minutes older than this are deleted, and
 	// usage batches with older counts refused.
 	usageRetention time.Duration
+	// synchronous is SQLite's synchronous mode (store.SynchronousFull or
+	// store.SynchronousNormal).
+	synchronous string
 	// shareWindow: a node is active for rate-limit shares this long after
 	// its latest usage batch.
 	shareWindow time.Duration
@@ -78,6 +81,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,
 		"how long the change log and usage batch identities are kept")
+	cfg.synchronous = envOr(env, "KEYGATE_SQLITE_SYNCHRONOUS", store.SynchronousFull)
+	fs.StringVar(&cfg.synchronous, "sqlite-synchronous", cfg.synchronous,
+		"SQLite only: full syncs every commit so acknowledged changes (revocations) survive power loss; normal commits faster but may lose the last ones (KEYGATE_SQLITE_SYNCHRONOUS)")
 	fs.Func("usage-retention", "how long usage is kept, e.g. 90d or 2160h; older usage is deleted and batches with older counts are refused (KEYGATE_USAGE_RETENTION, default 90d)",
 		func(v string) (err error) { cfg.usageRetention, err = parseDays(v); return err })
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
@@ -97,6 +103,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.retention < time.Hour {
 		return usagef("--retention must be at least 1h")
 	}
+	if cfg.synchronous != store.SynchronousFull && cfg.synchronous != store.SynchronousNormal {
+		return usagef("--sqlite-synchronous must be full or normal")
+	}
 	if cfg.usageRetention < 24*time.Hour {
 		return usagef("--usage-retention must be at least 1d")
 	}
@@ -109,7 +118,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow))
+	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous))
 	if err != nil {
 		return err
 	}

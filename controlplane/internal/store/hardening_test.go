@@ -4,6 +4,9 @@ import (
 	"database/sql"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -231,5 +234,80 @@ func testPruneUsage(t *testing.T, open func(t testing.TB) Store) {
 	}
 	if n, err := s.PruneUsage(ctx, before); err != nil || n != 0 {
 		t.Fatalf("second prune removed %d %v", n, err)
+	}
+}
+
+// The database's directory is created 0700 and its files 0600 (WAL and
+// shared memory included) whatever the umask allows; an existing file
+// readable by others is tightened.
+func TestSQLiteFilePermissions(t *testing.T) {
+	old := syscall.Umask(0o022) // the usual umask: 0755 dirs, 0644 files
+	defer syscall.Umask(old)
+	ctx := testCtx(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	path := filepath.Join(dir, "keygate.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, newTestKey(t)) // writes the WAL
+	check := func(p string, want os.FileMode) {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: %v, want %v", filepath.Base(p), fi.Mode().Perm(), want)
+		}
+	}
+	check(dir, 0o700)
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		check(p, 0o600)
+	}
+	s.Close()
+
+	loose := filepath.Join(t.TempDir(), "loose.db")
+	if err := os.WriteFile(loose, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenSQLite(ctx, loose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustCreate(t, s, newTestKey(t))
+	for _, p := range []string{loose, loose + "-wal", loose + "-shm"} {
+		check(p, 0o600)
+	}
+}
+
+// synchronous is FULL unless NORMAL is asked for: read back from the
+// connection that commits.
+func TestSQLiteSynchronous(t *testing.T) {
+	ctx := testCtx(t)
+	for _, c := range []struct {
+		opts []Option
+		want int // PRAGMA synchronous: 1 NORMAL, 2 FULL
+	}{
+		{nil, 2},
+		{[]Option{WithSQLiteSynchronous(SynchronousFull)}, 2},
+		{[]Option{WithSQLiteSynchronous(SynchronousNormal)}, 1},
+	} {
+		s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "k.db"), c.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		if err := s.(*sqlStore).w.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if got != c.want {
+			t.Errorf("%d options: synchronous %d, want %d", len(c.opts), got, c.want)
+		}
+	}
+	if _, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "k.db"), WithSQLiteSynchronous("off")); err == nil {
+		t.Fatal("synchronous off accepted")
 	}
 }
