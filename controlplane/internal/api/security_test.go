@@ -291,3 +291,23 @@ func TestAuthFailuresThrottled(t *testing.T) {
 		t.Fatalf("%d throttle log lines, want 2", n)
 	}
 }
+
+// An expiry past year 9999 in UTC (an offset can push a valid-looking one
+// there) is refused, so no key exists that the admin API cannot print.
+func TestExpiryPastYear9999Refused(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		k := e.createKey(map[string]any{"name": "k"})
+		for _, v := range []string{"9999-12-31T23:59:59-05:00", "9999-12-31T00:00:01Z"} {
+			p := e.admin("POST", "/v1/keys", map[string]any{"expires_at": v}).problem(t, 400, "invalid_request")
+			if len(p.Errors) != 1 || p.Errors[0].Field != "expires_at" {
+				t.Fatalf("%s: %+v", v, p.Errors)
+			}
+			e.admin("PATCH", "/v1/keys/"+k.ID, map[string]any{"expires_at": v}).problem(t, 400, "invalid_request")
+		}
+		e.createKey(map[string]any{"expires_at": "9999-12-31T00:00:00Z"})
+		if r := e.admin("GET", "/v1/keys", nil); r.status != 200 {
+			t.Fatalf("list: %d %s", r.status, r.body)
+		}
+	})
+}
