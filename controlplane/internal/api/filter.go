@@ -179,7 +179,7 @@ const (
 	maxNodeLen     = 128
 	maxBootLen     = 64
 	maxUsageHost   = 255
-	maxCountN      = 1 << 40
+	maxCountN      = store.MaxCountN
 	maxFieldErrors = 20
 )
 
@@ -213,6 +213,9 @@ func (s *Server) ingestUsage(w http.ResponseWriter, r *http.Request) *problem {
 		return p
 	}
 	b, fe := checkBatch(&in)
+	if len(fe) == 0 {
+		fe = s.checkUsageWindow(b)
+	}
 	if p := fe.problem(); p != nil {
 		s.metrics.batches.WithLabelValues("invalid").Inc()
 		return p

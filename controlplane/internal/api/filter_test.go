@@ -279,7 +279,8 @@ func TestUsageIngest(t *testing.T) {
 
 func TestUsageValidation(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
-	ok := `{"key_id":"","minute":1763899980,"host":"","outcome":"allowed","n":1}`
+	m0 := t0.Truncate(time.Minute).Unix()
+	ok := `{"key_id":"","minute":` + itoa(m0) + `,"host":"","outcome":"allowed","n":1}`
 	cases := []struct {
 		name, body, field string
 	}{
@@ -290,7 +291,7 @@ func TestUsageValidation(t *testing.T) {
 		{"seq zero", `{"node":"n","boot":"b","seq":0,"counts":[]}`, "seq"},
 		{"no seq", `{"node":"n","boot":"b","counts":[]}`, "seq"},
 		{"no counts", `{"node":"n","boot":"b","seq":1}`, "counts"},
-		{"minute not aligned", `{"node":"n","boot":"b","seq":1,"counts":[` + ok + `,{"key_id":"","minute":1763899981,"host":"","outcome":"allowed","n":1}]}`, "counts[1].minute"},
+		{"minute not aligned", `{"node":"n","boot":"b","seq":1,"counts":[` + ok + `,{"key_id":"","minute":` + itoa(m0+1) + `,"host":"","outcome":"allowed","n":1}]}`, "counts[1].minute"},
 		{"bad outcome", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"","outcome":"great","n":1}]}`, "counts[0].outcome"},
 		{"n zero", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"","outcome":"allowed","n":0}]}`, "counts[0].n"},
 		{"long host", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"` + strings.Repeat("h", 256) + `","outcome":"allowed","n":1}]}`, "counts[0].host"},
@@ -316,7 +317,7 @@ func TestUsageValidation(t *testing.T) {
 	if r.status != 200 || !strings.Contains(string(r.body), `"duplicate":false`) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	pts, err := e.st.UsageSeries(context.Background(), "", time.Unix(0, 0), time.Unix(1763899980+60, 0), "day")
+	pts, err := e.st.UsageSeries(context.Background(), "", time.Unix(0, 0), time.Unix(m0+60, 0), "day")
 	if err != nil || len(pts) != 1 || pts[0].N != 1 {
 		t.Fatalf("series %+v %v", pts, err)
 	}

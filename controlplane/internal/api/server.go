@@ -45,6 +45,14 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
 	Rand io.Reader
+	// AuthFailures is how many invalid credentials one client address may
+	// present per minute before its authenticated requests are answered
+	// 429 for the rest of the minute; zero means 30.
+	AuthFailures int
+	// UsageRetention is how long usage is kept (the store prunes older
+	// minutes); usage batches with counts older than that are refused.
+	// Zero means store.DefaultUsageRetention.
+	UsageRetention time.Duration
 }
 
 // credentials are the SHA-256 of a bearer credential and of the one it
@@ -80,6 +88,9 @@ type Server struct {
 	metrics     *metrics
 	mux         *http.ServeMux
 	maxSyncBody int
+	// usageRetention bounds how old a usage count may be.
+	usageRetention time.Duration
+	authLimit      *authLimiter
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -125,6 +136,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.rand == nil {
 		s.rand = rand.Reader
+	}
+	if cfg.AuthFailures <= 0 {
+		cfg.AuthFailures = defaultAuthFailures
+	}
+	s.authLimit = newAuthLimiter(cfg.AuthFailures)
+	if s.usageRetention = cfg.UsageRetention; s.usageRetention <= 0 {
+		s.usageRetention = store.DefaultUsageRetention
 	}
 	if s.prefix == "" {
 		s.prefix = keycache.DefaultPrefix
@@ -216,7 +234,7 @@ func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) {
 	switch rec.code {
 	case http.StatusMethodNotAllowed:
 		p = newProblem(http.StatusMethodNotAllowed, codeMethodNotAllowed,
-			fmt.Sprintf("method %s is not allowed here", r.Method))
+			fmt.Sprintf("method %s is not allowed here", clip(r.Method, maxLoggedMethod)))
 		p.header = http.Header{"Allow": rec.header.Values("Allow")}
 	default:
 		p = newProblem(http.StatusNotFound, codeNotFound, "no such resource")
@@ -257,28 +275,40 @@ func (s *Server) wrap(rt Route) http.Handler {
 // observe records metrics and the access log line for one request. Only the
 // method, route pattern, path, status and timing are logged: never headers,
 // query strings or bodies.
+//
+// route is a pattern of the routing table or "unmatched", the method label
+// one of knownMethods or "other", and the code one the server wrote: every
+// label comes from a closed set, so requests cannot add series. The log
+// line clips the method and path the client chose.
 func (s *Server) observe(r *http.Request, route string, code int, start time.Time) {
 	d := time.Since(start)
-	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
-	s.metrics.latency.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	method := methodLabel(r.Method)
+	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	s.metrics.latency.WithLabelValues(route, method).Observe(d.Seconds())
 	level := slog.LevelInfo
 	if code >= 500 {
 		level = slog.LevelWarn
 	}
 	s.log.LogAttrs(r.Context(), level, "request",
-		slog.String("method", r.Method),
+		slog.String("method", clip(r.Method, maxLoggedMethod)),
 		slog.String("route", route),
-		slog.String("path", r.URL.Path),
+		slog.String("path", clip(r.URL.Path, maxLoggedPath)),
 		slog.Int("status", code),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("remote", r.RemoteAddr))
 }
 
 // authenticate checks r's bearer credential against the one the route
-// needs. Both hashes are always compared, in constant time.
+// needs. Both hashes are always compared, in constant time. A client that
+// has presented too many invalid credentials is refused (429) before its
+// credential is looked at, so throttling also hides whether a guess was
+// right.
 func (s *Server) authenticate(r *http.Request, need auth) *problem {
 	if need == authNone {
 		return nil
+	}
+	if wait, blocked := s.authLimit.blocked(clientKey(r), s.now()); blocked {
+		return throttled(wait)
 	}
 	realm := "keygate-admin"
 	if need == authFilter {
@@ -301,6 +331,7 @@ func (s *Server) authenticate(r *http.Request, need auth) *problem {
 	case need == authFilter && isAdmin:
 		return newProblem(http.StatusForbidden, codeForbidden, "the admin credential cannot use the filter endpoints")
 	}
+	s.authFailed(r)
 	p := newProblem(http.StatusUnauthorized, codeUnauthorized, "the bearer credential is not valid")
 	p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `", error="invalid_token"`}}
 	return p

@@ -129,7 +129,7 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 	}
 	k := e.createKey(map[string]any{})
 	e.call("GET", "/v1/sync", filterToken, nil)
-	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"`+k.ID+`","minute":60,"host":"","outcome":"allowed","n":1}]}`)
+	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"`+k.ID+`","minute":`+itoa(t0.Truncate(time.Minute).Unix())+`,"host":"","outcome":"allowed","n":1}]}`)
 	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[]}`)
 	m := string(e.call("GET", "/metrics", "", nil).body)
 	for _, want := range []string{

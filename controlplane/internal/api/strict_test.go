@@ -19,7 +19,8 @@ func TestStrictBodies(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
 	k := e.createKey(map[string]any{"name": "strict", "hosts": []string{"api.example.com"}})
 	keyPath := "/v1/keys/" + k.ID
-	count := `{"key_id":"","minute":60,"host":"","outcome":"allowed","n":1}`
+	minute := itoa(t0.Truncate(time.Minute).Unix()) // within the usage window
+	count := `{"key_id":"","minute":` + minute + `,"host":"","outcome":"allowed","n":1}`
 	type route struct{ method, path, token string }
 	routes := []route{
 		{"POST", "/v1/keys", adminToken},
@@ -50,7 +51,7 @@ func TestStrictBodies(t *testing.T) {
 		{"POST", keyPath + "/rotate", adminToken, `{"grace":60}`, "grace"},
 		{"POST", keyPath + "/revoke", adminToken, `{"reason":"x"}`, "reason"},
 		{"POST", "/v1/usage", filterToken, `{"Node":"n","boot":"b","seq":1,"counts":[]}`, "Node"},
-		{"POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[` + count + `,{"Key_ID":"","minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[1].Key_ID"},
+		{"POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[` + count + `,{"Key_ID":"","minute":` + minute + `,"host":"","outcome":"allowed","n":1}]}`, "counts[1].Key_ID"},
 	}
 	for _, c := range cases {
 		p := e.call(c.method, c.path, c.token, c.body).problem(t, 400, "unknown_field")

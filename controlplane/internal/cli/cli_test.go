@@ -330,14 +330,17 @@ func TestServeConfigErrors(t *testing.T) {
 		{map[string]string{"KEYGATE_STORE": "mysql://x"}, nil, "store must be"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:"}, nil, "needs a file path"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/a.db", "KEYGATE_KEY_PREFIX": "AK"}, nil, "prefix"},
-		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/b.db", "KEYGATE_ADMIN_TOKEN": "short"}, nil, "at least 16"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/b.db", "KEYGATE_ADMIN_TOKEN": "short"}, nil, "KEYGATE_ADMIN_TOKEN is too weak"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/c.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": adminToken}, nil, "must differ"},
-		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/h.db", "KEYGATE_ADMIN_TOKEN_PREVIOUS": "short"}, nil, "at least 16"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/h.db", "KEYGATE_ADMIN_TOKEN_PREVIOUS": "short"}, nil, "KEYGATE_ADMIN_TOKEN_PREVIOUS is too weak"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/i.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": filterToken, "KEYGATE_FILTER_TOKEN_PREVIOUS": adminToken}, nil, "must differ"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/d.db"}, []string{"--log-level", "loud"}, "log-level"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/e.db"}, []string{"extra"}, "no arguments"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/f.db", "KEYGATE_SHARE_WINDOW": "ten"}, nil, "KEYGATE_SHARE_WINDOW"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/g.db"}, []string{"--share-window", "100ms"}, "share-window"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/j.db", "KEYGATE_USAGE_RETENTION": "ninety"}, nil, "KEYGATE_USAGE_RETENTION"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/k.db"}, []string{"--usage-retention", "12h"}, "usage-retention must be at least 1d"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/l.db", "KEYGATE_SQLITE_SYNCHRONOUS": "off"}, nil, "sqlite-synchronous must be full or normal"},
 	} {
 		code, _, errs := cmd(t, c.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(errs, c.want) {

@@ -48,3 +48,11 @@ package store
 // start of the latest minute with an allowed request is the most precise
 // honest value; refused requests do not count as use, and a late batch
 // never moves it back.
+//
+// Why do usage counters saturate, and where do anonymous hosts go? See
+// controlplane/RATIONALE.md ("Why do counters saturate?", "How long is
+// usage kept, and why fold anonymous hosts?"): counters stop at MaxCounter
+// (2^53) through compare-then-add upserts, sums at the largest int64 (sum),
+// counts without a key keep MaxAnonymousHosts hosts a minute
+// (foldAnonymousHosts), and PruneUsage deletes usage past the retention an
+// hour at a time.

@@ -282,6 +282,10 @@ type Store interface {
 	// well beyond the filters' retry horizon). Both return the rows removed.
 	PruneChanges(ctx context.Context, before time.Time) (removed int64, err error)
 	PruneUsageBatches(ctx context.Context, before time.Time) (removed int64, err error)
+	// PruneUsage deletes the usage of minutes before before (the usage
+	// retention), and quota days before it that no current quota period
+	// reads.
+	PruneUsage(ctx context.Context, before time.Time) (removed int64, err error)
 
 	Ping(ctx context.Context) error
 	Close() error
