@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,13 @@ type serveConfig struct {
 	// shareWindow: a node is active for rate-limit shares this long after
 	// its latest usage batch.
 	shareWindow time.Duration
+	// pollInterval: how often long-polls read the change-log version (the
+	// fallback behind PostgreSQL's NOTIFY).
+	pollInterval time.Duration
+	// pgMaxOpen, pgMaxIdle: the PostgreSQL pool of this replica.
+	pgMaxOpen, pgMaxIdle int
+	// maxRegistrations: instance registrations per minute, fleet-wide.
+	maxRegistrations int
 }
 
 // runServe runs the service until ctx ends. onListen, if set, is told the
@@ -48,13 +56,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		store:  envOr(env, "KEYGATE_STORE", "sqlite:./data/keygate.db"),
 		prefix: envOr(env, "KEYGATE_KEY_PREFIX", keycache.DefaultPrefix),
 	}
-	cfg.shareWindow = store.DefaultShareWindow
-	if v := env("KEYGATE_SHARE_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return usagef("KEYGATE_SHARE_WINDOW: %v", err)
-		}
-		cfg.shareWindow = d
+	var err error
+	if cfg.shareWindow, err = envDuration(env, "KEYGATE_SHARE_WINDOW", store.DefaultShareWindow); err != nil {
+		return err
+	}
+	if cfg.pollInterval, err = envDuration(env, "KEYGATE_POLL_INTERVAL", store.DefaultPollInterval); err != nil {
+		return err
+	}
+	if cfg.pgMaxOpen, err = envInt(env, "KEYGATE_PG_MAX_OPEN", store.DefaultMaxOpenConns); err != nil {
+		return err
+	}
+	if cfg.pgMaxIdle, err = envInt(env, "KEYGATE_PG_MAX_IDLE", store.DefaultMaxIdleConns); err != nil {
+		return err
+	}
+	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
+		return err
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -66,6 +82,14 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		"how long the change log and usage batch identities are kept")
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
 		"how long an Envoy counts as active for fleet-wide rate-limit shares after its latest usage flush; keep it several flush periods (KEYGATE_SHARE_WINDOW)")
+	fs.DurationVar(&cfg.pollInterval, "poll-interval", cfg.pollInterval,
+		"how often long-polls read the store for changes made by other replicas; on PostgreSQL NOTIFY wakes them at once and this is the fallback (KEYGATE_POLL_INTERVAL)")
+	fs.IntVar(&cfg.pgMaxOpen, "pg-max-open", cfg.pgMaxOpen,
+		"most open PostgreSQL connections of this replica, plus one listening connection (KEYGATE_PG_MAX_OPEN)")
+	fs.IntVar(&cfg.pgMaxIdle, "pg-max-idle", cfg.pgMaxIdle,
+		"most idle PostgreSQL connections kept open by this replica (KEYGATE_PG_MAX_IDLE)")
+	fs.IntVar(&cfg.maxRegistrations, "max-registrations", cfg.maxRegistrations,
+		"Envoy instance registrations accepted per minute, fleet-wide; more get 429 and retry (KEYGATE_MAX_REGISTRATIONS)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: controlplane serve [flags]\n\nCredentials come from KEYGATE_ADMIN_TOKEN and KEYGATE_FILTER_TOKEN;\nwhen unset, one is generated on first start and printed once. To rotate\none, set the new value and the old one as KEYGATE_ADMIN_TOKEN_PREVIOUS\n(or KEYGATE_FILTER_TOKEN_PREVIOUS), which is accepted too until unset.\n\nflags:")
 		fs.PrintDefaults()
@@ -84,13 +108,23 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.shareWindow < time.Second || cfg.shareWindow > time.Hour {
 		return usagef("--share-window must be from 1s to 1h")
 	}
+	if cfg.pollInterval < 10*time.Millisecond || cfg.pollInterval > time.Minute {
+		return usagef("--poll-interval must be from 10ms to 1m")
+	}
+	if cfg.pgMaxOpen < 1 || cfg.pgMaxIdle < 1 || cfg.pgMaxIdle > cfg.pgMaxOpen {
+		return usagef("--pg-max-open must be at least 1 and --pg-max-idle from 1 to --pg-max-open")
+	}
+	if cfg.maxRegistrations < 1 {
+		return usagef("--max-registrations must be at least 1")
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
 		return usagef("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow))
+	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow),
+		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle))
 	if err != nil {
 		return err
 	}
@@ -114,7 +148,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
-		KeyPrefix: cfg.prefix, Logger: log})
+		KeyPrefix: cfg.prefix, Logger: log, MaxRegistrationsPerMinute: cfg.maxRegistrations})
 	if err != nil {
 		return err
 	}
@@ -143,6 +177,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	jctx, stopJanitor := context.WithCancel(ctx)
 	defer stopJanitor()
 	go janitor(jctx, st, log, cfg.retention)
+	go srv.WatchNodes(jctx, 30*time.Second)
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -163,6 +198,30 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	log.Info("stopped")
 	return nil
+}
+
+func envDuration(env Env, name string, def time.Duration) (time.Duration, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, usagef("%s: %v", name, err)
+	}
+	return d, nil
+}
+
+func envInt(env Env, name string, def int) (int, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, usagef("%s: not an integer", name)
+	}
+	return n, nil
 }
 
 func envOr(env Env, name, def string) string {
@@ -253,7 +312,7 @@ func previousCredential(what, fromEnv string) ([32]byte, error) {
 }
 
 // janitor prunes the change log and usage batch identities older than
-// retention, hourly.
+// retention, and instances not seen for store.InstanceRetention, hourly.
 func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention time.Duration) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -268,6 +327,11 @@ func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention ti
 			log.Warn("prune usage batches", slog.String("error", err.Error()))
 		} else if n > 0 {
 			log.Info("pruned usage batch identities", slog.Int64("removed", n))
+		}
+		if n, err := st.PruneInstances(ctx, time.Now().Add(-store.InstanceRetention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune instances", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned instances not seen for a week", slog.Int64("removed", n))
 		}
 		select {
 		case <-ctx.Done():

@@ -77,7 +77,7 @@ func WithPostgresPool(maxOpen, maxIdle int) Option {
 
 // Defaults of the options.
 const (
-	DefaultPollInterval = 75 * time.Millisecond
+	DefaultPollInterval = time.Second
 	DefaultMaxOpenConns = 16
 	DefaultMaxIdleConns = 4
 )
