@@ -188,9 +188,9 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 //
 // Each d_n counts at most DemandCap*L. Among nodes below the cap shares
 // stay proportional to demand; a node reporting any larger demand (a bug,
-// or a compromised Envoy) weighs as DemandCap*L, so when the honest nodes'
-// demand H alone saturates the key (H >= L) they keep together at least
-// H/(H + DemandCap*L) of the rate (a third at H = L) per such node, and
+// or a compromised Envoy) weighs as DemandCap*L. Against k such nodes the
+// honest ones, with demand H in all, keep together at least
+// H/(H + k*DemandCap*L) of the rate (a third against one at H = L), and
 // each keeps at least its floor.
 func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, error) {
 	now := s.now().UnixMicro()
