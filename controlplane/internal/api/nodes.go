@@ -226,7 +226,8 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) *problem {
 	return nil
 }
 
-// touchSync records a sync of the instance named by the node and boot query
+// touchSync records a sync of the instance whose token authenticated r or,
+// with the filter credential, of the one named by the node and boot query
 // parameters, at most once per syncTouchEvery per instance on this replica
 // (so long-polls cost no write each). Parameters that do not name a
 // registered instance are ignored; failures are only logged: recording
@@ -234,6 +235,9 @@ func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) *problem {
 func (s *Server) touchSync(r *http.Request) {
 	q := r.URL.Query()
 	id := instanceID{q.Get("node"), q.Get("boot")}
+	if inst := requestInstance(r); inst != nil {
+		id = instanceID{inst.Node, inst.Boot}
+	}
 	if id.node == "" || id.boot == "" || len(id.node) > 4*store.MaxNodeLen || len(id.boot) > store.MaxBootLen {
 		return
 	}

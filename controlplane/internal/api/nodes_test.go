@@ -291,3 +291,21 @@ func TestPrunedInstanceToken(t *testing.T) {
 		e.instanceToken("envoy", "a2")
 	})
 }
+
+// TestSyncRecordsTokenInstance: a sync with an instance token records that
+// instance, whatever the query parameters claim.
+func TestSyncRecordsTokenInstance(t *testing.T) {
+	e := newEnv(t, sqliteOpener)
+	tokA := e.instanceToken("envoy", "a")
+	e.instanceToken("envoy", "b")
+	if r := e.call("GET", "/v1/sync?node=envoy&boot=b", tokA, nil); r.status != 200 {
+		t.Fatal(r.status)
+	}
+	var l nodesList
+	e.admin("GET", "/v1/nodes", nil).json(t, &l)
+	for _, n := range l.Nodes {
+		if (n.LastSyncAt != nil) != (n.Boot == "a") {
+			t.Errorf("%s: last sync %v; only a synced", n.Boot, n.LastSyncAt)
+		}
+	}
+}

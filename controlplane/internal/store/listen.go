@@ -51,7 +51,6 @@ func (s *sqlStore) startListener(cfg *pgx.ConnConfig, channel string) {
 			if s.listenOnce(ctx, cfg) {
 				backoff = listenRetryMin
 			}
-			s.listening.Store(false)
 			if ctx.Err() != nil {
 				return
 			}
@@ -82,7 +81,6 @@ func (s *sqlStore) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) bool {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{s.channel}.Sanitize()); err != nil {
 		return false
 	}
-	s.listening.Store(true)
 	s.listens.Add(1)
 	// A change committed before LISTEN took effect sent its notification
 	// to nobody: have the waiters read the version once.
@@ -94,7 +92,3 @@ func (s *sqlStore) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) bool {
 		s.notify()
 	}
 }
-
-// Listening tells whether a PostgreSQL store's listening connection is up
-// (always false on SQLite). For tests and diagnostics.
-func (s *sqlStore) Listening() bool { return s.listening.Load() }

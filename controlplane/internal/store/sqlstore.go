@@ -52,11 +52,10 @@ type sqlStore struct {
 	polledAt time.Time
 	gen      uint64 // bumped by notify
 
-	// PostgreSQL's cross-replica wake-up (listen.go): the channel, whether
-	// the listening connection is up, and how to stop it.
+	// PostgreSQL's cross-replica wake-up (listen.go): the channel, how
+	// many LISTENs took effect (tests), and how to stop the listener.
 	channel    string
-	listening  atomic.Bool
-	listens    atomic.Int64 // LISTENs that took effect
+	listens    atomic.Int64
 	stopListen context.CancelFunc
 	listenDone chan struct{}
 
