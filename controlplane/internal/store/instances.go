@@ -250,19 +250,15 @@ func (s *sqlStore) PruneInstances(ctx context.Context, before time.Time) (int64,
 	return res.RowsAffected()
 }
 
-// checkInstanceSeq, inside a batch's transaction, refuses a seq too far
-// ahead of the instance's highest accepted seq and records the batch's
-// arrival (liveness, acked_seq). The row is locked on PostgreSQL, so two
-// batches of one instance are checked one after the other. A batch of an
-// instance that is not registered is not checked here: the API accepts
-// batches only with an instance token.
-func (s *sqlStore) checkInstanceSeq(ctx context.Context, tx *sql.Tx, b *UsageBatch, now int64) error {
-	q := `SELECT acked_seq FROM instances WHERE node = $1 AND boot = $2`
-	if s.d == dialectPostgres {
-		q += ` FOR UPDATE`
-	}
+// checkInstanceSeq, first in a batch's transaction, refuses a seq too far
+// ahead of the highest seq accepted from the batch's instance. It reads
+// without locking: a committed acked_seq only grows, and every batch is
+// checked against one, so concurrent batches cannot get further ahead
+// either. A batch of an instance that is not registered is not checked
+// here: the API accepts batches only with an instance token.
+func (s *sqlStore) checkInstanceSeq(ctx context.Context, tx *sql.Tx, b *UsageBatch) error {
 	var acked int64
-	err := tx.QueryRowContext(ctx, q, b.Node, b.Boot).Scan(&acked)
+	err := tx.QueryRowContext(ctx, `SELECT acked_seq FROM instances WHERE node = $1 AND boot = $2`, b.Node, b.Boot).Scan(&acked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil
 	}
@@ -272,8 +268,16 @@ func (s *sqlStore) checkInstanceSeq(ctx context.Context, tx *sql.Tx, b *UsageBat
 	if b.Seq > acked+MaxSeqAhead {
 		return fmt.Errorf("seq %d is more than %d ahead of the highest accepted (%d): %w", b.Seq, MaxSeqAhead, acked, ErrSeqOutOfRange)
 	}
+	return nil
+}
+
+// recordInstanceBatch notes an accepted (or duplicate) batch on its
+// instance's row: liveness and acked_seq. It comes late in the batch's
+// transaction, so the row lock (which a sync of the instance may wait for)
+// is held only briefly.
+func (s *sqlStore) recordInstanceBatch(ctx context.Context, tx *sql.Tx, b *UsageBatch, now int64) error {
 	g := s.greatest()
-	_, err = tx.ExecContext(ctx, `UPDATE instances SET acked_seq = `+g+`(acked_seq, $3), last_batch_at = $4, seen_at = `+g+`(seen_at, $4)
+	_, err := tx.ExecContext(ctx, `UPDATE instances SET acked_seq = `+g+`(acked_seq, $3), last_batch_at = $4, seen_at = `+g+`(seen_at, $4)
 		WHERE node = $1 AND boot = $2`, b.Node, b.Boot, b.Seq, now)
 	if err != nil {
 		return fmt.Errorf("instance: %w", err)

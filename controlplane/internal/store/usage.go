@@ -177,7 +177,7 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		dup, changed = false, false
 		now := s.now()
-		if err := s.checkInstanceSeq(ctx, tx, b, now.UnixMicro()); err != nil {
+		if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
 			return err
 		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
@@ -189,7 +189,7 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 			return err
 		} else if n == 0 {
 			dup = true
-			return nil
+			return s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
 		}
 		if s.d == dialectPostgres {
 			err = s.mergePostgres(ctx, tx, rs, lu)
@@ -203,6 +203,9 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 			return fmt.Errorf("usage days: %w", err)
 		}
 		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+			return err
+		}
+		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
 			return err
 		}
 		// Last: it may bump the change-log version, which holds the
