@@ -118,7 +118,9 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
 		}
 	}
 	for {
-		page, err := s.store.Sync(ctx, since, cursor, limit)
+		page, err := s.syncs.do(ctx, syncQuery{since, cursor, limit}, func(ctx context.Context) (*store.SyncPage, error) {
+			return s.store.Sync(ctx, since, cursor, limit)
+		})
 		if err != nil {
 			return fromStoreError(err, "sync")
 		}

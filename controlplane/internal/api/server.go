@@ -87,6 +87,7 @@ type Server struct {
 	maxSyncBody int
 	maxRegs     int
 	instances   *instanceState
+	syncs       syncFlight
 
 	stopping chan struct{}
 	stopOnce sync.Once
