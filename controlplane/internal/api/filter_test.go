@@ -230,13 +230,13 @@ func TestUsageIngest(t *testing.T) {
 		Duplicate bool               `json:"duplicate"`
 		Shares    map[string]float64 `json:"shares"`
 	}
-	r := e.call("POST", "/v1/usage", filterToken, batch)
+	r := e.call("POST", "/v1/usage", e.instanceToken("envoy-a", "b7f3c2d1e0a94c5f"), batch)
 	r.json(t, &ack)
 	if r.status != 200 || ack.Accepted != 3 || ack.Duplicate || ack.Shares == nil {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	// Retried batch: counted once.
-	r = e.call("POST", "/v1/usage", filterToken, batch)
+	r = e.call("POST", "/v1/usage", e.instanceToken("envoy-a", "b7f3c2d1e0a94c5f"), batch)
 	r.json(t, &ack)
 	if r.status != 200 || !ack.Duplicate || ack.Accepted != 0 {
 		t.Fatalf("retry %d %s", r.status, r.body)
@@ -301,7 +301,7 @@ func TestUsageValidation(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := e.call("POST", "/v1/usage", filterToken, c.body).problem(t, 400, "invalid_request")
+			p := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), c.body).problem(t, 400, "invalid_request")
 			found := false
 			for _, fe := range p.Errors {
 				found = found || fe.Field == c.field
@@ -311,9 +311,9 @@ func TestUsageValidation(t *testing.T) {
 			}
 		})
 	}
-	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[],"extra":1}`).problem(t, 400, "unknown_field")
+	e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[],"extra":1}`).problem(t, 400, "unknown_field")
 	// Nothing invalid was recorded: the same identity is still new.
-	r := e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[`+ok+`]}`)
+	r := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[`+ok+`]}`)
 	if r.status != 200 || !strings.Contains(string(r.body), `"duplicate":false`) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}

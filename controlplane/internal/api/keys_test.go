@@ -203,7 +203,7 @@ func TestBodyErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			token := adminToken
 			if c.path == "/v1/usage" {
-				token = filterToken
+				token = e.instanceToken("n", "b")
 			}
 			r := e.call(c.method, c.path, token, c.body, "Content-Type", c.contentType)
 			r.problem(t, c.status, c.code)

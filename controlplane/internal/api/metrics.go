@@ -18,6 +18,11 @@ type metrics struct {
 	counts    prometheus.Counter
 	syncs     *prometheus.CounterVec
 	syncBytes prometheus.Counter
+	// registrations counts POST /v1/nodes/register by result; nodesLive
+	// is the fleet's live instances (no per-node-name series: node names
+	// are unbounded).
+	registrations *prometheus.CounterVec
+	nodesLive     prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -48,8 +53,16 @@ func newMetrics() *metrics {
 			Name: "keygate_sync_response_bytes_total",
 			Help: "Bytes of sync response bodies sent to filters.",
 		}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_node_registrations_total",
+			Help: "Instance registrations by result (registered, exists, throttled).",
+		}, []string{"result"}),
+		nodesLive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keygate_nodes_live",
+			Help: "Registered Envoy instances seen within the share window (a sync: the window plus 60 s), fleet-wide.",
+		}),
 	}
-	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes,
+	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes, m.registrations, m.nodesLive,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

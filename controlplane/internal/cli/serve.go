@@ -47,6 +47,13 @@ type serveConfig struct {
 	// shareWindow: a node is active for rate-limit shares this long after
 	// its latest usage batch.
 	shareWindow time.Duration
+	// pollInterval: how often long-polls read the change-log version (the
+	// fallback behind PostgreSQL's NOTIFY).
+	pollInterval time.Duration
+	// pgMaxOpen, pgMaxIdle: the PostgreSQL pool of this replica.
+	pgMaxOpen, pgMaxIdle int
+	// maxRegistrations: instance registrations per minute, fleet-wide.
+	maxRegistrations int
 }
 
 // runServe runs the service until ctx ends. onListen, if set, is told the
@@ -57,13 +64,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		store:  envOr(env, "KEYGATE_STORE", "sqlite:./data/keygate.db"),
 		prefix: envOr(env, "KEYGATE_KEY_PREFIX", keycache.DefaultPrefix),
 	}
-	cfg.shareWindow = store.DefaultShareWindow
-	if v := env("KEYGATE_SHARE_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return usagef("KEYGATE_SHARE_WINDOW: %v", err)
-		}
-		cfg.shareWindow = d
+	var err error
+	if cfg.shareWindow, err = envDuration(env, "KEYGATE_SHARE_WINDOW", store.DefaultShareWindow); err != nil {
+		return err
+	}
+	if cfg.pollInterval, err = envDuration(env, "KEYGATE_POLL_INTERVAL", store.DefaultPollInterval); err != nil {
+		return err
+	}
+	if cfg.pgMaxOpen, err = envInt(env, "KEYGATE_PG_MAX_OPEN", store.DefaultMaxOpenConns); err != nil {
+		return err
+	}
+	if cfg.pgMaxIdle, err = envInt(env, "KEYGATE_PG_MAX_IDLE", store.DefaultMaxIdleConns); err != nil {
+		return err
+	}
+	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
+		return err
 	}
 	cfg.usageRetention = store.DefaultUsageRetention
 	if v := env("KEYGATE_USAGE_RETENTION"); v != "" {
@@ -88,6 +103,14 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		func(v string) (err error) { cfg.usageRetention, err = parseDays(v); return err })
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
 		"how long an Envoy counts as active for fleet-wide rate-limit shares after its latest usage flush; keep it several flush periods (KEYGATE_SHARE_WINDOW)")
+	fs.DurationVar(&cfg.pollInterval, "poll-interval", cfg.pollInterval,
+		"how often long-polls read the store for changes made by other replicas; on PostgreSQL NOTIFY wakes them at once and this is the fallback (KEYGATE_POLL_INTERVAL)")
+	fs.IntVar(&cfg.pgMaxOpen, "pg-max-open", cfg.pgMaxOpen,
+		"most open PostgreSQL connections of this replica, plus one listening connection (KEYGATE_PG_MAX_OPEN)")
+	fs.IntVar(&cfg.pgMaxIdle, "pg-max-idle", cfg.pgMaxIdle,
+		"most idle PostgreSQL connections kept open by this replica (KEYGATE_PG_MAX_IDLE)")
+	fs.IntVar(&cfg.maxRegistrations, "max-registrations", cfg.maxRegistrations,
+		"Envoy instance registrations accepted per minute, fleet-wide; more get 429 and retry (KEYGATE_MAX_REGISTRATIONS)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: controlplane serve [flags]\n\nCredentials come from KEYGATE_ADMIN_TOKEN and KEYGATE_FILTER_TOKEN;\nwhen unset, one is generated on first start and printed once. To rotate\none, set the new value and the old one as KEYGATE_ADMIN_TOKEN_PREVIOUS\n(or KEYGATE_FILTER_TOKEN_PREVIOUS), which is accepted too until unset.\n\nflags:")
 		fs.PrintDefaults()
@@ -112,13 +135,23 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.shareWindow < time.Second || cfg.shareWindow > time.Hour {
 		return usagef("--share-window must be from 1s to 1h")
 	}
+	if cfg.pollInterval < 10*time.Millisecond || cfg.pollInterval > time.Minute {
+		return usagef("--poll-interval must be from 10ms to 1m")
+	}
+	if cfg.pgMaxOpen < 1 || cfg.pgMaxIdle < 1 || cfg.pgMaxIdle > cfg.pgMaxOpen {
+		return usagef("--pg-max-open must be at least 1 and --pg-max-idle from 1 to --pg-max-open")
+	}
+	if cfg.maxRegistrations < 1 {
+		return usagef("--max-registrations must be at least 1")
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
 		return usagef("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous))
+	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous),
+		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle))
 	if err != nil {
 		return err
 	}
@@ -145,7 +178,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	prevFilter := previousCredential(env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
-		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention})
+		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention,
+		MaxRegistrationsPerMinute: cfg.maxRegistrations})
 	if err != nil {
 		return err
 	}
@@ -174,6 +208,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	jctx, stopJanitor := context.WithCancel(ctx)
 	defer stopJanitor()
 	go janitor(jctx, st, log, cfg.retention, cfg.usageRetention)
+	go srv.WatchNodes(jctx, 30*time.Second)
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -194,6 +229,30 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	log.Info("stopped")
 	return nil
+}
+
+func envDuration(env Env, name string, def time.Duration) (time.Duration, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, usagef("%s: %v", name, err)
+	}
+	return d, nil
+}
+
+func envInt(env Env, name string, def int) (int, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, usagef("%s: not an integer", name)
+	}
+	return n, nil
 }
 
 func envOr(env Env, name, def string) string {
@@ -337,8 +396,9 @@ func credentialBits(v string) (bits float64, ok bool) {
 }
 
 // janitor prunes the change log and usage batch identities older than
-// retention, and usage older than usageRetention, at start and hourly.
-// Every replica runs one: pruning is idempotent.
+// retention, usage older than usageRetention and instances not seen for
+// store.InstanceRetention, at start and hourly. Every replica runs one:
+// pruning is idempotent.
 func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention, usageRetention time.Duration) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
@@ -358,6 +418,11 @@ func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention, u
 			log.Warn("prune usage", slog.String("error", err.Error()))
 		} else if n > 0 {
 			log.Info("pruned usage past its retention", slog.Int64("removed", n))
+		}
+		if n, err := st.PruneInstances(ctx, time.Now().Add(-store.InstanceRetention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune instances", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned instances not seen for a week", slog.Int64("removed", n))
 		}
 		select {
 		case <-ctx.Done():

@@ -7,7 +7,8 @@ package store
 // hour and day buckets are plain arithmetic), lists are JSON text, hashes
 // are bytes, and modernc.org/sqlite binds $N placeholders by ordinal like
 // PostgreSQL. Only DDL (migrations/<dialect>/), row locking (FOR UPDATE),
-// the advisory lock around migrations and the bulk usage statements differ.
+// the advisory lock around migrations, the bulk usage statements and the
+// cross-replica wake-up (LISTEN/NOTIFY, listen.go) differ.
 //
 // Why a counter row for change-log versions? A sequence hands out numbers
 // at insert time, but transactions commit in any order, so a reader could

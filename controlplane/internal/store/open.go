@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"modernc.org/sqlite"
@@ -25,6 +26,8 @@ type config struct {
 	pollInterval time.Duration
 	shareWindow  time.Duration
 	synchronous  string
+	maxOpen      int
+	maxIdle      int
 }
 
 // WithClock sets the clock used for timestamps the store fills in itself
@@ -35,8 +38,10 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithPollInterval sets how often WaitForChange reads the current version
-// (default 75ms). Changes made through the same store wake waiters at once;
-// polling is what notices changes committed by other replicas.
+// (default DefaultPollInterval). Changes made through the same store wake
+// waiters at once, and so do, on PostgreSQL, changes committed by other
+// replicas (LISTEN/NOTIFY); polling is the fallback that notices changes
+// whose notification was lost (the listening connection was down).
 func WithPollInterval(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
@@ -74,8 +79,31 @@ func WithSQLiteSynchronous(mode string) Option {
 	return func(c *config) { c.synchronous = mode }
 }
 
+// WithPostgresPool sets the most open and idle connections of a
+// PostgreSQL store's pool (defaults DefaultMaxOpenConns and
+// DefaultMaxIdleConns; values <= 0 keep them). The listening connection
+// comes on top. SQLite ignores it.
+func WithPostgresPool(maxOpen, maxIdle int) Option {
+	return func(c *config) {
+		if maxOpen > 0 {
+			c.maxOpen = maxOpen
+		}
+		if maxIdle > 0 {
+			c.maxIdle = maxIdle
+		}
+	}
+}
+
+// Defaults of the options.
+const (
+	DefaultPollInterval = time.Second
+	DefaultMaxOpenConns = 16
+	DefaultMaxIdleConns = 4
+)
+
 func newConfig(opts []Option) config {
-	c := config{now: time.Now, pollInterval: 75 * time.Millisecond, shareWindow: DefaultShareWindow, synchronous: SynchronousFull}
+	c := config{now: time.Now, pollInterval: DefaultPollInterval, shareWindow: DefaultShareWindow,
+		maxOpen: DefaultMaxOpenConns, maxIdle: DefaultMaxIdleConns, synchronous: SynchronousFull}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -212,18 +240,30 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error
 	if err != nil {
 		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
 	}
-	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(4)
+	c := newConfig(opts)
+	db.SetMaxOpenConns(c.maxOpen)
+	db.SetMaxIdleConns(min(c.maxIdle, c.maxOpen))
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to postgres %s: %w", redactURL(dsn), err)
 	}
-	s := newSQLStore(dialectPostgres, db, db, newConfig(opts))
+	s := newSQLStore(dialectPostgres, db, db, c)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
+	var schema string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: postgres schema: %w", err)
+	}
+	lcfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
+	}
+	s.startListener(lcfg, changeChannel(schema))
 	return s, nil
 }
 

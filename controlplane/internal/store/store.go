@@ -246,10 +246,10 @@ type Store interface {
 	// keys' quota periods and sets QuotaExhaustedUntil (with a change-log
 	// entry) on keys whose quota the fleet has used up.
 	IngestUsage(ctx context.Context, b *UsageBatch) (duplicate bool, err error)
-	// Shares divides each rate-limited key's rate among the nodes active
-	// within the share window in proportion to their recent demand (see
-	// shares.go) and returns node's part.
-	Shares(ctx context.Context, node string) (*Shares, error)
+	// Shares divides each rate-limited key's rate among the instances
+	// active within the share window in proportion to their recent demand
+	// (see shares.go) and returns the part of instance (node, boot).
+	Shares(ctx context.Context, node, boot string) (*Shares, error)
 	// QuotaUsed returns the allowed requests of a key's lineage (the key,
 	// the keys it was rotated from and to, deleted ones included) in the
 	// UTC quota period ("day" or "month") that contains at: one budget.
@@ -269,6 +269,17 @@ type Store interface {
 	// TopKeys returns the identified keys with the most requests (or
 	// refusals) in [from, to).
 	TopKeys(ctx context.Context, from, to time.Time, top int, order TopOrder) ([]UsageTotal, error)
+
+	// Instances (instances.go). IngestUsage also refuses, with
+	// ErrSeqOutOfRange, a batch of a registered instance whose seq is more
+	// than MaxSeqAhead above the highest it accepted from that instance,
+	// and records the instance's latest batch.
+	RegisterInstance(ctx context.Context, node, boot string, tokenHash [32]byte, maxPerMinute int) (*Instance, error) // ErrConflict, ErrTooMany
+	InstanceByToken(ctx context.Context, tokenHash [32]byte) (*Instance, error)                                       // ErrNotFound
+	TouchInstanceSync(ctx context.Context, node, boot string) (registered bool, err error)
+	ListInstances(ctx context.Context, limit int) ([]*Instance, error)
+	LiveInstances(ctx context.Context, top int) (total int, crowded map[string]int, err error)
+	PruneInstances(ctx context.Context, before time.Time) (removed int64, err error)
 
 	// Settings: small named values (e.g. the admin credential's hash).
 	GetSetting(ctx context.Context, name string) (string, error) // ErrNotFound

@@ -61,8 +61,8 @@ var outcomeSet = func() map[string]bool {
 // ValidateBatch checks b against the wire format's rules; the error is a
 // *FieldError naming the field in wire terms.
 func ValidateBatch(b *UsageBatch) error {
-	if n := utf8.RuneCountInString(b.Node); n < 1 || n > MaxNodeLen || !printable(b.Node) {
-		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
+	if err := validateNode(b.Node); err != nil {
+		return err
 	}
 	if n := utf8.RuneCountInString(b.Boot); n < 1 || n > MaxBootLen || !printable(b.Boot) {
 		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxBootLen)}
@@ -91,6 +91,13 @@ func ValidateBatch(b *UsageBatch) error {
 		if c.N < 1 || c.N > MaxCountN {
 			return &FieldError{Field: field("n"), Message: fmt.Sprintf("must be between 1 and %d", int64(MaxCountN))}
 		}
+	}
+	return nil
+}
+
+func validateNode(node string) error {
+	if n := utf8.RuneCountInString(node); n < 1 || n > MaxNodeLen || !printable(node) {
+		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
 	}
 	return nil
 }
@@ -189,6 +196,9 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		dup, changed = false, false
 		now := s.now()
+		if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
 		if err != nil {
@@ -198,7 +208,7 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 			return err
 		} else if n == 0 {
 			dup = true
-			return nil
+			return s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
 		}
 		rs, err := s.foldAnonymousHosts(ctx, tx, rs)
 		if err != nil {
@@ -215,7 +225,10 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 		if err := s.addDays(ctx, tx, days); err != nil {
 			return fmt.Errorf("usage days: %w", err)
 		}
-		if err := s.recordDemand(ctx, tx, b.Node, now.UnixMicro(), ds); err != nil {
+		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+			return err
+		}
+		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
 			return err
 		}
 		// Last: it may bump the change-log version, which holds the

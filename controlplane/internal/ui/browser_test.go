@@ -349,8 +349,13 @@ func TestDashboardInChromium(t *testing.T) {
 	count("", 2, "api.example.com", "unknown_key", 40)
 	count(keyID, 90, "api.example.com", "allowed", 1000) // outside the last hour
 	batch := map[string]any{"node": "envoy-a", "boot": "b7f3c2d1e0a94c5f", "seq": 1, "counts": counts}
+	code, reg := apiCall(t, hs.URL, "POST", "/v1/nodes/register", filterToken, map[string]string{"node": "envoy-a", "boot": "b7f3c2d1e0a94c5f"})
+	instanceToken, _ := reg["token"].(string)
+	if code != http.StatusCreated || instanceToken == "" {
+		t.Fatalf("register: %d %v", code, reg)
+	}
 	for i, wantDup := range []bool{false, true} {
-		code, res := apiCall(t, hs.URL, "POST", "/v1/usage", filterToken, batch)
+		code, res := apiCall(t, hs.URL, "POST", "/v1/usage", instanceToken, batch)
 		if code != http.StatusOK || res["duplicate"] != wantDup {
 			t.Fatalf("usage post %d: %d %v", i, code, res)
 		}
