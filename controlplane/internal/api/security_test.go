@@ -89,7 +89,7 @@ func TestUsageTimesBounded(t *testing.T) {
 			now.Add(25 * time.Hour).Unix(),
 			now.Add(-store.DefaultUsageRetention - time.Hour).Unix(),
 		} {
-			r := e.call("POST", "/v1/usage", filterToken, map[string]any{"node": "n", "boot": "b", "seq": i + 1,
+			r := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), map[string]any{"node": "n", "boot": "b", "seq": i + 1,
 				"counts": []any{count(k.ID, now, "allowed", 1), map[string]any{"key_id": k.ID, "minute": minute, "host": "", "outcome": "allowed", "n": 1}}})
 			p := r.problem(t, 400, "invalid_request")
 			if len(p.Errors) != 1 || p.Errors[0].Field != "counts[1].minute" {
