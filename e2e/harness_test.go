@@ -439,6 +439,10 @@ type hostOptions struct {
 	controlPlaneAddr string
 	// noWait skips waiting for the first sync.
 	noWait bool
+	// accessLog receives the access log (default: discarded).
+	accessLog io.Writer
+	// edit changes the parsed envoy.yaml before the host starts.
+	edit func(*host.Config)
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -452,12 +456,19 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	if o.sync != nil {
 		tune(tb, cfg, "sync", o.sync)
 	}
+	if o.edit != nil {
+		o.edit(cfg)
+	}
 	cpAddr := cp.addr
 	if o.controlPlaneAddr != "" {
 		cpAddr = o.controlPlaneAddr
 	}
 	logs := &testkit.Log{}
 	dumpOnFailure(tb, "host", logs)
+	accessLog := o.accessLog
+	if accessLog == nil {
+		accessLog = io.Discard
+	}
 	h, err := host.New(host.Options{
 		Config:    cfg,
 		Listen:    "127.0.0.1:0",
@@ -467,7 +478,7 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 			"upstream_api":         upstream.Listener.Addr().String(),
 			"keygate_controlplane": cpAddr,
 		},
-		AccessLog: io.Discard,
+		AccessLog: accessLog,
 		Log:       logs,
 		LogLevel:  "info",
 	})
