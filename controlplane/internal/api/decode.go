@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
 	"strings"
 )
 
@@ -18,19 +19,29 @@ const (
 )
 
 // decodeJSON reads r's body into dst: Content-Type must be JSON, the body at
-// most limit bytes, one JSON object without unknown members or trailing
-// data. With allowEmpty an empty body leaves dst untouched.
+// most limit bytes, one JSON object whose member names are exactly those
+// dst declares (encoding/json alone would match them case-insensitively),
+// each at most once, and no trailing data. With allowEmpty an empty body
+// leaves dst untouched. JSON null or any other non-object is refused.
+//
+// A Content-Length over the limit is refused before the body is read, so
+// a client that sent "Expect: 100-continue" gets the 413 instead of a
+// "100 Continue" followed by a connection reset when the server stops
+// reading.
 func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, dst any, allowEmpty bool) *problem {
+	if r.ContentLength > limit {
+		return tooLarge(limit)
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return newProblem(http.StatusRequestEntityTooLarge, codeTooLarge,
-				fmt.Sprintf("the request body exceeds %d bytes", limit))
+			return tooLarge(limit)
 		}
 		return newProblem(http.StatusBadRequest, codeInvalidRequest, "could not read the request body")
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		if allowEmpty {
 			return nil
 		}
@@ -39,15 +50,33 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, dst any, al
 	if p := checkJSONContentType(r); p != nil {
 		return p
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
+	if !json.Valid(trimmed) {
+		// Let the decoder say where and how the syntax is broken.
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return jsonProblem(err)
+		}
+		return newProblem(http.StatusBadRequest, codeInvalidJSON, "unexpected data after the JSON object")
+	}
+	if trimmed[0] != '{' {
+		return newProblem(http.StatusBadRequest, codeInvalidJSON, "the request body must be a JSON object")
+	}
+	// Member names first, so that an unknown member is named with its path.
+	if p := checkMembers(trimmed, reflect.TypeOf(dst)); p != nil {
+		return p
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
 		return jsonProblem(err)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return newProblem(http.StatusBadRequest, codeInvalidJSON, "unexpected data after the JSON object")
-	}
 	return nil
+}
+
+func tooLarge(limit int64) *problem {
+	return newProblem(http.StatusRequestEntityTooLarge, codeTooLarge,
+		fmt.Sprintf("the request body exceeds %d bytes", limit))
 }
 
 func checkJSONContentType(r *http.Request) *problem {
@@ -130,3 +159,5 @@ func (o *optional[T]) UnmarshalJSON(b []byte) error {
 	dec.DisallowUnknownFields()
 	return dec.Decode(&o.Value)
 }
+
+func (optional[T]) memberType() reflect.Type { return reflect.TypeFor[T]() }

@@ -48,11 +48,17 @@ type syncResponse struct {
 	Deletes    []string     `json:"deletes"`
 }
 
+// unixOrZero renders a time for the wire, which carries whole seconds:
+// rounded up, so that a key never stops before its stored expiry (or a
+// quota's exhaustion before its end); 0 for none.
 func unixOrZero(t *time.Time) int64 {
 	if t == nil || t.IsZero() {
 		return 0
 	}
-	return t.Unix()
+	if t.Truncate(time.Second).Equal(*t) {
+		return t.Unix()
+	}
+	return t.Unix() + 1
 }
 
 // encodeSyncPage renders a page in the wire format.
@@ -69,7 +75,7 @@ func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
 		k := c.Key
 		rec := syncRecord{
 			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Status: k.Status,
-			ExpiresAt: unixOrZero(k.ExpiresAt), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
+			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
 			Rate: k.Rate,
 		}
 		if k.Quota != nil {

@@ -164,7 +164,8 @@ func (r *response) problem(t testing.TB, status int, code string) problem {
 		t.Fatalf("Content-Type %q, want application/problem+json", ct)
 	}
 	r.json(t, &p)
-	if p.Code != code || p.Status != status || p.Title == "" || p.Message == "" || !strings.HasSuffix(p.Type, code) {
+	if p.Code != code || p.Status != status || p.Title == "" || p.Detail == "" || p.Message != p.Detail ||
+		p.Type != "urn:keygate:problem:"+code || p.Instance == "" {
 		t.Fatalf("problem %+v, want code %s status %d", p, code, status)
 	}
 	return p

@@ -2,6 +2,10 @@ package api
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -39,6 +43,11 @@ type keyJSON struct {
 	QuotaResetsAt       *time.Time      `json:"quota_resets_at,omitempty"`
 	Usage               *keyUsageTotals `json:"usage,omitempty"`
 	RotatedFrom         *rotatedFrom    `json:"rotated_from,omitempty"`
+	// Lineage (docs/lifecycle.md): the key this one was rotated from, the
+	// key it was rotated to, and when that rotation's grace period ends.
+	PredecessorID string     `json:"predecessor_id,omitempty"`
+	SuccessorID   string     `json:"successor_id,omitempty"`
+	GraceEndsAt   *time.Time `json:"grace_ends_at,omitempty"`
 }
 
 type keyUsageTotals struct {
@@ -71,13 +80,18 @@ func (s *Server) keyView(k *store.Key) *keyJSON {
 		CreatedAt:  k.CreatedAt.UTC(),
 		UpdatedAt:  k.UpdatedAt.UTC(),
 		LastUsedAt: utcPtr(k.LastUsedAt),
+
+		PredecessorID: k.PredecessorID,
+		SuccessorID:   k.SuccessorID,
+		GraceEndsAt:   utcPtr(k.GraceEndsAt),
 	}
 	now := s.now()
 	if k.QuotaExhaustedUntil != nil && k.QuotaExhaustedUntil.After(now) {
 		// A past exhaustion (of an earlier period) is not news.
 		v.QuotaExhaustedUntil = utcPtr(k.QuotaExhaustedUntil)
 	}
-	v.Expired = k.ExpiresAt != nil && !k.ExpiresAt.After(now)
+	end := k.EffectiveExpiry()
+	v.Expired = end != nil && !end.After(now)
 	if len(v.Metadata) == 0 {
 		v.Metadata = nil
 	}
@@ -532,39 +546,88 @@ func (s *Server) setStatus(to string) func(http.ResponseWriter, *http.Request) *
 }
 
 type rotateRequest struct {
-	GraceSeconds int64 `json:"grace_seconds"`
+	// GraceSeconds is how long the old key keeps working; absent means
+	// defaultGraceSeconds, 0 ends it at once.
+	GraceSeconds *int64 `json:"grace_seconds"`
 }
+
+// defaultGraceSeconds is the grace period of a rotation that names none: a
+// day, time for clients to pick up the new key in a daily deploy or config
+// refresh, short enough that a key being replaced does not linger. A
+// rotation because the key leaked should pass grace_seconds 0 (or revoke).
+const defaultGraceSeconds = 24 * 60 * 60
+
+// maxIdempotencyKeyLen bounds the Idempotency-Key header of a rotation.
+const maxIdempotencyKeyLen = 255
+
+// replayed aborts a rotation that an earlier request with the same
+// Idempotency-Key has already made; successor is its new key.
+type replayed struct{ successor *store.Key }
+
+func (replayed) Error() string { return "rotation already made by this idempotency key" }
 
 // rotateKey issues a new key with the old one's settings; the old key keeps
 // working until the end of the grace period (never longer than it would
-// have anyway).
+// have anyway). A key has at most one active successor: rotating it again
+// is a 409, unless the request repeats the Idempotency-Key of the rotation
+// that made the successor, which is then answered again, key included.
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 	var req rotateRequest
 	if p := decodeJSON(w, r, maxAdminBody, &req, true); p != nil {
 		return p
 	}
-	if req.GraceSeconds < 0 || req.GraceSeconds > maxGraceSeconds {
+	grace := int64(defaultGraceSeconds)
+	if req.GraceSeconds != nil {
+		grace = *req.GraceSeconds
+	}
+	if grace < 0 || grace > maxGraceSeconds {
 		return invalid(FieldError{Field: "grace_seconds", Message: "must be 0 to " + strconv.Itoa(maxGraceSeconds)})
 	}
+	idem := r.Header.Get("Idempotency-Key")
+	if _, sent := r.Header["Idempotency-Key"]; sent && !validIdempotencyKey(idem) {
+		return invalid(FieldError{Field: "Idempotency-Key",
+			Message: "must be 1 to " + strconv.Itoa(maxIdempotencyKeyLen) + " visible ASCII characters"})
+	}
+	oldID := r.PathValue("id")
+	// newSecret makes the key of the successor with id newID.
+	newSecret := func(newID string) (string, error) {
+		if idem == "" {
+			return keycache.NewKey(s.prefix, s.rand)
+		}
+		return keycache.NewKey(s.prefix, idempotentRand(r, oldID, newID, idem))
+	}
 	// The checks and the copy of the old key's settings run on the row the
-	// store has locked, so a revoke or an update racing the rotation is
-	// either seen here or waits for it: never a fresh key cut from a key
-	// revoked a moment before.
+	// store has locked, so a revoke, an update or another rotation racing
+	// this one is either seen here or waits for it: never a fresh key cut
+	// from a key revoked a moment before, never two successors.
 	var (
-		secret     string
-		oldExpires time.Time
+		secret string
+		oldRow store.Key
 	)
-	prepare := func(old *store.Key) (*store.Key, time.Time, error) {
+	prepare := func(old, succ *store.Key) (*store.Key, time.Time, error) {
 		now := s.now().UTC()
+		oldRow = *old
+		if succ != nil {
+			if idem != "" {
+				again, err := newSecret(succ.ID)
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				h := keycache.HashKey(again)
+				if subtle.ConstantTimeCompare(h[:], succ.Hash[:]) == 1 {
+					secret = again
+					return nil, time.Time{}, replayed{succ}
+				}
+			}
+			return nil, time.Time{}, conflict("the key already has the active successor " + succ.ID +
+				"; rotate that one, or revoke it first to rotate this key again")
+		}
+		end := old.EffectiveExpiry()
 		switch {
 		case old.Status == store.StatusRevoked:
 			return nil, time.Time{}, conflict("a revoked key cannot be rotated")
-		case old.ExpiresAt != nil && !old.ExpiresAt.After(now):
+		case end != nil && !end.After(now):
 			return nil, time.Time{}, conflict("an expired key cannot be rotated")
-		}
-		oldExpires = now.Add(time.Duration(req.GraceSeconds) * time.Second).Truncate(time.Second)
-		if old.ExpiresAt != nil && old.ExpiresAt.Before(oldExpires) {
-			oldExpires = *old.ExpiresAt
 		}
 		nk := &store.Key{
 			Name:      old.Name,
@@ -574,20 +637,20 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 			Scopes:    slices.Clone(nonNil(old.Scopes)),
 			Rate:      old.Rate,
 			Quota:     old.Quota,
-			ExpiresAt: old.ExpiresAt,
+			ExpiresAt: old.ExpiresAt, // its own expiry, never the grace end
 			Metadata:  old.Metadata,
 			CreatedAt: now,
 			UpdatedAt: now,
 		}
 		var err error
-		if secret, err = keycache.NewKey(s.prefix, s.rand); err != nil {
-			return nil, time.Time{}, err
-		}
 		if nk.ID, err = s.newID(); err != nil {
 			return nil, time.Time{}, err
 		}
+		if secret, err = newSecret(nk.ID); err != nil {
+			return nil, time.Time{}, err
+		}
 		nk.Hash = keycache.HashKey(secret)
-		return nk, oldExpires, nil
+		return nk, now.Add(time.Duration(grace) * time.Second), nil
 	}
 	var (
 		old, nk *store.Key
@@ -595,24 +658,97 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 	)
 	for attempt := 0; ; attempt++ {
 		// A conflict here is the new key's id or hash taken: try new ones.
-		old, nk, err = s.store.RotateKey(r.Context(), r.PathValue("id"), prepare)
+		old, nk, err = s.store.RotateKey(r.Context(), oldID, prepare)
 		if err == nil || !errors.Is(err, store.ErrConflict) || attempt == 2 {
 			break
 		}
 	}
+	var again replayed
+	if errors.As(err, &again) {
+		v := s.keyView(again.successor)
+		v.Key = secret
+		v.RotatedFrom = &rotatedFrom{ID: oldRow.ID, ExpiresAt: graceEnd(&oldRow)}
+		w.Header().Set("Location", "/v1/keys/"+again.successor.ID)
+		w.Header().Set("Idempotent-Replayed", "true")
+		s.writeJSON(w, r, http.StatusCreated, v)
+		return nil
+	}
 	if err != nil {
 		return fromStoreError(err, "key")
 	}
+	ends := graceEnd(old)
 	s.audit(r.Context(), "key.rotate", old.ID, map[string]any{
-		"new_key_id": nk.ID, "grace_seconds": req.GraceSeconds, "old_expires_at": oldExpires})
+		"new_key_id": nk.ID, "grace_seconds": grace, "old_expires_at": ends})
 	s.audit(r.Context(), "key.create", nk.ID, map[string]any{
 		"name": nk.Name, "owner": nk.Owner, "rotated_from": old.ID})
 	v := s.keyView(nk)
 	v.Key = secret
-	v.RotatedFrom = &rotatedFrom{ID: old.ID, ExpiresAt: oldExpires}
+	v.RotatedFrom = &rotatedFrom{ID: old.ID, ExpiresAt: ends}
 	w.Header().Set("Location", "/v1/keys/"+nk.ID)
 	s.writeJSON(w, r, http.StatusCreated, v)
 	return nil
+}
+
+// graceEnd is when a rotated key stops working.
+func graceEnd(k *store.Key) time.Time {
+	if end := k.EffectiveExpiry(); end != nil {
+		return end.UTC()
+	}
+	return time.Time{}
+}
+
+func validIdempotencyKey(v string) bool {
+	if v == "" || len(v) > maxIdempotencyKeyLen {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x21 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// idempotentRand is the randomness of a rotation sent with an
+// Idempotency-Key: an HMAC-SHA256 stream keyed by the request's admin
+// credential over the old key's id, the new key's (random) id and the
+// idempotency key. The same request sent again derives the same new key
+// from the successor's id, so a client whose answer was lost gets its key
+// again although the key is never stored; without the admin credential,
+// which the server does not keep either, nothing in the store or the logs
+// lets anyone derive it. The new id in the input means that a rotation
+// made again after its successor was deleted or revoked gives a new key,
+// never the discarded one.
+func idempotentRand(r *http.Request, oldID, newID, idem string) io.Reader {
+	token, _ := bearerToken(r)
+	return &hmacStream{key: []byte(token), msg: "keygate rotate\x00" + oldID + "\x00" + newID + "\x00" + idem}
+}
+
+// hmacStream yields HMAC(key, msg || counter) blocks for counter 0, 1, ...
+type hmacStream struct {
+	key     []byte
+	msg     string
+	counter uint64
+	buf     []byte
+}
+
+func (h *hmacStream) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if len(h.buf) == 0 {
+			m := hmac.New(sha256.New, h.key)
+			m.Write([]byte(h.msg))
+			var c [8]byte
+			binary.BigEndian.PutUint64(c[:], h.counter)
+			m.Write(c[:])
+			h.counter++
+			h.buf = m.Sum(nil)
+		}
+		k := copy(p[n:], h.buf)
+		h.buf = h.buf[k:]
+		n += k
+	}
+	return n, nil
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) *problem {

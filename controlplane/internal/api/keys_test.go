@@ -410,8 +410,9 @@ func TestRotateKey(t *testing.T) {
 	}
 	var o keyJSON
 	e.admin("GET", "/v1/keys/"+old.ID, nil).json(t, &o)
-	if o.ExpiresAt == nil || !o.ExpiresAt.Equal(graceEnd) || o.Expired {
-		t.Fatalf("old key during grace %+v", o)
+	if o.ExpiresAt != nil || o.GraceEndsAt == nil || !o.GraceEndsAt.Equal(graceEnd) || o.Expired ||
+		o.SuccessorID != nk.ID || nk.PredecessorID != old.ID || nk.ExpiresAt != nil || nk.GraceEndsAt != nil {
+		t.Fatalf("old key during grace %+v, new key %+v", o, nk)
 	}
 	// Both keys are in the filters' view; the old one with its grace end.
 	snap := e.syncPage("since=0")
@@ -431,7 +432,8 @@ func TestRotateKey(t *testing.T) {
 	}
 	e.admin("POST", "/v1/keys/"+old.ID+"/rotate", nil).problem(t, 409, "conflict")
 
-	// A shorter existing expiry is kept; grace 0 by default ends now.
+	// A shorter existing expiry is kept; the default grace is a day, 0
+	// ends the old key now.
 	k2 := e.createKey(map[string]any{"expires_at": e.clock.Now().Add(time.Minute).Format(time.RFC3339)})
 	r = e.admin("POST", "/v1/keys/"+k2.ID+"/rotate", map[string]any{"grace_seconds": 86400})
 	r.json(t, &nk)
@@ -440,6 +442,12 @@ func TestRotateKey(t *testing.T) {
 	}
 	k3 := e.createKey(map[string]any{})
 	r = e.admin("POST", "/v1/keys/"+k3.ID+"/rotate", nil)
+	r.json(t, &nk)
+	if r.status != 201 || !nk.RotatedFrom.ExpiresAt.Equal(e.clock.Now().Add(24*time.Hour)) {
+		t.Fatalf("default grace: %d %+v", r.status, nk.RotatedFrom)
+	}
+	k5 := e.createKey(map[string]any{})
+	r = e.admin("POST", "/v1/keys/"+k5.ID+"/rotate", map[string]any{"grace_seconds": 0})
 	r.json(t, &nk)
 	if r.status != 201 || !nk.RotatedFrom.ExpiresAt.Equal(e.clock.Now()) {
 		t.Fatalf("grace 0: %d %+v", r.status, nk.RotatedFrom)

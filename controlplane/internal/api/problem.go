@@ -33,32 +33,38 @@ type FieldError struct {
 	Message string `json:"message"`
 }
 
-// problem is an RFC 9457 problem details object with the product's "error"
-// and "message" members. It is also the error type handlers return.
+// problem is an RFC 9457 problem details object. Clients branch on the
+// stable code in "error" ("type" carries the same code as a URN); "detail"
+// is the human explanation and "message" its deprecated alias (the same
+// text, kept for clients written before "detail"); "instance" is the
+// request's path. It is also the error type handlers return.
 type problem struct {
-	Type    string       `json:"type"`
-	Title   string       `json:"title"`
-	Status  int          `json:"status"`
-	Code    string       `json:"error"`
-	Message string       `json:"message"`
-	Errors  []FieldError `json:"errors,omitempty"`
+	Type     string       `json:"type"`
+	Title    string       `json:"title"`
+	Status   int          `json:"status"`
+	Detail   string       `json:"detail"`
+	Instance string       `json:"instance,omitempty"`
+	Code     string       `json:"error"`
+	Message  string       `json:"message"` // deprecated: same as Detail
+	Errors   []FieldError `json:"errors,omitempty"`
 
 	header http.Header // extra response headers (WWW-Authenticate, Allow)
 	cause  error       // logged for internal errors, never sent
 }
 
-func (p *problem) Error() string { return p.Code + ": " + p.Message }
+func (p *problem) Error() string { return p.Code + ": " + p.Detail }
 
-// problemTypeBase prefixes the "type" URI; the fragment is the error code.
-const problemTypeBase = "https://keygate.dev/problems/"
+// problemTypeBase prefixes the "type" URI; the rest is the error code.
+// docs/problems.md lists every code.
+const problemTypeBase = "urn:keygate:problem:"
 
-func newProblem(status int, code, message string) *problem {
+func newProblem(status int, code, detail string) *problem {
 	return &problem{
-		Type:    problemTypeBase + code,
-		Title:   http.StatusText(status),
-		Status:  status,
-		Code:    code,
-		Message: message,
+		Type:   problemTypeBase + code,
+		Title:  http.StatusText(status),
+		Status: status,
+		Code:   code,
+		Detail: detail,
 	}
 }
 
@@ -66,7 +72,7 @@ func newProblem(status int, code, message string) *problem {
 func invalid(errs ...FieldError) *problem {
 	p := newProblem(http.StatusBadRequest, codeInvalidRequest, "the request has invalid fields")
 	if len(errs) == 1 {
-		p.Message = errs[0].Field + ": " + errs[0].Message
+		p.Detail = errs[0].Field + ": " + errs[0].Message
 	}
 	p.Errors = errs
 	return p
@@ -124,6 +130,10 @@ func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, p *problem
 		for _, v := range vs {
 			w.Header().Add(k, v)
 		}
+	}
+	p.Message = p.Detail
+	if p.Instance == "" {
+		p.Instance = r.URL.Path
 	}
 	body, err := json.Marshal(p)
 	if err != nil { // cannot happen: only strings and ints

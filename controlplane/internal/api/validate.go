@@ -10,6 +10,9 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/net/idna"
+	"golang.org/x/net/publicsuffix"
 )
 
 // Validation limits.
@@ -75,8 +78,12 @@ func checkHosts(fe *fieldErrors, field string, hosts []string) {
 // hostPatternError explains why h is not a valid host pattern, or returns "".
 //
 // Valid: a lower-case DNS name (optionally with a leading "*." wildcard
-// label), "*" alone, or a bracketed IPv6 literal; any of them but "*" with an
-// optional ":port". IPv4 literals are DNS-name shaped and accepted.
+// label), "*" alone, a canonical dotted-quad IPv4 literal, or a bracketed
+// IPv6 literal; any of them but "*" with an optional ":port". A wildcard
+// must sit under a registrable domain: "*.com", "*.co.uk", "*.github.io"
+// (public suffixes) and "*.internal" (one label) would match hosts of
+// unrelated owners, and "*" says "any host" explicitly. A name whose last
+// label is numeric must be an IPv4 address, as a resolver would read it.
 func hostPatternError(h string) string {
 	switch {
 	case h == "":
@@ -119,16 +126,45 @@ func hostPatternError(h string) string {
 	if strings.HasPrefix(h, "[") {
 		return ""
 	}
-	name := strings.TrimPrefix(host, "*.")
+	name, wildcard := strings.CutPrefix(host, "*.")
 	if name == "" {
 		return "missing host name"
 	}
-	for _, label := range strings.Split(name, ".") {
+	labels := strings.Split(name, ".")
+	for _, label := range labels {
 		if msg := labelError(label); msg != "" {
 			return msg
 		}
 	}
+	if last := labels[len(labels)-1]; digits(last) {
+		addr, err := netip.ParseAddr(name)
+		if err != nil || !addr.Is4() {
+			return fmt.Sprintf("%q is not a valid IPv4 address (four numbers 0 to 255 without leading zeros)", name)
+		}
+		if wildcard {
+			return "a wildcard cannot cover an IP address"
+		}
+		return ""
+	}
+	if wildcard {
+		if len(labels) == 1 {
+			return fmt.Sprintf("a wildcard must cover a registered domain, not the top-level name %q (use \"*\" for any host)", name)
+		}
+		if suffix, _ := publicsuffix.PublicSuffix(name); suffix == name {
+			return fmt.Sprintf("a wildcard must cover a registered domain, not the public suffix %q (use \"*\" for any host)", name)
+		}
+	}
 	return ""
+}
+
+// digits reports whether s is a non-empty run of ASCII digits.
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func labelError(label string) string {
@@ -142,14 +178,23 @@ func labelError(label string) string {
 	case label[0] == '-' || label[len(label)-1] == '-':
 		return "label must not start or end with a hyphen"
 	}
-	for i := 0; i < len(label); i++ {
-		c := label[i]
+	for _, c := range label {
 		switch {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
 		case c >= 'A' && c <= 'Z':
 			return "must be lower-case"
+		case c == utf8.RuneError:
+			return "must be valid UTF-8"
+		case c >= utf8.RuneSelf:
+			// Quoted as a string, not a byte, so it shows as typed; the
+			// filter compares the ASCII form clients send in :authority.
+			msg := fmt.Sprintf("invalid character %q: write internationalized names in their ASCII (xn--) form", string(c))
+			if a, err := idna.Lookup.ToASCII(label); err == nil && a != label {
+				msg += fmt.Sprintf(", %q for %q", a, label)
+			}
+			return msg
 		default:
-			return fmt.Sprintf("invalid character %q", c)
+			return fmt.Sprintf("invalid character %q", string(c))
 		}
 	}
 	return ""
@@ -220,7 +265,9 @@ func parseExpiry(fe *fieldErrors, field, s string, now time.Time) *time.Time {
 		fe.add(field, "must be in the future")
 		return nil
 	}
-	t = t.UTC().Truncate(time.Second)
+	// Kept to the microsecond the store holds; the sync wire rounds up to
+	// whole seconds, so the key never stops early.
+	t = t.UTC()
 	return &t
 }
 

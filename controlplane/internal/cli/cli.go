@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 )
 
@@ -23,7 +24,8 @@ commands:
   keys show <id>            show a key with its usage totals
   keys update <id>          change a key's settings
   keys revoke|disable|enable|delete <id>
-  keys rotate <id>          issue a new key; the old one expires after --grace
+  keys rotate <id>          issue a new key; the old one keeps working for
+                            --grace (default 24h, 0 ends it at once)
   usage <id>                a key's usage over time
   usage top                 the keys with the most requests
 
@@ -118,4 +120,48 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// secretFlag is a string flag whose value never shows: flag.PrintDefaults
+// prints a flag's current value as its default, and the default of a
+// credential flag comes from the environment. String reports "" (the zero
+// value), so help and usage errors print no "(default ...)" for it.
+type secretFlag struct{ value *string }
+
+func (f secretFlag) String() string { return "" }
+
+func (f secretFlag) Set(v string) error {
+	*f.value = v
+	return nil
+}
+
+// urlFlag is a URL flag (the control plane's, or a store's DSN) whose
+// default is shown without the password a URL may carry in its user info.
+type urlFlag struct{ value *string }
+
+func (f urlFlag) String() string {
+	if f.value == nil {
+		return ""
+	}
+	return redactURL(*f.value)
+}
+
+func (f urlFlag) Set(v string) error {
+	*f.value = v
+	return nil
+}
+
+// redactURL replaces the password of a URL with "xxxxx"; strings that do
+// not parse as URLs with user info are returned unchanged.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		if i := strings.Index(s, "@"); i >= 0 && strings.Contains(s, "://") {
+			// Unparsable but shaped like scheme://user:pass@host: hide it all
+			// up to the host rather than risk printing a password.
+			return s[:strings.Index(s, "://")+3] + "xxxxx" + s[i:]
+		}
+		return s
+	}
+	return u.Redacted()
 }

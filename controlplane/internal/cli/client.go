@@ -28,9 +28,10 @@ type clientFlags struct {
 }
 
 func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
-	fs.StringVar(&cf.url, "url", envOr(env, "KEYGATE_URL", "http://127.0.0.1:8081"), "control plane URL (KEYGATE_URL)")
+	cf.url = envOr(env, "KEYGATE_URL", "http://127.0.0.1:8081")
+	fs.Var(urlFlag{&cf.url}, "url", "control plane `URL` (KEYGATE_URL)")
 	cf.token = env("KEYGATE_ADMIN_TOKEN")
-	fs.StringVar(&cf.token, "token", cf.token, "admin credential (KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
+	fs.Var(secretFlag{&cf.token}, "token", "admin `credential` (default $KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
 	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
 }
 
@@ -50,7 +51,8 @@ func (cf *clientFlags) client() (*client, error) {
 type apiError struct {
 	Status  int    `json:"status"`
 	Code    string `json:"error"`
-	Message string `json:"message"`
+	Detail  string `json:"detail"`
+	Message string `json:"message"` // deprecated alias of detail (older servers)
 	Errors  []struct {
 		Field   string `json:"field"`
 		Message string `json:"message"`
@@ -59,7 +61,11 @@ type apiError struct {
 
 func (e *apiError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s (%d): %s", e.Code, e.Status, e.Message)
+	detail := e.Detail
+	if detail == "" {
+		detail = e.Message
+	}
+	fmt.Fprintf(&b, "%s (%d): %s", e.Code, e.Status, detail)
 	if len(e.Errors) > 1 {
 		for _, f := range e.Errors {
 			fmt.Fprintf(&b, "\n  %s: %s", f.Field, f.Message)
@@ -71,6 +77,11 @@ func (e *apiError) Error() string {
 // do sends a request with an optional JSON body and returns the raw
 // response body of a 2xx answer, or an *apiError.
 func (c *client) do(ctx context.Context, method, path string, query url.Values, body any) ([]byte, error) {
+	return c.doWith(ctx, method, path, query, body, nil)
+}
+
+// doWith is do with extra request headers.
+func (c *client) doWith(ctx context.Context, method, path string, query url.Values, body any, hdr http.Header) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -92,6 +103,9 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
@@ -106,7 +120,7 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	ae := &apiError{}
 	if json.Unmarshal(out, ae) != nil || ae.Code == "" {
-		ae = &apiError{Code: "http_error", Message: strings.TrimSpace(string(out))}
+		ae = &apiError{Code: "http_error", Detail: strings.TrimSpace(string(out))}
 	}
 	ae.Status = resp.StatusCode
 	return nil, ae

@@ -2,10 +2,14 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -38,6 +42,18 @@ type keyOut struct {
 		ID        string    `json:"id"`
 		ExpiresAt time.Time `json:"expires_at"`
 	} `json:"rotated_from"`
+	PredecessorID string     `json:"predecessor_id"`
+	SuccessorID   string     `json:"successor_id"`
+	GraceEndsAt   *time.Time `json:"grace_ends_at"`
+}
+
+// stopsAt is when the key stops working: the earlier of its expiry and its
+// rotation's grace end.
+func (k *keyOut) stopsAt() *time.Time {
+	if k.GraceEndsAt != nil && (k.ExpiresAt == nil || k.GraceEndsAt.Before(*k.ExpiresAt)) {
+		return k.GraceEndsAt
+	}
+	return k.ExpiresAt
 }
 
 type rateOut struct {
@@ -67,6 +83,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		limit         int
 		all           bool
 		grace         time.Duration
+		idemKey       string
 	)
 	nargs := 1
 	switch sub {
@@ -82,7 +99,8 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		fs.IntVar(&limit, "limit", 100, "keys per page (1-1000)")
 		fs.BoolVar(&all, "all", false, "follow the pages to the end")
 	case "rotate":
-		fs.DurationVar(&grace, "grace", 0, "how long the old key keeps working (e.g. 24h)")
+		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the old key keeps working after the rotation; 0 ends it at once (use 0 for a leaked key, or revoke it)")
+		fs.StringVar(&idemKey, "idempotency-key", "", "Idempotency-Key of the rotation (default: a random one, reused when the request is retried after a network error)")
 	case "show", "revoke", "disable", "enable", "delete":
 	default:
 		return usagef("unknown keys subcommand %q", sub)
@@ -143,7 +161,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 			return usagef("--grace must be a non-negative whole number of seconds")
 		}
 		req := map[string]any{"grace_seconds": int64(grace / time.Second)}
-		if body, err = c.do(ctx, "POST", "/v1/keys/"+id+"/rotate", nil, req); err != nil {
+		if body, err = rotate(ctx, c, id, req, idemKey); err != nil {
 			return err
 		}
 	case "delete":
@@ -209,7 +227,7 @@ func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, own
 				return fmt.Errorf("unexpected response: %w", err)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Name), dash(k.Owner), statusText(&k),
-				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.ExpiresAt), timeText(k.LastUsed))
+				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.stopsAt()), timeText(k.LastUsed))
 		}
 		if page.NextCursor == "" || !all {
 			if !asJSON && page.NextCursor != "" {
@@ -246,6 +264,15 @@ func printKey(w io.Writer, k *keyOut) {
 	}
 	row("QUOTA", quota)
 	row("EXPIRES", timeText(k.ExpiresAt))
+	if k.GraceEndsAt != nil {
+		row("GRACE ENDS", timeText(k.GraceEndsAt))
+	}
+	if k.PredecessorID != "" {
+		row("ROTATED FROM", k.PredecessorID)
+	}
+	if k.SuccessorID != "" {
+		row("ROTATED TO", k.SuccessorID)
+	}
 	if len(k.Metadata) > 0 && string(k.Metadata) != "null" {
 		row("METADATA", string(k.Metadata))
 	}
@@ -436,4 +463,29 @@ func parseExpires(v string, now time.Time) (time.Time, error) {
 		return now.Add(d).Truncate(time.Second), nil
 	}
 	return time.Time{}, usagef("--expires must be an RFC 3339 time or a positive duration (720h)")
+}
+
+// rotate posts a rotation with an Idempotency-Key and retries it (twice,
+// with the same key) when the answer is lost to a network error: the
+// server then answers the rotation it already made, new key included,
+// instead of a second rotation or a 409.
+func rotate(ctx context.Context, c *client, id string, req map[string]any, idemKey string) ([]byte, error) {
+	if idemKey == "" {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		idemKey = "cli-" + hex.EncodeToString(b[:])
+	}
+	hdr := http.Header{"Idempotency-Key": {idemKey}}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var body []byte
+		body, err = c.doWith(ctx, "POST", "/v1/keys/"+id+"/rotate", nil, req, hdr)
+		var ae *apiError
+		if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
+			return body, err
+		}
+	}
+	return nil, err
 }

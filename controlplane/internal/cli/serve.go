@@ -59,7 +59,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.listen, "listen", cfg.listen, "listen address (KEYGATE_LISTEN)")
-	fs.StringVar(&cfg.store, "store", cfg.store, "sqlite:<path> or a postgres:// URL (KEYGATE_STORE)")
+	fs.Var(urlFlag{&cfg.store}, "store", "`store`: sqlite:<path> or a postgres:// URL (KEYGATE_STORE)")
 	fs.StringVar(&cfg.prefix, "key-prefix", cfg.prefix, "prefix of new keys, 1-16 of [a-z0-9] (KEYGATE_KEY_PREFIX)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,

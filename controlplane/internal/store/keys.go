@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -37,16 +37,18 @@ type rowScanner interface {
 type keyRow struct {
 	id, name, owner, status, hosts, scopes sql.NullString
 	quotaPeriod, metadata                  sql.NullString
+	predecessor, successor                 sql.NullString
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
 	hash                                   []byte
 	expires, created, updated              sql.NullInt64
-	lastUsed, exhausted                    sql.NullInt64
+	lastUsed, exhausted, graceEnds         sql.NullInt64
 }
 
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
-		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted}
+		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
+		&r.predecessor, &r.successor, &r.graceEnds}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -83,6 +85,8 @@ func (r *keyRow) key() (*Key, error) {
 	k.ExpiresAt = fromNullMicro(r.expires)
 	k.LastUsedAt = fromNullMicro(r.lastUsed)
 	k.QuotaExhaustedUntil = fromNullMicro(r.exhausted)
+	k.GraceEndsAt = fromNullMicro(r.graceEnds)
+	k.PredecessorID, k.SuccessorID = r.predecessor.String, r.successor.String
 	k.CreatedAt = fromMicro(r.created.Int64)
 	k.UpdatedAt = fromMicro(r.updated.Int64)
 	return k, nil
@@ -120,7 +124,7 @@ func truncTimePtr(t *time.Time) *time.Time {
 // keyValues validates k and returns the stored forms of its mutable
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
-// quota_exhausted_until.
+// quota_exhausted_until, predecessor_id, successor_id, grace_ends_at.
 func keyValues(k *Key) ([]any, error) {
 	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
@@ -160,7 +164,8 @@ func keyValues(k *Key) ([]any, error) {
 		ql, qp = k.Quota.Limit, k.Quota.Period
 	}
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
-		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil)}, nil
+		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
+		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt)}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -205,6 +210,13 @@ func unmarshalList(s string) ([]string, error) {
 	return out, nil
 }
 
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
 func marshalList(l []string) (string, error) {
 	if len(l) == 0 {
 		return "[]", nil
@@ -229,6 +241,7 @@ func (s *sqlStore) normalizeNew(k *Key) {
 	k.UpdatedAt = truncTime(k.UpdatedAt)
 	k.ExpiresAt = truncTimePtr(k.ExpiresAt)
 	k.QuotaExhaustedUntil = truncTimePtr(k.QuotaExhaustedUntil)
+	k.GraceEndsAt = truncTimePtr(k.GraceEndsAt)
 	k.LastUsedAt = nil // maintained by IngestUsage only
 	if k.Hosts == nil {
 		k.Hosts = []string{}
@@ -247,8 +260,9 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args := append([]any{k.ID, k.Hash[:]}, vals...)
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
-		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`, args...)
+		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
+		created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -262,6 +276,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 // (until the end of the current period).
 func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 	s.normalizeNew(k)
+	// Lineage fields come from RotateKey only.
+	k.PredecessorID, k.SuccessorID, k.GraceEndsAt = "", "", nil
 	if k.Quota != nil && k.Quota.Limit <= 0 && k.QuotaExhaustedUntil == nil {
 		if _, end, err := QuotaPeriod(k.Quota.Period, s.now()); err == nil {
 			k.QuotaExhaustedUntil = &end
@@ -311,7 +327,8 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args := append(vals, k.UpdatedAt.UnixMicro(), k.ID)
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
-		expires_at = $11, metadata = $12, quota_exhausted_until = $13, updated_at = $14 WHERE id = $15`, args...)
+		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
+		grace_ends_at = $16, updated_at = $17 WHERE id = $18`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}
@@ -323,7 +340,7 @@ func sameQuota(a, b *Quota) bool {
 }
 
 // UpdateKey refuses changes of ID, Hash and CreatedAt, ignores LastUsedAt
-// (owned by IngestUsage) and sets UpdatedAt to the store clock unless fn set
+// (owned by IngestUsage) and the lineage fields (owned by RotateKey), and sets UpdatedAt to the store clock unless fn set
 // it. When fn changes the quota, QuotaExhaustedUntil is recomputed from the
 // current period's usage. fn may run again if PostgreSQL asks for the
 // transaction to be retried.
@@ -364,6 +381,7 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		}
 		k.QuotaExhaustedUntil = truncTimePtr(k.QuotaExhaustedUntil)
 		k.LastUsedAt = orig.LastUsedAt
+		k.PredecessorID, k.SuccessorID, k.GraceEndsAt = orig.PredecessorID, orig.SuccessorID, orig.GraceEndsAt
 		if k.Hosts == nil {
 			k.Hosts = []string{}
 		}
@@ -402,32 +420,61 @@ func (s *sqlStore) DeleteKey(ctx context.Context, id string) error {
 	return nil
 }
 
-// RotateKey never extends the old key's life: if it already expires before
-// the time fn returns, its expiry stays.
-func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn func(*Key) (*Key, time.Time, error)) (*Key, *Key, error) {
+// RotateKey makes the new key the old one's only active successor. It
+// never extends the old key's life: the grace end only moves earlier, and
+// the key still stops at its own expiry if that comes first. The new key
+// takes the old one's own expiry (never a grace end), joins its lineage and
+// starts with the lineage's quota state.
+func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn RotateFunc) (*Key, *Key, error) {
 	var old, newKey *Key
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		k, err := s.lockKey(ctx, tx, oldID)
 		if err != nil {
 			return err
 		}
-		view := *k // fn decides on the row; what is written stays the store's
-		nk, oldExpiresAt, err := fn(&view)
+		succ, err := s.activeSuccessor(ctx, tx, k)
 		if err != nil {
 			return err
 		}
-		s.normalizeNew(nk)
-		exp := truncTime(oldExpiresAt)
-		if k.ExpiresAt == nil || exp.Before(*k.ExpiresAt) {
-			k.ExpiresAt = &exp
+		view := *k // fn decides on the row; what is written stays the store's
+		nk, graceEnd, err := fn(&view, succ)
+		if err != nil {
+			return err
 		}
-		k.UpdatedAt = truncTime(s.now())
+		if succ != nil {
+			return fmt.Errorf("store: key %q already has the active successor %q: %w", k.ID, succ.ID, ErrConflict)
+		}
+		s.normalizeNew(nk)
+		now := truncTime(s.now())
+		end := truncTime(graceEnd)
+		if k.GraceEndsAt == nil || end.Before(*k.GraceEndsAt) {
+			k.GraceEndsAt = &end
+		}
+		lineage, err := lineageOf(ctx, tx, k.ID)
+		if err != nil {
+			return fmt.Errorf("store: lineage: %w", err)
+		}
+		nk.ExpiresAt = truncTimePtr(k.ExpiresAt)
+		nk.PredecessorID, nk.SuccessorID, nk.GraceEndsAt = k.ID, "", nil
+		nk.QuotaExhaustedUntil = nil
+		if nk.Quota != nil {
+			// The lineage's usage so far counts against the new key too.
+			if err := settleQuotaOf(ctx, tx, nk, k.ID, s.now()); err != nil {
+				return fmt.Errorf("store: quota usage: %w", err)
+			}
+			nk.QuotaExhaustedUntil = truncTimePtr(nk.QuotaExhaustedUntil)
+		}
+		k.SuccessorID = nk.ID
+		k.UpdatedAt = now
 		// New key first: a conflict on it aborts before any change is logged.
 		if err := s.insertKey(ctx, tx, nk); err != nil {
 			return err
 		}
 		if err := s.writeKey(ctx, tx, k); err != nil {
 			return err
+		}
+		if err := s.joinLineage(ctx, tx, lineage, k.ID, nk.ID); err != nil {
+			return fmt.Errorf("store: lineage: %w", err)
 		}
 		old, newKey = k, nk
 		return nil
@@ -437,6 +484,48 @@ func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn func(*Key) (*
 	}
 	s.notify()
 	return old, newKey, nil
+}
+
+// activeSuccessor returns k's successor unless there is none, it was
+// deleted or it was revoked (then k may be rotated again).
+func (s *sqlStore) activeSuccessor(ctx context.Context, tx *sql.Tx, k *Key) (*Key, error) {
+	if k.SuccessorID == "" {
+		return nil, nil
+	}
+	succ, err := scanKey(tx.QueryRowContext(ctx, `SELECT `+keyColumns+` FROM keys WHERE id = $1`, k.SuccessorID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: read successor: %w", err)
+	}
+	if succ.Status == StatusRevoked {
+		return nil, nil
+	}
+	return succ, nil
+}
+
+// lineageOf returns the id of the lineage keyID belongs to: its first
+// key's id (keyID itself for a key never rotated).
+func lineageOf(ctx context.Context, q querier, keyID string) (string, error) {
+	var lineage string
+	err := q.QueryRowContext(ctx, `SELECT lineage_id FROM key_lineage WHERE key_id = $1`, keyID).Scan(&lineage)
+	if errors.Is(err, sql.ErrNoRows) {
+		return keyID, nil
+	}
+	return lineage, err
+}
+
+// joinLineage records that newID follows oldID in lineage.
+func (s *sqlStore) joinLineage(ctx context.Context, tx *sql.Tx, lineage, oldID, newID string) error {
+	if oldID == lineage {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO key_lineage (key_id, lineage_id) VALUES ($1, $2)
+			ON CONFLICT (key_id) DO NOTHING`, oldID, lineage); err != nil {
+			return err
+		}
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO key_lineage (key_id, lineage_id) VALUES ($1, $2)`, newID, lineage)
+	return err
 }
 
 func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, error) {

@@ -98,8 +98,9 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
-// quotaUsed sums a key's allowed requests in the quota period containing
-// at.
+// quotaUsed sums the allowed requests of keyID's lineage (every key rotated
+// from or to it, directly or not, deleted ones included) in the quota
+// period containing at: rotating a key does not reset its quota.
 func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Time) (int64, time.Time, error) {
 	start, end, err := QuotaPeriod(period, at)
 	if err != nil {
@@ -107,7 +108,11 @@ func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Tim
 	}
 	var used int64
 	err = q.QueryRowContext(ctx, `SELECT CAST(COALESCE(SUM(allowed), 0) AS BIGINT) FROM usage_days
-		WHERE key_id = $1 AND day >= $2 AND day < $3`, keyID, start.Unix(), end.Unix()).Scan(&used)
+		WHERE day >= $2 AND day < $3 AND key_id IN (
+			SELECT CAST($1 AS TEXT)
+			UNION
+			SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id WHERE l.key_id = $1)`,
+		keyID, start.Unix(), end.Unix()).Scan(&used)
 	return used, end, err
 }
 
@@ -121,19 +126,24 @@ func (s *sqlStore) QuotaUsed(ctx context.Context, keyID, period string, at time.
 
 // exhaustQuotas sets QuotaExhaustedUntil to the end of the current period
 // on every key among ids (keys with allowed requests in the batch just
-// merged) whose quota the fleet has used up, unless it is already set to
+// merged) and their lineages whose quota the fleet has used up (summed
+// over the lineage), unless it is already set to
 // that time; each such change goes to the change log. It reports whether
 // it changed any key.
 func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, now time.Time) (bool, error) {
 	if len(ids) == 0 {
 		return false, nil
 	}
-	q := `SELECT id, hash, quota_limit, quota_period, quota_exhausted_until FROM keys
-		WHERE quota_limit IS NOT NULL AND id IN (SELECT value FROM json_each($1)) ORDER BY id`
+	// A batch's keys and every other member of their lineages: the
+	// predecessor in its grace period shares the successor's budget.
+	const q = `SELECT id, hash, quota_limit, quota_period, quota_exhausted_until FROM keys
+		WHERE quota_limit IS NOT NULL AND (id IN (SELECT x FROM batch_ids) OR id IN (
+			SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id
+			WHERE l.key_id IN (SELECT x FROM batch_ids))) ORDER BY id`
+	query := `WITH batch_ids(x) AS (SELECT value FROM json_each($1)) ` + q
 	var arg any
 	if s.d == dialectPostgres {
-		q = `SELECT id, hash, quota_limit, quota_period, quota_exhausted_until FROM keys
-			WHERE quota_limit IS NOT NULL AND id = ANY($1::text[]) ORDER BY id`
+		query = `WITH batch_ids(x) AS (SELECT unnest($1::text[])) ` + q
 		arg = ids
 	} else {
 		b, err := json.Marshal(ids)
@@ -150,7 +160,7 @@ func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, 
 		exhausted sql.NullInt64
 	}
 	var keys []quotaKey
-	rows, err := tx.QueryContext(ctx, q, arg)
+	rows, err := tx.QueryContext(ctx, query, arg)
 	if err != nil {
 		return false, err
 	}
@@ -187,15 +197,21 @@ func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, 
 	return changed, nil
 }
 
-// settleQuota makes k.QuotaExhaustedUntil agree with k.Quota and the
-// period's usage as of now: nil without a quota, the period's end when the
-// used amount has reached the limit, else nil.
+// settleQuota makes k.QuotaExhaustedUntil agree with k.Quota and its
+// lineage's usage in the period as of now: nil without a quota, the
+// period's end when the used amount has reached the limit, else nil.
 func settleQuota(ctx context.Context, q querier, k *Key, now time.Time) error {
+	return settleQuotaOf(ctx, q, k, k.ID, now)
+}
+
+// settleQuotaOf is settleQuota with the usage of member's lineage (for a
+// key that is about to join it).
+func settleQuotaOf(ctx context.Context, q querier, k *Key, member string, now time.Time) error {
 	if k.Quota == nil {
 		k.QuotaExhaustedUntil = nil
 		return nil
 	}
-	used, end, err := quotaUsed(ctx, q, k.ID, k.Quota.Period, now)
+	used, end, err := quotaUsed(ctx, q, member, k.Quota.Period, now)
 	if err != nil {
 		return err
 	}

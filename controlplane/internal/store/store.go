@@ -74,12 +74,36 @@ type Key struct {
 	UpdatedAt time.Time
 	// LastUsedAt is maintained by IngestUsage.
 	LastUsedAt *time.Time
+	// PredecessorID is the key this one was rotated from, SuccessorID the
+	// key it was last rotated to, GraceEndsAt when that rotation's grace
+	// period ends. All three are maintained by RotateKey only.
+	PredecessorID string
+	SuccessorID   string
+	GraceEndsAt   *time.Time
 	// QuotaExhaustedUntil is set by IngestUsage when the fleet's allowed
 	// requests in the current quota period reach the quota (the end of the
 	// period), and kept consistent by UpdateKey when the quota changes; nil
 	// if never exhausted. A time in the past means not exhausted any more.
 	QuotaExhaustedUntil *time.Time
 }
+
+// EffectiveExpiry is when the key stops working: the earlier of its own
+// expiry and the end of its rotation's grace period; nil if neither.
+func (k *Key) EffectiveExpiry() *time.Time {
+	switch {
+	case k.GraceEndsAt == nil:
+		return k.ExpiresAt
+	case k.ExpiresAt == nil || k.GraceEndsAt.Before(*k.ExpiresAt):
+		return k.GraceEndsAt
+	}
+	return k.ExpiresAt
+}
+
+// RotateFunc decides a rotation on the locked old key (see Store.RotateKey).
+// successor is the old key's active successor, or nil. It returns the new
+// key and the end of the old key's grace period, or an error that aborts
+// the rotation.
+type RotateFunc func(old, successor *Key) (newKey *Key, graceEnd time.Time, err error)
 
 // ListFilter selects keys for ListKeys. Cursor is opaque (from a previous
 // page); Limit <= 0 means the implementation's default (100), max 1000.
@@ -190,13 +214,18 @@ type Store interface {
 	// transaction; fn returning an error aborts the update.
 	UpdateKey(ctx context.Context, id string, fn func(*Key) error) (*Key, error)
 	DeleteKey(ctx context.Context, id string) error
-	// RotateKey locks the old key and calls fn with it, in one transaction:
-	// fn refuses (its error aborts the rotation) or returns the new key and
-	// when the old one expires (the end of the grace period). The new key is
-	// stored and the old one's ExpiresAt set to that, never later than it
-	// was. Deciding on the locked row means a concurrent revoke or update
-	// is either seen by fn or waits for the rotation.
-	RotateKey(ctx context.Context, oldID string, fn func(old *Key) (newKey *Key, oldExpiresAt time.Time, err error)) (old, newKey *Key, err error)
+	// RotateKey locks the old key and calls fn with it and its active
+	// successor (not deleted, not revoked; nil if none), in one
+	// transaction: fn refuses (its error aborts the rotation) or returns
+	// the new key and the end of the old key's grace period. A key has at
+	// most one active successor: if it has one, the rotation fails with
+	// ErrConflict whatever fn returns. The new key is stored with the old
+	// one's own ExpiresAt (never a grace end) and joins its lineage; the
+	// old one's GraceEndsAt is set to graceEnd unless that is later than
+	// it was, and its SuccessorID to the new key. Deciding on the locked
+	// row means a concurrent revoke, update or rotation is either seen by
+	// fn or waits for this one.
+	RotateKey(ctx context.Context, oldID string, fn RotateFunc) (old, newKey *Key, err error)
 
 	// Audit.
 	AppendAudit(ctx context.Context, e *AuditEntry) error
@@ -221,8 +250,9 @@ type Store interface {
 	// within the share window in proportion to their recent demand (see
 	// shares.go) and returns node's part.
 	Shares(ctx context.Context, node string) (*Shares, error)
-	// QuotaUsed returns a key's allowed requests in the UTC quota period
-	// ("day" or "month") that contains at.
+	// QuotaUsed returns the allowed requests of a key's lineage (the key,
+	// the keys it was rotated from and to, deleted ones included) in the
+	// UTC quota period ("day" or "month") that contains at: one budget.
 	QuotaUsed(ctx context.Context, keyID, period string, at time.Time) (int64, error)
 	// UsageSeries returns per-bucket, per-outcome sums for one key ("" for
 	// requests with no identified key) in [from, to); step is "minute",

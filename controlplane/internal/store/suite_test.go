@@ -326,20 +326,28 @@ func testListKeysPaging(t *testing.T, open func(t testing.TB) Store) {
 func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	s := open(t)
 	ctx := testCtx(t)
-	old := mustCreate(t, s, newTestKey(t))
+	own := time.Now().Add(48 * time.Hour).UTC().Truncate(time.Microsecond)
+	ok := newTestKey(t)
+	ok.ExpiresAt = &own
+	old := mustCreate(t, s, ok)
 	v0, _ := s.CurrentVersion(ctx)
 	grace := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
 	nk := newTestKey(t)
 	nk.Hosts, nk.Scopes = old.Hosts, old.Scopes
-	got, _, err := s.RotateKey(ctx, old.ID, rotateTo(nk, grace))
+	got, gotNew, err := s.RotateKey(ctx, old.ID, rotateTo(nk, grace))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ExpiresAt == nil || !got.ExpiresAt.Equal(grace) {
-		t.Fatalf("old key expires at %v, want %v", got.ExpiresAt, grace)
+	if got.GraceEndsAt == nil || !got.GraceEndsAt.Equal(grace) || !got.ExpiresAt.Equal(own) ||
+		!got.EffectiveExpiry().Equal(grace) || got.SuccessorID != nk.ID {
+		t.Fatalf("old key: grace end %v expiry %v successor %q; want %v, %v, %s", got.GraceEndsAt, got.ExpiresAt, got.SuccessorID, grace, own, nk.ID)
 	}
-	if _, err := s.GetKey(ctx, nk.ID); err != nil {
-		t.Fatalf("new key: %v", err)
+	// The successor has the old key's own expiry, never the grace end.
+	if gotNew.PredecessorID != old.ID || gotNew.GraceEndsAt != nil || gotNew.ExpiresAt == nil || !gotNew.ExpiresAt.Equal(own) {
+		t.Fatalf("new key: predecessor %q grace end %v expiry %v", gotNew.PredecessorID, gotNew.GraceEndsAt, gotNew.ExpiresAt)
+	}
+	if k, err := s.GetKey(ctx, nk.ID); err != nil || k.PredecessorID != old.ID || !k.ExpiresAt.Equal(own) {
+		t.Fatalf("new key read back: %+v, %v", k, err)
 	}
 	page, err := s.Sync(ctx, v0, "", 0)
 	if err != nil {
@@ -352,33 +360,61 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	for _, c := range page.Changes {
 		seen[c.Hash] = c.Key
 	}
-	if seen[old.Hash] == nil || seen[old.Hash].ExpiresAt == nil || seen[nk.Hash] == nil {
+	if seen[old.Hash] == nil || seen[old.Hash].GraceEndsAt == nil || seen[nk.Hash] == nil {
 		t.Fatalf("delta after rotate misses a key: %+v", page.Changes)
 	}
-	// Rotation never extends an earlier expiry.
-	later := grace.Add(24 * time.Hour)
-	got, _, err = s.RotateKey(ctx, old.ID, rotateTo(newTestKey(t), later))
-	if err != nil || !got.ExpiresAt.Equal(grace) {
-		t.Fatalf("second rotation: expiry %v, %v; want %v", got.ExpiresAt, err, grace)
-	}
-	// A conflicting new key aborts the whole rotation.
+	// A key has at most one active successor: rotating it again is a
+	// conflict and changes nothing, whatever the decision says.
 	v1, _ := s.CurrentVersion(ctx)
-	dup := newTestKey(t)
-	dup.Hash = nk.Hash
-	if _, _, err := s.RotateKey(ctx, nk.ID, rotateTo(dup, time.Now())); !errors.Is(err, ErrConflict) {
-		t.Fatalf("conflicting rotation: %v", err)
-	}
-	if k, _ := s.GetKey(ctx, nk.ID); k.ExpiresAt != nil {
-		t.Fatalf("aborted rotation set an expiry")
+	var sawSuccessor string
+	_, _, err = s.RotateKey(ctx, old.ID, func(_, succ *Key) (*Key, time.Time, error) {
+		if succ != nil {
+			sawSuccessor = succ.ID
+		}
+		return newTestKey(t), grace, nil
+	})
+	if !errors.Is(err, ErrConflict) || sawSuccessor != nk.ID {
+		t.Fatalf("second rotation: %v (successor seen %q)", err, sawSuccessor)
 	}
 	if v, _ := s.CurrentVersion(ctx); v != v1 {
+		t.Fatal("a refused rotation moved the version")
+	}
+	// Once the successor is revoked, the key may be rotated again; the
+	// grace end never moves later.
+	if _, err := s.UpdateKey(ctx, nk.ID, func(k *Key) error { k.Status = StatusRevoked; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	nk2 := newTestKey(t)
+	got, _, err = s.RotateKey(ctx, old.ID, rotateTo(nk2, grace.Add(24*time.Hour)))
+	if err != nil || !got.GraceEndsAt.Equal(grace) || got.SuccessorID != nk2.ID {
+		t.Fatalf("rotation after the successor's revocation: %+v, %v; want grace end %v", got, err, grace)
+	}
+	// UpdateKey cannot touch the lineage fields.
+	upd, err := s.UpdateKey(ctx, old.ID, func(k *Key) error {
+		k.GraceEndsAt, k.SuccessorID, k.PredecessorID = nil, "", "x"
+		return nil
+	})
+	if err != nil || upd.GraceEndsAt == nil || upd.SuccessorID != nk2.ID || upd.PredecessorID != "" {
+		t.Fatalf("update changed lineage fields: %+v, %v", upd, err)
+	}
+	// A conflicting new key aborts the whole rotation.
+	v2, _ := s.CurrentVersion(ctx)
+	dup := newTestKey(t)
+	dup.Hash = nk2.Hash
+	if _, _, err := s.RotateKey(ctx, nk2.ID, rotateTo(dup, time.Now())); !errors.Is(err, ErrConflict) {
+		t.Fatalf("conflicting rotation: %v", err)
+	}
+	if k, _ := s.GetKey(ctx, nk2.ID); k.GraceEndsAt != nil || k.SuccessorID != "" {
+		t.Fatalf("aborted rotation changed the key: %+v", k)
+	}
+	if v, _ := s.CurrentVersion(ctx); v != v2 {
 		t.Fatalf("aborted rotation moved the version")
 	}
 }
 
 // rotateTo is a RotateKey decision that always rotates to nk.
-func rotateTo(nk *Key, oldExpiresAt time.Time) func(*Key) (*Key, time.Time, error) {
-	return func(*Key) (*Key, time.Time, error) { return nk, oldExpiresAt, nil }
+func rotateTo(nk *Key, graceEnd time.Time) RotateFunc {
+	return func(_, _ *Key) (*Key, time.Time, error) { return nk, graceEnd, nil }
 }
 
 // testRotateDecidesOnTheLockedRow: the decision sees the key as it is when
@@ -393,7 +429,7 @@ func testRotateDecidesOnTheLockedRow(t *testing.T, open func(t testing.TB) Store
 	v0, _ := s.CurrentVersion(ctx)
 	refused := errors.New("revoked")
 	var seen string
-	_, _, err := s.RotateKey(ctx, old.ID, func(k *Key) (*Key, time.Time, error) {
+	_, _, err := s.RotateKey(ctx, old.ID, func(k, _ *Key) (*Key, time.Time, error) {
 		seen = k.Status
 		if k.Status == StatusRevoked {
 			return nil, time.Time{}, refused
@@ -406,8 +442,8 @@ func testRotateDecidesOnTheLockedRow(t *testing.T, open func(t testing.TB) Store
 	if v, _ := s.CurrentVersion(ctx); v != v0 {
 		t.Fatal("a refused rotation moved the version")
 	}
-	if k, _ := s.GetKey(ctx, old.ID); k.ExpiresAt != nil {
-		t.Fatal("a refused rotation set an expiry")
+	if k, _ := s.GetKey(ctx, old.ID); k.ExpiresAt != nil || k.GraceEndsAt != nil || k.SuccessorID != "" {
+		t.Fatal("a refused rotation changed the key")
 	}
 }
 

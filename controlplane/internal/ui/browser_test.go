@@ -516,9 +516,9 @@ func TestDashboardInChromium(t *testing.T) {
 	if nk, err := st.GetKey(context.Background(), newID); err != nil || newID == keyID || nk.Hash != keycache.HashKey(rotated) || nk.Owner != "acme" {
 		t.Errorf("rotation: new key %q (%v): %+v", newID, err, nk)
 	}
-	if old, err := st.GetKey(context.Background(), keyID); err != nil || old.ExpiresAt == nil ||
-		old.ExpiresAt.Sub(time.Now()) < 590*time.Second || old.ExpiresAt.Sub(time.Now()) > 610*time.Second {
-		t.Errorf("rotation: the old key should expire in 600 s: %+v (%v)", old, err)
+	if old, err := st.GetKey(context.Background(), keyID); err != nil || old.GraceEndsAt == nil || old.SuccessorID != newID ||
+		old.GraceEndsAt.Sub(time.Now()) < 590*time.Second || old.GraceEndsAt.Sub(time.Now()) > 610*time.Second {
+		t.Errorf("rotation: the old key's grace should end in 600 s: %+v (%v)", old, err)
 	}
 	run(t, ctx, "close the rotated key with Escape", chromedp.KeyEvent(kb.Escape), chromedp.WaitNotVisible(chromedp.ID("dialog")))
 	if n := eval[int](t, ctx, `document.body.innerHTML.split(`+fmt.Sprintf("%q", rotated)+`).length - 1`); n != 0 {

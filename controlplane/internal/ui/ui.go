@@ -111,17 +111,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Cross-Origin-Opener-Policy", "same-origin")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		hdr.Set("Allow", "GET, HEAD")
-		writeProblem(w, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed here")
+		writeProblem(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed here")
 		return
 	}
 	a, ok := h.assets[rest]
 	if !ok {
 		if rest == chartLibrary {
-			writeProblem(w, http.StatusServiceUnavailable, "unavailable",
+			writeProblem(w, r, http.StatusServiceUnavailable, "unavailable",
 				"the chart library is missing from this build: run controlplane/internal/ui/setup.sh, then rebuild the control plane")
 			return
 		}
-		writeProblem(w, http.StatusNotFound, "not_found", "no such resource")
+		writeProblem(w, r, http.StatusNotFound, "not_found", "no such resource")
 		return
 	}
 	if path.Ext(rest) == ".html" || rest == "" {
@@ -154,14 +154,17 @@ func etagMatches(header, etag string) bool {
 	return false
 }
 
-// writeProblem answers an RFC 9457 problem in the control plane's format.
-func writeProblem(w http.ResponseWriter, status int, code, message string) {
+// writeProblem answers an RFC 9457 problem in the control plane's format
+// (docs/problems.md): "message" is the deprecated alias of "detail".
+func writeProblem(w http.ResponseWriter, r *http.Request, status int, code, detail string) {
 	body, _ := json.Marshal(map[string]any{
-		"type":    "https://keygate.dev/problems/" + code,
-		"title":   http.StatusText(status),
-		"status":  status,
-		"error":   code,
-		"message": message,
+		"type":     "urn:keygate:problem:" + code,
+		"title":    http.StatusText(status),
+		"status":   status,
+		"detail":   detail,
+		"instance": r.URL.Path,
+		"error":    code,
+		"message":  detail,
 	})
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")

@@ -133,11 +133,13 @@ func checkProblem(t *testing.T, w *httptest.ResponseRecorder, status int, code s
 		Status  int    `json:"status"`
 		Error   string `json:"error"`
 		Message string `json:"message"`
+		Detail  string `json:"detail"`
+		Type    string `json:"type"`
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil {
 		t.Fatal(err)
 	}
-	if p.Status != status || p.Error != code || p.Message == "" {
+	if p.Status != status || p.Error != code || p.Detail == "" || p.Message != p.Detail || p.Type != "urn:keygate:problem:"+code {
 		t.Fatalf("problem %+v, want status %d error %q", p, status, code)
 	}
 }

@@ -18,7 +18,7 @@ export function forgetCredential() {
 // APIError carries the problem+json the API answered with.
 export class APIError extends Error {
   constructor(status, problem) {
-    super(problem?.message || `HTTP ${status}`);
+    super(problem?.detail || problem?.message || `HTTP ${status}`);
     this.status = status;
     this.code = problem?.error || "";
     this.fields = problem?.errors || [];

@@ -23,7 +23,12 @@ export async function keyView(root, id) {
     item("Scopes", k.scopes.join(" ") || "—"),
     item("Rate limit", fmtRate(k.rate)),
     item("Quota", fmtQuota(k.quota) + (k.quota_exhausted_until ? ` (exhausted until ${fmtTime(k.quota_exhausted_until)})` : "")),
-    item("Expires", k.expires_at ? fmtTime(k.expires_at) + (k.expired ? " (expired)" : "") : "never"),
+    item("Expires", k.expires_at ? fmtTime(k.expires_at) + (k.expired && !k.grace_ends_at ? " (expired)" : "") : "never"),
+    // After a rotation the key stops at the earlier of its expiry and the
+    // grace end (docs/lifecycle.md).
+    k.grace_ends_at ? item("Grace ends", fmtTime(k.grace_ends_at) + (k.expired ? " (expired)" : "")) : [],
+    k.predecessor_id ? item("Rotated from", h("a", { href: "#/keys/" + k.predecessor_id, class: "mono" }, k.predecessor_id)) : [],
+    k.successor_id ? item("Rotated to", h("a", { href: "#/keys/" + k.successor_id, class: "mono" }, k.successor_id)) : [],
     item("Created", fmtTime(k.created_at)),
     item("Updated", fmtTime(k.updated_at)),
     item("Last used", k.last_used_at ? `${fmtAgo(k.last_used_at)} (${fmtTime(k.last_used_at)})` : "never"),
@@ -86,7 +91,7 @@ function setStatus(k, action) {
 }
 
 function rotate(k) {
-  const grace = h("input", { id: "grace-seconds", type: "number", min: 0, max: 2592000, value: 3600 });
+  const grace = h("input", { id: "grace-seconds", type: "number", min: 0, max: 2592000, value: 86400 });
   open({
     title: "Rotate key",
     body: [
