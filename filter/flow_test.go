@@ -247,3 +247,27 @@ func TestUnenforceableLoggedOnce(t *testing.T) {
 		}
 	})
 }
+
+// case_sensitive_paths: routes match the path's exact case; by default any.
+func TestCaseSensitivePaths(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, sensitive := range []bool{false, true} {
+			// One emulator at a time: each holds the SDK's global lock
+			// until its test's cleanup.
+			t.Run(strconv.FormatBool(sensitive), func(t *testing.T) {
+				cfg := `{"case_sensitive_paths":` + strconv.FormatBool(sensitive) +
+					`,"routes":[{"path_prefix":"/Admin","scopes":["admin"]}]}`
+				var keys testKeys
+				host := emulator(t, vm(), cfg, func() { keys = seedKeys(t) })
+				for path, needsScope := range map[string]bool{"/Admin/x": true, "/admin/x": !sensitive, "/ADMIN": !sensitive, "/Adminx": true} {
+					id := host.InitializeHttpContext()
+					host.CallOnRequestHeaders(id, get(path, "x-api-key", keys.active), true)
+					resp := host.GetSentLocalResponse(id)
+					if refused := resp != nil && resp.StatusCode == 403; refused != needsScope {
+						t.Errorf("%s: refused %v, want %v", path, refused, needsScope)
+					}
+				}
+			})
+		}
+	})
+}
