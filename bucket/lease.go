@@ -75,7 +75,7 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 	if g.capacity == 0 || cost > g.capacity || l.Store == nil {
 		return l.Take(stateKey, p, cost, nowNanos) // the lease, if any, stays for later
 	}
-	give := ls.giveBack(p, nowNanos)
+	give := ls.giveBack(nowNanos)
 	*ls = Lease{}
 	res, extra, err := l.take(stateKey, p, g, cost, ahead, give, nowNanos)
 	if err != nil || !res.Allowed {
@@ -87,23 +87,25 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 	return res, nil
 }
 
-// giveBack returns how many of the lease's unspent tokens can go back to the
-// bucket at now without letting it admit more than GCRA would have had they
-// never been taken: all of them while the bucket's TAT as of the lease, less
-// their worth, still lies ahead of now (so no request in between could have
-// found that bucket full), else as many as keep it so. A key whose bucket
-// refills slowly (1 per day, burst 500) thus loses none of its burst to
-// leases; one that refills fast gets back only what refill has not already
-// restored. Tokens of another policy are not returned.
-func (ls *Lease) giveBack(p Policy, now int64) int64 {
-	if ls.tokens <= 0 || ls.policy != p || ls.interval <= 0 || ls.tat <= now {
+// giveBack returns the worth in nanoseconds of the lease's unspent tokens
+// that can go back to the bucket at now without letting it admit more than
+// GCRA would have had they never been taken: all of them while the
+// bucket's TAT as of the lease, less their worth, still lies ahead of now
+// (so no request in between could have found that bucket full), else as
+// many as keep it so. A key whose bucket refills slowly (1 per day, burst
+// 500) thus loses none of its burst to leases; one that refills fast gets
+// back only what refill has not already restored. The worth is counted at
+// the lease's own emission interval, so a policy that changed since (a new
+// fleet share) gets back exactly the time the lease added.
+func (ls *Lease) giveBack(now int64) int64 {
+	if ls.tokens <= 0 || ls.interval <= 0 || ls.tat <= now {
 		return 0
 	}
 	n := (ls.tat - now) / ls.interval
 	if n > ls.tokens {
 		n = ls.tokens
 	}
-	return n
+	return n * ls.interval // <= the lease's tokens' worth: no overflow
 }
 
 // leaseSize bounds a lease of n tokens by MaxLease and a quarter of the

@@ -257,3 +257,32 @@ func TestLeaseHammerSlowRefillLosesNothing(t *testing.T) {
 		}
 	}
 }
+
+// A lease ended by a new policy (a new fleet share) still gives back the
+// time its unspent tokens were worth: nothing is lost to the change.
+func TestLeaseGivesBackAcrossPolicyChange(t *testing.T) {
+	a := bucket.Policy{Limit: 1, PeriodNanos: 86_400 * sec, Burst: 500}
+	b := a.Scaled(0.5) // 1 per 2 days, burst 250
+	l, _ := newLimiter()
+	var ls bucket.Lease
+	now, admitted := t0, int64(0)
+	for i := 0; i < 40; i++ { // a busy spell: the lease grows
+		if takeLeased(t, l, &ls, a, now).Allowed {
+			admitted++
+		}
+		now += 100_000
+	}
+	if ls.Tokens() == 0 {
+		t.Fatal("no lease to give back")
+	}
+	now += 2 * bucket.LeaseWindow
+	if !takeLeased(t, l, &ls, b, now).Allowed {
+		t.Fatal("refused under the new policy")
+	}
+	// Spent: admitted days under a, 2 days under b; capacity of b is 251
+	// requests of 2 days.
+	pk, err := l.Peek(key, b, now)
+	if want := (502 - admitted*1 - 2) / 2; err != nil || pk.Remaining != want {
+		t.Fatalf("after %d + 1 requests: Remaining %d, want %d (%v)", admitted, pk.Remaining, want, err)
+	}
+}

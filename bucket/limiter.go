@@ -155,9 +155,10 @@ func (l *Limiter) Take(stateKey string, p Policy, cost int64, nowNanos int64) (R
 
 // take is Take that also takes up to ahead more tokens while the bucket
 // keeps at least ahead for others after it (the lease of TakeLeased), and
-// first gives back give tokens an ended lease did not spend; it returns how
-// many it took ahead. The Result counts the request's cost only.
-func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead, give int64, nowNanos int64) (Result, int64, error) {
+// first gives back giveNanos of debt, the worth of tokens an ended lease did
+// not spend; it returns how many it took ahead. The Result counts the
+// request's cost only.
+func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead, giveNanos int64, nowNanos int64) (Result, int64, error) {
 	need := cost * g.interval // <= tau, no overflow
 	for n := l.attempts(); n > 0; n-- {
 		val, cas, err := l.Store.Get(stateKey)
@@ -168,14 +169,14 @@ func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead, give int6
 			val, cas = nil, insertCAS
 		}
 		debt, repaired := g.debt(val, nowNanos)
-		if give > 0 && !repaired {
-			debt -= give * g.interval // give*interval <= tau: no overflow
+		if giveNanos > 0 && !repaired {
+			debt -= giveNanos
 			if debt < 0 {
 				debt = 0
 			}
 		}
 		if debt > g.tau-need {
-			if repaired || give > 0 {
+			if repaired || giveNanos > 0 {
 				// A repair is best effort: whoever beats this write leaves a
 				// valid state. Returned tokens must land: retry on a lost CAS.
 				encode(&l.buf, addSat(nowNanos, debt))
@@ -183,7 +184,7 @@ func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead, give int6
 					if !errors.Is(err, ErrCASMismatch) {
 						return Result{}, 0, err
 					}
-					if give > 0 && !repaired {
+					if giveNanos > 0 && !repaired {
 						continue
 					}
 				}
