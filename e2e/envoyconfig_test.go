@@ -140,6 +140,14 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 
 	// The HTTP connection manager: route, filter order, access log.
 	hcm := typed["envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"][0].(*hcmv3.HttpConnectionManager)
+	// One spelling of each path for Envoy's routing, the filter and the
+	// upstream; nothing refused before the filter runs (it would be
+	// access-logged with a query-string key still in :path).
+	if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() ||
+		hcm.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD {
+		t.Errorf("http_connection_manager path options: normalize_path %v, merge_slashes %v, path_with_escaped_slashes_action %v",
+			hcm.GetNormalizePath().GetValue(), hcm.GetMergeSlashes(), hcm.GetPathWithEscapedSlashesAction())
+	}
 	vhs := hcm.GetRouteConfig().GetVirtualHosts()
 	if len(vhs) != 1 || vhs[0].GetRoutes()[0].GetMatch().GetPrefix() != "/" || vhs[0].GetRoutes()[0].GetRoute().GetCluster() != "upstream_api" {
 		t.Errorf("route config %v", vhs)

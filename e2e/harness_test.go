@@ -448,6 +448,10 @@ type hostOptions struct {
 	noWait bool
 	// admin serves the host's admin endpoint (/clusters, /stats).
 	admin bool
+	// accessLog receives the access log (default: discarded).
+	accessLog io.Writer
+	// edit changes the parsed envoy.yaml before the host starts.
+	edit func(*host.Config)
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -460,6 +464,9 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	}
 	if o.sync != nil {
 		tune(tb, cfg, "sync", o.sync)
+	}
+	if o.edit != nil {
+		o.edit(cfg)
 	}
 	cpAddrs := []string{cp.addr}
 	if o.controlPlaneAddr != "" {
@@ -474,6 +481,10 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	if o.admin {
 		adminAddr = "127.0.0.1:0"
 	}
+	accessLog := o.accessLog
+	if accessLog == nil {
+		accessLog = io.Discard
+	}
 	h, err := host.New(host.Options{
 		Config:    cfg,
 		Listen:    "127.0.0.1:0",
@@ -484,7 +495,7 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 			"keygate_controlplane": cpAddrs,
 		},
 		NodeID:    o.nodeID,
-		AccessLog: io.Discard,
+		AccessLog: accessLog,
 		Log:       logs,
 		LogLevel:  "info",
 	})

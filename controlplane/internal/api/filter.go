@@ -191,7 +191,7 @@ var outcomes = map[string]bool{
 	"allowed": true, "missing_key": true, "malformed_key": true, "unknown_key": true,
 	"ambiguous_key": true, "key_revoked": true, "key_expired": true, "key_disabled": true,
 	"host_not_allowed": true, "insufficient_scope": true, "rate_limited": true,
-	"quota_exceeded": true, "cache_unavailable": true,
+	"quota_exceeded": true, "cache_unavailable": true, "invalid_path": true, "policy_unenforceable": true,
 }
 
 type usageBatchIn struct {

@@ -380,3 +380,28 @@ func TestServeConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// --rate N/period alone admits N at once (burst N-1); --burst 0 is strict
+// pacing; a burst the limiter cannot enforce is refused naming the field.
+func TestRateBurstDefaults(t *testing.T) {
+	ts := startServer(t)
+	env := map[string]string{"KEYGATE_URL": ts.URL, "KEYGATE_ADMIN_TOKEN": adminToken}
+	ok := func(args ...string) string {
+		t.Helper()
+		code, out, errs := cmd(t, env, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, out, errs)
+		}
+		return out
+	}
+	if out := ok("keys", "create", "--name", "n", "--rate", "3/minute"); !strings.Contains(out, "3 per 1m0s, burst 2") {
+		t.Errorf("--rate 3/minute without --burst:\n%s", out)
+	}
+	if out := ok("keys", "create", "--name", "p", "--rate", "3/minute", "--burst", "0"); !strings.Contains(out, "3 per 1m0s, burst 0") {
+		t.Errorf("--rate 3/minute --burst 0:\n%s", out)
+	}
+	if code, _, errs := cmd(t, env, "keys", "create", "--rate", "1/24h", "--burst", "1000000000"); code == 0 || !strings.Contains(errs, "rate.burst") {
+		t.Errorf("unenforceable burst: exit %d, %s", code, errs)
+	}
+
+}

@@ -48,6 +48,7 @@ var Outcomes = []string{
 	OutcomeAllowed, "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
 	"key_revoked", "key_expired", "key_disabled", "host_not_allowed",
 	"insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
+	"invalid_path", "policy_unenforceable",
 }
 
 var outcomeSet = func() map[string]bool {

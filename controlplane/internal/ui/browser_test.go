@@ -308,7 +308,9 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatalf("the created key %q is not stored: %v", keyID, err)
 	}
 	if k.Hash != keycache.HashKey(secret) || k.Owner != "acme" || k.Name != "checkout service" ||
-		strings.Join(k.Hosts, ",") != "api.example.com,*.shop.example.com" || k.Rate == nil || k.Rate.Limit != 100 {
+		strings.Join(k.Hosts, ",") != "api.example.com,*.shop.example.com" || k.Rate == nil || k.Rate.Limit != 100 ||
+		k.Rate.Burst != 99 { // burst left empty: the whole limit at once
+
 		t.Fatalf("stored key does not match the form: %+v", k)
 	}
 	run(t, ctx, "close the key dialog",

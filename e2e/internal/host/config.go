@@ -83,6 +83,16 @@ type Listener struct {
 	// Filters are the wasm HTTP filters in chain order (the router is last).
 	Filters   []*Plugin
 	AccessLog *AccessLogFormat
+	// Path handles the HTTP connection manager's normalize_path,
+	// merge_slashes and path_with_escaped_slashes_action (stream.go).
+	Path PathOptions
+}
+
+// PathOptions are the HTTP connection manager's path normalization options.
+type PathOptions struct {
+	Normalize      bool // normalize_path (RFC 3986, as Envoy's canonicalizer)
+	MergeSlashes   bool // merge_slashes
+	EscapedSlashes hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction
 }
 
 // VirtualHost is a route_config virtual host.
@@ -292,6 +302,9 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		return nil, fmt.Errorf("%s: %w", hcmFilterName, err)
 	}
 	lis := &Listener{Name: name, Addr: a, StatPrefix: hcm.GetStatPrefix()}
+	if lis.Path, err = parsePathOptions(&hcm); err != nil {
+		return nil, err
+	}
 	rc := hcm.GetRouteConfig()
 	if rc == nil {
 		return nil, errors.New("http_connection_manager needs an inline route_config")
@@ -344,6 +357,28 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		}
 	}
 	return lis, nil
+}
+
+// parsePathOptions reads the path options the host implements and refuses
+// the values it does not, rather than run with a path Envoy would not see.
+func parsePathOptions(hcm *hcmv3.HttpConnectionManager) (PathOptions, error) {
+	o := PathOptions{
+		Normalize:      hcm.GetNormalizePath().GetValue(), // unset: false, Envoy's default
+		MergeSlashes:   hcm.GetMergeSlashes(),
+		EscapedSlashes: hcm.GetPathWithEscapedSlashesAction(),
+	}
+	switch o.EscapedSlashes {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT:
+		o.EscapedSlashes = hcmv3.HttpConnectionManager_KEEP_UNCHANGED // Envoy's default
+	case hcmv3.HttpConnectionManager_KEEP_UNCHANGED, hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+	default:
+		return o, fmt.Errorf("path_with_escaped_slashes_action %s is not supported (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_FORWARD are)", o.EscapedSlashes)
+	}
+	if hcm.GetPathNormalizationOptions() != nil {
+		return o, errors.New("path_normalization_options is not supported")
+	}
+	return o, nil
 }
 
 func parseRoute(r *routev3.Route) (Route, error) {

@@ -137,6 +137,9 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.local = &localReply{status: 413, details: "request_payload_too_large", body: []byte("Payload Too Large")}
 	}
 	ex.req = requestHeaderMap(r, len(body))
+	if ex.local == nil && !normalizeRequestPath(ex.req, l.cfg.Path) {
+		ex.local = &localReply{status: 400, details: "path_normalization_failed", body: []byte("Bad Request")}
+	}
 	ex.reqBody = body
 	bytesReceived := len(body)
 
@@ -539,7 +542,13 @@ func domainRank(domain, host string) int {
 func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
 	hm := newHeaderMap(4 + len(r.Header) + 3)
 	hm.add(":authority", r.Host)
-	hm.add(":path", r.URL.RequestURI())
+	// The request target as received: net/http has parsed it but not
+	// cleaned it, and Envoy's path options (path.go) work on the raw form.
+	target := r.RequestURI
+	if !strings.HasPrefix(target, "/") {
+		target = r.URL.RequestURI() // absolute form: Envoy forwards the path
+	}
+	hm.add(":path", target)
 	hm.add(":method", r.Method)
 	hm.add(":scheme", "http")
 	for _, k := range sortedKeys(r.Header) {
