@@ -90,7 +90,7 @@ func TestRetriesRunOut(t *testing.T) {
 		if !errors.Is(err, bucket.ErrContention) {
 			t.Fatalf("MaxRetries %d: err %v, want ErrContention", tt.maxRetries, err)
 		}
-		want := bucket.Result{Limit: 10, ResetNanos: 500 * ms, RetryAfterNanos: 100 * ms}
+		want := bucket.Result{Limit: 10, ResetNanos: 500 * ms, NextNanos: 100 * ms, RetryAfterNanos: 100 * ms}
 		if r != want {
 			t.Errorf("MaxRetries %d: %+v, want %+v", tt.maxRetries, r, want)
 		}

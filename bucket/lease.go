@@ -1,7 +1,8 @@
 package bucket
 
 // LeaseWindow is how long a worker may spend tokens it took ahead (see
-// RATIONALE.md, "Why leases?"). Tokens left when it ends are forfeit.
+// RATIONALE.md, "Why leases?"). Tokens left when it ends go back to the
+// bucket with the worker's next request for the key.
 const LeaseWindow int64 = 10e6 // 10 ms
 
 // MaxLease bounds the tokens one lease takes ahead.
@@ -20,6 +21,8 @@ type Lease struct {
 	rem      int64 // Remaining as this worker sees it
 	resetAt  int64 // when the bucket is full again as this worker sees it
 	interval int64 // the policy's emission interval
+	tau      int64 // and its tolerance
+	tat      int64 // the bucket's TAT right after the lease was taken
 }
 
 // Tokens returns how many tokens the lease holds (for tests and metrics).
@@ -28,7 +31,8 @@ func (ls *Lease) Tokens() int64 { return ls.tokens }
 // TakeLeased is Take for a worker that keeps lease for stateKey. It admits
 // the request from the lease when the lease holds cost tokens for the same
 // policy and is younger than LeaseWindow, without touching the Store.
-// Otherwise it forfeits what is left and takes from the Store, adding to
+// Otherwise it gives back what is left (see giveBack) and takes from the
+// Store in the same compare-and-swap, adding to
 // the request's cost the tokens this worker is likely to spend in the next
 // LeaseWindow: what it spent in the lease just ended, twice that when the
 // lease ran out before its window did, nothing after a quiet window; at most
@@ -49,7 +53,8 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 		if reset < 0 {
 			reset = 0
 		}
-		return Result{Allowed: true, Limit: p.Limit, Remaining: ls.rem, ResetNanos: reset}, nil
+		g := gcra{interval: ls.interval, tau: ls.tau}
+		return Result{Allowed: true, Limit: p.Limit, Remaining: ls.rem, ResetNanos: reset, NextNanos: g.next(reset)}, nil
 	}
 	g, err := p.gcra()
 	if err != nil {
@@ -67,17 +72,40 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 			ahead = g.leaseSize(ls.used)
 		}
 	}
-	*ls = Lease{}
 	if g.capacity == 0 || cost > g.capacity || l.Store == nil {
-		return l.Take(stateKey, p, cost, nowNanos)
+		return l.Take(stateKey, p, cost, nowNanos) // the lease, if any, stays for later
 	}
-	res, extra, err := l.take(stateKey, p, g, cost, ahead, nowNanos)
+	give := ls.giveBack(nowNanos)
+	*ls = Lease{}
+	res, extra, err := l.take(stateKey, p, g, cost, ahead, give, nowNanos)
 	if err != nil || !res.Allowed {
 		return res, err
 	}
 	*ls = Lease{policy: p, tokens: extra, start: nowNanos, used: cost, rem: res.Remaining,
-		resetAt: nowNanos + res.ResetNanos, interval: g.interval}
+		resetAt: nowNanos + res.ResetNanos, interval: g.interval, tau: g.tau,
+		tat: nowNanos + res.ResetNanos + extra*g.interval}
 	return res, nil
+}
+
+// giveBack returns the worth in nanoseconds of the lease's unspent tokens
+// that can go back to the bucket at now without letting it admit more than
+// GCRA would have had they never been taken: all of them while the
+// bucket's TAT as of the lease, less their worth, still lies ahead of now
+// (so no request in between could have found that bucket full), else as
+// many as keep it so. A key whose bucket refills slowly (1 per day, burst
+// 500) thus loses none of its burst to leases; one that refills fast gets
+// back only what refill has not already restored. The worth is counted at
+// the lease's own emission interval, so a policy that changed since (a new
+// fleet share) gets back exactly the time the lease added.
+func (ls *Lease) giveBack(now int64) int64 {
+	if ls.tokens <= 0 || ls.interval <= 0 || ls.tat <= now {
+		return 0
+	}
+	n := (ls.tat - now) / ls.interval
+	if n > ls.tokens {
+		n = ls.tokens
+	}
+	return n * ls.interval // <= the lease's tokens' worth: no overflow
 }
 
 // leaseSize bounds a lease of n tokens by MaxLease and a quarter of the

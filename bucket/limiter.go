@@ -57,24 +57,22 @@ type Result struct {
 	Remaining int64
 	// ResetNanos is the time until the bucket is full again.
 	ResetNanos int64
+	// NextNanos is the time until Remaining grows by one, the t of
+	// RateLimit: "the number of seconds until additional quota is made
+	// available" in draft-ietf-httpapi-ratelimit-headers, the same meaning
+	// whether the request was allowed or refused. 0 when the bucket is full.
+	NextNanos int64
 	// RetryAfterNanos, when not allowed, is the time until the request's cost
 	// fits: retried exactly then it is admitted (unless others took the
 	// tokens). Never when no wait helps. 0 when allowed.
 	RetryAfterNanos int64
 }
 
-// WindowNanos is the t of the RateLimit field: ResetNanos when allowed,
-// RetryAfterNanos when refused (the draft wants Retry-After no earlier than
-// the end of the effective window), 0 when that is Never.
-func (r Result) WindowNanos() int64 {
-	if r.Allowed {
-		return r.ResetNanos
-	}
-	if r.RetryAfterNanos == Never {
-		return 0
-	}
-	return r.RetryAfterNanos
-}
+// WindowNanos is the t of the RateLimit field: NextNanos, the time until
+// one more request fits, on allowed and refused requests alike. A refused
+// request's Retry-After (RetryAfterNanos) is never earlier, as the draft
+// asks.
+func (r Result) WindowNanos() int64 { return r.NextNanos }
 
 // CeilSeconds rounds a non-negative duration in nanoseconds up to whole
 // seconds, as delay-seconds (Retry-After, t, w) need; negative gives 0.
@@ -151,14 +149,16 @@ func (l *Limiter) Take(stateKey string, p Policy, cost int64, nowNanos int64) (R
 		return res, err
 	}
 
-	res, _, err := l.take(stateKey, p, g, cost, 0, nowNanos)
+	res, _, err := l.take(stateKey, p, g, cost, 0, 0, nowNanos)
 	return res, err
 }
 
 // take is Take that also takes up to ahead more tokens while the bucket
-// keeps at least ahead for others after it (the lease of TakeLeased); it
-// returns how many it took ahead. The Result counts the request's cost only.
-func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead int64, nowNanos int64) (Result, int64, error) {
+// keeps at least ahead for others after it (the lease of TakeLeased), and
+// first gives back giveNanos of debt, the worth of tokens an ended lease did
+// not spend; it returns how many it took ahead. The Result counts the
+// request's cost only.
+func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead, giveNanos int64, nowNanos int64) (Result, int64, error) {
 	need := cost * g.interval // <= tau, no overflow
 	for n := l.attempts(); n > 0; n-- {
 		val, cas, err := l.Store.Get(stateKey)
@@ -169,12 +169,24 @@ func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead int64, now
 			val, cas = nil, insertCAS
 		}
 		debt, repaired := g.debt(val, nowNanos)
+		if giveNanos > 0 && !repaired {
+			debt -= giveNanos
+			if debt < 0 {
+				debt = 0
+			}
+		}
 		if debt > g.tau-need {
-			if repaired {
-				// Best effort: whoever beats this write leaves a valid state.
+			if repaired || giveNanos > 0 {
+				// A repair is best effort: whoever beats this write leaves a
+				// valid state. Returned tokens must land: retry on a lost CAS.
 				encode(&l.buf, addSat(nowNanos, debt))
-				if err := l.Store.Set(stateKey, l.buf[:], cas); err != nil && !errors.Is(err, ErrCASMismatch) {
-					return Result{}, 0, err
+				if err := l.Store.Set(stateKey, l.buf[:], cas); err != nil {
+					if !errors.Is(err, ErrCASMismatch) {
+						return Result{}, 0, err
+					}
+					if giveNanos > 0 && !repaired {
+						continue
+					}
 				}
 			}
 			return g.refused(p.Limit, debt, need), 0, nil
@@ -192,6 +204,7 @@ func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead int64, now
 				Limit:      p.Limit,
 				Remaining:  (g.tau - debt) / g.interval,
 				ResetNanos: debt,
+				NextNanos:  g.next(debt),
 			}, extra, nil
 		}
 		if !errors.Is(err, ErrCASMismatch) {
@@ -200,7 +213,7 @@ func (l *Limiter) take(stateKey string, p Policy, g gcra, cost, ahead int64, now
 	}
 	// Every attempt lost to a concurrent worker: refuse as if the bucket were
 	// empty, with a retry after one emission interval.
-	return Result{Limit: p.Limit, ResetNanos: g.tau, RetryAfterNanos: g.interval}, 0, ErrContention
+	return Result{Limit: p.Limit, ResetNanos: g.tau, NextNanos: g.interval, RetryAfterNanos: g.interval}, 0, ErrContention
 }
 
 // Peek reports what a cost-1 Take would see at nowNanos, without writing:
@@ -231,17 +244,30 @@ func (l *Limiter) peek(stateKey string, p Policy, g gcra, nowNanos int64) (Resul
 	if debt > g.tau-g.interval {
 		return g.refused(p.Limit, debt, g.interval), nil
 	}
-	return Result{Allowed: true, Limit: p.Limit, Remaining: (g.tau - debt) / g.interval, ResetNanos: debt}, nil
+	return Result{Allowed: true, Limit: p.Limit, Remaining: (g.tau - debt) / g.interval, ResetNanos: debt, NextNanos: g.next(debt)}, nil
 }
 
 // refused is the Result of a request needing need ns of tolerance refused
 // at debt ns (debt > tau-need).
 func (g gcra) refused(limit, debt, need int64) Result {
-	r := Result{Limit: limit, ResetNanos: debt, RetryAfterNanos: debt - (g.tau - need)}
+	r := Result{Limit: limit, ResetNanos: debt, NextNanos: g.next(debt), RetryAfterNanos: debt - (g.tau - need)}
 	if debt < g.tau {
 		r.Remaining = (g.tau - debt) / g.interval
 	}
 	return r
+}
+
+// next is the time until a bucket at debt admits one more cost-1 request
+// than now (the draft's t): 0 for a full bucket.
+func (g gcra) next(debt int64) int64 {
+	if debt <= 0 {
+		return 0
+	}
+	avail := g.tau - debt
+	if avail < 0 {
+		return g.interval - avail
+	}
+	return g.interval - avail%g.interval
 }
 
 // debt decodes a stored state and returns how far its TAT lies ahead of now

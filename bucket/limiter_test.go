@@ -218,8 +218,10 @@ func TestRetryAfterExact(t *testing.T) {
 			if r.RetryAfterNanos <= 0 || r.RetryAfterNanos == bucket.Never {
 				t.Fatalf("%+v cost %d: RetryAfterNanos %d", tt.p, tt.cost, r.RetryAfterNanos)
 			}
-			if r.WindowNanos() != r.RetryAfterNanos {
-				t.Errorf("refused WindowNanos %d, want RetryAfterNanos %d", r.WindowNanos(), r.RetryAfterNanos)
+			// t (one more request fits) is never after Retry-After (this
+			// request's cost fits), and the same for a cost of 1.
+			if w := r.WindowNanos(); w <= 0 || w > r.RetryAfterNanos || (tt.cost == 1 && w != r.RetryAfterNanos) {
+				t.Errorf("refused WindowNanos %d, RetryAfterNanos %d (cost %d)", w, r.RetryAfterNanos, tt.cost)
 			}
 			if take(t, l, tt.p, tt.cost, now+r.RetryAfterNanos-1).Allowed {
 				t.Fatalf("%+v cost %d: admitted 1 ns before RetryAfter %d", tt.p, tt.cost, r.RetryAfterNanos)
@@ -234,7 +236,7 @@ func TestRetryAfterExact(t *testing.T) {
 // TestHeaderValues checks Result against the RateLimit fields of
 // draft-ietf-httpapi-ratelimit-headers: RateLimit-Policy q (Limit) and w,
 // RateLimit r (Remaining: what can be sent now) and t (WindowNanos: until
-// full when allowed, equal to Retry-After when refused).
+// one more request fits, on allowed and refused requests alike).
 func TestHeaderValues(t *testing.T) {
 	p := bucket.Policy{Limit: 100, PeriodNanos: 60 * sec, Burst: 99} // 100 at once, 1 per 600 ms
 	l, _ := newLimiter()
@@ -245,11 +247,12 @@ func TestHeaderValues(t *testing.T) {
 	if r.Remaining != 99 || r.ResetNanos != 600*ms || bucket.CeilSeconds(r.WindowNanos()) != 1 {
 		t.Fatalf("after one take: %+v", r)
 	}
-	// 57 more: r=42, full again 58*600 ms = 34.8 s later, so t=35.
+	// 57 more: r=42, full again 58*600 ms = 34.8 s later; one more fits
+	// 600 ms later, so t=1.
 	for i := 0; i < 57; i++ {
 		r = take(t, l, p, 1, t0)
 	}
-	if r.Remaining != 42 || r.ResetNanos != 34_800*ms || bucket.CeilSeconds(r.WindowNanos()) != 35 {
+	if r.Remaining != 42 || r.ResetNanos != 34_800*ms || r.WindowNanos() != 600*ms {
 		t.Fatalf("after 58 takes: %+v", r)
 	}
 	// r is exact: 42 more are admitted now, the 43rd is not.
@@ -293,7 +296,7 @@ func TestPeek(t *testing.T) {
 	}
 	take(t, l, p, 2, t0)
 	pk, err = l.Peek(key, p, t0+30*ms)
-	if want := (bucket.Result{Limit: 10, ResetNanos: 170 * ms, RetryAfterNanos: 70 * ms}); err != nil || pk != want {
+	if want := (bucket.Result{Limit: 10, ResetNanos: 170 * ms, NextNanos: 70 * ms, RetryAfterNanos: 70 * ms}); err != nil || pk != want {
 		t.Fatalf("empty: %+v %v, want %+v", pk, err, want)
 	}
 	if n := s.sets.Load(); n != 1 {
@@ -552,6 +555,51 @@ func TestQuotaWindow(t *testing.T) {
 	} {
 		if q, w := tt.p.QuotaWindow(); q != tt.q || w != tt.w {
 			t.Errorf("%+v: q=%d w=%d, want q=%d w=%d", tt.p, q, w, tt.q, tt.w)
+		}
+	}
+}
+
+// Scaled never turns a valid policy into one the limiter refuses, however
+// small the share: a long stretched period lowers the burst instead.
+func TestScaledStaysValid(t *testing.T) {
+	for _, p := range []bucket.Policy{
+		{Limit: 1, PeriodNanos: 86_400 * sec, Burst: 53_000},
+		{Limit: 1, PeriodNanos: 86_400 * sec, Burst: 0},
+		{Limit: 1_000_000, PeriodNanos: sec, Burst: 999_999},
+	} {
+		if err := p.Validate(); err != nil {
+			t.Fatalf("%+v: %v", p, err)
+		}
+		for _, share := range []float64{0.9, 0.5, 0.01, 1e-6, 1e-12} {
+			if s := p.Scaled(share); s.Validate() != nil || s.Capacity() < 1 || s.Capacity() > p.Capacity() {
+				t.Errorf("%+v scaled by %g: %+v (%v)", p, share, s, s.Validate())
+			}
+		}
+	}
+}
+
+// q is never below the capacity, so r <= q on every response.
+func TestQuotaWindowCoversCapacity(t *testing.T) {
+	p := bucket.Policy{Limit: 1, PeriodNanos: 86_400 * sec, Burst: 500}
+	if q, w := p.QuotaWindow(); q != 501 || w != 86_400 {
+		t.Fatalf("q=%d w=%d, want q=501 w=86400", q, w)
+	}
+}
+
+// Validate names the field and says why, in words an API user can read.
+func TestValidateNamesTheField(t *testing.T) {
+	for _, tt := range []struct {
+		p     bucket.Policy
+		field string
+	}{
+		{bucket.Policy{Limit: 1, PeriodNanos: 86_400 * sec, Burst: 1_000_000_000}, "Burst"},
+		{bucket.Policy{Limit: 2_000_000, PeriodNanos: ms, Burst: 0}, "Limit"},
+		{bucket.Policy{Limit: 1, PeriodNanos: 0}, "PeriodNanos"},
+		{bucket.Policy{Limit: 1, PeriodNanos: sec, Burst: -1}, "Burst"},
+	} {
+		var pe *bucket.PolicyError
+		if err := tt.p.Validate(); !errors.As(err, &pe) || pe.Field != tt.field || pe.Reason == "" {
+			t.Errorf("%+v: %v, want a PolicyError on %s", tt.p, err, tt.field)
 		}
 	}
 }

@@ -39,12 +39,12 @@ func (e *PolicyError) Unwrap() error { return ErrBadPolicy }
 
 // Preallocated so that refusing a bad policy does not allocate either.
 var (
-	errLimitNegative = &PolicyError{Field: "Limit", Reason: "is negative"}
+	errLimitNegative = &PolicyError{Field: "Limit", Reason: "must not be negative"}
 	errPeriodNotPos  = &PolicyError{Field: "PeriodNanos", Reason: "must be greater than 0"}
-	errBurstNegative = &PolicyError{Field: "Burst", Reason: "is negative"}
-	errPeriodTooLong = &PolicyError{Field: "PeriodNanos", Reason: "makes PeriodNanos/Limit longer than 2^62 ns"}
-	errBurstTooLong  = &PolicyError{Field: "Burst", Reason: "makes (1+Burst)*PeriodNanos/Limit longer than 2^62 ns"}
-	errLimitTooFast  = &PolicyError{Field: "Limit", Reason: "exceeds PeriodNanos (more than one request per nanosecond)"}
+	errBurstNegative = &PolicyError{Field: "Burst", Reason: "must not be negative"}
+	errPeriodTooLong = &PolicyError{Field: "PeriodNanos", Reason: "is too long for the limit: one request per period/limit must come at least every 146 years (2^62 ns)"}
+	errBurstTooLong  = &PolicyError{Field: "Burst", Reason: "is too large for the limit and period: refilling 1+burst requests must take under 146 years (2^62 ns)"}
+	errLimitTooFast  = &PolicyError{Field: "Limit", Reason: "is too high for the period: at most one request per nanosecond"}
 )
 
 // gcra holds a validated policy in GCRA terms.
@@ -54,7 +54,10 @@ type gcra struct {
 	tau      int64 // capacity*T: debt at which the bucket is empty
 }
 
-// Validate reports whether p is usable; the error is a *PolicyError.
+// Validate reports whether the limiter can enforce p; the error is a
+// *PolicyError naming the field and why. It is the one check of a policy:
+// the control plane refuses a key whose rate fails it, and the filter
+// refuses requests (never admits them) for a policy that fails it.
 func (p Policy) Validate() error {
 	_, err := p.gcra()
 	return err
@@ -138,18 +141,42 @@ func (p Policy) Scaled(share float64) Policy {
 	if burst < 0 {
 		burst = 0
 	}
-	return Policy{Limit: p.Limit, PeriodNanos: int64(period), Burst: burst}
+	out := Policy{Limit: p.Limit, PeriodNanos: int64(period), Burst: burst}
+	// A stretched period may push the tolerance past 2^62 ns: keep the
+	// scaled policy valid by lowering its burst (the node then admits fewer
+	// at once, never more), down to 0.
+	if _, err := out.gcra(); err == errBurstTooLong {
+		t := out.PeriodNanos / out.Limit
+		if out.PeriodNanos%out.Limit != 0 {
+			t++
+		}
+		out.Burst = maxTolerance/t - 1
+		if out.Burst < 0 {
+			out.Burst = 0
+		}
+	}
+	return out
 }
 
 // QuotaWindow returns the q and w of a RateLimit-Policy field for p, whose w
 // must be whole seconds: w is PeriodNanos rounded up to seconds and q the
 // requests of the policy's rate in w, rounded down (5 per 100 ms gives q=50,
-// w=1). Advertise the fleet-wide policy, not a Scaled one. Zero for an
-// invalid policy.
+// w=1), but never below the capacity 1+Burst, so that the RateLimit r (at
+// most the capacity) never exceeds q. Advertise the fleet-wide policy, not a
+// Scaled one. Zero for an invalid policy.
 func (p Policy) QuotaWindow() (q, w int64) {
-	if p.Validate() != nil {
+	g, err := p.gcra()
+	if err != nil {
 		return 0, 0
 	}
+	q, w = p.quotaWindow()
+	if q < g.capacity {
+		q = g.capacity
+	}
+	return q, w
+}
+
+func (p Policy) quotaWindow() (q, w int64) {
 	w = CeilSeconds(p.PeriodNanos)
 	if p.PeriodNanos == w*1e9 {
 		return p.Limit, w

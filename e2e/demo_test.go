@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"errors"
+	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/e2e/internal/host"
 	"github.com/keygate/keygate/internal/testkit"
 )
 
@@ -63,7 +65,9 @@ func TestDemoCommand(t *testing.T) {
 		"--data", filepath.Join(dir, "data"),
 		"--proxy", "host", // the same on machines with and without Envoy
 		"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--upstream", "127.0.0.1:0", "--controlplane-addr", "127.0.0.1:0")
+		// Two control plane endpoints as envoy.yaml has: the demo's, and a
+		// second where nothing runs (it fails its health checks).
+		"--upstream", "127.0.0.1:0", "--controlplane-addr", "127.0.0.1:0,127.0.0.1:0")
 	cmd.Dir = dir
 	stderr := &testkit.Log{}
 	cmd.Stderr = stderr
@@ -159,6 +163,17 @@ wait:
 	}
 	if codes[0] != 200 || last.status != 429 || last.code != "rate_limited" || last.header.Get("Retry-After") == "" {
 		t.Fatalf("rate limit loop: %v, last %s %v", codes, last, last.header)
+	}
+	// data/envoy.yaml lists both control plane endpoints, the demo's first,
+	// with envoy.yaml's health check; the dead one is marked failed.
+	gen, err := host.LoadConfig(filepath.Join(dir, "data", "envoy.yaml"))
+	if err != nil {
+		t.Fatalf("data/envoy.yaml: %v", err)
+	}
+	cpc := gen.Clusters["keygate_controlplane"]
+	if len(cpc.Endpoints) != 2 || "http://"+net.JoinHostPort(cpc.Endpoints[0].Address, strconv.Itoa(cpc.Endpoints[0].Port)) != admin[0] ||
+		cpc.Endpoints[1].Port == cpc.Endpoints[0].Port || cpc.HealthCheck == nil || cpc.HealthCheck.Path != "/readyz" {
+		t.Fatalf("data/envoy.yaml control plane cluster: %+v (control plane at %s)", cpc, admin[0])
 	}
 	// The printed admin token works.
 	req, _ := http.NewRequest("GET", admin[0]+"/v1/keys", nil)

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -124,8 +125,10 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 		}
 	}
 
-	if b.GetNode().GetId() == "" || b.GetNode().GetCluster() == "" {
-		t.Error("node id and cluster are required")
+	// No node.id: every Envoy started from the file would share it; each
+	// gets its own from --service-node.
+	if b.GetNode().GetId() != "" || b.GetNode().GetCluster() == "" {
+		t.Errorf("node %v: want no id and a cluster", b.GetNode())
 	}
 	if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != 9901 {
 		t.Errorf("admin address %v", a)
@@ -137,6 +140,14 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 
 	// The HTTP connection manager: route, filter order, access log.
 	hcm := typed["envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"][0].(*hcmv3.HttpConnectionManager)
+	// One spelling of each path for Envoy's routing, the filter and the
+	// upstream; nothing refused before the filter runs (it would be
+	// access-logged with a query-string key still in :path).
+	if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() ||
+		hcm.GetPathWithEscapedSlashesAction() != hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD {
+		t.Errorf("http_connection_manager path options: normalize_path %v, merge_slashes %v, path_with_escaped_slashes_action %v",
+			hcm.GetNormalizePath().GetValue(), hcm.GetMergeSlashes(), hcm.GetPathWithEscapedSlashesAction())
+	}
 	vhs := hcm.GetRouteConfig().GetVirtualHosts()
 	if len(vhs) != 1 || vhs[0].GetRoutes()[0].GetMatch().GetPrefix() != "/" || vhs[0].GetRoutes()[0].GetRoute().GetCluster() != "upstream_api" {
 		t.Errorf("route config %v", vhs)
@@ -192,16 +203,32 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 		"flush_period_ms": `2000`,
 	})
 
-	// Clusters: the upstream and the control plane the sync service calls.
-	clusters := map[string]uint32{}
+	// Clusters: the upstream and the control plane the sync service calls,
+	// the latter with several endpoints, a health check on /readyz and
+	// outlier detection that can eject one of two replicas.
+	clusters := map[string][]uint32{}
 	for _, c := range b.GetStaticResources().GetClusters() {
 		if c.GetConnectTimeout() == nil {
 			t.Errorf("cluster %s has no connect_timeout", c.GetName())
 		}
-		ep := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
-		clusters[c.GetName()] = ep.GetPortValue()
+		for _, g := range c.GetLoadAssignment().GetEndpoints() {
+			for _, lb := range g.GetLbEndpoints() {
+				clusters[c.GetName()] = append(clusters[c.GetName()], lb.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue())
+			}
+		}
+		if c.GetName() != "keygate_controlplane" {
+			continue
+		}
+		hcs := c.GetHealthChecks()
+		if len(hcs) != 1 || hcs[0].GetHttpHealthCheck().GetPath() != "/readyz" {
+			t.Errorf("control plane health checks %v", hcs)
+		}
+		od := c.GetOutlierDetection()
+		if od == nil || od.GetMaxEjectionPercent().GetValue() < 50 {
+			t.Errorf("control plane outlier detection %v: max_ejection_percent must let one of two hosts go", od)
+		}
 	}
-	if clusters["upstream_api"] != 8080 || clusters["keygate_controlplane"] != 8081 || len(clusters) != 2 {
+	if fmt.Sprint(clusters["upstream_api"]) != "[8080]" || fmt.Sprint(clusters["keygate_controlplane"]) != "[8081 8082]" || len(clusters) != 2 {
 		t.Errorf("clusters %v", clusters)
 	}
 }

@@ -437,8 +437,21 @@ type hostOptions struct {
 	// controlPlaneAddr overrides the control plane's address (a dead port
 	// makes a host that never syncs).
 	controlPlaneAddr string
+	// controlPlaneAddrs, when set, are the keygate_controlplane cluster's
+	// endpoints in order (replicas, dead addresses), instead of cp alone.
+	// The cluster keeps envoy.yaml's health check and outlier detection.
+	controlPlaneAddrs []string
+	// nodeID is the host's node.id (Envoy's --service-node); "" for none,
+	// as envoy.yaml has.
+	nodeID string
 	// noWait skips waiting for the first sync.
 	noWait bool
+	// admin serves the host's admin endpoint (/clusters, /stats).
+	admin bool
+	// accessLog receives the access log (default: discarded).
+	accessLog io.Writer
+	// edit changes the parsed envoy.yaml before the host starts.
+	edit func(*host.Config)
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -452,22 +465,37 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 	if o.sync != nil {
 		tune(tb, cfg, "sync", o.sync)
 	}
-	cpAddr := cp.addr
+	if o.edit != nil {
+		o.edit(cfg)
+	}
+	cpAddrs := []string{cp.addr}
 	if o.controlPlaneAddr != "" {
-		cpAddr = o.controlPlaneAddr
+		cpAddrs = []string{o.controlPlaneAddr}
+	}
+	if len(o.controlPlaneAddrs) > 0 {
+		cpAddrs = o.controlPlaneAddrs
 	}
 	logs := &testkit.Log{}
 	dumpOnFailure(tb, "host", logs)
+	adminAddr := "off"
+	if o.admin {
+		adminAddr = "127.0.0.1:0"
+	}
+	accessLog := o.accessLog
+	if accessLog == nil {
+		accessLog = io.Discard
+	}
 	h, err := host.New(host.Options{
 		Config:    cfg,
 		Listen:    "127.0.0.1:0",
-		AdminAddr: "off",
+		AdminAddr: adminAddr,
 		WasmPath:  testkit.FilterWasm(tb),
-		Clusters: map[string]string{
-			"upstream_api":         upstream.Listener.Addr().String(),
-			"keygate_controlplane": cpAddr,
+		Clusters: map[string][]string{
+			"upstream_api":         {upstream.Listener.Addr().String()},
+			"keygate_controlplane": cpAddrs,
 		},
-		AccessLog: io.Discard,
+		NodeID:    o.nodeID,
+		AccessLog: accessLog,
 		Log:       logs,
 		LogLevel:  "info",
 	})

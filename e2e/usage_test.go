@@ -14,7 +14,7 @@ import (
 var keyedRefusals = map[string]bool{
 	"key_revoked": true, "key_expired": true, "key_disabled": true,
 	"host_not_allowed": true, "insufficient_scope": true,
-	"rate_limited": true, "quota_exceeded": true,
+	"rate_limited": true, "quota_exceeded": true, "policy_unenforceable": true,
 }
 
 // tally counts, per outcome, the answers one key got, as the control plane

@@ -53,6 +53,7 @@ type filterConfig struct {
 	idHeaderOwner    string
 	ratelimitHeaders bool
 	routes           []route
+	caseSensitive    bool // route paths match case-sensitively (case_sensitive_paths)
 	failOpen         bool
 	maxStalenessMS   int64
 	allowAnonymous   bool
@@ -300,6 +301,12 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !c.caseSensitive {
+		for i := range c.routes { // matched against the path ASCII-lower-cased
+			c.routes[i].pathPrefix = strings.ToLower(c.routes[i].pathPrefix)
+			c.routes[i].pathExact = strings.ToLower(c.routes[i].pathExact)
+		}
+	}
 	c.indexNames()
 	c.keyLen = keycache.KeyLen(c.prefix)
 	return c, nil
@@ -322,7 +329,7 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 	}
 	root := gjson.ParseBytes(data)
 	if err := fields(root, "", "role", "key_sources", "key_prefix", "strip_credential", "identity_headers",
-		"ratelimit_headers", "routes", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id"); err != nil {
+		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id"); err != nil {
 		return nil, err
 	}
 	var err error
@@ -363,6 +370,9 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 		if c.routes, err = parseRoutes(v); err != nil {
 			return nil, err
 		}
+	}
+	if c.caseSensitive, err = getBool(root, "", "case_sensitive_paths", false); err != nil {
+		return nil, err
 	}
 	mode, err := getString(root, "", "failure_mode", "closed")
 	if err != nil {
@@ -471,6 +481,12 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		}
 		if p := rt.pathPrefix + rt.pathExact; p[0] != '/' || strings.ContainsAny(p, "?# ") {
 			err = bad(path, "path must start with / and hold no query, fragment or space")
+			return false
+		}
+		if p := rt.pathPrefix + rt.pathExact; !pathNormal(p) {
+			// Requests are matched normalized: a route that is not could
+			// never match, or match what it does not say.
+			err = bad(path, "path must be normalized: no %, \\, // or . and .. segments")
 			return false
 		}
 		if rt.methods, err = getStrings(r, path, "methods", func(s string) bool {

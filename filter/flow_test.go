@@ -27,8 +27,10 @@ func TestRateLimitHeaders(t *testing.T) {
 				if n, err := strconv.Atoi(ra); !ok || err != nil || n < 1 || n > 60 {
 					t.Errorf("retry-after %q", ra)
 				}
-				if rl, _ := header(resp.Headers, "ratelimit"); !strings.HasPrefix(rl, `"key";r=0;t=`) {
-					t.Errorf("ratelimit on 429 = %q", rl)
+				// t is the time until one more request fits (one every 30 s),
+				// on 429 as on 200, and Retry-After, for a cost of 1, the same.
+				if rl, _ := header(resp.Headers, "ratelimit"); rl != `"key";r=0;t=30` || ra != "30" {
+					t.Errorf("ratelimit on 429 = %q, retry-after %q", rl, ra)
 				}
 				if allowed == 0 {
 					t.Fatal("first request refused")
@@ -53,8 +55,8 @@ func TestRateLimitHeaders(t *testing.T) {
 			if p, _ := header(resp, "ratelimit-policy"); p != `"key";q=2;w=60` {
 				t.Errorf("ratelimit-policy = %q", p)
 			}
-			if rl, _ := header(resp, "ratelimit"); !strings.HasPrefix(rl, `"key";r=`) {
-				t.Errorf("ratelimit = %q", rl)
+			if rl, _ := header(resp, "ratelimit"); rl != `"key";r=0;t=30` {
+				t.Errorf("ratelimit = %q, want r=0, t=30 (one more fits in 30 s)", rl)
 			}
 		}
 		t.Fatalf("no 429 after %d requests at limit 2/min", allowed)
@@ -248,4 +250,51 @@ func TestUsageLineFormat(t *testing.T) {
 		t.Errorf("counting a seen combination allocates %v times", allocs)
 	}
 	_ = keycache.StatusActive
+}
+
+// A key whose policy the limiter cannot enforce is refused on every
+// request (never admitted) and logged once per period, not per request.
+func TestUnenforceableLoggedOnce(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		host := emulator(t, vm(), testConfig, func() { keys = seedKeys(t) })
+		for i := 0; i < 5; i++ {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", keys.badRate), true)
+			checkProblem(t, host.GetSentLocalResponse(id), 500, codeUnenforceable, nil)
+		}
+		n := 0
+		for _, l := range host.GetErrorLogs() {
+			if strings.Contains(l, "rate policy unenforceable") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("logged %d times for 5 requests, want once", n)
+		}
+	})
+}
+
+// case_sensitive_paths: routes match the path's exact case; by default any.
+func TestCaseSensitivePaths(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, sensitive := range []bool{false, true} {
+			// One emulator at a time: each holds the SDK's global lock
+			// until its test's cleanup.
+			t.Run(strconv.FormatBool(sensitive), func(t *testing.T) {
+				cfg := `{"case_sensitive_paths":` + strconv.FormatBool(sensitive) +
+					`,"routes":[{"path_prefix":"/Admin","scopes":["admin"]}]}`
+				var keys testKeys
+				host := emulator(t, vm(), cfg, func() { keys = seedKeys(t) })
+				for path, needsScope := range map[string]bool{"/Admin/x": true, "/admin/x": !sensitive, "/ADMIN": !sensitive, "/Adminx": true} {
+					id := host.InitializeHttpContext()
+					host.CallOnRequestHeaders(id, get(path, "x-api-key", keys.active), true)
+					resp := host.GetSentLocalResponse(id)
+					if refused := resp != nil && resp.StatusCode == 403; refused != needsScope {
+						t.Errorf("%s: refused %v, want %v", path, refused, needsScope)
+					}
+				}
+			})
+		}
+	})
 }

@@ -53,6 +53,10 @@ type recordSlot struct {
 	share   float64
 	shareAt int64
 	shareOK bool
+
+	// When the key's unenforceable rate policy was last logged.
+	policyLogAt  int64
+	policyLogged bool
 }
 
 // recordSlots is the cache's size, a power of two: 4,096 slots of about

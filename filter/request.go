@@ -2,6 +2,7 @@ package filter
 
 import (
 	"errors"
+	"math"
 	"unsafe"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
@@ -22,6 +23,7 @@ type filterRoot struct {
 	limKey   [1 + keycache.HashSize]byte
 	shareKey []byte
 	hdrBuf   []byte    // response header values being rendered
+	pathBuf  []byte    // the normalized path of the current request, when not normal as sent
 	found    found     // the current request's header scan
 	pairs    pairIter  // and its iterator
 	free     []*stream // finished streams for reuse (see newStream)
@@ -227,15 +229,14 @@ func noteQueryParam(f *found, path, name string, i int) {
 	}
 }
 
-// stripQueryParam returns path without any name=... parameter.
-func stripQueryParam(path, name string) string {
-	q := indexByte(path, '?')
-	if q < 0 {
-		return path
+// stripQueryParam returns query ("?..." or "") without any name=...
+// parameter ("" when none is left).
+func stripQueryParam(query, name string) string {
+	if len(query) == 0 {
+		return query
 	}
-	out := make([]byte, 0, len(path))
-	out = append(out, path[:q]...)
-	rest, frag := path[q+1:], ""
+	out := make([]byte, 0, len(query))
+	rest, frag := query[1:], ""
 	if h := indexByte(rest, '#'); h >= 0 {
 		rest, frag = rest[:h], rest[h:]
 	}
@@ -266,17 +267,16 @@ func indexByte(s string, c byte) int {
 	return -1
 }
 
-// matchRoute returns the first route matching the request, or nil.
+// matchRoute returns the first route matching the request's normalized
+// path (no query), or nil.
 func (c *filterConfig) matchRoute(path, method string) *route {
-	if q := indexByte(path, '?'); q >= 0 {
-		path = path[:q]
-	}
+	fold := !c.caseSensitive
 	for i := range c.routes {
 		rt := &c.routes[i]
-		if rt.pathExact != "" && path != rt.pathExact {
+		if rt.pathExact != "" && (len(path) != len(rt.pathExact) || !hasPrefixFold(path, rt.pathExact, fold)) {
 			continue
 		}
-		if rt.pathPrefix != "" && (len(path) < len(rt.pathPrefix) || path[:len(rt.pathPrefix)] != rt.pathPrefix) {
+		if rt.pathPrefix != "" && !hasPrefixFold(path, rt.pathPrefix, fold) {
 			continue
 		}
 		if len(rt.methods) > 0 {
@@ -296,6 +296,28 @@ func (c *filterConfig) matchRoute(path, method string) *route {
 	return nil
 }
 
+// splitPath returns the path of a :path value and its query ("?..." or "").
+func splitPath(p string) (path, query string) {
+	if q := indexByte(p, '?'); q >= 0 {
+		return p[:q], p[q:]
+	}
+	return p, ""
+}
+
+// matchPath returns the normalized form of path (see path.go): path itself
+// when it is normal, else a view of the root's buffer. ok is false when it
+// cannot be normalized.
+func (r *filterRoot) matchPath(path string) (norm string, ok bool) {
+	if pathNormal(path) {
+		return path, true
+	}
+	b, ok := normalizePath(path, r.pathBuf)
+	if cap(b) > cap(r.pathBuf) {
+		r.pathBuf = b[:0]
+	}
+	return bstr(b), ok
+}
+
 var defaultRoute = route{cost: 1}
 
 func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
@@ -310,12 +332,17 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	f := &r.found
 	s.scan(hdrs, f)
-	rt := c.matchRoute(f.path, f.method)
-	if rt == nil {
-		rt = &defaultRoute
-	}
 	if f.spoofed {
 		s.removeIdentityHeaders()
+	}
+	rawPath, _ := splitPath(f.path)
+	path, pathOK := r.matchPath(rawPath)
+	if !pathOK {
+		return s.refuse(codeInvalidPath, nil, now, f.authority)
+	}
+	rt := c.matchRoute(path, f.method)
+	if rt == nil {
+		rt = &defaultRoute
 	}
 
 	if f.ambiguous {
@@ -324,6 +351,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !f.present {
 		if rt.anonymous == anonAllow || (rt.anonymous == anonDefault && c.allowAnonymous) {
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
+			s.forward(f, path)
 			return types.ActionContinue
 		}
 		return s.refuse(codeMissingKey, nil, now, f.authority)
@@ -359,7 +387,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !known {
 		if stale { // failure mode open: let it through unverified
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
-			s.stripCredential(f)
+			s.forward(f, path)
 			return types.ActionContinue
 		}
 		return s.refuse(codeUnknownKey, nil, now, f.authority)
@@ -385,12 +413,16 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if _, _, until, ok := rec.Quota(); ok && until > now/1e9 {
 		r.usage.add(now, codeQuotaExceeded, id, f.authority)
 		_ = setKeyIDProperty(id)
+		s.scrub(f)
 		sendRetry(problemFor(codeQuotaExceeded), until-now/1e9, nil, " The quota resets at "+itoa(until)+" (unix seconds).")
 		return types.ActionPause
 	}
 	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
 		copy(r.limKey[1:], slot.hash[:])
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
+		if periodMS > maxPeriodMS { // periodMS*1e6 overflowed: no valid policy
+			policy.PeriodNanos = -1
+		}
 		local := policy
 		if share := r.share(slot, id, &r.state, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
@@ -398,6 +430,9 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		res, err := r.limiter.TakeLeased(bstr(r.limKey[:]), &slot.lease, local, rt.cost, now)
 		switch {
 		case err == nil:
+		case errors.Is(err, bucket.ErrBadPolicy):
+			// Never admit on a policy the limiter cannot enforce.
+			return s.unenforceable(slot, id, policy, err, now, f.authority)
 		case errors.Is(err, bucket.ErrContention):
 			// Admit: refusing a client for our own CAS contention is worse
 			// than one request over the limit (RATIONALE.md).
@@ -418,6 +453,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 			// costs this function a heap allocation on every request.)
 			rl := s.rateHeaders()
 			s.hasRate = false
+			s.scrub(f)
 			p := problemFor(codeRateLimited)
 			if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
 				h := append(append([][2]string(nil), p.headers...), rl...)
@@ -430,7 +466,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	r.usage.add(now, outcomeAllowed, id, f.authority)
-	s.stripCredential(f)
+	s.forward(f, path)
 	if c.idHeaderKeyID != "" {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderKeyID, bstr(id))
 	}
@@ -502,8 +538,32 @@ func (s *stream) refuse(code string, keyID []byte, now int64, authority string) 
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}
+	s.scrub(&s.root.found)
 	sendProblem(problemFor(code))
 	return types.ActionPause
+}
+
+// maxPeriodMS is the longest period in a record whose nanoseconds fit an
+// int64.
+const maxPeriodMS = math.MaxInt64 / 1_000_000
+
+// unenforceable refuses a request of a key whose rate policy the limiter
+// cannot enforce (bucket.Policy.Validate fails): 500 policy_unenforceable,
+// counted like every outcome, and logged at most once per key and worker
+// per policy period (clamped to 1 s .. 1 h), so a busy key cannot flood the
+// log. Admitting instead would turn a bad policy into no limit at all.
+func (s *stream) unenforceable(slot *recordSlot, id []byte, p bucket.Policy, err error, now int64, authority string) types.Action {
+	every := p.PeriodNanos
+	if every < 1e9 {
+		every = 1e9
+	} else if every > 3600e9 {
+		every = 3600e9
+	}
+	if !slot.policyLogged || now-slot.policyLogAt >= every || now < slot.policyLogAt {
+		slot.policyLogged, slot.policyLogAt = true, now
+		proxywasm.LogErrorf("keygate: key %s: refusing its requests, rate policy unenforceable: %v", bstr(id), err)
+	}
+	return s.refuse(codeUnenforceable, id, now, authority)
 }
 
 func (s *stream) OnHttpResponseHeaders(int, bool) types.Action {
@@ -557,29 +617,61 @@ func (s *stream) removeIdentityHeaders() {
 	}
 }
 
-// stripCredential removes the key from every place it came from, so the
-// upstream never sees it.
-func (s *stream) stripCredential(f *found) {
+// forward prepares an allowed request for the upstream: it removes the key
+// from every place it came from (when strip_credential), and sends the
+// normalized path the routes were matched on when it differs from the one
+// received, so the upstream serves what was checked. A request with a
+// normal path and no key in its query costs no :path rewrite.
+func (s *stream) forward(f *found, norm string) {
 	c := s.root.cfg
-	if !c.strip {
-		return
-	}
-	path := f.path
-	for i, src := range c.sources {
-		if f.sources&(1<<uint(i)) == 0 {
-			continue
+	rawPath, query := splitPath(f.path)
+	changed := norm != rawPath
+	if c.strip {
+		for i, src := range c.sources {
+			if f.sources&(1<<uint(i)) == 0 {
+				continue
+			}
+			switch src.kind {
+			case sourceBearer:
+				_ = proxywasm.RemoveHttpRequestHeader("authorization")
+			case sourceHeader:
+				_ = proxywasm.RemoveHttpRequestHeader(src.name)
+			case sourceQuery:
+				query = stripQueryParam(query, src.name)
+				changed = true
+			}
 		}
+	}
+	if changed {
+		_ = proxywasm.ReplaceHttpRequestHeader(":path", norm+query)
+	}
+}
+
+// scrub removes every configured credential from a refused request, found
+// or not, whatever strip_credential says: nothing goes upstream, and Envoy
+// logs the request headers as the filter leaves them (the access log's
+// %REQ(:PATH)%, %REQ(AUTHORIZATION)%), which must not hold a key.
+func (s *stream) scrub(f *found) {
+	c := s.root.cfg
+	rawPath, query := splitPath(f.path)
+	changed := false
+	for i, src := range c.sources {
 		switch src.kind {
 		case sourceBearer:
 			_ = proxywasm.RemoveHttpRequestHeader("authorization")
 		case sourceHeader:
-			_ = proxywasm.RemoveHttpRequestHeader(src.name)
+			if f.sources&(1<<uint(i)) != 0 {
+				_ = proxywasm.RemoveHttpRequestHeader(src.name)
+			}
 		case sourceQuery:
-			path = stripQueryParam(path, src.name)
+			if f.sources&(1<<uint(i)) != 0 {
+				query = stripQueryParam(query, src.name)
+				changed = true
+			}
 		}
 	}
-	if path != f.path {
-		_ = proxywasm.ReplaceHttpRequestHeader(":path", path)
+	if changed {
+		_ = proxywasm.ReplaceHttpRequestHeader(":path", rawPath+query)
 	}
 }
 

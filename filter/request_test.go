@@ -24,14 +24,14 @@ const testConfig = `{
 // keys used by the request table, one per kind of record.
 type testKeys struct {
 	active, wildcard, admin, revoked, disabled, expired, oldEpoch, deleted,
-	quota, limited, unknown string
+	quota, limited, unknown, badRate string
 }
 
 func seedKeys(t *testing.T) testKeys {
 	k := testKeys{
 		active: newKey(t), wildcard: newKey(t), admin: newKey(t), revoked: newKey(t),
 		disabled: newKey(t), expired: newKey(t), oldEpoch: newKey(t), deleted: newKey(t),
-		quota: newKey(t), limited: newKey(t), unknown: newKey(t),
+		quota: newKey(t), limited: newKey(t), unknown: newKey(t), badRate: newKey(t),
 	}
 	base := func(id string) keycache.Record {
 		return keycache.Record{ID: id, Owner: "acme", Status: keycache.StatusActive, Epoch: 2,
@@ -67,6 +67,9 @@ func seedKeys(t *testing.T) testKeys {
 	r.ExpiresAt = fakeEpochS + 86400
 	r.HasRate, r.RateLimit, r.RatePeriodMS, r.RateBurst = true, 2, 60000, 0
 	seedRecord(t, k.limited, r)
+	r = base("key_badrate") // a policy the limiter cannot enforce
+	r.HasRate, r.RateLimit, r.RatePeriodMS, r.RateBurst = true, 1, 86400000, 1000000000
+	seedRecord(t, k.badRate, r)
 	return k
 }
 
@@ -193,6 +196,44 @@ var requestCases = []reqCase{
 		identityIs("key_active")(t, up)
 	}},
 	{name: "cost over capacity", headers: func(k testKeys) [][2]string { return get("/heavy", "x-api-key", k.limited) }, status: 429, code: codeRateLimited},
+	{name: "unenforceable policy refused, not admitted", headers: func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.badRate) },
+		status: 500, code: codeUnenforceable},
+	{name: "refusal strips the query key", headers: func(k testKeys) [][2]string {
+		return withAuthority(get("/v1/x?a=1&api_key="+k.active), "other.example.com")
+	}, status: 403, code: codeHostNotAllowed},
+	{name: "ambiguous strips every key", headers: func(k testKeys) [][2]string {
+		return get("/v1/x?api_key="+k.admin, "x-api-key", k.active, "authorization", "Bearer "+k.wildcard)
+	}, status: 401, code: codeAmbiguousKey},
+	{name: "refusal strips a non-bearer authorization", headers: func(testKeys) [][2]string {
+		return get("/v1/x", "authorization", "Basic dXNlcjpwYXNz")
+	}, status: 401, code: codeMissingKey},
+	// Scopes hold whatever spelling of the route's path the client sends.
+	{name: "double slash", headers: func(k testKeys) [][2]string { return get("//admin", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "dot segment", headers: func(k testKeys) [][2]string { return get("/./admin", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "dot-dot segment", headers: func(k testKeys) [][2]string { return get("/x/../admin/users", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "encoded dot-dot", headers: func(k testKeys) [][2]string { return get("/x/%2e%2E/admin", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "escaped letter", headers: func(k testKeys) [][2]string { return get("/%61dmin", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "upper case", headers: func(k testKeys) [][2]string { return get("/Admin?x=1", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "backslash", headers: func(k testKeys) [][2]string { return get("\\admin\\users", "x-api-key", k.active) }, status: 403, code: codeInsufficient},
+	{name: "encoded slash refused", headers: func(k testKeys) [][2]string { return get("/x%2F..%2Fadmin", "x-api-key", k.admin) }, status: 400, code: codeInvalidPath},
+	{name: "encoded backslash refused", headers: func(k testKeys) [][2]string { return get("/x%5c", "x-api-key", k.admin) }, status: 400, code: codeInvalidPath},
+	{name: "bad escape refused", headers: func(k testKeys) [][2]string { return get("/x%zz", "x-api-key", k.admin) }, status: 400, code: codeInvalidPath},
+	{name: "encoded NUL refused", headers: func(k testKeys) [][2]string { return get("/x%00", "x-api-key", k.admin) }, status: 400, code: codeInvalidPath},
+	{name: "relative path refused", headers: func(k testKeys) [][2]string { return get("admin", "x-api-key", k.admin) }, status: 400, code: codeInvalidPath},
+	{name: "normalized path forwarded", headers: func(k testKeys) [][2]string {
+		return get("/v1//a/./b/../%7Ec%20d?api_key="+k.admin+"&q=%2F", "x-api-key", k.admin)
+	}, check: func(t *testing.T, up [][2]string) {
+		identityIs("key_admin")(t, up)
+		if p, _ := header(up, ":path"); p != "/v1/a/~c%20d?q=%2F" {
+			t.Errorf(":path upstream = %q", p)
+		}
+	}},
+	{name: "normal path untouched", headers: func(k testKeys) [][2]string { return get("/V1/Mixed.Case/..x/", "x-api-key", k.active) },
+		check: func(t *testing.T, up [][2]string) {
+			if p, _ := header(up, ":path"); p != "/V1/Mixed.Case/..x/" {
+				t.Errorf(":path upstream = %q", p)
+			}
+		}},
 }
 
 func TestRequests(t *testing.T) {
@@ -213,6 +254,21 @@ func TestRequests(t *testing.T) {
 					return
 				}
 				checkProblem(t, resp, c.status, c.code, reqHeaders)
+				// Envoy logs the request headers as the filter left them.
+				// (The SDK's emulator removes only the first of repeated
+				// headers, Envoy all of them: the e2e tests cover those.)
+				seen := map[string]int{}
+				for _, h := range reqHeaders {
+					seen[h[0]]++
+				}
+				for _, h := range host.GetCurrentRequestHeaders(id) {
+					if seen[h[0]] > 1 {
+						continue
+					}
+					if h[0] == "authorization" || h[0] == "x-api-key" || strings.Contains(h[1], "api_key=") {
+						t.Errorf("credential left in the refused request: %s: %s", h[0], h[1])
+					}
+				}
 			})
 		}
 	})
@@ -228,8 +284,9 @@ func checkProblem(t *testing.T, resp *proxytest.LocalHttpResponse, status uint32
 		t.Errorf("status %d, want %d (body %s)", resp.StatusCode, status, resp.Data)
 	}
 	body := gjson.ParseBytes(resp.Data)
-	if !gjson.ValidBytes(resp.Data) || body.Get("error").Str != code || body.Get("message").Str == "" ||
-		body.Get("status").Int() != int64(status) || body.Get("type").Str == "" || body.Get("title").Str == "" {
+	if !gjson.ValidBytes(resp.Data) || body.Get("error").Str != code || body.Get("detail").Str == "" ||
+		body.Get("message").Str != body.Get("detail").Str || body.Get("status").Int() != int64(status) ||
+		body.Get("type").Str != "urn:keygate:problem:"+code || body.Get("title").Str == "" {
 		t.Errorf("problem body %s, want error %q", resp.Data, code)
 	}
 	if ct, _ := header(resp.Headers, "content-type"); ct != "application/problem+json" {

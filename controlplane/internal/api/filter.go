@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -106,6 +107,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
 	if p := fe.problem(); p != nil {
 		return p
 	}
+	s.touchSync(r)
 	ctx := r.Context()
 	if since > 0 && cursor == "" && wait > 0 {
 		if p := s.longPoll(ctx, since, time.Duration(wait)*time.Second); p != nil {
@@ -116,7 +118,9 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
 		}
 	}
 	for {
-		page, err := s.store.Sync(ctx, since, cursor, limit)
+		page, err := s.syncs.do(ctx, syncQuery{since, cursor, limit}, func(ctx context.Context) (*store.SyncPage, error) {
+			return s.store.Sync(ctx, since, cursor, limit)
+		})
 		if err != nil {
 			return fromStoreError(err, "sync")
 		}
@@ -179,7 +183,7 @@ const (
 	maxNodeLen     = 128
 	maxBootLen     = 64
 	maxUsageHost   = 255
-	maxCountN      = 1 << 40
+	maxCountN      = store.MaxCountN
 	maxFieldErrors = 20
 )
 
@@ -187,7 +191,7 @@ var outcomes = map[string]bool{
 	"allowed": true, "missing_key": true, "malformed_key": true, "unknown_key": true,
 	"ambiguous_key": true, "key_revoked": true, "key_expired": true, "key_disabled": true,
 	"host_not_allowed": true, "insufficient_scope": true, "rate_limited": true,
-	"quota_exceeded": true, "cache_unavailable": true,
+	"quota_exceeded": true, "cache_unavailable": true, "invalid_path": true, "policy_unenforceable": true,
 }
 
 type usageBatchIn struct {
@@ -213,11 +217,24 @@ func (s *Server) ingestUsage(w http.ResponseWriter, r *http.Request) *problem {
 		return p
 	}
 	b, fe := checkBatch(&in)
+	if len(fe) == 0 {
+		fe = s.checkUsageWindow(b)
+	}
 	if p := fe.problem(); p != nil {
 		s.metrics.batches.WithLabelValues("invalid").Inc()
 		return p
 	}
+	if inst := requestInstance(r); inst == nil || inst.Node != b.Node || inst.Boot != b.Boot {
+		s.metrics.batches.WithLabelValues("invalid").Inc()
+		return newProblem(http.StatusForbidden, codeInstanceMismatch,
+			"the batch's node and boot must be those of the instance its token was issued to")
+	}
 	dup, err := s.store.IngestUsage(r.Context(), b)
+	if errors.Is(err, store.ErrSeqOutOfRange) {
+		s.metrics.batches.WithLabelValues("invalid").Inc()
+		return newProblem(http.StatusConflict, codeSeqOutOfRange,
+			fmt.Sprintf("seq is more than %d above the highest seq accepted from this instance; it can never be accepted", store.MaxSeqAhead))
+	}
 	if err != nil {
 		p := fromStoreError(err, "usage batch")
 		result := "error"
@@ -239,7 +256,7 @@ func (s *Server) ingestUsage(w http.ResponseWriter, r *http.Request) *problem {
 	// Every answer, a duplicate's too, carries the node's current shares.
 	// Without them (the store failed after the batch was merged) the filter
 	// keeps its previous shares: better than failing an accepted batch.
-	if sh, err := s.store.Shares(r.Context(), b.Node); err != nil {
+	if sh, err := s.store.Shares(r.Context(), b.Node, b.Boot); err != nil {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "rate-limit shares", slog.String("error", err.Error()))
 	} else {
 		out.Shares, out.DefaultShare = &sh.Keys, &sh.Default

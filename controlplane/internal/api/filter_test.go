@@ -230,13 +230,13 @@ func TestUsageIngest(t *testing.T) {
 		Duplicate bool               `json:"duplicate"`
 		Shares    map[string]float64 `json:"shares"`
 	}
-	r := e.call("POST", "/v1/usage", filterToken, batch)
+	r := e.call("POST", "/v1/usage", e.instanceToken("envoy-a", "b7f3c2d1e0a94c5f"), batch)
 	r.json(t, &ack)
 	if r.status != 200 || ack.Accepted != 3 || ack.Duplicate || ack.Shares == nil {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 	// Retried batch: counted once.
-	r = e.call("POST", "/v1/usage", filterToken, batch)
+	r = e.call("POST", "/v1/usage", e.instanceToken("envoy-a", "b7f3c2d1e0a94c5f"), batch)
 	r.json(t, &ack)
 	if r.status != 200 || !ack.Duplicate || ack.Accepted != 0 {
 		t.Fatalf("retry %d %s", r.status, r.body)
@@ -279,7 +279,8 @@ func TestUsageIngest(t *testing.T) {
 
 func TestUsageValidation(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
-	ok := `{"key_id":"","minute":1763899980,"host":"","outcome":"allowed","n":1}`
+	m0 := t0.Truncate(time.Minute).Unix()
+	ok := `{"key_id":"","minute":` + itoa(m0) + `,"host":"","outcome":"allowed","n":1}`
 	cases := []struct {
 		name, body, field string
 	}{
@@ -290,7 +291,7 @@ func TestUsageValidation(t *testing.T) {
 		{"seq zero", `{"node":"n","boot":"b","seq":0,"counts":[]}`, "seq"},
 		{"no seq", `{"node":"n","boot":"b","counts":[]}`, "seq"},
 		{"no counts", `{"node":"n","boot":"b","seq":1}`, "counts"},
-		{"minute not aligned", `{"node":"n","boot":"b","seq":1,"counts":[` + ok + `,{"key_id":"","minute":1763899981,"host":"","outcome":"allowed","n":1}]}`, "counts[1].minute"},
+		{"minute not aligned", `{"node":"n","boot":"b","seq":1,"counts":[` + ok + `,{"key_id":"","minute":` + itoa(m0+1) + `,"host":"","outcome":"allowed","n":1}]}`, "counts[1].minute"},
 		{"bad outcome", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"","outcome":"great","n":1}]}`, "counts[0].outcome"},
 		{"n zero", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"","outcome":"allowed","n":0}]}`, "counts[0].n"},
 		{"long host", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"` + strings.Repeat("h", 256) + `","outcome":"allowed","n":1}]}`, "counts[0].host"},
@@ -300,7 +301,7 @@ func TestUsageValidation(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := e.call("POST", "/v1/usage", filterToken, c.body).problem(t, 400, "invalid_request")
+			p := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), c.body).problem(t, 400, "invalid_request")
 			found := false
 			for _, fe := range p.Errors {
 				found = found || fe.Field == c.field
@@ -310,13 +311,13 @@ func TestUsageValidation(t *testing.T) {
 			}
 		})
 	}
-	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[],"extra":1}`).problem(t, 400, "unknown_field")
+	e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[],"extra":1}`).problem(t, 400, "unknown_field")
 	// Nothing invalid was recorded: the same identity is still new.
-	r := e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[`+ok+`]}`)
+	r := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[`+ok+`]}`)
 	if r.status != 200 || !strings.Contains(string(r.body), `"duplicate":false`) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
-	pts, err := e.st.UsageSeries(context.Background(), "", time.Unix(0, 0), time.Unix(1763899980+60, 0), "day")
+	pts, err := e.st.UsageSeries(context.Background(), "", time.Unix(0, 0), time.Unix(m0+60, 0), "day")
 	if err != nil || len(pts) != 1 || pts[0].N != 1 {
 		t.Fatalf("series %+v %v", pts, err)
 	}

@@ -19,7 +19,7 @@ type usageAck struct {
 // postBatch sends one usage batch and decodes the acknowledgement.
 func (e *env) postBatch(node string, seq int64, counts ...map[string]any) usageAck {
 	e.t.Helper()
-	r := e.call("POST", "/v1/usage", filterToken, map[string]any{"node": node, "boot": "boot-1", "seq": seq, "counts": counts})
+	r := e.call("POST", "/v1/usage", e.instanceToken(node, "boot-1"), map[string]any{"node": node, "boot": "boot-1", "seq": seq, "counts": counts})
 	if r.status != http.StatusOK {
 		e.t.Fatalf("usage %s/%d: %d %s", node, seq, r.status, r.body)
 	}

@@ -112,22 +112,35 @@ type env struct {
 	st    store.Store
 	clock *clock
 	logs  *testkit.Log
+	// tokens holds the instance tokens of instances registered through
+	// instanceToken, by node + "/" + boot.
+	tokens map[string]string
 }
 
 var t0 = time.Date(2030, 3, 4, 10, 20, 30, 0, time.UTC)
 
 func newEnv(t testing.TB, open opener) *env {
 	t.Helper()
+	return newEnvWith(t, open, nil)
+}
+
+// newEnvWith is newEnv with a hook that may change the server's Config.
+func newEnvWith(t testing.TB, open opener, configure func(*Config)) *env {
+	t.Helper()
 	c := &clock{t: t0}
 	st := open(t, c.Now)
 	logs := &testkit.Log{}
-	srv, err := New(Config{
+	cfg := Config{
 		Store:            st,
 		AdminCredential:  HashCredential(adminToken),
 		FilterCredential: HashCredential(filterToken),
 		Logger:           slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:              c.Now,
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +149,33 @@ func newEnv(t testing.TB, open opener) *env {
 		srv.BeginShutdown()
 		ts.Close()
 	})
-	return &env{t: t, srv: srv, ts: ts, st: st, clock: c, logs: logs}
+	return &env{t: t, srv: srv, ts: ts, st: st, clock: c, logs: logs, tokens: map[string]string{}}
+}
+
+// register registers instance (node, boot) with the filter credential and
+// returns the response.
+func (e *env) register(node, boot string) *response {
+	e.t.Helper()
+	return e.call("POST", "/v1/nodes/register", filterToken, map[string]string{"node": node, "boot": boot})
+}
+
+// instanceToken returns the instance token of (node, boot), registering
+// the instance on first use.
+func (e *env) instanceToken(node, boot string) string {
+	e.t.Helper()
+	if tok, ok := e.tokens[node+"/"+boot]; ok {
+		return tok
+	}
+	r := e.register(node, boot)
+	if r.status != http.StatusCreated {
+		e.t.Fatalf("register %s/%s: %d %s", node, boot, r.status, r.body)
+	}
+	var out struct {
+		Token string `json:"token"`
+	}
+	r.json(e.t, &out)
+	e.tokens[node+"/"+boot] = out.Token
+	return out.Token
 }
 
 // response is a decoded HTTP answer.

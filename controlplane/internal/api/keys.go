@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/keycache"
 )
@@ -113,18 +114,21 @@ func utcPtr(t *time.Time) *time.Time {
 }
 
 // rateIn is a rate limit as clients send it: a named period or period_ms.
+// Without burst, a fresh key may send its whole limit at once (burst
+// limit-1) and then refills at limit per period; burst 0 asks for strict
+// pacing, one request every period/limit.
 type rateIn struct {
 	Limit    *int64 `json:"limit"`
 	Period   string `json:"period"`
 	PeriodMS *int64 `json:"period_ms"`
-	Burst    int64  `json:"burst"`
+	Burst    *int64 `json:"burst"`
 }
 
 var ratePeriods = map[string]int64{"second": 1000, "minute": 60_000, "hour": 3_600_000}
 
 func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 	n := len(*fe)
-	r := &store.Rate{Burst: in.Burst}
+	r := &store.Rate{}
 	if in.Limit == nil {
 		fe.add(field+".limit", "is required")
 	} else if *in.Limit < 1 || *in.Limit > maxRateLimit {
@@ -149,10 +153,29 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 	default:
 		fe.add(field+".period", "period or period_ms is required")
 	}
-	if in.Burst < 0 || in.Burst > maxRateBurst {
+	switch {
+	case in.Burst == nil:
+		if r.Limit > 0 {
+			r.Burst = r.Limit - 1 // N per period: N at once, then refilled
+		}
+	case *in.Burst < 0 || *in.Burst > maxRateBurst:
 		fe.add(field+".burst", "must be 0 to %d", maxRateBurst)
+	default:
+		r.Burst = *in.Burst
 	}
 	if len(*fe) > n {
+		return nil
+	}
+	// The filter's limiter must be able to enforce what is stored: the same
+	// check it runs (bucket.Policy.Validate), reported on the field it names.
+	p := bucket.Policy{Limit: r.Limit, PeriodNanos: r.PeriodMS * 1_000_000, Burst: r.Burst}
+	var pe *bucket.PolicyError
+	if err := p.Validate(); errors.As(err, &pe) {
+		name := map[string]string{"Limit": "limit", "Burst": "burst", "PeriodNanos": "period_ms"}[pe.Field]
+		if name == "period_ms" && in.Period != "" {
+			name = "period"
+		}
+		fe.add(field+"."+name, "%s", pe.Reason)
 		return nil
 	}
 	return r

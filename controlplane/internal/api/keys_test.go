@@ -14,6 +14,31 @@ import (
 
 var idPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{20}$`)
 
+// Without burst a rate of N per period admits N at once (burst N-1);
+// burst 0 is kept as asked: strict pacing.
+func TestRateDefaultBurst(t *testing.T) {
+	e := newEnv(t, sqliteOpener)
+	for _, c := range []struct {
+		rate  map[string]any
+		burst int64
+	}{
+		{map[string]any{"limit": 3, "period": "minute"}, 2},
+		{map[string]any{"limit": 1, "period_ms": 86400000}, 0},
+		{map[string]any{"limit": 3, "period": "minute", "burst": 0}, 0},
+		{map[string]any{"limit": 1, "period_ms": 86400000, "burst": 500}, 500},
+	} {
+		r := e.admin("POST", "/v1/keys", map[string]any{"rate": c.rate})
+		if r.status != http.StatusCreated {
+			t.Fatalf("%v: status %d: %s", c.rate, r.status, r.body)
+		}
+		var k keyJSON
+		r.json(t, &k)
+		if k.Rate == nil || k.Rate.Burst != c.burst {
+			t.Errorf("%v: rate %+v, want burst %d", c.rate, k.Rate, c.burst)
+		}
+	}
+}
+
 func TestCreateKey(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
 	r := e.admin("POST", "/v1/keys", map[string]any{
@@ -72,9 +97,9 @@ func TestCreateKey(t *testing.T) {
 		t.Errorf("get %+v", got)
 	}
 
-	// Minimal body and the period_ms form.
+	// Minimal body and the period_ms form; no burst: the whole limit at once.
 	m := e.createKey(map[string]any{"rate": map[string]any{"limit": 5, "period_ms": 250}})
-	if m.Rate.PeriodMS != 250 || m.Rate.Burst != 0 || len(m.Hosts) != 0 || m.Quota != nil || m.ExpiresAt != nil || string(m.Metadata) != "null" {
+	if m.Rate.PeriodMS != 250 || m.Rate.Burst != 4 || len(m.Hosts) != 0 || m.Quota != nil || m.ExpiresAt != nil || string(m.Metadata) != "null" {
 		t.Errorf("minimal %+v", m)
 	}
 	if string(e.admin("GET", "/v1/keys/"+m.ID, nil).body) == "" {
@@ -143,6 +168,9 @@ func TestCreateKeyValidation(t *testing.T) {
 		{"rate both periods", `{"rate":{"limit":1,"period":"second","period_ms":1000}}`, "rate.period"},
 		{"rate no period", `{"rate":{"limit":1}}`, "rate.period"},
 		{"rate period_ms zero", `{"rate":{"limit":1,"period_ms":0}}`, "rate.period_ms"},
+		// What the filter's limiter cannot enforce (bucket.Policy.Validate).
+		{"rate burst unenforceable", `{"rate":{"limit":1,"period_ms":86400000,"burst":1000000000}}`, "rate.burst"},
+		{"rate faster than 1/ns", `{"rate":{"limit":1000000000,"period_ms":1,"burst":0}}`, "rate.limit"},
 		{"quota negative", `{"quota":{"limit":-1,"period":"day"}}`, "quota.limit"},
 		{"quota bad period", `{"quota":{"limit":1,"period":"year"}}`, "quota.period"},
 		{"expiry past", `{"expires_at":"` + past + `"}`, "expires_at"},
@@ -203,7 +231,7 @@ func TestBodyErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			token := adminToken
 			if c.path == "/v1/usage" {
-				token = filterToken
+				token = e.instanceToken("n", "b")
 			}
 			r := e.call(c.method, c.path, token, c.body, "Content-Type", c.contentType)
 			r.problem(t, c.status, c.code)

@@ -1,6 +1,9 @@
 package api
 
 import (
+	"net/http"
+	"unicode/utf8"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -15,6 +18,11 @@ type metrics struct {
 	counts    prometheus.Counter
 	syncs     *prometheus.CounterVec
 	syncBytes prometheus.Counter
+	// registrations counts POST /v1/nodes/register by result; nodesLive
+	// is the fleet's live instances (no per-node-name series: node names
+	// are unbounded).
+	registrations *prometheus.CounterVec
+	nodesLive     prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -45,8 +53,51 @@ func newMetrics() *metrics {
 			Name: "keygate_sync_response_bytes_total",
 			Help: "Bytes of sync response bodies sent to filters.",
 		}),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keygate_node_registrations_total",
+			Help: "Instance registrations by result (registered, exists, throttled).",
+		}, []string{"result"}),
+		nodesLive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keygate_nodes_live",
+			Help: "Registered Envoy instances seen within the share window (a sync: the window plus 60 s), fleet-wide.",
+		}),
 	}
-	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes,
+	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes, m.registrations, m.nodesLive,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// knownMethods are the HTTP methods that get a metrics label of their own;
+// any other method is counted as "other" (see observe).
+var knownMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
+	http.MethodConnect: true, http.MethodTrace: true,
+}
+
+// methodLabel is the metrics label of an HTTP method.
+func methodLabel(m string) string {
+	if knownMethods[m] {
+		return m
+	}
+	return "other"
+}
+
+// What a log line or problem message echoes of a request, at most.
+const (
+	maxLoggedMethod = 16
+	maxLoggedPath   = 256
+)
+
+// clip returns s cut to at most max bytes on a UTF-8 boundary, marked with
+// "..." when cut, so that a client cannot make log lines as long as it likes.
+func clip(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := max - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }

@@ -56,12 +56,30 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 		t.Helper()
 		template := path
 		token := adminToken
-		if path == "/v1/usage" {
-			token = filterToken
+		switch path {
+		case "/v1/usage":
+			// The instance token of the batch's own instance.
+			node, boot := "n", "b"
 			if m, ok := body.(map[string]any); ok {
 				if _, has := m["seq"]; has {
 					seq++
 					m["seq"] = seq
+				}
+				if n, ok := m["node"].(string); ok && n != "" {
+					node = n
+				}
+				if b, ok := m["boot"].(string); ok && b != "" {
+					boot = b
+				}
+			}
+			token = e.instanceToken(node, boot)
+		case "/v1/nodes/register":
+			// A boot id is registered once: a fresh one per request.
+			token = filterToken
+			if m, ok := body.(map[string]any); ok {
+				if _, has := m["boot"]; has {
+					seq++
+					m["boot"] = "boot" + strconv.FormatInt(seq, 10)
 				}
 			}
 		}

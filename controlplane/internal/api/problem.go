@@ -123,7 +123,7 @@ func fromStoreError(err error, what string) *problem {
 func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, p *problem) {
 	if p.cause != nil && r.Context().Err() == nil {
 		s.log.LogAttrs(r.Context(), slog.LevelError, "request failed",
-			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("method", clip(r.Method, maxLoggedMethod)), slog.String("path", clip(r.URL.Path, maxLoggedPath)),
 			slog.String("error", p.cause.Error()))
 	}
 	for k, vs := range p.header {
@@ -133,7 +133,7 @@ func (s *Server) writeProblem(w http.ResponseWriter, r *http.Request, p *problem
 	}
 	p.Message = p.Detail
 	if p.Instance == "" {
-		p.Instance = r.URL.Path
+		p.Instance = clip(r.URL.Path, maxLoggedPath) // a client chooses its length
 	}
 	body, err := json.Marshal(p)
 	if err != nil { // cannot happen: only strings and ints

@@ -1,6 +1,7 @@
 // Package api is the control plane's HTTP surface: the admin REST API under
-// /v1 (admin credential), the filter endpoints /v1/sync and POST /v1/usage
-// (filter credential), health, readiness, metrics and the OpenAPI document.
+// /v1 (admin credential), the filter endpoints /v1/sync and
+// /v1/nodes/register (the fleet's filter credential) and POST /v1/usage
+// (an instance token), health, readiness, metrics and the OpenAPI document.
 package api
 
 import (
@@ -43,8 +44,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock (expiry, rotation, usage windows); nil means time.Now.
 	Now func() time.Time
-	// Rand is the randomness for keys and ids; nil means crypto/rand.Reader.
+	// Rand is the randomness for keys, ids and instance tokens; nil means
+	// crypto/rand.Reader.
 	Rand io.Reader
+	// AuthFailures is how many invalid credentials one client address may
+	// present per minute before its authenticated requests are answered
+	// 429 for the rest of the minute; zero means 30.
+	AuthFailures int
+	// UsageRetention is how long usage is kept (the store prunes older
+	// minutes); usage batches with counts older than that are refused.
+	// Zero means store.DefaultUsageRetention.
+	UsageRetention time.Duration
+	// MaxRegistrationsPerMinute bounds POST /v1/nodes/register fleet-wide
+	// (counted in the store); 0 means DefaultMaxRegistrationsPerMinute.
+	MaxRegistrationsPerMinute int
 }
 
 // credentials are the SHA-256 of a bearer credential and of the one it
@@ -80,6 +93,12 @@ type Server struct {
 	metrics     *metrics
 	mux         *http.ServeMux
 	maxSyncBody int
+	// usageRetention bounds how old a usage count may be.
+	usageRetention time.Duration
+	authLimit      *authLimiter
+	maxRegs        int
+	instances      *instanceState
+	syncs          syncFlight
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -115,7 +134,12 @@ func New(cfg Config) (*Server, error) {
 		metrics:     newMetrics(),
 		mux:         http.NewServeMux(),
 		maxSyncBody: maxSyncBody,
+		maxRegs:     cfg.MaxRegistrationsPerMinute,
+		instances:   newInstanceState(),
 		stopping:    make(chan struct{}),
+	}
+	if s.maxRegs <= 0 {
+		s.maxRegs = DefaultMaxRegistrationsPerMinute
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -125,6 +149,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.rand == nil {
 		s.rand = rand.Reader
+	}
+	if cfg.AuthFailures <= 0 {
+		cfg.AuthFailures = defaultAuthFailures
+	}
+	s.authLimit = newAuthLimiter(cfg.AuthFailures)
+	if s.usageRetention = cfg.UsageRetention; s.usageRetention <= 0 {
+		s.usageRetention = store.DefaultUsageRetention
 	}
 	if s.prefix == "" {
 		s.prefix = keycache.DefaultPrefix
@@ -150,7 +181,12 @@ type auth int
 const (
 	authNone auth = iota
 	authAdmin
+	// authFilter: the fleet's filter credential or an instance token.
 	authFilter
+	// authFleet: the filter credential only (registration).
+	authFleet
+	// authInstance: an instance token only (usage).
+	authInstance
 )
 
 // Route is one entry of the routing table.
@@ -192,9 +228,11 @@ func (s *Server) routes() []Route {
 		{"GET", "/v1/usage", authAdmin, s.topUsage},
 		{"GET", "/v1/usage/series", authAdmin, s.fleetUsage},
 		{"GET", "/v1/audit", authAdmin, s.listAudit},
+		{"GET", "/v1/nodes", authAdmin, s.listNodes},
 
 		{"GET", "/v1/sync", authFilter, s.sync},
-		{"POST", "/v1/usage", authFilter, s.ingestUsage},
+		{"POST", "/v1/nodes/register", authFleet, s.registerNode},
+		{"POST", "/v1/usage", authInstance, s.ingestUsage},
 	}
 }
 
@@ -216,7 +254,7 @@ func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) {
 	switch rec.code {
 	case http.StatusMethodNotAllowed:
 		p = newProblem(http.StatusMethodNotAllowed, codeMethodNotAllowed,
-			fmt.Sprintf("method %s is not allowed here", r.Method))
+			fmt.Sprintf("method %s is not allowed here", clip(r.Method, maxLoggedMethod)))
 		p.header = http.Header{"Allow": rec.header.Values("Allow")}
 	default:
 		p = newProblem(http.StatusNotFound, codeNotFound, "no such resource")
@@ -244,7 +282,7 @@ func (s *Server) wrap(rt Route) http.Handler {
 			}
 			s.observe(r, rt.Path, sw.status(), start)
 		}()
-		p := s.authenticate(r, rt.auth)
+		r, p := s.authenticate(r, rt.auth)
 		if p == nil {
 			p = rt.handle(sw, r)
 		}
@@ -257,53 +295,84 @@ func (s *Server) wrap(rt Route) http.Handler {
 // observe records metrics and the access log line for one request. Only the
 // method, route pattern, path, status and timing are logged: never headers,
 // query strings or bodies.
+//
+// route is a pattern of the routing table or "unmatched", the method label
+// one of knownMethods or "other", and the code one the server wrote: every
+// label comes from a closed set, so requests cannot add series. The log
+// line clips the method and path the client chose.
 func (s *Server) observe(r *http.Request, route string, code int, start time.Time) {
 	d := time.Since(start)
-	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(code)).Inc()
-	s.metrics.latency.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	method := methodLabel(r.Method)
+	s.metrics.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	s.metrics.latency.WithLabelValues(route, method).Observe(d.Seconds())
 	level := slog.LevelInfo
 	if code >= 500 {
 		level = slog.LevelWarn
 	}
 	s.log.LogAttrs(r.Context(), level, "request",
-		slog.String("method", r.Method),
+		slog.String("method", clip(r.Method, maxLoggedMethod)),
 		slog.String("route", route),
-		slog.String("path", r.URL.Path),
+		slog.String("path", clip(r.URL.Path, maxLoggedPath)),
 		slog.Int("status", code),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.String("remote", r.RemoteAddr))
 }
 
-// authenticate checks r's bearer credential against the one the route
-// needs. Both hashes are always compared, in constant time.
-func (s *Server) authenticate(r *http.Request, need auth) *problem {
+// authenticate checks r's bearer credential against the ones the route
+// accepts and returns r, carrying the instance when an instance token was
+// accepted. The admin and filter hashes are always both compared, in
+// constant time; an instance token (instanceTokenPrefix) is looked up by
+// its hash (see Server.instance). A client that has presented too many
+// invalid credentials is refused (429) before its credential is looked at,
+// so throttling also hides whether a guess was right.
+func (s *Server) authenticate(r *http.Request, need auth) (*http.Request, *problem) {
 	if need == authNone {
-		return nil
+		return r, nil
+	}
+	if wait, blocked := s.authLimit.blocked(clientKey(r), s.now()); blocked {
+		return r, throttled(wait)
 	}
 	realm := "keygate-admin"
-	if need == authFilter {
+	if need != authAdmin {
 		realm = "keygate-filter"
 	}
 	token, ok := bearerToken(r)
 	if !ok {
 		p := newProblem(http.StatusUnauthorized, codeUnauthorized, "a bearer credential is required")
 		p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `"`}}
-		return p
+		return r, p
 	}
 	h := sha256.Sum256([]byte(token))
 	isAdmin := s.adminHash.match(h)
 	isFilter := s.filterHash.match(h)
-	switch {
-	case need == authAdmin && isAdmin, need == authFilter && isFilter:
-		return nil
-	case need == authAdmin && isFilter:
-		return newProblem(http.StatusForbidden, codeForbidden, "the filter credential cannot use the admin API")
-	case need == authFilter && isAdmin:
-		return newProblem(http.StatusForbidden, codeForbidden, "the admin credential cannot use the filter endpoints")
+	var inst *store.Instance
+	if !isAdmin && !isFilter && strings.HasPrefix(token, instanceTokenPrefix) && need != authAdmin {
+		var err error
+		if inst, err = s.instance(r.Context(), h); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return r, fromStoreError(err, "instance")
+		}
 	}
+	switch {
+	case need == authAdmin && isAdmin, need == authFleet && isFilter, need == authFilter && isFilter:
+		return r, nil
+	case (need == authFilter || need == authInstance) && inst != nil:
+		return r.WithContext(context.WithValue(r.Context(), instanceKey{}, inst)), nil
+	case need == authAdmin && isFilter:
+		return r, newProblem(http.StatusForbidden, codeForbidden, "the filter credential cannot use the admin API")
+	case need == authInstance && isFilter:
+		return r, newProblem(http.StatusForbidden, codeInstanceTokenRequired,
+			"usage must be posted with the instance token from POST /v1/nodes/register, not the fleet's filter credential")
+	case need != authAdmin && isAdmin:
+		return r, newProblem(http.StatusForbidden, codeForbidden, "the admin credential cannot use the filter endpoints")
+	case need == authAdmin && strings.HasPrefix(token, instanceTokenPrefix):
+		// Not looked up: an instance token is never an admin credential.
+	case need == authFleet && inst != nil:
+		return r, newProblem(http.StatusForbidden, codeForbidden, "registration needs the fleet's filter credential, not an instance token")
+	}
+	s.authFailed(r)
 	p := newProblem(http.StatusUnauthorized, codeUnauthorized, "the bearer credential is not valid")
 	p.header = http.Header{"Www-Authenticate": {`Bearer realm="` + realm + `", error="invalid_token"`}}
-	return p
+	return r, p
 }
 
 func bearerToken(r *http.Request) (string, bool) {
@@ -333,6 +402,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) *problem {
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) *problem {
+	s.checkNodes(r.Context())
 	promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	return nil
 }

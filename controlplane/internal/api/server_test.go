@@ -26,7 +26,7 @@ func TestAuthSeparation(t *testing.T) {
 		t.Run(rt.Method+" "+rt.Path, func(t *testing.T) {
 			path := concretePath(rt.Path)
 			other, realm := filterToken, "keygate-admin"
-			if rt.auth == authFilter {
+			if rt.auth != authAdmin {
 				other, realm = adminToken, "keygate-filter"
 			}
 			r := e.call(rt.Method, path, "", nil)
@@ -129,8 +129,8 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 	}
 	k := e.createKey(map[string]any{})
 	e.call("GET", "/v1/sync", filterToken, nil)
-	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"`+k.ID+`","minute":60,"host":"","outcome":"allowed","n":1}]}`)
-	e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[]}`)
+	e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"`+k.ID+`","minute":`+itoa(t0.Truncate(time.Minute).Unix())+`,"host":"","outcome":"allowed","n":1}]}`)
+	e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[]}`)
 	m := string(e.call("GET", "/metrics", "", nil).body)
 	for _, want := range []string{
 		`keygate_http_requests_total{code="201",method="POST",route="/v1/keys"} 1`,

@@ -19,7 +19,8 @@ func TestStrictBodies(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
 	k := e.createKey(map[string]any{"name": "strict", "hosts": []string{"api.example.com"}})
 	keyPath := "/v1/keys/" + k.ID
-	count := `{"key_id":"","minute":60,"host":"","outcome":"allowed","n":1}`
+	minute := itoa(t0.Truncate(time.Minute).Unix()) // within the usage window
+	count := `{"key_id":"","minute":` + minute + `,"host":"","outcome":"allowed","n":1}`
 	type route struct{ method, path, token string }
 	routes := []route{
 		{"POST", "/v1/keys", adminToken},
@@ -28,7 +29,8 @@ func TestStrictBodies(t *testing.T) {
 		{"POST", keyPath + "/revoke", adminToken},
 		{"POST", keyPath + "/disable", adminToken},
 		{"POST", keyPath + "/enable", adminToken},
-		{"POST", "/v1/usage", filterToken},
+		{"POST", "/v1/usage", e.instanceToken("n", "b")},
+		{"POST", "/v1/nodes/register", filterToken},
 	}
 	for _, rt := range routes {
 		for _, body := range []string{`null`, ` null `, `[]`, `[{}]`, `"x"`, `1`, `true`} {
@@ -49,8 +51,8 @@ func TestStrictBodies(t *testing.T) {
 		{"POST", keyPath + "/rotate", adminToken, `{"Grace_Seconds":60}`, "Grace_Seconds"},
 		{"POST", keyPath + "/rotate", adminToken, `{"grace":60}`, "grace"},
 		{"POST", keyPath + "/revoke", adminToken, `{"reason":"x"}`, "reason"},
-		{"POST", "/v1/usage", filterToken, `{"Node":"n","boot":"b","seq":1,"counts":[]}`, "Node"},
-		{"POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[` + count + `,{"Key_ID":"","minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[1].Key_ID"},
+		{"POST", "/v1/usage", e.instanceToken("n", "b"), `{"Node":"n","boot":"b","seq":1,"counts":[]}`, "Node"},
+		{"POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[` + count + `,{"Key_ID":"","minute":` + minute + `,"host":"","outcome":"allowed","n":1}]}`, "counts[1].Key_ID"},
 	}
 	for _, c := range cases {
 		p := e.call(c.method, c.path, c.token, c.body).problem(t, 400, "unknown_field")
@@ -64,7 +66,7 @@ func TestStrictBodies(t *testing.T) {
 		{"POST", "/v1/keys", adminToken, `{"name":"a","name":"b"}`, "name"},
 		{"PATCH", keyPath, adminToken, `{"hosts":["*"],"hosts":[]}`, "hosts"},
 		{"POST", keyPath + "/rotate", adminToken, `{"grace_seconds":1,"grace_seconds":2}`, "grace_seconds"},
-		{"POST", "/v1/usage", filterToken, `{"node":"n","node":"m","boot":"b","seq":1,"counts":[]}`, "node"},
+		{"POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","node":"m","boot":"b","seq":1,"counts":[]}`, "node"},
 	}
 	for _, c := range dups {
 		p := e.call(c.method, c.path, c.token, c.body).problem(t, 400, "invalid_request")
@@ -84,7 +86,7 @@ func TestStrictBodies(t *testing.T) {
 	if created.Hosts[0] != "*" || created.Rate == nil {
 		t.Fatalf("exact member names: %+v", created)
 	}
-	if r := e.call("POST", "/v1/usage", filterToken, `{"node":"n","boot":"b","seq":1,"counts":[`+count+`]}`); r.status != 200 {
+	if r := e.call("POST", "/v1/usage", e.instanceToken("n", "b"), `{"node":"n","boot":"b","seq":1,"counts":[`+count+`]}`); r.status != 200 {
 		t.Fatalf("usage with exact names: %d %s", r.status, r.body)
 	}
 }
@@ -103,7 +105,7 @@ func TestOversizedBodyRefusedBeforeContinue(t *testing.T) {
 	}{
 		{"/v1/keys", adminToken, maxAdminBody},
 		{"/v1/keys/key_x/rotate", adminToken, maxAdminBody},
-		{"/v1/usage", filterToken, maxUsageBody},
+		{"/v1/usage", e.instanceToken("n", "b"), maxUsageBody},
 	}
 	const tries = 150
 	for _, tg := range targets {

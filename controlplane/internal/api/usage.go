@@ -14,24 +14,61 @@ const maxBuckets = 1500
 
 var steps = map[string]time.Duration{"minute": time.Minute, "hour": time.Hour, "day": 24 * time.Hour}
 
-// parseTime accepts RFC 3339 or unix seconds.
+// Query times are limited to [minQueryTime, maxQueryTime]: answers carry
+// them (rounded out to a whole step, at most a day) as RFC 3339, which
+// cannot express a year past 9999.
+var (
+	minQueryTime = time.Unix(0, 0).UTC()
+	maxQueryTime = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+)
+
+// parseTime accepts RFC 3339 or unix seconds between minQueryTime and
+// maxQueryTime.
 func parseTime(fe *fieldErrors, field, v string, def time.Time) time.Time {
 	if v == "" {
 		return def
 	}
+	var t time.Time
 	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 || n > 1<<40 {
-			fe.add(field, "unix seconds out of range")
+		if n < minQueryTime.Unix() || n > maxQueryTime.Unix() {
+			fe.add(field, "unix seconds out of range (0 to %d, 9999-12-31)", maxQueryTime.Unix())
 			return def
 		}
-		return time.Unix(n, 0).UTC()
-	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
+		t = time.Unix(n, 0)
+	} else if t, err = time.Parse(time.RFC3339Nano, v); err != nil {
 		fe.add(field, "must be RFC 3339 or unix seconds")
 		return def
 	}
-	return t.UTC()
+	t = t.UTC()
+	if t.Before(minQueryTime) || t.After(maxQueryTime) {
+		fe.add(field, "must be from 1970-01-01 to 9999-12-31")
+		return def
+	}
+	return t
+}
+
+// maxUsageAhead is how far past the control plane's clock a usage minute
+// may lie (filters' clocks drift; no Envoy counts tomorrow's requests).
+const maxUsageAhead = 24 * time.Hour
+
+// checkUsageWindow refuses counts whose minute lies more than the usage
+// retention before or maxUsageAhead after the control plane's clock: the
+// retention would delete them at once, and a far-future minute would
+// become a key's last use that clients cannot even parse (past year 9999).
+func (s *Server) checkUsageWindow(b *store.UsageBatch) fieldErrors {
+	var fe fieldErrors
+	now := s.now()
+	lo, hi := now.Add(-s.usageRetention).Truncate(time.Minute), now.Add(maxUsageAhead)
+	for i := range b.Counts {
+		if m := b.Counts[i].Minute; m.Before(lo) || m.After(hi) {
+			fe.add("counts["+strconv.Itoa(i)+"].minute", "must be from %d to %d (the usage retention %s before "+
+				"to %s after the control plane's clock)", lo.Unix(), hi.Unix(), s.usageRetention, maxUsageAhead)
+			if len(fe) >= maxFieldErrors {
+				break
+			}
+		}
+	}
+	return fe
 }
 
 // window parses from and to (defaults: the last span up to now).

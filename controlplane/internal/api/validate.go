@@ -265,6 +265,10 @@ func parseExpiry(fe *fieldErrors, field, s string, now time.Time) *time.Time {
 		fe.add(field, "must be in the future")
 		return nil
 	}
+	if t.UTC().After(maxQueryTime) { // RFC 3339 ends at year 9999 (in UTC)
+		fe.add(field, "must not be after 9999-12-31T00:00:00Z")
+		return nil
+	}
 	// Kept to the microsecond the store holds; the sync wire rounds up to
 	// whole seconds, so the key never stops early.
 	t = t.UTC()

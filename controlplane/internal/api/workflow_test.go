@@ -59,7 +59,7 @@ func TestWorkflow(t *testing.T) {
 		batch := map[string]any{"node": "envoy-a", "boot": "boot1", "seq": 1, "counts": []map[string]any{
 			{"key_id": k3.ID, "minute": t0.Truncate(time.Minute).Unix(), "host": "b.example.com", "outcome": "allowed", "n": 4}}}
 		for range 3 {
-			if r := e.call("POST", "/v1/usage", filterToken, batch); r.status != 200 {
+			if r := e.call("POST", "/v1/usage", e.instanceToken("envoy-a", "boot1"), batch); r.status != 200 {
 				t.Fatalf("usage %d %s", r.status, r.body)
 			}
 		}

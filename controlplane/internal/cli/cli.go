@@ -1,5 +1,6 @@
 // Package cli implements the controlplane command: "serve" runs the
-// service; "keys" and "usage" manage keys through its REST API.
+// service; "keys", "usage" and "nodes" manage keys and show the fleet
+// through its REST API.
 package cli
 
 import (
@@ -28,6 +29,7 @@ commands:
                             --grace (default 24h, 0 ends it at once)
   usage <id>                a key's usage over time
   usage top                 the keys with the most requests
+  nodes list                the registered Envoy instances and which are live
 
 Run "controlplane <command> -h" for its flags. The client commands read
 --url (KEYGATE_URL, default http://127.0.0.1:8081) and --token
@@ -73,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env Env) 
 		return runKeys(ctx, args[1], args[2:], stdout, stderr, env)
 	case "usage":
 		return runUsage(ctx, args[1:], stdout, stderr, env)
+	case "nodes":
+		return runNodes(ctx, args[1:], stdout, stderr, env)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usageText)
 		return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -162,14 +163,25 @@ func TestKeysCLI(t *testing.T) {
 	batch := `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"` + k.ID + `","minute":` + itoa(minute) +
 		`,"host":"api.example.com","outcome":"allowed","n":7},{"key_id":"` + k.ID + `","minute":` + itoa(minute) +
 		`,"host":"api.example.com","outcome":"rate_limited","n":2}]}`
-	req, _ := http.NewRequest("POST", ts.URL+"/v1/usage", strings.NewReader(batch))
-	req.Header.Set("Authorization", "Bearer "+filterToken)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("usage post: %v %v", resp, err)
+	var reg struct {
+		Token string `json:"token"`
 	}
-	resp.Body.Close()
+	if code, body := post(t, ts.URL+"/v1/nodes/register", filterToken, `{"node":"n","boot":"b"}`); code != 201 || json.Unmarshal(body, &reg) != nil {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	if code, body := post(t, ts.URL+"/v1/usage", reg.Token, batch); code != 200 {
+		t.Fatalf("usage post: %d %s", code, body)
+	}
+	out = ok("nodes", "list")
+	if !regexp.MustCompile(`(?m)^n\s+b\s+yes\s+\S+\s+\S+\s+-\s*$`).MatchString(out) || !strings.Contains(out, "1 live of 1 listed") {
+		t.Fatalf("nodes list:\n%s", out)
+	}
+	if out := ok("nodes", "list", "--json"); !strings.Contains(out, `"boot": "b"`) {
+		t.Fatalf("nodes list --json:\n%s", out)
+	}
+	if code, _, _ := cmd(t, env, "nodes"); code != 2 {
+		t.Errorf("nodes without list: exit %d, want 2", code)
+	}
 	out = ok("usage", k.ID, "--step", "minute", "--from", "10m")
 	if !regexp.MustCompile(`(?m)^\s*TOTAL\s+7\s+2\s*$`).MatchString(out) || !strings.Contains(out, "rate_limited") || !strings.Contains(out, "api.example.com") {
 		t.Fatalf("usage:\n%s", out)
@@ -195,6 +207,21 @@ func TestKeysCLI(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// post sends a JSON body with a bearer token and returns status and body.
+func post(t *testing.T, url, token, body string) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
 
 // serveOnce runs "serve" until stop is called; it returns the base URL.
 func serveOnce(t *testing.T, env map[string]string, stderr *testkit.Log) (base string, stop func() error) {
@@ -330,18 +357,51 @@ func TestServeConfigErrors(t *testing.T) {
 		{map[string]string{"KEYGATE_STORE": "mysql://x"}, nil, "store must be"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:"}, nil, "needs a file path"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/a.db", "KEYGATE_KEY_PREFIX": "AK"}, nil, "prefix"},
-		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/b.db", "KEYGATE_ADMIN_TOKEN": "short"}, nil, "at least 16"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/b.db", "KEYGATE_ADMIN_TOKEN": "short"}, nil, "KEYGATE_ADMIN_TOKEN is too weak"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/c.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": adminToken}, nil, "must differ"},
-		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/h.db", "KEYGATE_ADMIN_TOKEN_PREVIOUS": "short"}, nil, "at least 16"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/h.db", "KEYGATE_ADMIN_TOKEN_PREVIOUS": "short"}, nil, "KEYGATE_ADMIN_TOKEN_PREVIOUS is too weak"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/i.db", "KEYGATE_ADMIN_TOKEN": adminToken, "KEYGATE_FILTER_TOKEN": filterToken, "KEYGATE_FILTER_TOKEN_PREVIOUS": adminToken}, nil, "must differ"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/d.db"}, []string{"--log-level", "loud"}, "log-level"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/e.db"}, []string{"extra"}, "no arguments"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/f.db", "KEYGATE_SHARE_WINDOW": "ten"}, nil, "KEYGATE_SHARE_WINDOW"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/g.db"}, []string{"--share-window", "100ms"}, "share-window"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/j.db", "KEYGATE_USAGE_RETENTION": "ninety"}, nil, "KEYGATE_USAGE_RETENTION"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/k.db"}, []string{"--usage-retention", "12h"}, "usage-retention must be at least 1d"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/l.db", "KEYGATE_SQLITE_SYNCHRONOUS": "off"}, nil, "sqlite-synchronous must be full or normal"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/p.db", "KEYGATE_POLL_INTERVAL": "soon"}, nil, "KEYGATE_POLL_INTERVAL"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/q.db"}, []string{"--poll-interval", "1ms"}, "poll-interval"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/r.db", "KEYGATE_PG_MAX_OPEN": "many"}, nil, "KEYGATE_PG_MAX_OPEN"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/s.db"}, []string{"--pg-max-open", "2", "--pg-max-idle", "3"}, "pg-max-idle"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/u.db"}, []string{"--max-registrations", "0"}, "max-registrations"},
 	} {
 		code, _, errs := cmd(t, c.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(errs, c.want) {
 			t.Errorf("%v %v: exit %d, stderr %s", c.env, c.args, code, errs)
 		}
 	}
+}
+
+// --rate N/period alone admits N at once (burst N-1); --burst 0 is strict
+// pacing; a burst the limiter cannot enforce is refused naming the field.
+func TestRateBurstDefaults(t *testing.T) {
+	ts := startServer(t)
+	env := map[string]string{"KEYGATE_URL": ts.URL, "KEYGATE_ADMIN_TOKEN": adminToken}
+	ok := func(args ...string) string {
+		t.Helper()
+		code, out, errs := cmd(t, env, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, out, errs)
+		}
+		return out
+	}
+	if out := ok("keys", "create", "--name", "n", "--rate", "3/minute"); !strings.Contains(out, "3 per 1m0s, burst 2") {
+		t.Errorf("--rate 3/minute without --burst:\n%s", out)
+	}
+	if out := ok("keys", "create", "--name", "p", "--rate", "3/minute", "--burst", "0"); !strings.Contains(out, "3 per 1m0s, burst 0") {
+		t.Errorf("--rate 3/minute --burst 0:\n%s", out)
+	}
+	if code, _, errs := cmd(t, env, "keys", "create", "--rate", "1/24h", "--burst", "1000000000"); code == 0 || !strings.Contains(errs, "rate.burst") {
+		t.Errorf("unenforceable burst: exit %d, %s", code, errs)
+	}
+
 }

@@ -353,8 +353,8 @@ func (sf *settingsFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&sf.owner, "owner", "owner (a customer, team or service)")
 	fs.Var(&sf.hosts, "host", "allowed host pattern (repeatable or comma-separated): api.example.com, *.example.com, *")
 	fs.Var(&sf.scopes, "scope", "scope (repeatable or comma-separated)")
-	fs.Var(&sf.rate, "rate", "rate limit N/second, N/minute, N/hour or N/<duration> (e.g. 100/minute, 5/250ms)")
-	fs.Var(burstFlag{sf}, "burst", "extra requests allowed at once on top of --rate")
+	fs.Var(&sf.rate, "rate", "rate limit N/second, N/minute, N/hour or N/<duration> (e.g. 100/minute, 5/250ms): N at once, then N per period as they refill")
+	fs.Var(burstFlag{sf}, "burst", "requests allowed at once beyond the first (default with --rate: N-1, the whole limit; 0: strict pacing, one every period/N)")
 	fs.Var(&sf.quota, "quota", "quota N/day or N/month")
 	fs.Var(&sf.expires, "expires", "expiry: RFC 3339 time or a duration from now (e.g. 720h)")
 	fs.Var(&sf.metadata, "metadata", "metadata JSON object (at most 4 KiB)")
@@ -393,7 +393,9 @@ func (sf *settingsFlags) request(update bool) (map[string]any, error) {
 		if err != nil {
 			return nil, err
 		}
-		rate["burst"] = sf.burst
+		if sf.burstSet {
+			rate["burst"] = sf.burst
+		}
 		req["rate"] = rate
 	case sf.burstSet:
 		return nil, usagef("--burst needs --rate")

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,8 +28,9 @@ const (
 	settingFilter = "filter_credential_sha256"
 )
 
-// minCredentialLen is the shortest credential accepted from the environment.
-const minCredentialLen = 16
+// minCredentialBits is the least estimated entropy of a credential taken
+// from the environment (see credentialBits).
+const minCredentialBits = 128
 
 type serveConfig struct {
 	listen    string
@@ -35,9 +38,22 @@ type serveConfig struct {
 	prefix    string
 	logLevel  string
 	retention time.Duration
+	// usageRetention: usage minutes older than this are deleted, and
+	// usage batches with older counts refused.
+	usageRetention time.Duration
+	// synchronous is SQLite's synchronous mode (store.SynchronousFull or
+	// store.SynchronousNormal).
+	synchronous string
 	// shareWindow: a node is active for rate-limit shares this long after
 	// its latest usage batch.
 	shareWindow time.Duration
+	// pollInterval: how often long-polls read the change-log version (the
+	// fallback behind PostgreSQL's NOTIFY).
+	pollInterval time.Duration
+	// pgMaxOpen, pgMaxIdle: the PostgreSQL pool of this replica.
+	pgMaxOpen, pgMaxIdle int
+	// maxRegistrations: instance registrations per minute, fleet-wide.
+	maxRegistrations int
 }
 
 // runServe runs the service until ctx ends. onListen, if set, is told the
@@ -48,13 +64,29 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		store:  envOr(env, "KEYGATE_STORE", "sqlite:./data/keygate.db"),
 		prefix: envOr(env, "KEYGATE_KEY_PREFIX", keycache.DefaultPrefix),
 	}
-	cfg.shareWindow = store.DefaultShareWindow
-	if v := env("KEYGATE_SHARE_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
+	var err error
+	if cfg.shareWindow, err = envDuration(env, "KEYGATE_SHARE_WINDOW", store.DefaultShareWindow); err != nil {
+		return err
+	}
+	if cfg.pollInterval, err = envDuration(env, "KEYGATE_POLL_INTERVAL", store.DefaultPollInterval); err != nil {
+		return err
+	}
+	if cfg.pgMaxOpen, err = envInt(env, "KEYGATE_PG_MAX_OPEN", store.DefaultMaxOpenConns); err != nil {
+		return err
+	}
+	if cfg.pgMaxIdle, err = envInt(env, "KEYGATE_PG_MAX_IDLE", store.DefaultMaxIdleConns); err != nil {
+		return err
+	}
+	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
+		return err
+	}
+	cfg.usageRetention = store.DefaultUsageRetention
+	if v := env("KEYGATE_USAGE_RETENTION"); v != "" {
+		d, err := parseDays(v)
 		if err != nil {
-			return usagef("KEYGATE_SHARE_WINDOW: %v", err)
+			return usagef("KEYGATE_USAGE_RETENTION: %v", err)
 		}
-		cfg.shareWindow = d
+		cfg.usageRetention = d
 	}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -64,8 +96,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,
 		"how long the change log and usage batch identities are kept")
+	cfg.synchronous = envOr(env, "KEYGATE_SQLITE_SYNCHRONOUS", store.SynchronousFull)
+	fs.StringVar(&cfg.synchronous, "sqlite-synchronous", cfg.synchronous,
+		"SQLite only: full syncs every commit so acknowledged changes (revocations) survive power loss; normal commits faster but may lose the last ones (KEYGATE_SQLITE_SYNCHRONOUS)")
+	fs.Func("usage-retention", "how long usage is kept, e.g. 90d or 2160h; older usage is deleted and batches with older counts are refused (KEYGATE_USAGE_RETENTION, default 90d)",
+		func(v string) (err error) { cfg.usageRetention, err = parseDays(v); return err })
 	fs.DurationVar(&cfg.shareWindow, "share-window", cfg.shareWindow,
 		"how long an Envoy counts as active for fleet-wide rate-limit shares after its latest usage flush; keep it several flush periods (KEYGATE_SHARE_WINDOW)")
+	fs.DurationVar(&cfg.pollInterval, "poll-interval", cfg.pollInterval,
+		"how often long-polls read the store for changes made by other replicas; on PostgreSQL NOTIFY wakes them at once and this is the fallback (KEYGATE_POLL_INTERVAL)")
+	fs.IntVar(&cfg.pgMaxOpen, "pg-max-open", cfg.pgMaxOpen,
+		"most open PostgreSQL connections of this replica, plus one listening connection (KEYGATE_PG_MAX_OPEN)")
+	fs.IntVar(&cfg.pgMaxIdle, "pg-max-idle", cfg.pgMaxIdle,
+		"most idle PostgreSQL connections kept open by this replica (KEYGATE_PG_MAX_IDLE)")
+	fs.IntVar(&cfg.maxRegistrations, "max-registrations", cfg.maxRegistrations,
+		"Envoy instance registrations accepted per minute, fleet-wide; more get 429 and retry (KEYGATE_MAX_REGISTRATIONS)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: controlplane serve [flags]\n\nCredentials come from KEYGATE_ADMIN_TOKEN and KEYGATE_FILTER_TOKEN;\nwhen unset, one is generated on first start and printed once. To rotate\none, set the new value and the old one as KEYGATE_ADMIN_TOKEN_PREVIOUS\n(or KEYGATE_FILTER_TOKEN_PREVIOUS), which is accepted too until unset.\n\nflags:")
 		fs.PrintDefaults()
@@ -81,8 +126,23 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.retention < time.Hour {
 		return usagef("--retention must be at least 1h")
 	}
+	if cfg.synchronous != store.SynchronousFull && cfg.synchronous != store.SynchronousNormal {
+		return usagef("--sqlite-synchronous must be full or normal")
+	}
+	if cfg.usageRetention < 24*time.Hour {
+		return usagef("--usage-retention must be at least 1d")
+	}
 	if cfg.shareWindow < time.Second || cfg.shareWindow > time.Hour {
 		return usagef("--share-window must be from 1s to 1h")
+	}
+	if cfg.pollInterval < 10*time.Millisecond || cfg.pollInterval > time.Minute {
+		return usagef("--poll-interval must be from 10ms to 1m")
+	}
+	if cfg.pgMaxOpen < 1 || cfg.pgMaxIdle < 1 || cfg.pgMaxIdle > cfg.pgMaxOpen {
+		return usagef("--pg-max-open must be at least 1 and --pg-max-idle from 1 to --pg-max-open")
+	}
+	if cfg.maxRegistrations < 1 {
+		return usagef("--max-registrations must be at least 1")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
@@ -90,12 +150,22 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow))
+	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous),
+		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
+	// Check every credential from the environment before using any.
+	for _, c := range []struct{ name, role string }{
+		{"KEYGATE_ADMIN_TOKEN", "admin"}, {"KEYGATE_FILTER_TOKEN", "filter"},
+		{"KEYGATE_ADMIN_TOKEN_PREVIOUS", "admin"}, {"KEYGATE_FILTER_TOKEN_PREVIOUS", "filter"},
+	} {
+		if err := checkCredential(c.name, c.role, env(c.name)); err != nil {
+			return err
+		}
+	}
 	admin, err := credential(ctx, st, "admin", settingAdmin, env("KEYGATE_ADMIN_TOKEN"), stderr)
 	if err != nil {
 		return err
@@ -104,17 +174,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if err != nil {
 		return err
 	}
-	prevAdmin, err := previousCredential("admin", env("KEYGATE_ADMIN_TOKEN_PREVIOUS"))
-	if err != nil {
-		return err
-	}
-	prevFilter, err := previousCredential("filter", env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
-	if err != nil {
-		return err
-	}
+	prevAdmin := previousCredential(env("KEYGATE_ADMIN_TOKEN_PREVIOUS"))
+	prevFilter := previousCredential(env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
-		KeyPrefix: cfg.prefix, Logger: log})
+		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention,
+		MaxRegistrationsPerMinute: cfg.maxRegistrations})
 	if err != nil {
 		return err
 	}
@@ -142,7 +207,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 
 	jctx, stopJanitor := context.WithCancel(ctx)
 	defer stopJanitor()
-	go janitor(jctx, st, log, cfg.retention)
+	go janitor(jctx, st, log, cfg.retention, cfg.usageRetention)
+	go srv.WatchNodes(jctx, 30*time.Second)
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -163,6 +229,30 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	log.Info("stopped")
 	return nil
+}
+
+func envDuration(env Env, name string, def time.Duration) (time.Duration, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, usagef("%s: %v", name, err)
+	}
+	return d, nil
+}
+
+func envInt(env Env, name string, def int) (int, error) {
+	v := env(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, usagef("%s: not an integer", name)
+	}
+	return n, nil
 }
 
 func envOr(env Env, name, def string) string {
@@ -201,10 +291,7 @@ func storeKind(spec string) string {
 // credential that is generated, stored as its hash and printed once to
 // stderr. Replicas starting together agree through SetSettingIfAbsent.
 func credential(ctx context.Context, st store.Store, what, setting, fromEnv string, stderr io.Writer) ([32]byte, error) {
-	if fromEnv != "" {
-		if len(fromEnv) < minCredentialLen {
-			return [32]byte{}, fmt.Errorf("the %s credential must be at least %d characters", what, minCredentialLen)
-		}
+	if fromEnv != "" { // checked by checkCredential
 		return api.HashCredential(fromEnv), nil
 	}
 	for range 2 {
@@ -240,21 +327,79 @@ func credential(ctx context.Context, st store.Store, what, setting, fromEnv stri
 	return [32]byte{}, fmt.Errorf("could not settle the %s credential", what)
 }
 
-// previousCredential hashes the credential being rotated out (fromEnv),
-// accepted with the current one until it is unset; "" gives none.
-func previousCredential(what, fromEnv string) ([32]byte, error) {
+// previousCredential hashes the credential being rotated out (fromEnv,
+// checked by checkCredential), accepted with the current one until it is
+// unset; "" gives none.
+func previousCredential(fromEnv string) [32]byte {
 	if fromEnv == "" {
-		return [32]byte{}, nil
+		return [32]byte{}
 	}
-	if len(fromEnv) < minCredentialLen {
-		return [32]byte{}, fmt.Errorf("the previous %s credential must be at least %d characters", what, minCredentialLen)
+	return api.HashCredential(fromEnv)
+}
+
+// checkCredential refuses a credential from the environment variable name
+// that is weak: it must be one that serve generates for the role (a key
+// with prefix "kg"+role) or have an estimated minCredentialBits bits of
+// entropy. The error names the variable, never the value.
+func checkCredential(name, role, v string) error {
+	if v == "" || keycache.CheckKey(v, "kg"+role) == nil {
+		return nil
 	}
-	return api.HashCredential(fromEnv), nil
+	bits, ok := credentialBits(v)
+	if !ok {
+		return usagef("%s must be printable ASCII without spaces", name)
+	}
+	if bits < minCredentialBits {
+		return usagef("%s is too weak (about %d bits; at least %d needed): unset it to have a credential generated, "+
+			"or set a random one such as the output of openssl rand -hex 16", name, int(bits), minCredentialBits)
+	}
+	return nil
+}
+
+// credentialBits estimates the entropy of v as if its characters were
+// drawn at random from the classes it uses (lower case 26, upper case 26,
+// digits 10, other printable ASCII 33; hexadecimal digits alone 16): an
+// upper bound for a chosen password, exact for a random token. ok is false for characters outside
+// printable ASCII or a space.
+func credentialBits(v string) (bits float64, ok bool) {
+	var lower, upper, digit, other bool
+	hex := true // only [0-9a-f] or only [0-9A-F]: 16 symbols
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		hex = hex && (c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F')
+		switch {
+		case c >= 'a' && c <= 'z':
+			lower = true
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case c >= '0' && c <= '9':
+			digit = true
+		case c > ' ' && c < 0x7f:
+			other = true
+		default:
+			return 0, false
+		}
+	}
+	if hex && !(lower && upper) {
+		return float64(len(v)) * 4, true
+	}
+	pool := 0
+	for _, c := range []struct {
+		used bool
+		n    int
+	}{{lower, 26}, {upper, 26}, {digit, 10}, {other, 33}} {
+		if c.used {
+			pool += c.n
+		}
+	}
+	return float64(len(v)) * math.Log2(float64(pool)), true
 }
 
 // janitor prunes the change log and usage batch identities older than
-// retention, hourly.
-func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention time.Duration) {
+// retention, usage older than usageRetention and instances not seen for
+// store.InstanceRetention, at start and hourly. Every replica runs one:
+// pruning is idempotent.
+func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention, usageRetention time.Duration) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -269,10 +414,32 @@ func janitor(ctx context.Context, st store.Store, log *slog.Logger, retention ti
 		} else if n > 0 {
 			log.Info("pruned usage batch identities", slog.Int64("removed", n))
 		}
+		if n, err := st.PruneUsage(ctx, time.Now().Add(-usageRetention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune usage", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned usage past its retention", slog.Int64("removed", n))
+		}
+		if n, err := st.PruneInstances(ctx, time.Now().Add(-store.InstanceRetention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune instances", slog.String("error", err.Error()))
+		} else if n > 0 {
+			log.Info("pruned instances not seen for a week", slog.Int64("removed", n))
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// parseDays parses a Go duration or a whole number of days ("90d").
+func parseDays(v string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*365 {
+			return 0, fmt.Errorf("invalid number of days %q", v)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(v)
 }

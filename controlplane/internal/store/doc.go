@@ -7,7 +7,8 @@ package store
 // hour and day buckets are plain arithmetic), lists are JSON text, hashes
 // are bytes, and modernc.org/sqlite binds $N placeholders by ordinal like
 // PostgreSQL. Only DDL (migrations/<dialect>/), row locking (FOR UPDATE),
-// the advisory lock around migrations and the bulk usage statements differ.
+// the advisory lock around migrations, the bulk usage statements and the
+// cross-replica wake-up (LISTEN/NOTIFY, listen.go) differ.
 //
 // Why a counter row for change-log versions? A sequence hands out numbers
 // at insert time, but transactions commit in any order, so a reader could
@@ -48,3 +49,11 @@ package store
 // start of the latest minute with an allowed request is the most precise
 // honest value; refused requests do not count as use, and a late batch
 // never moves it back.
+//
+// Why do usage counters saturate, and where do anonymous hosts go? See
+// controlplane/RATIONALE.md ("Why do counters saturate?", "How long is
+// usage kept, and why fold anonymous hosts?"): counters stop at MaxCounter
+// (2^53) through compare-then-add upserts, sums at the largest int64 (sum),
+// counts without a key keep MaxAnonymousHosts hosts a minute
+// (foldAnonymousHosts), and PruneUsage deletes usage past the retention an
+// hour at a time.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	"modernc.org/sqlite"
@@ -24,6 +25,9 @@ type config struct {
 	now          func() time.Time
 	pollInterval time.Duration
 	shareWindow  time.Duration
+	synchronous  string
+	maxOpen      int
+	maxIdle      int
 }
 
 // WithClock sets the clock used for timestamps the store fills in itself
@@ -34,8 +38,10 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithPollInterval sets how often WaitForChange reads the current version
-// (default 75ms). Changes made through the same store wake waiters at once;
-// polling is what notices changes committed by other replicas.
+// (default DefaultPollInterval). Changes made through the same store wake
+// waiters at once, and so do, on PostgreSQL, changes committed by other
+// replicas (LISTEN/NOTIFY); polling is the fallback that notices changes
+// whose notification was lost (the listening connection was down).
 func WithPollInterval(d time.Duration) Option {
 	return func(c *config) {
 		if d > 0 {
@@ -55,8 +61,49 @@ func WithShareWindow(d time.Duration) Option {
 	}
 }
 
+// SQLite synchronous modes (WithSQLiteSynchronous).
+const (
+	// SynchronousFull syncs the WAL at every commit: a change the API
+	// acknowledged (a revocation) survives a power loss. The default.
+	SynchronousFull = "full"
+	// SynchronousNormal syncs at checkpoints only: faster commits, but the
+	// last acknowledged changes can be lost on power loss (not on a crash
+	// of the process).
+	SynchronousNormal = "normal"
+)
+
+// WithSQLiteSynchronous sets SQLite's synchronous mode, SynchronousFull
+// (default) or SynchronousNormal; OpenSQLite refuses anything else.
+// PostgreSQL ignores it.
+func WithSQLiteSynchronous(mode string) Option {
+	return func(c *config) { c.synchronous = mode }
+}
+
+// WithPostgresPool sets the most open and idle connections of a
+// PostgreSQL store's pool (defaults DefaultMaxOpenConns and
+// DefaultMaxIdleConns; values <= 0 keep them). The listening connection
+// comes on top. SQLite ignores it.
+func WithPostgresPool(maxOpen, maxIdle int) Option {
+	return func(c *config) {
+		if maxOpen > 0 {
+			c.maxOpen = maxOpen
+		}
+		if maxIdle > 0 {
+			c.maxIdle = maxIdle
+		}
+	}
+}
+
+// Defaults of the options.
+const (
+	DefaultPollInterval = time.Second
+	DefaultMaxOpenConns = 16
+	DefaultMaxIdleConns = 4
+)
+
 func newConfig(opts []Option) config {
-	c := config{now: time.Now, pollInterval: 75 * time.Millisecond, shareWindow: DefaultShareWindow}
+	c := config{now: time.Now, pollInterval: DefaultPollInterval, shareWindow: DefaultShareWindow,
+		maxOpen: DefaultMaxOpenConns, maxIdle: DefaultMaxIdleConns, synchronous: SynchronousFull}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -88,8 +135,10 @@ func redactURL(u string) string {
 
 // OpenSQLite opens (creating if needed) the SQLite database file at path and
 // applies pending migrations. The database runs in WAL mode with a busy
-// timeout and foreign keys on; all writes go through one connection (SQLite
-// has one writer anyway), reads use a small pool of their own.
+// timeout, foreign keys on and synchronous FULL unless WithSQLiteSynchronous
+// says otherwise; all writes go through one connection (SQLite has one
+// writer anyway), reads use a small pool of their own. Files are private to
+// the user (createPrivate).
 func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error) {
 	if path == "" || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
 		return nil, errors.New("store: OpenSQLite needs a plain file path")
@@ -97,16 +146,18 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 	if strings.ContainsAny(path, "?#") {
 		return nil, errors.New("store: SQLite database path must not contain '?' or '#'")
 	}
-	if dir := filepath.Dir(path); dir != "." {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("store: create database directory: %w", err)
-		}
+	cfg := newConfig(opts)
+	if cfg.synchronous != SynchronousFull && cfg.synchronous != SynchronousNormal {
+		return nil, fmt.Errorf("store: SQLite synchronous mode %q: want %s or %s", cfg.synchronous, SynchronousFull, SynchronousNormal)
+	}
+	if err := createPrivate(path); err != nil {
+		return nil, err
 	}
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "synchronous("+strings.ToUpper(cfg.synchronous)+")")
 	w, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode()+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("store: open sqlite: %w", err)
@@ -121,7 +172,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 		w.Close()
 		return nil, fmt.Errorf("store: open sqlite: %w", err)
 	}
-	s := newSQLStore(dialectSQLite, w, nil, newConfig(opts))
+	s := newSQLStore(dialectSQLite, w, nil, cfg)
 	if err := s.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
@@ -144,6 +195,39 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (Store, error)
 	return s, nil
 }
 
+// createPrivate makes the database's directories (0700) and file (0600)
+// if missing, and takes group and other permissions off an existing file
+// and its WAL and shared-memory files: the database holds key hashes,
+// usage and the credentials' hashes. SQLite creates the WAL and
+// shared-memory files with the database file's permissions.
+func createPrivate(path string) error {
+	if dir := filepath.Dir(path); dir != "." {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("store: create database directory: %w", err)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: create database file: %w", err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("store: database file: %w", err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&0o700); err != nil {
+				return fmt.Errorf("store: restrict database file permissions: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // OpenPostgres connects to PostgreSQL and applies pending migrations (under
 // an advisory lock, so replicas starting together are safe).
 //
@@ -156,18 +240,30 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error
 	if err != nil {
 		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
 	}
-	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(4)
+	c := newConfig(opts)
+	db.SetMaxOpenConns(c.maxOpen)
+	db.SetMaxIdleConns(min(c.maxIdle, c.maxOpen))
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to postgres %s: %w", redactURL(dsn), err)
 	}
-	s := newSQLStore(dialectPostgres, db, db, newConfig(opts))
+	s := newSQLStore(dialectPostgres, db, db, c)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
+	var schema string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: postgres schema: %w", err)
+	}
+	lcfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
+	}
+	s.startListener(lcfg, changeChannel(schema))
 	return s, nil
 }
 

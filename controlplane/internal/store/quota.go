@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -52,7 +53,7 @@ func dayCounts(rs []rollup) []dayCount {
 	}
 	out := make([]dayCount, 0, len(sum))
 	for k, n := range sum {
-		out = append(out, dayCount{k.keyID, k.day, n})
+		out = append(out, dayCount{k.keyID, k.day, min(n, MaxCounter)})
 	}
 	slices.SortFunc(out, func(a, b dayCount) int {
 		return cmp.Or(strings.Compare(a.keyID, b.keyID), cmp.Compare(a.day, b.day))
@@ -60,7 +61,8 @@ func dayCounts(rs []rollup) []dayCount {
 	return out
 }
 
-const upsertDaySuffix = ` ON CONFLICT (key_id, day) DO UPDATE SET allowed = usage_days.allowed + excluded.allowed`
+// upsertDaySuffix adds to a day's counter, saturating at MaxCounter.
+const upsertDaySuffix = ` ON CONFLICT (key_id, day) DO UPDATE SET allowed = ` + `CASE WHEN usage_days.allowed >= ` + maxCounterSQL + ` - excluded.allowed THEN ` + maxCounterSQL + ` ELSE usage_days.allowed + excluded.allowed END`
 
 // addDays adds a batch's allowed requests to usage_days.
 func (s *sqlStore) addDays(ctx context.Context, tx *sql.Tx, ds []dayCount) error {
@@ -106,14 +108,19 @@ func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Tim
 	if err != nil {
 		return 0, time.Time{}, err
 	}
-	var used int64
-	err = q.QueryRowContext(ctx, `SELECT CAST(COALESCE(SUM(allowed), 0) AS BIGINT) FROM usage_days
+	// Summed as doubles and saturated here: a sum of saturated counters
+	// (MaxCounter) must not overflow the query (exact below 2^53).
+	var sum float64
+	err = q.QueryRowContext(ctx, `SELECT COALESCE(SUM(CAST(allowed AS DOUBLE PRECISION)), 0) FROM usage_days
 		WHERE day >= $2 AND day < $3 AND key_id IN (
 			SELECT CAST($1 AS TEXT)
 			UNION
 			SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id WHERE l.key_id = $1)`,
-		keyID, start.Unix(), end.Unix()).Scan(&used)
-	return used, end, err
+		keyID, start.Unix(), end.Unix()).Scan(&sum)
+	if sum >= math.MaxInt64 {
+		return math.MaxInt64, end, err
+	}
+	return int64(sum), end, err
 }
 
 func (s *sqlStore) QuotaUsed(ctx context.Context, keyID, period string, at time.Time) (int64, error) {

@@ -13,16 +13,19 @@ import (
 // Fleet-wide rate limits (see controlplane/RATIONALE.md, "Why shares from
 // each node's latest batch?").
 //
-// Every accepted batch updates its node's row in share_nodes (arrival time,
-// the time since the node's previous batch = the interval the batch
-// covers, a generation) and, for every key with demand in the batch
-// (allowed + rate_limited requests: what reached the limiter), the key's
-// row for the node in share_demand. A node's demand rate for a key is the
-// key's demand in the node's latest batch divided by that batch's
-// interval, as long as the batch is fresh: a filter flushes whenever it
-// holds counts, so a node that sent nothing for well over its own interval
-// had no traffic at all. Everything lives in the database, so replicas on
-// one PostgreSQL compute the same shares.
+// A "node" here is an instance: a running Envoy, named by its node name and
+// boot id (docs/wire.md), so Envoys that share a node name are still
+// distinct nodes. Every accepted batch updates its instance's row in
+// share_instances (arrival time, the time since the instance's previous
+// batch = the interval the batch covers, a generation) and, for every key
+// with demand in the batch (allowed + rate_limited requests: what reached
+// the limiter), the key's row for the instance in share_instance_demand. A
+// node's demand rate for a key is the key's demand in the node's latest
+// batch divided by that batch's interval, as long as the batch is fresh: a
+// filter flushes whenever it holds counts, so a node that sent nothing for
+// well over its own interval had no traffic at all; and it counts at most
+// DemandCap times the key's rate (see Shares). Everything lives in the
+// database, so replicas on one PostgreSQL compute the same shares.
 const (
 	// DefaultShareWindow is how long a node counts as active after its
 	// latest batch.
@@ -49,6 +52,14 @@ const (
 	// (docs/config.md). A node that flushes less often looks busier than
 	// it is for that one batch.
 	firstInterval = 2 * time.Second
+	// DemandCap bounds the demand rate a node's batches count for, in
+	// multiples of the key's fleet rate. An honest node's limiter sees at
+	// most what its clients send, which can exceed the rate (refused
+	// requests count as demand), so the cap is not 1; but a node claiming
+	// more than DemandCap times the rate is treated as claiming exactly
+	// that, which bounds how much one node's report can take from the
+	// others (controlplane/RATIONALE.md, "Why per-instance tokens?").
+	DemandCap = 2
 )
 
 type demand struct {
@@ -80,47 +91,55 @@ func (s *sqlStore) greatest() string {
 	return "MAX"
 }
 
-// recordDemand notes node's batch arriving at now (unix microseconds) and
-// its demand per key, inside the batch's transaction.
-func (s *sqlStore) recordDemand(ctx context.Context, tx *sql.Tx, node string, now int64, ds []demand) error {
+func (s *sqlStore) least() string {
+	if s.d == dialectPostgres {
+		return "LEAST"
+	}
+	return "MIN"
+}
+
+// recordDemand notes the batch of instance (node, boot) arriving at now
+// (unix microseconds) and its demand per key, inside the batch's
+// transaction.
+func (s *sqlStore) recordDemand(ctx context.Context, tx *sql.Tx, node, boot string, now int64, ds []demand) error {
 	var gen int64
 	g := s.greatest()
-	err := tx.QueryRowContext(ctx, `INSERT INTO share_nodes (node, last_at, interval_us, gen) VALUES ($1, $2, $3, 1)
-		ON CONFLICT (node) DO UPDATE SET
-			interval_us = `+g+`($4, excluded.last_at - share_nodes.last_at),
-			last_at = `+g+`(share_nodes.last_at, excluded.last_at),
-			gen = share_nodes.gen + 1
-		RETURNING gen`, node, now, min(s.shareWindow, firstInterval).Microseconds(), minShareInterval.Microseconds()).Scan(&gen)
+	err := tx.QueryRowContext(ctx, `INSERT INTO share_instances (node, boot, last_at, interval_us, gen) VALUES ($1, $5, $2, $3, 1)
+		ON CONFLICT (node, boot) DO UPDATE SET
+			interval_us = `+g+`($4, excluded.last_at - share_instances.last_at),
+			last_at = `+g+`(share_instances.last_at, excluded.last_at),
+			gen = share_instances.gen + 1
+		RETURNING gen`, node, now, min(s.shareWindow, firstInterval).Microseconds(), minShareInterval.Microseconds(), boot).Scan(&gen)
 	if err != nil {
 		return fmt.Errorf("share node: %w", err)
 	}
 	if len(ds) == 0 {
 		return nil
 	}
-	const suffix = ` ON CONFLICT (key_id, node) DO UPDATE SET at = excluded.at, gen = excluded.gen, n = excluded.n`
+	const suffix = ` ON CONFLICT (key_id, node, boot) DO UPDATE SET at = excluded.at, gen = excluded.gen, n = excluded.n`
 	if s.d == dialectPostgres {
 		ids := make([]string, len(ds))
 		ns := make([]int64, len(ds))
 		for i, d := range ds {
 			ids[i], ns[i] = d.keyID, d.n
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO share_demand (key_id, node, at, gen, n)
-			SELECT u.key_id, $3, $4, $5, u.n FROM unnest($1::text[], $2::bigint[]) AS u(key_id, n)`+suffix,
-			ids, ns, node, now, gen)
+		_, err = tx.ExecContext(ctx, `INSERT INTO share_instance_demand (key_id, node, boot, at, gen, n)
+			SELECT u.key_id, $3, $6, $4, $5, u.n FROM unnest($1::text[], $2::bigint[]) AS u(key_id, n)`+suffix,
+			ids, ns, node, now, gen, boot)
 	} else {
 		stmt := func(rows int) string {
 			var b strings.Builder
-			b.WriteString(`INSERT INTO share_demand (key_id, node, at, gen, n) VALUES `)
+			b.WriteString(`INSERT INTO share_instance_demand (key_id, node, boot, at, gen, n) VALUES `)
 			for i := range rows {
 				if i > 0 {
 					b.WriteByte(',')
 				}
-				b.WriteString("(?,?,?,?,?)")
+				b.WriteString("(?,?,?,?,?,?)")
 			}
 			return b.String() + suffix
 		}
 		err = execChunks(ctx, tx, len(ds), stmt(sqliteChunk), stmt, func(args []any, i int) []any {
-			return append(args, ds[i].keyID, node, now, gen, ds[i].n)
+			return append(args, ds[i].keyID, node, boot, now, gen, ds[i].n)
 		})
 	}
 	if err != nil {
@@ -141,11 +160,12 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 	}
 	// Failures are harmless (the next prune catches up) and are not the
 	// caller's: the batch is already committed.
-	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_demand WHERE at < $1`, now.Add(-s.shareWindow).UnixMicro())
-	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_nodes WHERE last_at < $1`, now.Add(-max(nodeRetention, s.shareWindow)).UnixMicro())
+	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_instance_demand WHERE at < $1`, now.Add(-s.shareWindow).UnixMicro())
+	_, _ = s.w.ExecContext(ctx, `DELETE FROM share_instances WHERE last_at < $1`, now.Add(-max(nodeRetention, s.shareWindow)).UnixMicro())
 }
 
-// Shares computes node's shares as of the store clock.
+// Shares computes the shares of instance (node, boot) as of the store
+// clock.
 //
 // With N active nodes (a batch within the share window; the asking node
 // counts even when it is not), f = ShareFloor/N, a key's fleet rate L
@@ -165,7 +185,14 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 // demand is below the floor may admit up to f*L more than its part, so a
 // fleet can exceed a saturated key's rate by less than ShareFloor, and by
 // f*L per node whose traffic just started until its next flush.
-func (s *sqlStore) Shares(ctx context.Context, node string) (*Shares, error) {
+//
+// Each d_n counts at most DemandCap*L. Among nodes below the cap shares
+// stay proportional to demand; a node reporting any larger demand (a bug,
+// or a compromised Envoy) weighs as DemandCap*L. Against k such nodes the
+// honest ones, with demand H in all, keep together at least
+// H/(H + k*DemandCap*L) of the rate (a third against one at H = L), and
+// each keeps at least its floor.
+func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, error) {
 	now := s.now().UnixMicro()
 	cutoff := now - s.shareWindow.Microseconds()
 	type keyDemand struct {
@@ -178,22 +205,25 @@ func (s *sqlStore) Shares(ctx context.Context, node string) (*Shares, error) {
 		active, self int64
 		rows         []keyDemand
 	)
-	// The current demand rate of a share_demand row d of node nd.
+	// The current demand rate of a share_instance_demand row d of instance
+	// nd for key k, capped at DemandCap times the key's rate.
 	rate := fmt.Sprintf(`CASE WHEN d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d
-		THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us ELSE CAST(0 AS DOUBLE PRECISION) END`, staleNum, staleDen)
+		THEN `+s.least()+`(CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us,
+			CAST(k.rate_limit AS DOUBLE PRECISION) * %d * 1000 / k.rate_period_ms)
+		ELSE CAST(0 AS DOUBLE PRECISION) END`, staleNum, staleDen, DemandCap)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		rows = rows[:0]
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN node = $2 THEN 1 ELSE 0 END), 0)
-			FROM share_nodes WHERE last_at >= $1`, cutoff, node).Scan(&active, &self); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN node = $2 AND boot = $3 THEN 1 ELSE 0 END), 0)
+			FROM share_instances WHERE last_at >= $1`, cutoff, node, boot).Scan(&active, &self); err != nil {
 			return err
 		}
 		rs, err := tx.QueryContext(ctx, `SELECT d.key_id, k.rate_limit, k.rate_period_ms,
-				SUM(`+rate+`), SUM(CASE WHEN d.node = $3 THEN `+rate+` ELSE CAST(0 AS DOUBLE PRECISION) END)
-			FROM share_demand d
-			JOIN share_nodes nd ON nd.node = d.node
+				SUM(`+rate+`), SUM(CASE WHEN d.node = $3 AND d.boot = $4 THEN `+rate+` ELSE CAST(0 AS DOUBLE PRECISION) END)
+			FROM share_instance_demand d
+			JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
 			JOIN keys k ON k.id = d.key_id
-			WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL
-			GROUP BY d.key_id, k.rate_limit, k.rate_period_ms`, now, cutoff, node)
+			WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
+			GROUP BY d.key_id, k.rate_limit, k.rate_period_ms`, now, cutoff, node, boot)
 		if err != nil {
 			return err
 		}

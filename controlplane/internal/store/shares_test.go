@@ -58,7 +58,7 @@ func demandCounts(keyID string, minute time.Time, offered, admit int64) []UsageC
 
 func mustShares(t testing.TB, s Store, node string) *Shares {
 	t.Helper()
-	sh, err := s.Shares(testCtx(t), node)
+	sh, err := s.Shares(testCtx(t), node, "boot")
 	if err != nil {
 		t.Fatalf("Shares(%s): %v", node, err)
 	}

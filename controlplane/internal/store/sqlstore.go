@@ -52,6 +52,13 @@ type sqlStore struct {
 	polledAt time.Time
 	gen      uint64 // bumped by notify
 
+	// PostgreSQL's cross-replica wake-up (listen.go): the channel, how
+	// many LISTENs took effect (tests), and how to stop the listener.
+	channel    string
+	listens    atomic.Int64
+	stopListen context.CancelFunc
+	listenDone chan struct{}
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -120,6 +127,13 @@ func (s *sqlStore) appendChange(ctx context.Context, tx *sql.Tx, hash []byte, ke
 	if _, err := tx.ExecContext(ctx, `INSERT INTO change_log (version, hash, key_id, at) VALUES ($1, $2, $3, $4)`,
 		v, hash, id, s.now().UnixMicro()); err != nil {
 		return fmt.Errorf("append change: %w", err)
+	}
+	if s.channel != "" {
+		// Delivered to every replica's listener at commit, not before;
+		// one per transaction (same payload).
+		if _, err := tx.ExecContext(ctx, `SELECT pg_notify($1, '')`, s.channel); err != nil {
+			return fmt.Errorf("notify change: %w", err)
+		}
 	}
 	return nil
 }
@@ -285,6 +299,10 @@ func (s *sqlStore) Ping(ctx context.Context) error {
 
 func (s *sqlStore) Close() error {
 	s.closeOnce.Do(func() {
+		if s.stopListen != nil {
+			s.stopListen()
+			<-s.listenDone
+		}
 		if s.r != nil && s.r != s.w {
 			s.closeErr = s.r.Close()
 		}

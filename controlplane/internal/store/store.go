@@ -246,10 +246,10 @@ type Store interface {
 	// keys' quota periods and sets QuotaExhaustedUntil (with a change-log
 	// entry) on keys whose quota the fleet has used up.
 	IngestUsage(ctx context.Context, b *UsageBatch) (duplicate bool, err error)
-	// Shares divides each rate-limited key's rate among the nodes active
-	// within the share window in proportion to their recent demand (see
-	// shares.go) and returns node's part.
-	Shares(ctx context.Context, node string) (*Shares, error)
+	// Shares divides each rate-limited key's rate among the instances
+	// active within the share window in proportion to their recent demand
+	// (see shares.go) and returns the part of instance (node, boot).
+	Shares(ctx context.Context, node, boot string) (*Shares, error)
 	// QuotaUsed returns the allowed requests of a key's lineage (the key,
 	// the keys it was rotated from and to, deleted ones included) in the
 	// UTC quota period ("day" or "month") that contains at: one budget.
@@ -270,6 +270,17 @@ type Store interface {
 	// refusals) in [from, to).
 	TopKeys(ctx context.Context, from, to time.Time, top int, order TopOrder) ([]UsageTotal, error)
 
+	// Instances (instances.go). IngestUsage also refuses, with
+	// ErrSeqOutOfRange, a batch of a registered instance whose seq is more
+	// than MaxSeqAhead above the highest it accepted from that instance,
+	// and records the instance's latest batch.
+	RegisterInstance(ctx context.Context, node, boot string, tokenHash [32]byte, maxPerMinute int) (*Instance, error) // ErrConflict, ErrTooMany
+	InstanceByToken(ctx context.Context, tokenHash [32]byte) (*Instance, error)                                       // ErrNotFound
+	TouchInstanceSync(ctx context.Context, node, boot string) (registered bool, err error)
+	ListInstances(ctx context.Context, limit int) ([]*Instance, error)
+	LiveInstances(ctx context.Context, top int) (total int, crowded map[string]int, err error)
+	PruneInstances(ctx context.Context, before time.Time) (removed int64, err error)
+
 	// Settings: small named values (e.g. the admin credential's hash).
 	GetSetting(ctx context.Context, name string) (string, error) // ErrNotFound
 	SetSettingIfAbsent(ctx context.Context, name, value string) (set bool, err error)
@@ -282,6 +293,10 @@ type Store interface {
 	// well beyond the filters' retry horizon). Both return the rows removed.
 	PruneChanges(ctx context.Context, before time.Time) (removed int64, err error)
 	PruneUsageBatches(ctx context.Context, before time.Time) (removed int64, err error)
+	// PruneUsage deletes the usage of minutes before before (the usage
+	// retention), and quota days before it that no current quota period
+	// reads.
+	PruneUsage(ctx context.Context, before time.Time) (removed int64, err error)
 
 	Ping(ctx context.Context) error
 	Close() error

@@ -55,6 +55,9 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"QuotaExhaustion", testQuotaExhaustion},
 		{"QuotaRace", testQuotaRace},
 		{"FleetQueries", testFleetQueries},
+		{"Instances", testInstances},
+		{"RegistrationBound", testRegistrationBound},
+		{"SharesPerInstance", testSharesPerInstance},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

@@ -19,7 +19,21 @@ const (
 	MaxHostLen     = 255
 	// MaxCountN bounds one count's n so sums cannot overflow.
 	MaxCountN = 1_000_000_000_000
+	// MaxCounter is where every stored usage counter saturates: 2^53, the
+	// largest integer that JSON clients reading them as doubles (browsers)
+	// still get exactly, and far above any real traffic (a day at 10^11
+	// requests a second). Adding to a counter never fails, so no batch
+	// can make later ones fail (see satAdd).
+	MaxCounter int64 = 1 << 53
+	// DefaultUsageRetention is how long usage minutes are kept unless the
+	// operator says otherwise (serve --usage-retention).
+	DefaultUsageRetention = 90 * 24 * time.Hour
 )
+
+// MaxMinute is the latest usage minute the store takes: times past year
+// 9999 cannot be written as RFC 3339, so a key last used then could not be
+// shown. (The API refuses minutes more than a day ahead of its clock.)
+var MaxMinute = time.Date(9999, 12, 31, 23, 59, 0, 0, time.UTC)
 
 // Outcomes with a meaning of their own in the store.
 const (
@@ -34,6 +48,7 @@ var Outcomes = []string{
 	OutcomeAllowed, "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
 	"key_revoked", "key_expired", "key_disabled", "host_not_allowed",
 	"insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
+	"invalid_path", "policy_unenforceable",
 }
 
 var outcomeSet = func() map[string]bool {
@@ -47,8 +62,8 @@ var outcomeSet = func() map[string]bool {
 // ValidateBatch checks b against the wire format's rules; the error is a
 // *FieldError naming the field in wire terms.
 func ValidateBatch(b *UsageBatch) error {
-	if n := utf8.RuneCountInString(b.Node); n < 1 || n > MaxNodeLen || !printable(b.Node) {
-		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
+	if err := validateNode(b.Node); err != nil {
+		return err
 	}
 	if n := utf8.RuneCountInString(b.Boot); n < 1 || n > MaxBootLen || !printable(b.Boot) {
 		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxBootLen)}
@@ -65,8 +80,8 @@ func ValidateBatch(b *UsageBatch) error {
 		if len(c.KeyID) > MaxKeyIDLen || !printable(c.KeyID) {
 			return &FieldError{Field: field("key_id"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxKeyIDLen)}
 		}
-		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 {
-			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60)"}
+		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 || c.Minute.After(MaxMinute) {
+			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60) up to 9999-12-31"}
 		}
 		if len(c.Host) > MaxHostLen || !printable(c.Host) {
 			return &FieldError{Field: field("host"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxHostLen)}
@@ -77,6 +92,13 @@ func ValidateBatch(b *UsageBatch) error {
 		if c.N < 1 || c.N > MaxCountN {
 			return &FieldError{Field: field("n"), Message: fmt.Sprintf("must be between 1 and %d", int64(MaxCountN))}
 		}
+	}
+	return nil
+}
+
+func validateNode(node string) error {
+	if n := utf8.RuneCountInString(node); n < 1 || n > MaxNodeLen || !printable(node) {
+		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
 	}
 	return nil
 }
@@ -118,6 +140,10 @@ func aggregate(counts []UsageCount) []rollup {
 		idx[k] = len(out)
 		out = append(out, rollup{keyID: c.KeyID, host: c.Host, outcome: c.Outcome, minute: k.minute, n: c.N})
 	}
+	// A batch sums to at most MaxBatchCounts * MaxCountN: no overflow.
+	for i := range out {
+		out[i].n = min(out[i].n, MaxCounter)
+	}
 	// The order of the table's primary key.
 	slices.SortFunc(out, func(a, b rollup) int {
 		return cmp.Or(cmp.Compare(a.minute, b.minute), strings.Compare(a.keyID, b.keyID),
@@ -153,7 +179,8 @@ func lastUses(rs []rollup) []lastUse {
 // up; a key's LastUsedAt becomes the start of the latest minute in which it
 // had an allowed request, if that is later than what it was (usage is
 // recorded per minute, so that is as precise as it gets). Counts of unknown
-// or deleted keys are kept: history outlives keys.
+// or deleted keys are kept: history outlives keys. Counts without a key
+// keep at most MaxAnonymousHosts hosts a minute (foldAnonymousHosts).
 func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error) {
 	if err := ValidateBatch(b); err != nil {
 		return false, err
@@ -170,6 +197,9 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		dup, changed = false, false
 		now := s.now()
+		if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
 		if err != nil {
@@ -179,7 +209,11 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 			return err
 		} else if n == 0 {
 			dup = true
-			return nil
+			return s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
+		}
+		rs, err := s.foldAnonymousHosts(ctx, tx, rs)
+		if err != nil {
+			return fmt.Errorf("anonymous hosts: %w", err)
 		}
 		if s.d == dialectPostgres {
 			err = s.mergePostgres(ctx, tx, rs, lu)
@@ -192,7 +226,10 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 		if err := s.addDays(ctx, tx, days); err != nil {
 			return fmt.Errorf("usage days: %w", err)
 		}
-		if err := s.recordDemand(ctx, tx, b.Node, now.UnixMicro(), ds); err != nil {
+		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+			return err
+		}
+		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
 			return err
 		}
 		// Last: it may bump the change-log version, which holds the
@@ -214,7 +251,24 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	return dup, nil
 }
 
-const upsertRollupSuffix = ` ON CONFLICT (minute, key_id, host, outcome) DO UPDATE SET n = usage_minutes.n + excluded.n`
+const upsertRollupSuffix = ` ON CONFLICT (minute, key_id, host, outcome) DO UPDATE SET n = ` + `CASE WHEN usage_minutes.n >= ` + maxCounterSQL + ` - excluded.n THEN ` + maxCounterSQL + ` ELSE usage_minutes.n + excluded.n END`
+
+// maxCounterSQL is MaxCounter as an SQL literal. The saturating additions
+// compare before they add (CASE evaluates lazily in both databases), so
+// no intermediate value overflows: PostgreSQL would fail the statement,
+// SQLite would turn the column into a float that no longer scans.
+const maxCounterSQL = "9007199254740992"
+
+// sum is an SQL aggregate of the integer expression expr that saturates at
+// the largest int64 instead of failing (PostgreSQL: bigint out of range;
+// SQLite: integer overflow) when many saturated counters add up. SQLite
+// adds with TOTAL, a double: exact below 2^53.
+func (s *sqlStore) sum(expr string) string {
+	if s.d == dialectPostgres {
+		return `CAST(LEAST(COALESCE(SUM(` + expr + `), 0), 9223372036854775807) AS BIGINT)`
+	}
+	return `CAST(MIN(TOTAL(` + expr + `), 9223372036854775807.0) AS INTEGER)`
+}
 
 // sqliteChunk is how many rows go in one multi-row statement on SQLite.
 // The driver binds parameters in time quadratic in their number, so chunks
@@ -370,7 +424,7 @@ func (s *sqlStore) series(ctx context.Context, keyID *string, from, to time.Time
 		where += ` AND key_id = $4`
 		args = append(args, *keyID)
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT minute - (minute % $3) AS bucket, outcome, CAST(SUM(n) AS BIGINT)
+	rows, err := s.r.QueryContext(ctx, `SELECT minute - (minute % $3) AS bucket, outcome, `+s.sum("n")+`
 		FROM usage_minutes WHERE `+where+`
 		GROUP BY bucket, outcome ORDER BY bucket, outcome`, args...)
 	if err != nil {
@@ -395,15 +449,17 @@ func (s *sqlStore) series(ctx context.Context, keyID *string, from, to time.Time
 	return out, nil
 }
 
-// The casts keep PostgreSQL's SUM(bigint) (a numeric) an integer.
-const sumAllowedDenied = `CAST(SUM(CASE WHEN outcome = 'allowed' THEN n ELSE 0 END) AS BIGINT), CAST(SUM(CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END) AS BIGINT)`
+// sumAllowedDenied selects the allowed and the denied requests of a group.
+func (s *sqlStore) sumAllowedDenied() string {
+	return s.sum(`CASE WHEN outcome = 'allowed' THEN n ELSE 0 END`) + `, ` + s.sum(`CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END`)
+}
 
 func (s *sqlStore) UsageByHost(ctx context.Context, keyID string, from, to time.Time) (map[string]UsageTotal, error) {
 	lo, hi, err := usageRange(from, to)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT host, `+sumAllowedDenied+`
+	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE key_id = $1 AND minute >= $2 AND minute < $3 GROUP BY host`, keyID, lo, hi)
 	if err != nil {
 		return nil, fmt.Errorf("store: usage by host: %w", err)
@@ -421,9 +477,9 @@ func (s *sqlStore) HostTotals(ctx context.Context, from, to time.Time, top int) 
 		top = 10
 	}
 	top = min(top, MaxListLimit)
-	rows, err := s.r.QueryContext(ctx, `SELECT host, `+sumAllowedDenied+`
+	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE minute >= $1 AND minute < $2
-		GROUP BY host ORDER BY SUM(n) DESC, host LIMIT $3`, lo, hi, top)
+		GROUP BY host ORDER BY `+s.sum("n")+` DESC, host LIMIT $3`, lo, hi, top)
 	if err != nil {
 		return nil, fmt.Errorf("store: host totals: %w", err)
 	}
@@ -463,16 +519,16 @@ func (s *sqlStore) TopKeys(ctx context.Context, from, to time.Time, top int, ord
 		top = 10
 	}
 	top = min(top, MaxListLimit)
-	rank := `ORDER BY SUM(n) DESC, key_id`
+	rank := `ORDER BY ` + s.sum("n") + ` DESC, key_id`
 	switch order {
 	case ByTotal:
 	case ByDenied:
-		const denied = `SUM(CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END)`
+		denied := s.sum(`CASE WHEN outcome <> 'allowed' THEN n ELSE 0 END`)
 		rank = `HAVING ` + denied + ` > 0 ORDER BY ` + denied + ` DESC, key_id`
 	default:
 		return nil, &FieldError{Field: "order", Message: "must be total or denied"}
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT key_id, `+sumAllowedDenied+`
+	rows, err := s.r.QueryContext(ctx, `SELECT key_id, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE minute >= $1 AND minute < $2 AND key_id <> ''
 		GROUP BY key_id `+rank+` LIMIT $3`, lo, hi, top)
 	if err != nil {

@@ -308,7 +308,9 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatalf("the created key %q is not stored: %v", keyID, err)
 	}
 	if k.Hash != keycache.HashKey(secret) || k.Owner != "acme" || k.Name != "checkout service" ||
-		strings.Join(k.Hosts, ",") != "api.example.com,*.shop.example.com" || k.Rate == nil || k.Rate.Limit != 100 {
+		strings.Join(k.Hosts, ",") != "api.example.com,*.shop.example.com" || k.Rate == nil || k.Rate.Limit != 100 ||
+		k.Rate.Burst != 99 { // burst left empty: the whole limit at once
+
 		t.Fatalf("stored key does not match the form: %+v", k)
 	}
 	run(t, ctx, "close the key dialog",
@@ -349,8 +351,13 @@ func TestDashboardInChromium(t *testing.T) {
 	count("", 2, "api.example.com", "unknown_key", 40)
 	count(keyID, 90, "api.example.com", "allowed", 1000) // outside the last hour
 	batch := map[string]any{"node": "envoy-a", "boot": "b7f3c2d1e0a94c5f", "seq": 1, "counts": counts}
+	code, reg := apiCall(t, hs.URL, "POST", "/v1/nodes/register", filterToken, map[string]string{"node": "envoy-a", "boot": "b7f3c2d1e0a94c5f"})
+	instanceToken, _ := reg["token"].(string)
+	if code != http.StatusCreated || instanceToken == "" {
+		t.Fatalf("register: %d %v", code, reg)
+	}
 	for i, wantDup := range []bool{false, true} {
-		code, res := apiCall(t, hs.URL, "POST", "/v1/usage", filterToken, batch)
+		code, res := apiCall(t, hs.URL, "POST", "/v1/usage", instanceToken, batch)
 		if code != http.StatusOK || res["duplicate"] != wantDup {
 			t.Fatalf("usage post %d: %d %v", i, code, res)
 		}

@@ -28,6 +28,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.listen, "listen", "", "proxy listener address (default: envoy.yaml's)")
 	fs.StringVar(&o.admin, "admin", "", "proxy admin address (default: envoy.yaml's)")
 	fs.StringVar(&o.upstream, "upstream", "", "demo upstream address (default: envoy.yaml's upstream_api cluster)")
-	fs.StringVar(&o.controlPlane, "controlplane-addr", "", "control plane address (default: envoy.yaml's keygate_controlplane cluster)")
+	fs.StringVar(&o.controlPlane, "controlplane-addr", "", "control plane addresses, comma-separated: the demo's control plane listens on the first, the others are replicas you run yourself (default: envoy.yaml's keygate_controlplane endpoints)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -182,10 +183,18 @@ func (d *demo) resolveAddrs(raw []byte) (addrs, error) {
 		return a, err
 	}
 	o := d.opts
-	for _, f := range []struct {
+	if o.controlPlane != "" {
+		a.controlPlane = strings.Split(o.controlPlane, ",")
+	}
+	type addrFlag struct {
 		flag string
 		dst  *string
-	}{{o.listen, &a.proxy}, {o.admin, &a.admin}, {o.upstream, &a.upstream}, {o.controlPlane, &a.controlPlane}} {
+	}
+	flags := []addrFlag{{o.listen, &a.proxy}, {o.admin, &a.admin}, {o.upstream, &a.upstream}}
+	for i := range a.controlPlane {
+		flags = append(flags, addrFlag{"", &a.controlPlane[i]})
+	}
+	for _, f := range flags {
 		if f.flag != "" {
 			*f.dst = f.flag
 		}
@@ -278,7 +287,7 @@ func (d *demo) startChild(name, logPath string, env []string, bin string, args .
 func (d *demo) startControlPlane(ctx context.Context) error {
 	logPath := filepath.Join(d.opts.dataDir, "controlplane.log")
 	err := d.startChild("control plane", logPath, []string{
-		"KEYGATE_LISTEN=" + d.addrs.controlPlane,
+		"KEYGATE_LISTEN=" + d.addrs.controlPlane[0],
 		"KEYGATE_STORE=sqlite:" + filepath.Join(d.opts.dataDir, "keygate.db"),
 		"KEYGATE_ADMIN_TOKEN=" + d.adminToken,
 		"KEYGATE_FILTER_TOKEN=" + d.filterToken,
@@ -345,7 +354,7 @@ func (d *demo) startProxy(cfgPath string) (string, error) {
 	return "the Envoy-faithful wazero host in this process (envoy is not on PATH)", nil
 }
 
-func (d *demo) controlPlaneURL() string { return "http://" + d.addrs.controlPlane }
+func (d *demo) controlPlaneURL() string { return "http://" + d.addrs.controlPlane[0] }
 
 // proxyURL is what curl should call: "localhost" for a loopback or
 // wildcard listener.

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -83,5 +84,31 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		if err := run(args); err == nil {
 			t.Errorf("run(%v) succeeded", args)
 		}
+	}
+}
+
+// TestServiceNodeAndClusterFlags: --service-node and --service-cluster set
+// node.id and node.cluster as Envoy's flags do (envoy.yaml has no id);
+// --cluster takes several endpoints.
+func TestServiceNodeAndClusterFlags(t *testing.T) {
+	root, _ := filepath.Abs("../../..")
+	cfg := filepath.Join(root, "envoy.yaml")
+	opts, err := parseArgs([]string{"-c", cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.Config.NodeID != "" || opts.NodeID != "" {
+		t.Fatalf("envoy.yaml must not carry a node id: %q %q", opts.Config.NodeID, opts.NodeID)
+	}
+	opts, err = parseArgs([]string{"-c", cfg, "--service-node", "edge-3", "--service-cluster", "edge",
+		"--cluster", "keygate_controlplane=127.0.0.1:1,127.0.0.1:2", "--cluster", "keygate_controlplane=127.0.0.1:3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.NodeID != "edge-3" || opts.NodeCluster != "edge" {
+		t.Fatalf("node %q / %q", opts.NodeID, opts.NodeCluster)
+	}
+	if got := strings.Join(opts.Clusters["keygate_controlplane"], ","); got != "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3" {
+		t.Fatalf("control plane endpoints %s", got)
 	}
 }

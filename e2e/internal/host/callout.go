@@ -47,7 +47,7 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 	if err != nil {
 		return statusBadArgument
 	}
-	addr, ok := in.host.clusterAddr(cluster)
+	c, ok := in.host.clusters[cluster]
 	if !ok || int32(timeout) < 0 {
 		return statusBadArgument
 	}
@@ -64,26 +64,40 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 	if rc == nil {
 		return statusBadArgument
 	}
+	// Envoy picks the host inside the call. With none to pick, its router
+	// answers "no healthy upstream" at once, the async client returns no
+	// request, and proxy_http_call fails with INTERNAL_FAILURE: no
+	// callback ever comes.
+	thread := 0
+	if in.slot != nil {
+		thread = in.slot.thread
+	}
+	u := c.pick(thread)
+	if u == nil {
+		in.host.stats.add("wasm_host.callouts_no_healthy_upstream", 1)
+		return statusInternalFailure
+	}
 	in.nextCalloutID++
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &callout{id: in.nextCalloutID, caller: in.current, rootID: rc.id, cancel: cancel}
-	in.callouts[c.id] = c
-	m.Memory().WriteUint32Le(idPtr, c.id)
+	co := &callout{id: in.nextCalloutID, caller: in.current, rootID: rc.id, cancel: cancel}
+	in.callouts[co.id] = co
+	m.Memory().WriteUint32Le(idPtr, co.id)
 	in.host.stats.add("wasm_host.callouts_total", 1)
-	go in.runCallout(ctx, c, addr, hm, body, trailers, time.Duration(timeout)*time.Millisecond)
+	go in.runCallout(ctx, co, u, hm, body, trailers, time.Duration(timeout)*time.Millisecond)
 	return statusOK
 }
 
 // runCallout performs the request and delivers on_http_call_response on the
 // calling VM once its current call (if any) has returned.
-func (in *instance) runCallout(ctx context.Context, c *callout, addr string, hm *headerMap, body []byte, trailers [][2]string, timeout time.Duration) {
+func (in *instance) runCallout(ctx context.Context, c *callout, u *upstream, hm *headerMap, body []byte, trailers [][2]string, timeout time.Duration) {
 	defer c.cancel()
 	var timedOut atomic.Bool
 	if timeout > 0 {
 		t := in.host.clock.AfterFunc(timeout, func() { timedOut.Store(true); c.cancel() })
 		defer t.Stop()
 	}
-	resp := in.host.doCallout(ctx, addr, hm, body, trailers, &timedOut)
+	resp, code := in.host.doCallout(withUpstream(ctx, u), u.addr, hm, body, trailers, &timedOut)
+	u.c.finish(u, code, code == codeTimeout && timedOut.Load())
 	if resp == nil {
 		return // cancelled: its context or VM is gone
 	}
@@ -107,14 +121,16 @@ func (in *instance) runCallout(ctx context.Context, c *callout, addr string, hm 
 
 // doCallout returns the response the callback sees, Envoy's local replies
 // for connection failures (503) and timeouts (504), an empty response for a
-// reset after headers, or nil when cancelled.
-func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body []byte, trailers [][2]string, timedOut *atomic.Bool) *calloutResponse {
+// reset after headers, or nil when cancelled; and the result the outlier
+// detector gets (the status, 503 for a failed connection or a reset, 504
+// for a timeout, 0 for a cancelled call, which Envoy does not report).
+func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body []byte, trailers [][2]string, timedOut *atomic.Bool) (*calloutResponse, int) {
 	method, _ := hm.get(":method")
 	path, _ := hm.get(":path")
 	authority, _ := hm.get(":authority")
 	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, bytes.NewReader(body))
 	if err != nil {
-		return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: protocol error")
+		return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: protocol error"), 0
 	}
 	req.Host = authority
 	req.ContentLength = int64(len(body))
@@ -134,21 +150,23 @@ func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body [
 	if err != nil {
 		switch {
 		case timedOut.Load():
-			return localCalloutReply(504, "upstream request timeout")
+			return localCalloutReply(504, "upstream request timeout"), codeTimeout
 		case ctx.Err() != nil:
-			return nil
+			return nil, 0
+		case isConnectError(err):
+			return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"), codeConnectFailure
 		default:
-			return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused")
+			return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"), codeConnectFailure
 		}
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(res.Body, maxCalloutBody))
 	if err != nil {
 		if ctx.Err() != nil && !timedOut.Load() {
-			return nil
+			return nil, 0
 		}
 		// Headers arrived, then the stream broke: a reset, num_headers 0.
-		return &calloutResponse{}
+		return &calloutResponse{}, codeConnectFailure
 	}
 	out := &calloutResponse{headers: responseHeaderMap(res), body: data}
 	if len(res.Trailer) > 0 {
@@ -159,7 +177,7 @@ func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body [
 			}
 		}
 	}
-	return out
+	return out, res.StatusCode
 }
 
 func localCalloutReply(status int, body string) *calloutResponse {

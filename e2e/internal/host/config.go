@@ -10,7 +10,6 @@ import (
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -71,8 +70,8 @@ type Config struct {
 	Listeners   []*Listener
 	// Services are envoy.bootstrap.wasm extensions.
 	Services []*Plugin
-	// Clusters maps a static cluster's name to host:port.
-	Clusters map[string]string
+	// Clusters are the static clusters by name.
+	Clusters map[string]*Cluster
 }
 
 // Listener is one listener with an HTTP connection manager.
@@ -84,6 +83,16 @@ type Listener struct {
 	// Filters are the wasm HTTP filters in chain order (the router is last).
 	Filters   []*Plugin
 	AccessLog *AccessLogFormat
+	// Path handles the HTTP connection manager's normalize_path,
+	// merge_slashes and path_with_escaped_slashes_action (stream.go).
+	Path PathOptions
+}
+
+// PathOptions are the HTTP connection manager's path normalization options.
+type PathOptions struct {
+	Normalize      bool // normalize_path (RFC 3986, as Envoy's canonicalizer)
+	MergeSlashes   bool // merge_slashes
+	EscapedSlashes hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction
 }
 
 // VirtualHost is a route_config virtual host.
@@ -119,9 +128,9 @@ type Plugin struct {
 // clone returns a deep copy, so a Host can resolve paths in its own copy.
 func (c *Config) clone() *Config {
 	out := *c
-	out.Clusters = make(map[string]string, len(c.Clusters))
+	out.Clusters = make(map[string]*Cluster, len(c.Clusters))
 	for k, v := range c.Clusters {
-		out.Clusters[k] = v
+		out.Clusters[k] = v.clone()
 	}
 	out.Listeners = nil
 	for _, l := range c.Listeners {
@@ -184,7 +193,7 @@ func ParseConfig(raw []byte) (*Config, error) {
 	cfg := &Config{
 		NodeID:      b.GetNode().GetId(),
 		NodeCluster: b.GetNode().GetCluster(),
-		Clusters:    map[string]string{},
+		Clusters:    map[string]*Cluster{},
 	}
 	if a := b.GetAdmin().GetAddress(); a != nil {
 		if cfg.AdminAddr, err = socketAddr(a); err != nil {
@@ -192,14 +201,14 @@ func ParseConfig(raw []byte) (*Config, error) {
 		}
 	}
 	for _, c := range b.GetStaticResources().GetClusters() {
-		addr, err := clusterAddr(c)
+		cl, err := parseCluster(c)
 		if err != nil {
 			return nil, fmt.Errorf("envoy config: cluster %q: %w", c.GetName(), err)
 		}
 		if _, dup := cfg.Clusters[c.GetName()]; dup {
 			return nil, fmt.Errorf("envoy config: duplicate cluster %q", c.GetName())
 		}
-		cfg.Clusters[c.GetName()] = addr
+		cfg.Clusters[c.GetName()] = cl
 	}
 	for _, l := range b.GetStaticResources().GetListeners() {
 		lis, err := parseListener(l.GetName(), l.GetAddress(), l.GetFilterChains())
@@ -276,22 +285,6 @@ func socketAddr(a *corev3.Address) (string, error) {
 	return net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(port.PortValue))), nil
 }
 
-func clusterAddr(c *clusterv3.Cluster) (string, error) {
-	switch t := c.GetType(); t {
-	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
-	default:
-		return "", fmt.Errorf("cluster type %v is not supported", t)
-	}
-	for _, e := range c.GetLoadAssignment().GetEndpoints() {
-		for _, lb := range e.GetLbEndpoints() {
-			if a := lb.GetEndpoint().GetAddress(); a != nil {
-				return socketAddr(a)
-			}
-		}
-	}
-	return "", errors.New("no endpoint in load_assignment")
-}
-
 func parseListener(name string, addr *corev3.Address, chains []*listenerv3.FilterChain) (*Listener, error) {
 	a, err := socketAddr(addr)
 	if err != nil {
@@ -309,6 +302,9 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		return nil, fmt.Errorf("%s: %w", hcmFilterName, err)
 	}
 	lis := &Listener{Name: name, Addr: a, StatPrefix: hcm.GetStatPrefix()}
+	if lis.Path, err = parsePathOptions(&hcm); err != nil {
+		return nil, err
+	}
 	rc := hcm.GetRouteConfig()
 	if rc == nil {
 		return nil, errors.New("http_connection_manager needs an inline route_config")
@@ -361,6 +357,28 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		}
 	}
 	return lis, nil
+}
+
+// parsePathOptions reads the path options the host implements and refuses
+// the values it does not, rather than run with a path Envoy would not see.
+func parsePathOptions(hcm *hcmv3.HttpConnectionManager) (PathOptions, error) {
+	o := PathOptions{
+		Normalize:      hcm.GetNormalizePath().GetValue(), // unset: false, Envoy's default
+		MergeSlashes:   hcm.GetMergeSlashes(),
+		EscapedSlashes: hcm.GetPathWithEscapedSlashesAction(),
+	}
+	switch o.EscapedSlashes {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT:
+		o.EscapedSlashes = hcmv3.HttpConnectionManager_KEEP_UNCHANGED // Envoy's default
+	case hcmv3.HttpConnectionManager_KEEP_UNCHANGED, hcmv3.HttpConnectionManager_REJECT_REQUEST,
+		hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+	default:
+		return o, fmt.Errorf("path_with_escaped_slashes_action %s is not supported (KEEP_UNCHANGED, REJECT_REQUEST, UNESCAPE_AND_FORWARD are)", o.EscapedSlashes)
+	}
+	if hcm.GetPathNormalizationOptions() != nil {
+		return o, errors.New("path_normalization_options is not supported")
+	}
+	return o, nil
 }
 
 func parseRoute(r *routev3.Route) (Route, error) {

@@ -1,9 +1,10 @@
 // Package host runs proxy-wasm modules on wazero the way Envoy does, from
 // the same envoy.yaml: a base VM per vm_config, a throw-away configure clone
 // per plugin, one VM per worker, a singleton service VM, Envoy's shared data,
-// shared queues, timers, HTTP callouts, metrics, failure policies and a real
-// HTTP listener with routing to static clusters. It is never kinder than
-// Envoy: see /work/shared/design/envoy-host.md and e2e/RATIONALE.md.
+// shared queues, timers, HTTP callouts, metrics, failure policies, a real
+// HTTP listener, and static clusters with Envoy's round robin, panic
+// threshold, DNS, active health checks and outlier detection. It is never
+// kinder than Envoy: see e2e/RATIONALE.md.
 package host
 
 import (
@@ -40,8 +41,15 @@ type Options struct {
 	// AdminAddr overrides the admin address; "" keeps envoy.yaml's, "off"
 	// disables the admin listener.
 	AdminAddr string
-	// Clusters overrides cluster addresses by name (host:port).
-	Clusters map[string]string
+	// Clusters overrides a cluster's endpoints by name (host:port each);
+	// everything else about the cluster stays as configured.
+	Clusters map[string][]string
+	// NodeID and NodeCluster override node.id and node.cluster, as Envoy's
+	// --service-node and --service-cluster do.
+	NodeID, NodeCluster string
+	// Resolver resolves the names of STRICT_DNS and LOGICAL_DNS clusters;
+	// default the system resolver.
+	Resolver func(ctx context.Context, host string) ([]net.IP, error)
 	// WasmPath overrides every plugin's vm_config.code.local.filename.
 	WasmPath string
 	// BaseDir resolves relative .wasm paths; default the working directory.
@@ -71,16 +79,19 @@ type Host struct {
 	// swaps in an in-memory one.
 	upstream http.RoundTripper
 
-	clusters  map[string]string
-	workers   []map[string]*vmSlot
-	rr        atomic.Uint64
-	instSeq   atomic.Uint64
-	services  []*instance
-	bases     []*instance
-	listeners []*listenerRT
-	admin     *http.Server
-	adminLn   net.Listener
-	ready     atomic.Bool
+	clusters     map[string]*clusterRT
+	clusterOrder []*clusterRT // by name
+	hcTransport  *http.Transport
+	resolver     func(ctx context.Context, host string) ([]net.IP, error)
+	workers      []map[string]*vmSlot
+	rr           atomic.Uint64
+	instSeq      atomic.Uint64
+	services     []*instance
+	bases        []*instance
+	listeners    []*listenerRT
+	admin        *http.Server
+	adminLn      net.Listener
+	ready        atomic.Bool
 
 	logMu     sync.Mutex
 	logW      io.Writer
@@ -112,7 +123,8 @@ func New(opts Options) (_ *Host, err error) {
 		shared:   shareddata.New(),
 		queues:   newQueues(),
 		stats:    newStats(),
-		clusters: map[string]string{},
+		clusters: map[string]*clusterRT{},
+		resolver: opts.Resolver,
 		logW:     opts.Log,
 		accessW:  opts.AccessLog,
 	}
@@ -128,20 +140,42 @@ func New(opts Options) (_ *Host, err error) {
 	if h.logLevel, err = parseLevel(opts.LogLevel); err != nil {
 		return nil, err
 	}
-	for k, v := range cfg.Clusters {
-		h.clusters[k] = v
+	if opts.NodeID != "" {
+		cfg.NodeID = opts.NodeID
 	}
-	for k, v := range opts.Clusters {
-		if _, ok := h.clusters[k]; !ok {
-			return nil, fmt.Errorf("host: --cluster %s: no such cluster in the config", k)
+	if opts.NodeCluster != "" {
+		cfg.NodeCluster = opts.NodeCluster
+	}
+	if h.resolver == nil {
+		h.resolver = func(ctx context.Context, host string) ([]net.IP, error) {
+			return net.DefaultResolver.LookupIP(ctx, "ip", host)
 		}
-		h.clusters[k] = v
+	}
+	for name, addrs := range opts.Clusters {
+		c, ok := cfg.Clusters[name]
+		if !ok {
+			return nil, fmt.Errorf("host: --cluster %s: no such cluster in the config", name)
+		}
+		eps, err := ParseEndpoints(addrs)
+		if err != nil {
+			return nil, fmt.Errorf("host: --cluster %s: %w", name, err)
+		}
+		for _, ep := range eps {
+			if c.Type == "STATIC" && net.ParseIP(ep.Address) == nil {
+				return nil, fmt.Errorf("host: --cluster %s: %q is not an IP address (cluster %s is STATIC)", name, ep.Address, name)
+			}
+		}
+		if c.Type == "LOGICAL_DNS" && len(eps) != 1 {
+			return nil, fmt.Errorf("host: --cluster %s: a LOGICAL_DNS cluster takes exactly one endpoint", name)
+		}
+		c.Endpoints = eps
 	}
 	h.transport = &http.Transport{
 		DisableCompression:  true, // Envoy does not decompress for the module
 		MaxIdleConnsPerHost: 256,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         dial,
 	}
+	h.hcTransport = &http.Transport{DisableCompression: true, DialContext: dial}
 	h.upstream = h.transport
 	defer func() {
 		if err != nil {
@@ -193,7 +227,26 @@ func New(opts Options) (_ *Host, err error) {
 		return g, nil
 	}
 
-	// Bootstrap services start first, on the main thread.
+	// Clusters first, as Envoy's cluster manager: resolve DNS names once,
+	// start health checking and outlier detection.
+	names := make([]string, 0, len(cfg.Clusters))
+	for n := range cfg.Clusters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c := newClusterRT(h, cfg.Clusters[n], opts.Concurrency+1)
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c.resolveAll(rctx)
+		cancel()
+		h.clusters[n] = c
+		h.clusterOrder = append(h.clusterOrder, c)
+		c.start()
+	}
+
+	// Bootstrap services start next, on the main thread, before the
+	// clusters' first health checks are in (as in Envoy, where they start
+	// during server initialization).
 	for _, p := range cfg.Services {
 		resolve(p)
 		g, err := newGroup(p)
@@ -209,6 +262,12 @@ func New(opts Options) (_ *Host, err error) {
 			return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
 		}
 		h.services = append(h.services, in)
+	}
+
+	// Envoy starts its workers and listeners once every cluster has
+	// initialized: after one health check of each host.
+	for _, c := range h.clusterOrder {
+		<-c.initDone
 	}
 
 	groups := map[string]*vmGroup{}
@@ -238,7 +297,7 @@ func New(opts Options) (_ *Host, err error) {
 			if err != nil {
 				return nil, fmt.Errorf("host: %w", err)
 			}
-			s := &vmSlot{host: h, group: g, name: name, inst: in}
+			s := &vmSlot{host: h, group: g, name: name, inst: in, thread: w + 1}
 			in.slot = s
 			slots[g.key] = s
 		}
@@ -358,14 +417,11 @@ func (h *Host) moduleConfig(name string) wazero.ModuleConfig {
 		WithNanosleep(func(int64) {})
 }
 
-func (h *Host) clusterAddr(name string) (string, bool) {
-	a, ok := h.clusters[name]
-	return a, ok
-}
-
-// pickWorker is round robin over the workers.
-func (h *Host) pickWorker() map[string]*vmSlot {
-	return h.workers[int(h.rr.Add(1)-1)%len(h.workers)]
+// pickWorker is round robin over the workers; it returns the worker's
+// thread number (1-based; 0 is the main thread) and its VMs.
+func (h *Host) pickWorker() (int, map[string]*vmSlot) {
+	w := int(h.rr.Add(1)-1) % len(h.workers)
+	return w + 1, h.workers[w]
 }
 
 // Addr returns the bound address of the i-th listener.
@@ -418,6 +474,9 @@ func (h *Host) Close(ctx context.Context) error {
 	var err error
 	h.closeOnce.Do(func() {
 		h.ready.Store(false)
+		for _, c := range h.clusterOrder {
+			c.close()
+		}
 		for _, l := range h.listeners {
 			if e := l.srv.Shutdown(ctx); e != nil && err == nil {
 				err = e
@@ -442,6 +501,7 @@ func (h *Host) Close(ctx context.Context) error {
 		}
 		if h.transport != nil {
 			h.transport.CloseIdleConnections()
+			h.hcTransport.CloseIdleConnections()
 		}
 		if h.rt != nil {
 			_ = h.rt.Close(context.Background())
@@ -463,6 +523,12 @@ func (h *Host) adminHandler() http.Handler {
 		sort.Strings(names)
 		for _, n := range names {
 			fmt.Fprintf(w, "wasm_host.vm.%s.memory_bytes: %d\n", n, mem[n])
+		}
+	})
+	mux.HandleFunc("/clusters", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, c := range h.clusterOrder {
+			c.writeAdmin(w)
 		}
 	})
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -518,6 +584,18 @@ func (h *Host) guestLog(level int, vmID, msg string) {
 type guestWriter struct {
 	h  *Host
 	vm string
+}
+
+// upstreamLogf logs what Envoy's upstream code (cluster manager, health
+// checker, outlier detector) would log.
+func (h *Host) upstreamLogf(level, format string, args ...any) {
+	lv, _ := parseLevel(level)
+	if lv < h.logLevel {
+		return
+	}
+	h.logMu.Lock()
+	defer h.logMu.Unlock()
+	fmt.Fprintf(h.logW, "[%s][%s][upstream] %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), level, fmt.Sprintf(format, args...))
 }
 
 func (g *guestWriter) Write(p []byte) (int, error) {

@@ -51,7 +51,7 @@ func TestRepoEnvoyYAMLThroughPassthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NodeID != "keygate-envoy-1" || len(cfg.Services) != 1 || len(cfg.Listeners[0].Filters) != 1 {
+	if cfg.NodeID != "" || cfg.NodeCluster != "keygate-edge" || len(cfg.Services) != 1 || len(cfg.Listeners[0].Filters) != 1 {
 		t.Fatalf("unexpected config: %+v", cfg)
 	}
 	if f := cfg.Listeners[0].Filters[0]; f.VMID != "keygate" || f.RootID != "keygate" || f.Failure != FailReload || !strings.Contains(string(f.Configuration), `"key_prefix":"ak"`) {
@@ -60,7 +60,7 @@ func TestRepoEnvoyYAMLThroughPassthrough(t *testing.T) {
 	access, logs := &testkit.Log{}, &testkit.Log{}
 	h, err := New(Options{
 		Config: cfg, Concurrency: 2, Listen: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		Clusters: map[string]string{"upstream_api": up.Listener.Addr().String(), "keygate_controlplane": closedAddr(t)},
+		Clusters: map[string][]string{"upstream_api": {up.Listener.Addr().String()}, "keygate_controlplane": {closedAddr(t)}},
 		WasmPath: testkit.PassthroughWasm(t), AccessLog: access, Log: logs,
 	})
 	if err != nil {
@@ -554,7 +554,7 @@ func TestRepoEnvoyYAMLWithFilter(t *testing.T) {
 	logs := &testkit.Log{}
 	h, err := New(Options{
 		Config: cfg, Concurrency: 2, Listen: "127.0.0.1:0", AdminAddr: "off", WasmPath: filter,
-		Clusters:  map[string]string{"upstream_api": up.Listener.Addr().String(), "keygate_controlplane": closedAddr(t)},
+		Clusters:  map[string][]string{"upstream_api": {up.Listener.Addr().String()}, "keygate_controlplane": {closedAddr(t)}},
 		AccessLog: io.Discard, Log: logs,
 	})
 	if err != nil {

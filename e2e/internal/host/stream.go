@@ -50,6 +50,7 @@ type exchange struct {
 	cluster    string
 	upstream   string
 	details    string
+	thread     int // the worker serving the stream, for load balancing
 }
 
 func (ex *exchange) wake() {
@@ -136,12 +137,16 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.local = &localReply{status: 413, details: "request_payload_too_large", body: []byte("Payload Too Large")}
 	}
 	ex.req = requestHeaderMap(r, len(body))
+	if ex.local == nil && !normalizeRequestPath(ex.req, l.cfg.Path) {
+		ex.local = &localReply{status: 400, details: "path_normalization_failed", body: []byte("Bad Request")}
+	}
 	ex.reqBody = body
 	bytesReceived := len(body)
 
 	// Every filter's context is created up front, as Envoy creates the
 	// filter chain when the stream starts.
-	worker := h.pickWorker()
+	thread, worker := h.pickWorker()
+	ex.thread = thread
 	filters := make([]*activeFilter, len(l.cfg.Filters))
 	for i, p := range l.cfg.Filters {
 		af := &activeFilter{p: p}
@@ -403,11 +408,23 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) *localReply {
 		ex.mu.Unlock()
 		return &localReply{status: 404, details: "route_not_found"}
 	}
-	addr, ok := l.h.clusterAddr(route.Cluster)
-	ex.cluster, ex.upstream = route.Cluster, addr
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, bytes.NewReader(ex.reqBody))
-	if err != nil || !ok {
+	c, ok := l.h.clusters[route.Cluster]
+	ex.cluster = route.Cluster
+	if !ok {
 		ex.mu.Unlock()
+		return &localReply{status: 503, details: "cluster_not_found"}
+	}
+	ex.mu.Unlock()
+	u := c.pick(ex.thread)
+	if u == nil {
+		return &localReply{status: 503, details: "no_healthy_upstream", body: []byte("no healthy upstream")}
+	}
+	ex.mu.Lock()
+	ex.upstream = u.addr
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+u.addr+path, bytes.NewReader(ex.reqBody))
+	if err != nil {
+		ex.mu.Unlock()
+		c.finish(u, 0, false)
 		return &localReply{status: 503, details: "cluster_not_found"}
 	}
 	req.Host = authority
@@ -423,7 +440,7 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) *localReply {
 	}
 	ex.mu.Unlock()
 
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(withUpstream(ctx, u))
 	defer cancel()
 	var timedOut bool
 	var tmu sync.Mutex
@@ -436,8 +453,16 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) *localReply {
 	res, err := l.h.upstream.RoundTrip(req)
 	isTimeout := func() bool { tmu.Lock(); defer tmu.Unlock(); return timedOut }
 	if err != nil {
-		if isTimeout() {
+		switch {
+		case isTimeout():
+			c.finish(u, codeTimeout, true)
 			return &localReply{status: 504, details: "upstream_response_timeout", body: []byte("upstream request timeout")}
+		case ctx.Err() != nil:
+			c.finish(u, 0, false) // the client went away
+		case isConnectError(err):
+			c.finish(u, codeConnectFailure, false)
+		default:
+			c.finish(u, codeConnectFailure, false) // Envoy counts any reset as a connect failure
 		}
 		return &localReply{status: 503, details: "upstream_reset_before_response_started{connection_failure}",
 			body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure")}
@@ -445,13 +470,13 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) *localReply {
 	defer res.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(res.Body, maxBody))
 	if err != nil {
-		if isTimeout() {
-			ex.resetStream()
-			return nil
-		}
+		// The response started, then the stream broke: Envoy resets the
+		// downstream and reports the reset to the outlier detector.
+		c.finish(u, codeConnectFailure, isTimeout())
 		ex.resetStream()
 		return nil
 	}
+	c.finish(u, res.StatusCode, false)
 	hm := responseHeaderMap(res)
 	hm.add("x-envoy-upstream-service-time", strconv.FormatInt((l.h.clock.Nanotime()-sent)/1e6, 10))
 	ex.mu.Lock()
@@ -517,7 +542,13 @@ func domainRank(domain, host string) int {
 func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
 	hm := newHeaderMap(4 + len(r.Header) + 3)
 	hm.add(":authority", r.Host)
-	hm.add(":path", r.URL.RequestURI())
+	// The request target as received: net/http has parsed it but not
+	// cleaned it, and Envoy's path options (path.go) work on the raw form.
+	target := r.RequestURI
+	if !strings.HasPrefix(target, "/") {
+		target = r.URL.RequestURI() // absolute form: Envoy forwards the path
+	}
+	hm.add(":path", target)
 	hm.add(":method", r.Method)
 	hm.add(":scheme", "http")
 	for _, k := range sortedKeys(r.Header) {

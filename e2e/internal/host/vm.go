@@ -314,6 +314,7 @@ type vmSlot struct {
 	mu       sync.Mutex
 	inst     *instance
 	failedAt int64
+	thread   int // the worker's thread number for load balancing (1-based)
 }
 
 // failed records that in died. Called with in.mu held.

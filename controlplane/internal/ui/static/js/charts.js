@@ -10,13 +10,15 @@ export const outcomes = [
   "allowed", "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
   "key_revoked", "key_expired", "key_disabled", "host_not_allowed",
   "insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
+  "invalid_path", "policy_unenforceable",
 ];
 
 const colors = {
   allowed: "#2f9e62", missing_key: "#8c6bb1", malformed_key: "#b07cc6", unknown_key: "#6a51a3",
   ambiguous_key: "#c994c7", key_revoked: "#d7301f", key_expired: "#fc8d59", key_disabled: "#7f7f7f",
   host_not_allowed: "#2b8cbe", insufficient_scope: "#74a9cf", rate_limited: "#e6ab02",
-  quota_exceeded: "#a6761d", cache_unavailable: "#525252",
+  quota_exceeded: "#a6761d", cache_unavailable: "#525252", invalid_path: "#9e9ac8",
+  policy_unenforceable: "#67000d",
 };
 const fallbackColor = "#999999";
 export const deniedColor = "#d7301f";

@@ -30,7 +30,8 @@ export function keyForm(k = {}) {
   if (k.rate && !periods.some(([, ms]) => ms === k.rate.period_ms)) {
     ratePeriod.append(h("option", { value: k.rate.period_ms, selected: true }, `per ${k.rate.period_ms} ms`));
   }
-  const rateBurst = h("input", { id: "kf-rate-burst", type: "number", min: 0, value: k.rate?.burst ?? 0 });
+  // Empty burst: the control plane's default, the whole limit at once.
+  const rateBurst = h("input", { id: "kf-rate-burst", type: "number", min: 0, value: k.rate?.burst ?? "", placeholder: "limit−1" });
   const quotaLimit = h("input", { id: "kf-quota-limit", type: "number", min: 0, value: k.quota?.limit ?? "" });
   const quotaPeriod = h("select", { id: "kf-quota-period" },
     ["day", "month"].map((p) => h("option", { value: p, selected: (k.quota?.period ?? "day") === p }, "per " + p)));
@@ -41,7 +42,7 @@ export function keyForm(k = {}) {
     field("Owner", owner),
     field("Hosts", hosts, "One pattern per line or comma-separated: api.example.com, *.example.com, * (empty allows no host)"),
     field("Scopes", scopes, "Space- or comma-separated, e.g. read write"),
-    h("fieldset", {}, h("legend", {}, "Rate limit (empty = unlimited)"),
+    h("fieldset", {}, h("legend", {}, "Rate limit (empty = unlimited; burst empty = the whole limit at once, 0 = strict pacing)"),
       h("div", { class: "inline" }, rateLimit, ratePeriod, h("span", {}, "burst"), rateBurst)),
     h("fieldset", {}, h("legend", {}, "Quota (empty = none)"),
       h("div", { class: "inline" }, quotaLimit, quotaPeriod)),
@@ -64,7 +65,8 @@ export function keyForm(k = {}) {
       expires_at: null,
     };
     if (rateLimit.value !== "") {
-      body.rate = { limit: int(rateLimit, "rate limit"), period_ms: Number(ratePeriod.value), burst: int(rateBurst, "burst") };
+      body.rate = { limit: int(rateLimit, "rate limit"), period_ms: Number(ratePeriod.value) };
+      if (rateBurst.value !== "") body.rate.burst = int(rateBurst, "burst");
     }
     if (quotaLimit.value !== "") body.quota = { limit: int(quotaLimit, "quota"), period: quotaPeriod.value };
     if (expires.value) {
