@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// TestEnvoysWithOneConfigAreDistinctInstances: two hosts from the same
+// TestEnvoysWithOneConfigAreDistinctInstances: hosts from the same
 // envoy.yaml (one node name) each register their own instance with the
 // fleet credential, send usage with their instance token (the control
 // plane takes no usage with the fleet credential) and name their instance
@@ -17,11 +17,14 @@ import (
 func TestEnvoysWithOneConfigAreDistinctInstances(t *testing.T) {
 	cp := startControlPlane(t)
 	up := startUpstream(t)
+	// envoy.yaml sets no node.id: both are "unnamed"; a third is given one
+	// the way Envoy's --service-node does.
 	a := startHost(t, cp, up, hostOptions{filter: fastFlushFilter, sync: fastFlushSync})
 	b := startHost(t, cp, up, hostOptions{filter: fastFlushFilter, sync: fastFlushSync})
+	c := startHost(t, cp, up, hostOptions{filter: fastFlushFilter, sync: fastFlushSync, nodeID: "edge-7"})
 	k := cp.createKey(nil)
 	tl := newTally()
-	for _, p := range []*proxy{a, b} {
+	for _, p := range []*proxy{a, b, c} {
 		eventually(t, 5*time.Second, "key synced", func() (bool, string) {
 			r := p.get(k.Key, nil)
 			tl.add(t, r)
@@ -44,9 +47,9 @@ func TestEnvoysWithOneConfigAreDistinctInstances(t *testing.T) {
 		Nodes []instance `json:"nodes"`
 		Live  int        `json:"live"`
 	}
-	eventually(t, 10*time.Second, "both instances listed with batches and syncs", func() (bool, string) {
+	eventually(t, 10*time.Second, "three instances listed with batches and syncs", func() (bool, string) {
 		cp.call("GET", "/v1/nodes", nil, http.StatusOK, &list)
-		if len(list.Nodes) != 2 || list.Live != 2 {
+		if len(list.Nodes) != 3 || list.Live != 3 {
 			return false, fmt.Sprintf("%+v", list)
 		}
 		for _, n := range list.Nodes {
@@ -56,10 +59,16 @@ func TestEnvoysWithOneConfigAreDistinctInstances(t *testing.T) {
 		}
 		return true, ""
 	})
-	if n := list.Nodes; n[0].Node != "keygate-envoy-1" || n[1].Node != n[0].Node || n[0].Boot == n[1].Boot || len(n[0].Boot) != 16 {
-		t.Fatalf("instances %+v, want two of node keygate-envoy-1 with distinct boot ids", n)
+	boots := map[string]bool{}
+	names := map[string]int{}
+	for _, n := range list.Nodes {
+		boots[n.Boot] = len(n.Boot) == 16
+		names[n.Node]++
 	}
-	for _, p := range []*proxy{a, b} {
+	if len(boots) != 3 || names["unnamed"] != 2 || names["edge-7"] != 1 {
+		t.Fatalf("instances %+v, want two \"unnamed\" and one \"edge-7\" with distinct boot ids", list.Nodes)
+	}
+	for _, p := range []*proxy{a, b, c} {
 		if s := p.logs.String(); strings.Contains(s, "kgi_") {
 			t.Fatal("an instance token reached the host's log")
 		}
