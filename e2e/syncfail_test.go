@@ -31,7 +31,11 @@ type syncProxy struct {
 	decide func(r *http.Request, q url.Values) string
 	// observe sees every forwarded request's answer.
 	observe func(r *http.Request, q url.Values, status int, body []byte)
-	mu      sync.Mutex
+	// requestBody sees every request's body before decide; failedBody the
+	// body of every request decide failed.
+	requestBody func(r *http.Request, body []byte)
+	failedBody  func(body []byte)
+	mu          sync.Mutex
 }
 
 func startSyncProxy(tb testing.TB, target string) *syncProxy {
@@ -57,9 +61,15 @@ func (p *syncProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	p.mu.Lock()
+	if p.requestBody != nil {
+		p.requestBody(r, body)
+	}
 	action := "forward"
 	if p.decide != nil {
 		action = p.decide(r, q)
+	}
+	if action == "fail" && p.failedBody != nil {
+		p.failedBody(body)
 	}
 	p.mu.Unlock()
 	switch action {
@@ -285,4 +295,58 @@ func TestHungLongPollBounded(t *testing.T) {
 	if d < 3500*time.Millisecond || d > 5500*time.Millisecond {
 		t.Fatalf("held long poll given up after %v, want long_poll_s + 2 s = 4 s", d)
 	}
+}
+
+// TestFailedUsageRetriedOnAnotherEndpoint: the control plane cluster has two
+// endpoints. The first usage batch that reaches endpoint A fails there; the
+// syncer retries it at once, and Envoy's round robin sends the retry to
+// endpoint B, which takes it: the same batch, well before any backoff
+// (retry_ms is 1 s here).
+func TestFailedUsageRetriedOnAnotherEndpoint(t *testing.T) {
+	cp := startControlPlane(t)
+	up := startUpstream(t)
+	a, b := startSyncProxy(t, cp.addr), startSyncProxy(t, cp.addr)
+	type seen struct {
+		body []byte
+		at   time.Time
+	}
+	var failed, retried atomic.Pointer[seen]
+	a.decide = func(r *http.Request, q url.Values) string {
+		if r.URL.Path == "/v1/usage" && failed.Load() == nil {
+			return "fail"
+		}
+		return "forward"
+	}
+	a.failedBody = func(body []byte) { failed.CompareAndSwap(nil, &seen{body, time.Now()}) }
+	b.requestBody = func(r *http.Request, body []byte) {
+		if r.URL.Path == "/v1/usage" && failed.Load() != nil {
+			retried.CompareAndSwap(nil, &seen{body, time.Now()})
+		}
+	}
+	sync := maps.Clone(fastFlushSync)
+	sync["retry_ms"] = 1000
+	p := startHost(t, cp, up, hostOptions{filter: fastFlushFilter, sync: sync, controlPlaneAddrs: []string{a.addr(), b.addr()}})
+	k := cp.createKey(nil)
+	tl := newTally()
+	eventually(t, 5*time.Second, "key synced", func() (bool, string) {
+		r := p.get(k.Key, nil)
+		tl.add(t, r)
+		return r.status == 200, r.String()
+	})
+	for i := 0; i < 10; i++ {
+		tl.add(t, p.get(k.Key, nil))
+	}
+	eventually(t, 10*time.Second, "a failed batch retried", func() (bool, string) {
+		return retried.Load() != nil, "none"
+	})
+	f, r := failed.Load(), retried.Load()
+	if !bytes.Equal(f.body, r.body) {
+		t.Fatalf("endpoint B got another batch first:\n%s\n%s", f.body, r.body)
+	}
+	if d := r.at.Sub(f.at); d > 500*time.Millisecond {
+		t.Fatalf("retry reached endpoint B %v after the failure, want at once", d)
+	} else {
+		t.Logf("retry reached endpoint B %v after the failure on A", d)
+	}
+	waitUsage(t, cp, k.ID, tl.snapshot(), 10*time.Second)
 }
