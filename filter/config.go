@@ -109,11 +109,51 @@ type syncConfig struct {
 	credential    string
 	syncPath      string
 	usagePath     string
+	registerPath  string
 	timeoutMS     uint32
 	longPollS     int64
 	flushPeriodMS uint32
 	nodeID        string
 	retryMS       int64
+	// maxBackoffMS caps the wait between failed attempts; with the
+	// long-poll bound and the callout timeout it must fit in
+	// maxStalenessMS (checkStaleness).
+	maxBackoffMS   int64
+	maxStalenessMS int64
+}
+
+// longPollMarginMS is what a long-poll callout may take beyond the
+// long_poll_s the control plane may hold it: a hung control plane costs at
+// most long_poll_s plus this before the retry.
+const longPollMarginMS = 2000
+
+// checkStaleness refuses a sync configuration that cannot keep workers
+// fresh: after a good answer, a long poll that hangs until its timeout
+// (long_poll_s + 2 s), the wait before the next attempt (at most
+// max_backoff_ms; the first retry goes at once) and that attempt's timeout
+// (timeout_ms, it asks with wait=0) must fit in max_staleness_ms.
+func (c *syncConfig) checkStaleness() error {
+	need := c.longPollS*1000 + longPollMarginMS + c.maxBackoffMS + int64(c.timeoutMS)
+	if need > c.maxStalenessMS {
+		return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what the sync service can keep: "+
+			"control_plane.long_poll_s*1000 + 2000 + max_backoff_ms + control_plane.timeout_ms = "+itoa(need)+
+			"; lower max_backoff_ms, control_plane.timeout_ms or control_plane.long_poll_s, or raise max_staleness_ms")
+	}
+	return nil
+}
+
+// validNodeName reports whether s may name a node: 1 to 128 printable
+// ASCII characters, as the control plane takes them.
+func validNodeName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 type configError struct{ field, why string }
@@ -127,8 +167,8 @@ func parseRole(data []byte) (string, error) {
 	if len(data) == 0 {
 		return "filter", nil
 	}
-	if !gjson.ValidBytes(data) {
-		return "", bad("(root)", "not valid JSON")
+	if !jsonDepthOK(data) || !gjson.ValidBytes(data) {
+		return "", bad("(root)", "not valid JSON (or nested deeper than 32)")
 	}
 	root := gjson.ParseBytes(data)
 	if !root.IsObject() {
@@ -485,27 +525,31 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 	c := &syncConfig{
 		syncPath:      "/v1/sync",
 		usagePath:     "/v1/usage",
+		registerPath:  "/v1/nodes/register",
 		timeoutMS:     5000,
 		longPollS:     20,
 		flushPeriodMS: 2000,
 		retryMS:       1000,
+		maxBackoffMS:  2000,
+		// The filter role's default: set both to the same value.
+		maxStalenessMS: 60000,
 	}
 	root := gjson.ParseBytes(data)
-	if err := fields(root, "", "role", "control_plane", "flush_period_ms", "node_id", "retry_ms"); err != nil {
+	if err := fields(root, "", "role", "control_plane", "flush_period_ms", "node_id", "retry_ms", "max_backoff_ms", "max_staleness_ms"); err != nil {
 		return nil, err
 	}
 	cp := root.Get("control_plane")
 	if !cp.Exists() {
 		return nil, bad("control_plane", "required")
 	}
-	if err := fields(cp, "control_plane", "cluster", "authority", "credential", "sync_path", "usage_path", "timeout_ms", "long_poll_s"); err != nil {
+	if err := fields(cp, "control_plane", "cluster", "authority", "credential", "sync_path", "usage_path", "register_path", "timeout_ms", "long_poll_s"); err != nil {
 		return nil, err
 	}
 	var err error
 	for _, f := range []struct {
 		name string
 		dst  *string
-	}{{"cluster", &c.cluster}, {"authority", &c.authority}, {"credential", &c.credential}, {"sync_path", &c.syncPath}, {"usage_path", &c.usagePath}} {
+	}{{"cluster", &c.cluster}, {"authority", &c.authority}, {"credential", &c.credential}, {"sync_path", &c.syncPath}, {"usage_path", &c.usagePath}, {"register_path", &c.registerPath}} {
 		if *f.dst, err = getString(cp, "control_plane", f.name, *f.dst); err != nil {
 			return nil, err
 		}
@@ -513,8 +557,8 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 			return nil, bad("control_plane."+f.name, "required")
 		}
 	}
-	if c.syncPath[0] != '/' || c.usagePath[0] != '/' || strings.ContainsAny(c.syncPath+c.usagePath, "?# ") {
-		return nil, bad("control_plane", "sync_path and usage_path must be absolute paths without a query")
+	if c.syncPath[0] != '/' || c.usagePath[0] != '/' || c.registerPath[0] != '/' || strings.ContainsAny(c.syncPath+c.usagePath+c.registerPath, "?# ") {
+		return nil, bad("control_plane", "sync_path, usage_path and register_path must be absolute paths without a query")
 	}
 	if strings.ContainsAny(c.credential, " \r\n\t") {
 		return nil, bad("control_plane.credential", "must not contain white space")
@@ -535,10 +579,22 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 	if c.nodeID, err = getString(root, "", "node_id", ""); err != nil {
 		return nil, err
 	}
-	if len(c.nodeID) > 128 {
-		return nil, bad("node_id", "at most 128 characters")
+	if c.nodeID != "" && !validNodeName(c.nodeID) {
+		return nil, bad("node_id", "want 1 to 128 printable ASCII characters")
 	}
 	if c.retryMS, err = getInt(root, "", "retry_ms", c.retryMS, 10, 60000); err != nil {
+		return nil, err
+	}
+	if c.maxBackoffMS, err = getInt(root, "", "max_backoff_ms", c.maxBackoffMS, 10, 60000); err != nil {
+		return nil, err
+	}
+	if c.retryMS > c.maxBackoffMS {
+		return nil, bad("retry_ms", "must not exceed max_backoff_ms ("+itoa(c.maxBackoffMS)+")")
+	}
+	if c.maxStalenessMS, err = getInt(root, "", "max_staleness_ms", c.maxStalenessMS, 1000, 7*24*3600*1000); err != nil {
+		return nil, err
+	}
+	if err := c.checkStaleness(); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -66,6 +66,18 @@ func TestConfigValidation(t *testing.T) {
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","sync_path":"v1"}}`, "control_plane"},
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":61}}`, "control_plane.long_poll_s"},
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s"},"routes":[]}`, "routes"},
+		// The staleness rule: long_poll_s*1000 + 2000 + max_backoff_ms +
+		// timeout_ms must fit in max_staleness_ms.
+		{`{"role":"sync","max_staleness_ms":29000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, ""},
+		{`{"role":"sync","max_staleness_ms":28999,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_staleness_ms"},
+		{`{"role":"sync","max_staleness_ms":3000,"max_backoff_ms":500,"retry_ms":50,"control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":0,"timeout_ms":500}}`, ""},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","timeout_ms":40000}}`, "max_staleness_ms"},
+		{`{"role":"sync","max_backoff_ms":40000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_staleness_ms"},
+		{`{"role":"sync","max_backoff_ms":500,"retry_ms":1000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "retry_ms"},
+		{`{"role":"sync","max_backoff_ms":5,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_backoff_ms"},
+		{`{"role":"sync","node_id":"a\u0001b","control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "node_id"},
+		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","register_path":"x"}}`, "control_plane"},
+		{strings.Repeat("[", 5000) + strings.Repeat("]", 5000), "(root)"},
 	}
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
 		for _, c := range cases {

@@ -192,16 +192,43 @@ func TestUsageKeptWhenQueueMissing(t *testing.T) {
 	// Natively only: the SDK's proxytest cannot make a queue disappear, so
 	// this drives the counter directly against a host without the queue.
 	host := emulator(t, NewVM(fakeClock()), testConfig, nil)
-	_ = host
 	u := newUsageCounter("keygate")
 	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "a.example.com")
 	u.resolved, u.queueID = true, 99 // a queue id the host does not know
-	u.handOff()
+	u.handOff(fakeEpochNanos)
 	if len(u.keys) != 1 || u.counts[0] != 1 {
 		t.Fatalf("counts lost after a failed hand-off: %v %v", u.keys, u.counts)
 	}
 	if u.resolved {
 		t.Error("a failed enqueue should make the counter resolve the queue again")
+	}
+
+	// While the queue stays away the counter is bounded: combinations past
+	// maxWorkerCounts are dropped, counted and logged once a minute; known
+	// ones keep counting.
+	for i := 0; i < maxWorkerCounts+5; i++ {
+		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_"+strconv.Itoa(i)), "a.example.com")
+	}
+	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "a.example.com")
+	if len(u.keys) != maxWorkerCounts || u.dropped != 5 {
+		t.Fatalf("%d combinations held, %d requests dropped; want %d and 5", len(u.keys), u.dropped, maxWorkerCounts)
+	}
+	u.resolved, u.queueID = true, 99
+	u.handOff(fakeEpochNanos + 1e9)
+	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_new"), "a.example.com")
+	u.resolved, u.queueID = true, 99
+	u.handOff(fakeEpochNanos + 2e9) // within the minute: no second line
+	var lines []string
+	for _, l := range host.GetErrorLogs() {
+		if strings.Contains(l, "usage counter full") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "dropped the counts of 5 requests") {
+		t.Fatalf("drop log lines %q", lines)
+	}
+	if u.dropped != 1 {
+		t.Fatalf("dropped %d after the log, want 1 (the one since)", u.dropped)
 	}
 }
 

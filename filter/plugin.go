@@ -87,6 +87,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
+	warnStaleness(cfg.maxStalenessMS)
 	if p.filter, err = newFilterRoot(cfg, p.clock); err != nil {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
@@ -101,7 +102,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 func (p *plugin) OnTick() {
 	switch {
 	case p.filter != nil:
-		p.filter.usage.handOff()
+		p.filter.usage.handOff(p.clock())
 	case p.sync != nil:
 		p.sync.tick()
 	}
@@ -115,7 +116,7 @@ func (p *plugin) OnQueueReady(queueID uint32) {
 
 func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
-		p.filter.usage.handOff() // last hand-off before the worker goes
+		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
 	}
 	return true
 }

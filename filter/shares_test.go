@@ -91,6 +91,7 @@ func TestShareScalesTheLimiter(t *testing.T) {
 func TestUsageResponseStoresShares(t *testing.T) {
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
 		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+		h.register()
 		q, _ := proxywasm.RegisterSharedQueue(usageQueue)
 		send := func(resp string) {
 			if err := proxywasm.EnqueueSharedQueue(q, []byte("1640995200\tallowed\tkey_a\tapi.example.com\t1\n")); err != nil {

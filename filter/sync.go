@@ -16,14 +16,80 @@ import (
 
 const (
 	syncTickMS      = 100
-	maxBackoffMS    = 30000
 	maxBatchCounts  = 10000
 	maxResponseSize = 1 << 20 // Envoy buffers callout bodies; the control plane stays under it
+
+	// maxPendingCounts bounds the syncer's backlog of (minute, outcome,
+	// key, host) counts waiting for the control plane: about 150 bytes
+	// each in the VM's heap. Past it, counts of combinations not yet
+	// pending are dropped and counted (syncerRecord.usageDropped).
+	maxPendingCounts = 50000
+	dropLogPeriodMS  = 60000
+
+	// maxRegisterBackoffMS caps the wait between registration attempts;
+	// it grows past max_backoff_ms (usage waits, workers stay fresh) so
+	// that a fleet restarting at once does not hammer the control plane's
+	// registration bound.
+	maxRegisterBackoffMS = 30000
+
+	// syncerKey holds the syncing VM's own bookkeeping (syncerRecord),
+	// which workers never read.
+	syncerKey    = "keygate/syncer"
+	syncerFormat = 2
+	syncerLen    = 1 + 4 + 8 + 8
 )
+
+// syncerRecord is what a syncing VM keeps in shared data for its successor,
+// for the filters and for tests: the highest epoch any record may carry,
+// how many requests' usage counts were dropped because the backlog was
+// full, and the staleness bound its configuration was checked against.
+type syncerRecord struct {
+	epochHigh      uint32
+	usageDropped   uint64
+	maxStalenessMS int64
+}
+
+func (r syncerRecord) encode(b *[syncerLen]byte) []byte {
+	b[0] = syncerFormat
+	binary.LittleEndian.PutUint32(b[1:], r.epochHigh)
+	binary.LittleEndian.PutUint64(b[5:], r.usageDropped)
+	binary.LittleEndian.PutUint64(b[13:], uint64(r.maxStalenessMS))
+	return b[:]
+}
+
+func decodeSyncer(b []byte) (syncerRecord, bool) {
+	if len(b) != syncerLen || b[0] != syncerFormat {
+		return syncerRecord{}, false
+	}
+	return syncerRecord{
+		epochHigh:      binary.LittleEndian.Uint32(b[1:]),
+		usageDropped:   binary.LittleEndian.Uint64(b[5:]),
+		maxStalenessMS: int64(binary.LittleEndian.Uint64(b[13:])),
+	}, true
+}
+
+// warnStaleness logs when a filter's max_staleness_ms is below the bound
+// the sync service's configuration was checked against: its staleness rule
+// (docs/config.md) does not hold for that filter, and one failed long poll
+// may make it answer 503. Envoy starts bootstrap services before
+// listeners, so the record is normally there.
+func warnStaleness(filterMS int64) {
+	b, _, err := proxywasm.GetSharedData(syncerKey)
+	if err != nil {
+		return
+	}
+	if r, ok := decodeSyncer(b); ok && r.maxStalenessMS > filterMS {
+		proxywasm.LogWarnf("keygate: max_staleness_ms %d is below the sync service's max_staleness_ms %d: "+
+			"one failed sync may make this filter stale; give both roles the same value", filterMS, r.maxStalenessMS)
+	}
+}
 
 // syncer is the syncing VM: it pulls key records from the control plane into
 // shared data and pushes usage counts to it. Envoy runs it once per process
-// as a singleton bootstrap service sharing the filter's vm_id.
+// as a singleton bootstrap service sharing the filter's vm_id. A trap kills
+// it for good (Envoy never reloads a bootstrap service), so nothing here
+// may panic on any input: every index is bounded and every body is checked
+// (size, nesting) before it is parsed.
 type syncer struct {
 	cfg   *syncConfig
 	clock Clock
@@ -37,24 +103,41 @@ type syncer struct {
 	nextSyncMS int64
 	recBuf     []byte
 	wrote      bool // records written since the state's gen last moved
+	rec        syncerRecord
+
+	// Instance (docs/config.md, "Instance identity").
+	node, boot string
+	token      string // instance token; never logged
+	// legacy: the control plane has no registration endpoint (404);
+	// usage goes with the fleet credential, as before instances existed.
+	legacy    bool
+	regBusy   bool
+	regFails  int
+	nextRegMS int64
 
 	// Usage.
-	node, boot  string
-	seq         int64
-	pending     map[string]int64 // line prefix (see usage.go) -> count
-	inflight    []byte           // the batch being sent, resent until acknowledged
-	usageBusy   bool
-	usageFails  int
-	nextFlushMS int64
-	queueID     uint32
-	shareIDs    map[string]bool // key ids with a share entry in shared data
+	seq      int64
+	pending  map[string]int64 // line prefix (see usage.go) -> count
+	inflight []byte           // the batch being sent, resent until acknowledged
+	// The counts in inflight, to carry them into a new instance when the
+	// control plane no longer knows this one.
+	inflightKeys []string
+	inflightNs   []int64
+	usageBusy    bool
+	usageFails   int
+	nextFlushMS  int64
+	queueID      uint32
+	shareIDs     map[string]bool // key ids with a share entry in shared data
 	// idleReported: the last batch sent was empty; stay silent until
 	// traffic comes back.
 	idleReported bool
+	// Counts dropped (requests) since the last log line about it.
+	droppedUnlogged uint64
+	lastDropLogMS   int64
 }
 
 func newSyncer(cfg *syncConfig, clock Clock) *syncer {
-	return &syncer{cfg: cfg, clock: clock, pending: make(map[string]int64), shareIDs: make(map[string]bool)}
+	return &syncer{cfg: cfg, clock: clock, pending: make(map[string]int64), shareIDs: make(map[string]bool), lastDropLogMS: math.MinInt64 / 2}
 }
 
 func (s *syncer) nowMS() int64 { return s.clock() / 1e6 }
@@ -71,14 +154,39 @@ func (s *syncer) start() error {
 			s.state = st
 		}
 	}
-	s.node = s.cfg.nodeID
-	if s.node == "" {
-		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && len(b) > 0 && len(b) <= 128 {
-			s.node = string(b)
-		} else {
-			s.node = "unknown"
+	if b, _, err := proxywasm.GetSharedData(syncerKey); err == nil {
+		if r, ok := decodeSyncer(b); ok {
+			s.rec = r
 		}
 	}
+	// Published for the filters (warnStaleness).
+	s.rec.maxStalenessMS = s.cfg.maxStalenessMS
+	var rb [syncerLen]byte
+	if err := setShared(syncerKey, s.rec.encode(&rb)); err != nil {
+		return errors.New("storing the sync service's record: " + err.Error())
+	}
+	s.node = s.cfg.nodeID
+	if s.node == "" {
+		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && validNodeName(string(b)) {
+			s.node = string(b)
+		} else {
+			if err == nil && len(b) > 0 {
+				proxywasm.LogWarnf("keygate: node.id is not 1 to 128 printable ASCII characters; using \"unnamed\" (set node_id)")
+			}
+			s.node = "unnamed"
+		}
+	}
+	if err := s.newBoot(); err != nil {
+		return err
+	}
+	now := s.nowMS()
+	s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
+	return proxywasm.SetTickPeriodMilliSeconds(syncTickMS)
+}
+
+// newBoot draws a new boot id: 16 hex digits from crypto/rand. A boot id
+// is never reused, so every instance this VM registers is new.
+func (s *syncer) newBoot() error {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return errors.New("reading randomness for the boot id: " + err.Error())
@@ -89,9 +197,7 @@ func (s *syncer) start() error {
 		boot[2*i], boot[2*i+1] = hexDigits[b>>4], hexDigits[b&15]
 	}
 	s.boot = string(boot)
-	now := s.nowMS()
-	s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
-	return proxywasm.SetTickPeriodMilliSeconds(syncTickMS)
+	return nil
 }
 
 func (s *syncer) tick() {
@@ -99,29 +205,42 @@ func (s *syncer) tick() {
 	if !s.syncBusy && now >= s.nextSyncMS {
 		s.dispatchSync()
 	}
+	if s.token == "" && !s.legacy {
+		// Usage waits for an instance token; counts keep merging.
+		if !s.regBusy && now >= s.nextRegMS {
+			s.dispatchRegister()
+		}
+		return
+	}
 	if !s.usageBusy && now >= s.nextFlushMS {
 		s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
 		s.dispatchUsage()
 	}
 }
 
+// backoff is the wait after the fails-th failure in a row. The first
+// failure is retried at once (under Envoy's round robin the retry goes to
+// another endpoint of the cluster), so waiting starts with the second:
+// retry_ms, doubled on each further failure up to max_backoff_ms.
 func (s *syncer) backoff(fails int) int64 {
 	d := s.cfg.retryMS
-	for i := 1; i < fails && d < maxBackoffMS; i++ {
+	for i := 2; i < fails && d < s.cfg.maxBackoffMS; i++ {
 		d *= 2
 	}
-	if d > maxBackoffMS {
-		d = maxBackoffMS
+	if d > s.cfg.maxBackoffMS {
+		d = s.cfg.maxBackoffMS
 	}
 	return d
 }
 
-func (s *syncer) headers(method, path string) [][2]string {
+// headers are a callout's headers; credential is the fleet credential or
+// the instance token.
+func (s *syncer) headers(method, path, credential string) [][2]string {
 	return [][2]string{
 		{":method", method},
 		{":path", path},
 		{":authority", s.cfg.authority},
-		{"authorization", "Bearer " + s.cfg.credential},
+		{"authorization", "Bearer " + credential},
 		{"accept", "application/json"},
 	}
 }
@@ -133,20 +252,26 @@ func (s *syncer) dispatchSync() {
 		path += "&cursor=" + s.cursor
 		wait = 0 // paging: no waiting between pages
 	}
-	path += "&wait=" + strconv.FormatInt(wait, 10)
-	timeout := s.cfg.timeoutMS + uint32(wait)*1000
-	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, s.headers("GET", path), nil, nil, timeout, s.onSyncResponse)
+	if s.syncFails > 0 {
+		// After a failure an answer now makes the workers fresh at once;
+		// a long poll would be held while nothing changed.
+		wait = 0
+	}
+	path += "&wait=" + strconv.FormatInt(wait, 10) + "&node=" + queryEscape(s.node) + "&boot=" + s.boot
+	timeout := s.cfg.timeoutMS
+	if wait > 0 {
+		// The control plane holds it up to wait: a hung one costs at most
+		// this much beyond it.
+		timeout = uint32(wait)*1000 + longPollMarginMS
+	}
+	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, s.headers("GET", path, s.cfg.credential), nil, nil, timeout, s.onSyncResponse)
 	if err != nil {
 		proxywasm.LogErrorf("keygate: sync call to cluster %q: %v", s.cfg.cluster, err)
-		s.syncFailed()
+		s.syncFails++
+		s.nextSyncMS = s.nowMS() + s.backoff(max(s.syncFails, 2))
 		return
 	}
 	s.syncBusy = true
-}
-
-func (s *syncer) syncFailed() {
-	s.syncFails++
-	s.nextSyncMS = s.nowMS() + s.backoff(s.syncFails)
 }
 
 func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
@@ -159,11 +284,20 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		err = s.applyPage(body)
 	}
 	if err != nil {
-		proxywasm.LogErrorf("keygate: sync: %v (serving cached keys; attempt %d)", err, s.syncFails+1)
-		if s.syncFails > 2 && s.cursor != "" {
-			s.cursor = "" // a cursor the control plane no longer honours: start the paging again
+		s.syncFails++
+		proxywasm.LogErrorf("keygate: sync: %v (serving cached keys; attempt %d)", err, s.syncFails)
+		if s.syncFails > 3 && s.cursor != "" {
+			// A cursor the control plane no longer honours: start the
+			// paging again. A snapshot started anew takes a new epoch
+			// (applyPage): records this one wrote must not survive it.
+			s.cursor = ""
+			s.snapEpoch = 0
 		}
-		s.syncFailed()
+		if s.syncFails == 1 {
+			s.dispatchSync() // at once, asking for an immediate answer
+			return
+		}
+		s.nextSyncMS = s.nowMS() + s.backoff(s.syncFails)
 		return
 	}
 	s.syncFails = 0
@@ -207,6 +341,9 @@ func snippet(b []byte) string {
 
 // applyPage writes one sync response into shared data (docs/wire.md).
 func (s *syncer) applyPage(body []byte) error {
+	if !jsonDepthOK(body) {
+		return errors.New("response nests deeper than 32 levels")
+	}
 	if !gjson.ValidBytes(body) {
 		return errors.New("response is not valid JSON")
 	}
@@ -226,8 +363,16 @@ func (s *syncer) applyPage(body []byte) error {
 	}
 	epoch := s.state.epoch
 	if snapshot {
-		if s.snapEpoch == 0 {
-			s.snapEpoch = s.state.epoch + 1
+		// The first page of a snapshot (asked without a cursor) starts a
+		// new one; later pages continue it. Every snapshot started takes an
+		// epoch never used before: an abandoned one may have written
+		// records of keys deleted since, and reusing its epoch would bring
+		// them back when the new snapshot completes.
+		if s.snapEpoch == 0 || s.cursor == "" {
+			var err error
+			if s.snapEpoch, err = s.newEpoch(); err != nil {
+				return err
+			}
 		}
 		epoch = s.snapEpoch
 	}
@@ -295,6 +440,19 @@ func (s *syncer) applyPage(body []byte) error {
 	return setShared(stateKey, s.state.encode(&buf))
 }
 
+// newEpoch reserves an epoch above every one records may carry, and
+// stores the reservation before any record carries it (a restarted syncer
+// must not reuse it either).
+func (s *syncer) newEpoch() (uint32, error) {
+	e := max(s.rec.epochHigh, s.state.epoch) + 1
+	s.rec.epochHigh = e
+	var buf [syncerLen]byte
+	if err := setShared(syncerKey, s.rec.encode(&buf)); err != nil {
+		return 0, errors.New("storing the snapshot epoch: " + err.Error())
+	}
+	return e, nil
+}
+
 func isCursor(c string) bool {
 	for i := 0; i < len(c); i++ {
 		ch := c[i]
@@ -320,19 +478,38 @@ func (s *syncer) writeRecord(h keycache.Hash, rec *keycache.Record) error {
 
 // drainQueue merges the workers' usage messages into the pending counts.
 func (s *syncer) drainQueue(queueID uint32) {
+	dropped := s.rec.usageDropped
 	for {
 		msg, err := proxywasm.DequeueSharedQueue(queueID)
 		if err != nil {
 			if !errors.Is(err, types.ErrorStatusEmpty) {
 				proxywasm.LogErrorf("keygate: reading usage queue: %v", err)
 			}
-			return
+			break
 		}
 		s.merge(msg)
 	}
+	if s.rec.usageDropped != dropped {
+		var buf [syncerLen]byte
+		_ = setShared(syncerKey, s.rec.encode(&buf))
+		s.logDrops()
+	}
 }
 
-// merge adds one queue message (see usage.go) to the pending counts.
+// logDrops reports dropped counts, at most once a minute.
+func (s *syncer) logDrops() {
+	now := s.nowMS()
+	if s.droppedUnlogged == 0 || now-s.lastDropLogMS < dropLogPeriodMS {
+		return
+	}
+	proxywasm.LogErrorf("keygate: usage backlog full (%d counts waiting for the control plane): dropped the counts of %d requests (%d since start)",
+		len(s.pending), s.droppedUnlogged, s.rec.usageDropped)
+	s.droppedUnlogged, s.lastDropLogMS = 0, now
+}
+
+// merge adds one queue message (see usage.go) to the pending counts. A
+// line that is not "<minute>\t<outcome>\t<key id>\t<host>\t<n>" is
+// dropped: batches are built from these fields without further checks.
 func (s *syncer) merge(msg []byte) {
 	for len(msg) > 0 {
 		line := msg
@@ -342,7 +519,8 @@ func (s *syncer) merge(msg []byte) {
 			msg = nil
 		}
 		tab := lastIndexByteB(line, '\t')
-		if tab <= 0 {
+		if tab <= 0 || !usageLinePrefix(line[:tab]) {
+			proxywasm.LogErrorf("keygate: malformed usage line dropped")
 			continue
 		}
 		n, err := strconv.ParseInt(string(line[tab+1:]), 10, 64)
@@ -350,8 +528,68 @@ func (s *syncer) merge(msg []byte) {
 			proxywasm.LogErrorf("keygate: malformed usage line dropped")
 			continue
 		}
-		s.pending[string(line[:tab])] += n
+		if c, ok := s.pending[string(line[:tab])]; ok {
+			if c+n > 0 { // never wraps
+				s.pending[string(line[:tab])] = c + n
+			}
+			continue
+		}
+		if len(s.pending) >= maxPendingCounts {
+			s.rec.usageDropped += uint64(n)
+			s.droppedUnlogged += uint64(n)
+			continue
+		}
+		s.pending[string(line[:tab])] = n
 	}
+}
+
+// usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>":
+// a minute of 1 to 12 digits without a leading zero, an outcome of [a-z_], a key id and a host of
+// at most keycache.MaxStringLen and 255 bytes without control characters.
+func usageLinePrefix(p []byte) bool {
+	field, start := 0, 0
+	for i := 0; i <= len(p); i++ {
+		if i < len(p) && p[i] != '\t' {
+			if p[i] < 0x20 || p[i] == 0x7f {
+				return false
+			}
+			continue
+		}
+		f := p[start:i]
+		switch field {
+		case 0:
+			if len(f) == 0 || len(f) > 12 || len(f) > 1 && f[0] == '0' { // a JSON number
+				return false
+			}
+			for _, c := range f {
+				if c < '0' || c > '9' {
+					return false
+				}
+			}
+		case 1:
+			if len(f) == 0 || len(f) > 32 {
+				return false
+			}
+			for _, c := range f {
+				if (c < 'a' || c > 'z') && c != '_' {
+					return false
+				}
+			}
+		case 2:
+			if len(f) > keycache.MaxStringLen {
+				return false
+			}
+		case 3:
+			if len(f) > 255 {
+				return false
+			}
+		default:
+			return false
+		}
+		field++
+		start = i + 1
+	}
+	return field == 4
 }
 
 func indexByteB(b []byte, c byte) int {
@@ -372,6 +610,15 @@ func lastIndexByteB(b []byte, c byte) int {
 	return -1
 }
 
+// usageCredential is what usage batches carry: the instance token, or the
+// fleet credential for a control plane without instances.
+func (s *syncer) usageCredential() string {
+	if s.legacy {
+		return s.cfg.credential
+	}
+	return s.token
+}
+
 // dispatchUsage sends the in-flight batch again, or a new one built from
 // the pending counts.
 func (s *syncer) dispatchUsage() {
@@ -390,7 +637,7 @@ func (s *syncer) dispatchUsage() {
 		s.seq++
 		s.inflight = s.buildBatch()
 	}
-	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.usagePath),
+	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.usagePath, s.usageCredential()),
 		[2]string{"content-type", "application/json"}), s.inflight, nil, s.cfg.timeoutMS, s.onUsageResponse)
 	if err != nil {
 		proxywasm.LogErrorf("keygate: usage call to cluster %q: %v", s.cfg.cluster, err)
@@ -401,7 +648,7 @@ func (s *syncer) dispatchUsage() {
 
 // buildBatch moves up to maxBatchCounts pending counts into a batch body.
 func (s *syncer) buildBatch() []byte {
-	b := make([]byte, 0, 128+len(s.pending)*96)
+	b := make([]byte, 0, 128+min(len(s.pending), maxBatchCounts)*96)
 	b = append(b, `{"node":`...)
 	b = appendJSONString(b, s.node)
 	b = append(b, `,"boot":`...)
@@ -409,12 +656,13 @@ func (s *syncer) buildBatch() []byte {
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendInt(b, s.seq, 10)
 	b = append(b, `,"counts":[`...)
+	s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 	n := 0
 	for k, v := range s.pending {
 		if n == maxBatchCounts {
 			break
 		}
-		// k is "<minute>\t<outcome>\t<key id>\t<host>".
+		// k is "<minute>\t<outcome>\t<key id>\t<host>" (usageLinePrefix).
 		f := splitTabs(k)
 		if n > 0 {
 			b = append(b, ',')
@@ -430,6 +678,8 @@ func (s *syncer) buildBatch() []byte {
 		b = append(b, `,"n":`...)
 		b = strconv.AppendInt(b, v, 10)
 		b = append(b, '}')
+		s.inflightKeys = append(s.inflightKeys, k)
+		s.inflightNs = append(s.inflightNs, v)
 		delete(s.pending, k)
 		n++
 	}
@@ -458,6 +708,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 	case err != nil:
 	case status == "200":
 		s.inflight = nil
+		s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 		s.usageFails = 0
 		if err := s.applyShares(body); err != nil {
 			proxywasm.LogErrorf("keygate: usage response: %v (keeping the previous limit shares)", err)
@@ -466,25 +717,177 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 			s.nextFlushMS = s.nowMS() // a backlog: send the next batch at once
 		}
 		return
-	case status == "400" || status == "413":
+	case status == "400" || status == "413" || status == "409" && problemCode(body) == "seq_out_of_range":
 		// The control plane will never take this batch; resending would
 		// wedge every later count behind it.
 		proxywasm.LogCriticalf("keygate: usage batch %d refused for good (%s): %s", s.seq, status, snippet(body))
 		s.inflight = nil
+		s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
+		s.usageFails = 0 // it answered: the next failure is retried at once again
+		return
+	case !s.legacy && (status == "401" || status == "403"),
+		s.legacy && status == "403" && problemCode(body) == "instance_token_required":
+		// The control plane does not know this instance (any more), or
+		// wants instance tokens now: become a new instance and send the
+		// unacknowledged counts under it.
+		proxywasm.LogWarnf("keygate: usage batch %d refused (%s %s); registering node %q as a new instance",
+			s.seq, status, problemCode(body), s.node)
+		if err := s.newInstance(); err != nil {
+			proxywasm.LogErrorf("keygate: %v", err)
+		}
 		return
 	default:
 		err = errors.New("control plane answered " + status)
 	}
 	s.usageFails++
 	proxywasm.LogWarnf("keygate: usage flush: %v (batch %d kept for retry)", err, s.seq)
+	if s.usageFails == 1 {
+		s.dispatchUsage() // at once
+		return
+	}
 	s.nextFlushMS = s.nowMS() + s.backoff(s.usageFails)
+}
+
+// newInstance forgets the instance: the unacknowledged batch's counts go
+// back to the pending ones (the control plane never took them: it refused
+// the batch for its credential), and the next tick registers a new boot id
+// whose batches start again at seq 1.
+func (s *syncer) newInstance() error {
+	for i, k := range s.inflightKeys {
+		if i < len(s.inflightNs) {
+			s.pending[k] += s.inflightNs[i]
+		}
+	}
+	s.inflight = nil
+	s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
+	s.token, s.legacy = "", false
+	s.seq, s.idleReported = 0, false
+	s.usageFails, s.regFails = 0, 0
+	s.nextRegMS = s.nowMS()
+	return s.newBoot()
+}
+
+// dispatchRegister registers this instance (node, boot) with the fleet
+// credential; the answer carries the instance token usage needs.
+func (s *syncer) dispatchRegister() {
+	body := append([]byte(`{"node":`), appendJSONString(nil, s.node)...)
+	body = append(append(append(body, `,"boot":`...), appendJSONString(nil, s.boot)...), '}')
+	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.registerPath, s.cfg.credential),
+		[2]string{"content-type", "application/json"}), body, nil, s.cfg.timeoutMS, s.onRegisterResponse)
+	if err != nil {
+		proxywasm.LogErrorf("keygate: register call to cluster %q: %v", s.cfg.cluster, err)
+		s.regFails++
+		s.nextRegMS = s.nowMS() + s.backoff(max(s.regFails, 2))
+		return
+	}
+	s.regBusy = true
+}
+
+func (s *syncer) onRegisterResponse(numHeaders, bodySize, _ int) {
+	s.regBusy = false
+	status, body, err := calloutResult(numHeaders, bodySize)
+	switch {
+	case err != nil:
+	case status == "201":
+		if err = s.takeToken(body); err == nil {
+			s.regFails = 0
+			proxywasm.LogInfof("keygate: registered as instance %q/%s", s.node, s.boot)
+			return
+		}
+	case status == "409" && problemCode(body) == "instance_exists":
+		// Boot ids are never reused: draw another.
+		err = errors.New("instance exists; drawing a new boot id")
+		if berr := s.newBoot(); berr != nil {
+			err = berr
+		}
+	case status == "404":
+		// A control plane from before instance tokens: usage goes with
+		// the fleet credential until it asks for a token (403
+		// instance_token_required).
+		proxywasm.LogWarnf("keygate: the control plane has no %s; sending usage with the fleet credential", s.cfg.registerPath)
+		s.legacy, s.regFails = true, 0
+		return
+	case status == "400" || status == "401" || status == "403":
+		err = errors.New("control plane refused the registration (" + status + "): " + snippet(body))
+		proxywasm.LogCriticalf("keygate: %v", err)
+	default:
+		err = errors.New("control plane answered " + status)
+	}
+	s.regFails++
+	proxywasm.LogWarnf("keygate: registering instance %q: %v (usage waits; attempt %d)", s.node, err, s.regFails)
+	if s.regFails == 1 {
+		s.dispatchRegister() // at once
+		return
+	}
+	s.nextRegMS = s.nowMS() + min(s.backoff(s.regFails)*int64(s.regFails), maxRegisterBackoffMS)
+}
+
+// takeToken reads a registration answer: the instance must be ours and the
+// token well formed. The body is never logged (it holds the token).
+func (s *syncer) takeToken(body []byte) error {
+	if !jsonDepthOK(body) || !gjson.ValidBytes(body) {
+		return errors.New("registration answer is not valid JSON")
+	}
+	root := gjson.ParseBytes(body)
+	if root.Get("instance.node").Str != s.node || root.Get("instance.boot").Str != s.boot {
+		return errors.New("registration answer names another instance")
+	}
+	tok := root.Get("token")
+	if tok.Type != gjson.String || !instanceToken(tok.Str) {
+		return errors.New("registration answer holds no well-formed instance token")
+	}
+	s.token = tok.Str
+	return nil
+}
+
+// instanceToken reports whether t looks like an instance token: "kgi_" and
+// 43 Base62 characters.
+func instanceToken(t string) bool {
+	if len(t) != 4+43 || t[:4] != "kgi_" {
+		return false
+	}
+	for i := 4; i < len(t); i++ {
+		c := t[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// problemCode is the stable "error" member of a problem+json body, or "".
+func problemCode(body []byte) string {
+	if len(body) == 0 || !jsonDepthOK(body) || !gjson.ValidBytes(body) {
+		return ""
+	}
+	code := gjson.GetBytes(body, "error")
+	if code.Type != gjson.String || len(code.Str) > 64 {
+		return ""
+	}
+	return code.Str
+}
+
+// queryEscape percent-encodes s for a query parameter value (all but the
+// unreserved characters).
+func queryEscape(s string) string {
+	const hexDigits = "0123456789ABCDEF"
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
+			b = append(b, c)
+			continue
+		}
+		b = append(b, '%', hexDigits[c>>4], hexDigits[c&15])
+	}
+	return string(b)
 }
 
 // applyShares stores the fleet-wide limit shares of a usage response
 // (docs/wire.md): one entry per listed key, the default share in the sync
 // state, and clears entries of keys no longer listed.
 func (s *syncer) applyShares(body []byte) error {
-	if len(body) == 0 || !gjson.ValidBytes(body) {
+	if len(body) == 0 || !jsonDepthOK(body) || !gjson.ValidBytes(body) {
 		return errors.New("not valid JSON")
 	}
 	root := gjson.ParseBytes(body)

@@ -26,15 +26,24 @@ const syncTestConfig = `{"role":"sync","node_id":"node-a","flush_period_ms":100,
 
 // syncHarness drives a syncing VM through proxytest's callouts.
 type syncHarness struct {
-	t    *testing.T
-	host proxytest.HostEmulator
-	seen int // callouts already answered or inspected
+	t       *testing.T
+	host    proxytest.HostEmulator
+	seen    int // callouts already answered or inspected
+	skipped []proxytest.HttpCalloutAttribute
+	tokens  int // instance tokens issued
 }
 
 // next ticks until the syncer dispatches a callout whose path starts with
-// prefix, and returns it. Other callouts are left unanswered.
+// prefix, and returns it. Other callouts are left unanswered, kept for a
+// later next.
 func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 	h.t.Helper()
+	for i, c := range h.skipped {
+		if p, _ := header(c.Headers, ":path"); strings.HasPrefix(p, prefix) {
+			h.skipped = append(h.skipped[:i], h.skipped[i+1:]...)
+			return c
+		}
+	}
 	for i := 0; i < 20000; i++ {
 		calls := h.host.GetCalloutAttributesFromContext(proxytest.PluginContextID)
 		for ; h.seen < len(calls); h.seen++ {
@@ -43,6 +52,7 @@ func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 				h.seen++
 				return c
 			}
+			h.skipped = append(h.skipped, calls[h.seen])
 		}
 		h.host.Tick()
 	}
@@ -50,8 +60,44 @@ func (h *syncHarness) next(prefix string) proxytest.HttpCalloutAttribute {
 	return proxytest.HttpCalloutAttribute{}
 }
 
+// register answers the syncer's registration as the control plane does and
+// returns the instance token it issued.
+func (h *syncHarness) register() string {
+	h.t.Helper()
+	return h.registerCall(h.next("/v1/nodes/register"))
+}
+
+// registerCall answers registration callout c.
+func (h *syncHarness) registerCall(c proxytest.HttpCalloutAttribute) string {
+	h.t.Helper()
+	if a, _ := header(c.Headers, "authorization"); a != "Bearer filter-secret" {
+		h.t.Errorf("registration authorization %q, want the fleet credential", a)
+	}
+	b := gjson.ParseBytes(c.Body)
+	tok := "kgi_" + strings.Repeat("T", 42) + string(rune('a'+h.tokens%26))
+	h.tokens++
+	h.answer201(c, `{"instance":{"node":`+b.Get("node").Raw+`,"boot":`+b.Get("boot").Raw+`},"token":"`+tok+`"}`)
+	return tok
+}
+
+func (h *syncHarness) answer201(c proxytest.HttpCalloutAttribute, body string) {
+	h.host.CallOnHttpCallResponse(c.CalloutID, [][2]string{{":status", "201"}, {"content-type", "application/json"}}, nil, []byte(body))
+}
+
 func (h *syncHarness) answer(c proxytest.HttpCalloutAttribute, status string, body []byte) {
 	h.host.CallOnHttpCallResponse(c.CalloutID, [][2]string{{":status", status}, {"content-type", "application/json"}}, nil, body)
+}
+
+// syncPath returns a sync callout's path without the node and boot
+// parameters every sync carries (checked here: node-a and a 16-hex boot id).
+func syncPath(t *testing.T, c proxytest.HttpCalloutAttribute) string {
+	t.Helper()
+	p, _ := header(c.Headers, ":path")
+	i := strings.Index(p, "&node=")
+	if i < 0 || !strings.HasPrefix(p[i:], "&node=node-a&boot=") || len(p[i:]) != len("&node=node-a&boot=")+16 {
+		t.Fatalf("sync path %q does not end in node and boot", p)
+	}
+	return p[:i]
 }
 
 func recorded(t *testing.T, name string) []byte {
@@ -99,7 +145,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
 
 		c := h.next("/v1/sync")
-		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=0&wait=20" {
+		if p := syncPath(t, c); p != "/v1/sync?since=0&wait=20" {
 			t.Errorf("first sync path %q", p)
 		}
 		if a, _ := header(c.Headers, "authorization"); a != "Bearer filter-secret" {
@@ -134,7 +180,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		}
 
 		c = h.next("/v1/sync")
-		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=0&cursor=p2&wait=0" {
+		if p := syncPath(t, c); p != "/v1/sync?since=0&cursor=p2&wait=0" {
 			t.Errorf("second page path %q", p)
 		}
 		h.answer(c, "200", recorded(t, "sync_snapshot_2.json"))
@@ -148,7 +194,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		}
 
 		c = h.next("/v1/sync")
-		if p, _ := header(c.Headers, ":path"); p != "/v1/sync?since=42&wait=20" {
+		if p := syncPath(t, c); p != "/v1/sync?since=42&wait=20" {
 			t.Errorf("delta path %q", p)
 		}
 		h.answer(c, "200", recorded(t, "sync_delta.json"))
@@ -257,7 +303,11 @@ func TestUsageFlushExactlyOnce(t *testing.T) {
 		enqueue("1640995200\tallowed\tkey_a\tapi.example.com\t5\n1640995200\tunknown_key\t\tapi.example.com\t2\n")
 		enqueue("1640995200\tallowed\tkey_a\tapi.example.com\t3\n")
 
+		tok := h.register()
 		c := h.next("/v1/usage")
+		if a, _ := header(c.Headers, "authorization"); a != "Bearer "+tok {
+			t.Errorf("usage authorization %q, want the instance token", a)
+		}
 		if m, _ := header(c.Headers, ":method"); m != "POST" {
 			t.Errorf("usage method %q", m)
 		}

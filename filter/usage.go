@@ -1,6 +1,8 @@
 package filter
 
 import (
+	"math"
+
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 
 	"github.com/keygate/keygate/keycache"
@@ -20,6 +22,12 @@ type usageCounter struct {
 	queueID  uint32
 	resolved bool
 	warned   bool
+
+	// dropped counts requests whose combination was new while the counter
+	// already held maxWorkerCounts (the queue is missing or refuses);
+	// handOff logs it at most once a minute.
+	dropped       int64
+	lastDropLogNs int64
 
 	// index maps the FNV-1a hash of a line prefix to its first position in
 	// keys/counts; next chains positions whose prefixes share a hash. The
@@ -42,8 +50,13 @@ type usageCounter struct {
 	buf      []byte
 }
 
+// maxWorkerCounts bounds the combinations a worker holds while it cannot
+// hand them to the sync service (about 100 bytes each); counts of further
+// combinations are dropped and logged.
+const maxWorkerCounts = 20000
+
 func newUsageCounter(vmID string) *usageCounter {
-	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512), lastIdx: -1}
+	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512), lastIdx: -1, lastDropLogNs: math.MinInt64 / 2}
 }
 
 // fnv1a is the 64-bit FNV-1a hash of b.
@@ -85,6 +98,10 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 		}
 	} else {
 		first = -1
+	}
+	if len(u.keys) >= maxWorkerCounts {
+		u.dropped++
+		return
 	}
 	u.index[h] = int32(len(u.keys))
 	u.next = append(u.next, first)
@@ -152,7 +169,12 @@ func appendInt(b []byte, n int64) []byte {
 }
 
 // handOff enqueues everything counted so far to the syncing VM.
-func (u *usageCounter) handOff() {
+func (u *usageCounter) handOff(nowNanos int64) {
+	if u.dropped > 0 && nowNanos-u.lastDropLogNs >= 60e9 {
+		proxywasm.LogErrorf("keygate: usage counter full (%d combinations not handed to the sync service): dropped the counts of %d requests",
+			len(u.keys), u.dropped)
+		u.dropped, u.lastDropLogNs = 0, nowNanos
+	}
 	if len(u.keys) == 0 {
 		return
 	}

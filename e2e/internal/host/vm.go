@@ -53,7 +53,11 @@ type instance struct {
 	host  *Host
 	group *vmGroup
 	name  string
-	slot  *vmSlot // nil for the throw-away configure clone and services
+	// slot is nil for the throw-away configure clone and for services: a
+	// failed service VM stays failed whatever its failure_policy, as in
+	// Envoy (e2e/RATIONALE.md, "Why is a failed sync service not
+	// reloaded?").
+	slot *vmSlot
 
 	mu      sync.Mutex
 	ctx     context.Context
