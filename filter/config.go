@@ -575,7 +575,7 @@ const defaultLeaseMS = 3000
 func parseSyncFields(root gjson.Result, path string, lease bool) (*syncConfig, error) {
 	c, err := parseSyncObject(root, lease)
 	if e, ok := err.(*configError); ok && path != "" {
-		e.field = join(path, e.field)
+		e.field = strings.TrimSuffix(join(path, e.field), ".")
 	}
 	return c, err
 }
