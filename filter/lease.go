@@ -138,3 +138,21 @@ func (l *lease) check(nowMS int64) bool {
 	rec, ok := decodeLease(b)
 	return ok && rec.holder == l.holder && rec.expiryMS > nowMS
 }
+
+// release ends this VM's lease at once (the plugin is going away), so the
+// next holder need not wait for it to expire.
+func (l *lease) release(nowMS int64) {
+	if !l.taken {
+		return
+	}
+	l.taken, l.held = false, false
+	b, cas, err := l.store.Get(leaseKey)
+	if err != nil {
+		return
+	}
+	if rec, ok := decodeLease(b); !ok || rec.holder != l.holder {
+		return
+	}
+	var buf [leaseLen]byte
+	_ = l.store.Set(leaseKey, leaseRecord{holder: l.holder, expiryMS: nowMS}.encode(&buf), cas)
+}

@@ -182,3 +182,26 @@ func TestLeaseUnreadableRecord(t *testing.T) {
 		t.Fatal("an unreadable lease record was not taken over")
 	}
 }
+
+// TestLeaseRelease: a holder going away (on_done) ends its lease at once;
+// another worker syncs two ticks later, without waiting for lease_ms.
+func TestLeaseRelease(t *testing.T) {
+	f := newLeaseFleet(t, 2, 60000)
+	for step := 0; step < 3; step++ {
+		f.tick(0)
+		f.now += syncTickMS
+	}
+	f.leases[0].release(f.now)
+	f.held[0] = false
+	for step := 0; step < 2; step++ {
+		f.tick(1)
+		f.now += syncTickMS
+	}
+	if !f.held[1] {
+		t.Fatal("the released lease was not taken within two ticks")
+	}
+	f.leases[0].release(f.now) // no longer the holder: changes nothing
+	if !f.leases[1].check(f.now) {
+		t.Fatal("a former holder's release ended the new holder's lease")
+	}
+}

@@ -197,6 +197,13 @@ func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
 		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
 	}
+	if p.lease != nil {
+		if p.sync != nil {
+			p.sync.stop()
+			p.sync = nil
+		}
+		p.lease.release(p.clock() / 1e6)
+	}
 	return true
 }
 
