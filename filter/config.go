@@ -60,8 +60,9 @@ type filterConfig struct {
 	flushPeriodMS    uint32
 	vmID             string
 
-	// keyLen is the length of every well-formed key (keycache.KeyLen).
-	keyLen int
+	// minKeyLen and maxKeyLen bound the length of a well-formed key: every
+	// body length the control plane can issue (keycache.MinKeyLen).
+	minKeyLen, maxKeyLen int
 
 	// nameLens has bit n set when a header name of length n (n >= 63:
 	// bit 63) may matter to the request scan; see scanLen.
@@ -308,7 +309,7 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 		}
 	}
 	c.indexNames()
-	c.keyLen = keycache.KeyLen(c.prefix)
+	c.minKeyLen, c.maxKeyLen = keycache.MinKeyLen(c.prefix), keycache.MaxKeyLen(c.prefix)
 	return c, nil
 }
 

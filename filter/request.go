@@ -359,7 +359,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	// A key this worker holds in its record cache passed CheckKey when it
 	// took its slot: its tag, a keyed PRF of the key, stands for it. The
 	// length check first bounds the work of tagging a hostile value.
-	if len(f.key) != c.keyLen {
+	if len(f.key) < c.minKeyLen || len(f.key) > c.maxKeyLen {
 		return s.refuse(codeMalformedKey, nil, now, f.authority)
 	}
 	slot, held, tag := r.records.find(f.key)
