@@ -267,11 +267,16 @@ func cookiePair(part string) (name, value string, ok bool) {
 }
 
 func trimSpace(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
+	s = trimLeadingSpace(s)
 	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
 		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func trimLeadingSpace(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
 	}
 	return s
 }
@@ -309,7 +314,7 @@ func (s *stream) stripCookies(f *found, mask uint32) {
 			if kept {
 				b = append(b, ';')
 				b = append(b, part...)
-			} else if p := trimSpace(part); p != "" {
+			} else if p := trimLeadingSpace(part); p != "" {
 				b = append(b, p...)
 				kept = true
 			}
