@@ -1,6 +1,9 @@
 package wordlist
 
 import (
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/keygate/keygate/keycache"
@@ -32,5 +35,33 @@ func TestShippedList(t *testing.T) {
 	}
 	if loss := 32*5.954196310386876 - w.EntropyBits(keycache.DefaultBodyLen); loss > 0.03 {
 		t.Errorf("the default body loses %.3f bits", loss)
+	}
+}
+
+// TestReadmeStatesTheRates: README.md's key format table and word count are
+// the shipped list's.
+func TestReadmeStatesTheRates(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{keycache.MinBodyLen, keycache.DefaultBodyLen, keycache.MaxBodyLen} {
+		row := fmt.Sprintf("| %d | %.2f | %.2f%% |", n, w.EntropyBits(n), 100*w.RejectRate(n))
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README.md lacks the row %q", row)
+		}
+	}
+	words := 0
+	for _, line := range strings.Split(text, "\n") {
+		if line = strings.TrimSpace(line); line != "" && line[0] != '#' {
+			words++
+		}
+	}
+	if want := fmt.Sprintf("`keycache/wordlist/words.txt` (%d words)", words); !strings.Contains(string(readme), want) {
+		t.Errorf("README.md lacks %q", want)
 	}
 }
