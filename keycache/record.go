@@ -26,8 +26,8 @@ const (
 // FormatVersion is the first byte of every encoded record. Version 2 adds
 // the budget after the owner; Parse still reads version 1 (no budget), which
 // a filter of the previous release may have left in shared data, so a
-// reloaded filter keeps serving its keys until its first snapshot rewrites
-// them.
+// filter reloaded in place keeps serving those keys (each as its own
+// budget) until their records are rewritten.
 const (
 	FormatVersion = 2
 	formatV1      = 1
