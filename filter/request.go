@@ -20,7 +20,7 @@ type filterRoot struct {
 	usage    *usageCounter
 	limiter  bucket.Limiter
 	recKey   [1 + keycache.HashSize]byte
-	limKey   [1 + keycache.HashSize]byte
+	limKey   [1 + keycache.MaxStringLen]byte // "r" + budget id (see limiterName)
 	shareKey []byte
 	hdrBuf   []byte    // response header values being rendered
 	pathBuf  []byte    // the normalized path of the current request, when not normal as sent
@@ -525,16 +525,16 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return types.ActionPause
 	}
 	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
-		copy(r.limKey[1:], slot.hash[:])
+		budget := rec.Budget()
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		if periodMS > maxPeriodMS { // periodMS*1e6 overflowed: no valid policy
 			policy.PeriodNanos = -1
 		}
 		local := policy
-		if share := r.share(slot, id, &r.state, now); share < 1 {
+		if share := r.share(slot, budget, &r.state, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
-		res, err := r.limiter.TakeLeased(bstr(r.limKey[:]), &slot.lease, local, rt.cost, now)
+		res, err := r.limiter.TakeLeased(r.limiterName(budget), &slot.lease, local, rt.cost, now)
 		switch {
 		case err == nil:
 		case errors.Is(err, bucket.ErrBadPolicy):
@@ -584,11 +584,21 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	return types.ActionContinue
 }
 
-// share returns this node's share of the key's rate: the control plane's
-// per-key share when it sent one, else its default share, else 1.
-func (r *filterRoot) share(slot *recordSlot, id []byte, st *syncState, now int64) float64 {
+// limiterName returns the shared-data name of a budget's limiter state:
+// limiterTag + the budget id, built in the root's fixed buffer (the host
+// copies the name), so every key of one rotation lineage takes from one
+// bucket in this Envoy (docs/lifecycle.md).
+func (r *filterRoot) limiterName(budget []byte) string {
+	n := copy(r.limKey[1:], budget) // a record's strings fit: MaxStringLen
+	return bstr(r.limKey[:1+n])
+}
+
+// share returns this node's share of the key's budget's rate: the control
+// plane's share for the budget when it sent one, else its default share,
+// else 1.
+func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now int64) float64 {
 	if st.keyShares {
-		if v := r.keyShare(slot, id, now); v > 0 {
+		if v := r.keyShare(slot, budget, now); v > 0 {
 			return v
 		}
 	}
@@ -598,16 +608,17 @@ func (r *filterRoot) share(slot *recordSlot, id []byte, st *syncState, now int64
 	return 1
 }
 
-// keyShare returns the control plane's share for the slot's key (0 when it
-// sent none), read from shared data at most every shareTTL: a share moves
-// at most once per flush period, and a host call on every request for it
-// cost more than the rest of the limiter.
-func (r *filterRoot) keyShare(slot *recordSlot, id []byte, now int64) float64 {
+// keyShare returns the control plane's share for the slot's key's budget
+// (0 when it sent none; the control plane names shares by budget id), read
+// from shared data at most every shareTTL: a share moves at most once per
+// flush period, and a host call on every request for it cost more than the
+// rest of the limiter.
+func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float64 {
 	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < shareTTL {
 		return slot.share
 	}
 	var v float64
-	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
+	r.shareKey = append(append(r.shareKey[:0], shareTag), budget...)
 	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
 		if d, ok := decodeShare(b); ok {
 			v = d
