@@ -100,7 +100,8 @@ func TestFilterOnlySyncs(t *testing.T) {
 // TestFilterOnlyTakeover: a worker taking the lease from a holder whose VM
 // died continues its instance: it resends the unacknowledged batch byte for
 // byte, same (node, boot, seq) and token, without registering; the counts
-// the dead holder left in the queue go in the next batch.
+// the dead holder left in the queue go in the next batch; share entries the
+// dead holder wrote are cleared when the control plane stops listing them.
 func TestFilterOnlyTakeover(t *testing.T) {
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
 		const boot = "00112233aabbccdd"
@@ -110,6 +111,14 @@ func TestFilterOnlyTakeover(t *testing.T) {
 			seedLease(t, 42, fakeEpochNanos/1e6-1) // the dead holder's, expired
 			r := instanceRecord{node: "node-a", boot: boot, token: tok, seq: 7, inflight: batch}
 			if err := setShared(instanceKey, r.encode()); err != nil {
+				t.Fatal(err)
+			}
+			// A share the dead holder wrote, for a key the control plane
+			// will no longer list.
+			if err := setShared(shareIDsKey, encodeShareIDs(map[string]bool{"key_x": true})); err != nil {
+				t.Fatal(err)
+			}
+			if err := setShared(string(shareTag)+"key_x", []byte{0, 0, 0, 0, 0, 0, 0xe0, 0x3f}); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -130,7 +139,16 @@ func TestFilterOnlyTakeover(t *testing.T) {
 				t.Fatal("registered again instead of continuing the instance")
 			}
 		}
-		h.answer(u, "200", []byte(`{}`))
+		h.answer(u, "200", []byte(`{"shares":{"key_b":0.25},"default_share":0.5}`))
+		if b, _, err := proxywasm.GetSharedData(string(shareTag) + "key_x"); err != nil || len(b) != 0 {
+			t.Fatalf("share of key_x %v, %v: want it cleared by the new holder", b, err)
+		}
+		if b, _, _ := proxywasm.GetSharedData(string(shareTag) + "key_b"); len(b) != 8 {
+			t.Fatal("no share entry for key_b")
+		}
+		if b, _, _ := proxywasm.GetSharedData(shareIDsKey); !sameIDs(decodeShareIDs(b), map[string]bool{"key_b": true}) {
+			t.Fatalf("share ids %q, want key_b", b)
+		}
 		next := h.next("/v1/usage")
 		nb := gjson.ParseBytes(next.Body)
 		if nb.Get("seq").Int() != 8 || nb.Get("boot").Str != boot || counts(next.Body)["allowed/key_b/1640995200"] != 4 {

@@ -17,6 +17,8 @@ import (
 //   - the unacknowledged batch, byte for byte, so that the next holder
 //     resends it with the same (node, boot, seq): the control plane counts
 //     it once whether or not the dead holder's send had reached it;
+//   - the key ids that have a share entry (shareIDsKey), so that the next
+//     holder clears those the control plane stops listing;
 //   - the pending counts, which are not kept in the holder's memory at all:
 //     they stay in the usage queue (shared, outliving the VMs), drained
 //     only when a batch is built and put back, merged, when they cannot be
@@ -26,6 +28,7 @@ import (
 //
 //	format (1) | seq (8) | flags (1) | len+node | len+boot | len+token | batch (rest)
 const (
+	shareIDsKey    = "keygate/shareids" // 2-byte length + key id, repeated
 	instanceKey    = "keygate/instance"
 	instanceFormat = 1
 	instLegacy     = 1
@@ -102,4 +105,42 @@ func batchCounts(batch []byte) (keys []string, ns []int64, err error) {
 		return true
 	})
 	return keys, ns, err
+}
+
+func encodeShareIDs(ids map[string]bool) []byte {
+	var b []byte
+	for id := range ids {
+		if len(id) > 0xffff {
+			continue // never: key ids are at most keycache.MaxStringLen
+		}
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(id)))
+		b = append(b, id...)
+	}
+	return b
+}
+
+// decodeShareIDs reads encodeShareIDs; a truncated tail is ignored.
+func decodeShareIDs(b []byte) map[string]bool {
+	ids := make(map[string]bool)
+	for len(b) >= 2 {
+		n := int(binary.LittleEndian.Uint16(b))
+		if len(b) < 2+n {
+			break
+		}
+		ids[string(b[2:2+n])] = true
+		b = b[2+n:]
+	}
+	return ids
+}
+
+func sameIDs(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id := range a {
+		if !b[id] {
+			return false
+		}
+	}
+	return true
 }

@@ -217,6 +217,9 @@ func (s *syncer) resume() bool {
 		return false
 	}
 	s.boot, s.token, s.seq, s.legacy = r.boot, r.token, r.seq, r.legacy
+	if b, _, err := proxywasm.GetSharedData(shareIDsKey); err == nil {
+		s.shareIDs = decodeShareIDs(b)
+	}
 	if r.inflight != nil {
 		keys, ns, err := batchCounts(r.inflight)
 		if err != nil {
@@ -1054,6 +1057,12 @@ func (s *syncer) applyShares(body []byte) error {
 			if err := setShared(string(shareTag)+id, nil); err != nil {
 				return err
 			}
+		}
+	}
+	if s.lease != nil && !sameIDs(seen, s.shareIDs) {
+		// The next lease holder must know which entries to clear.
+		if err := setShared(shareIDsKey, encodeShareIDs(seen)); err != nil {
+			return err
 		}
 	}
 	s.shareIDs = seen
