@@ -44,20 +44,27 @@ func root(t *testing.T) string {
 
 func loadBootstrap(t *testing.T) *bootstrapv3.Bootstrap {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(root(t), "envoy.yaml"))
+	return loadBootstrapFile(t, "envoy.yaml")
+}
+
+// loadBootstrapFile parses and validates a bootstrap below the repository
+// root.
+func loadBootstrapFile(t *testing.T, name string) *bootstrapv3.Bootstrap {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root(t), name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	js, err := yaml.YAMLToJSON(raw)
 	if err != nil {
-		t.Fatalf("envoy.yaml is not YAML: %v", err)
+		t.Fatalf("%s is not YAML: %v", name, err)
 	}
 	var b bootstrapv3.Bootstrap
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(js, &b); err != nil {
-		t.Fatalf("envoy.yaml does not match Envoy's Bootstrap proto: %v", err)
+		t.Fatalf("%s does not match Envoy's Bootstrap proto: %v", name, err)
 	}
 	if err := b.ValidateAll(); err != nil {
-		t.Fatalf("envoy.yaml bootstrap: %v", err)
+		t.Fatalf("%s bootstrap: %v", name, err)
 	}
 	return &b
 }
@@ -270,6 +277,75 @@ func checkJSON(t *testing.T, what string, got map[string]json.RawMessage, want m
 		if _, ok := want[k]; !ok {
 			t.Errorf("%s configuration has unexpected field %q", what, k)
 		}
+	}
+}
+
+// TestFilterOnlyEnvoyYAMLValidates checks deploy/envoy-filter-only.yaml
+// against Envoy's protos: envoy.yaml without the bootstrap service, the
+// filter with an empty vm_id (as Istio's WasmPlugin makes it) carrying
+// envoy.yaml's sync settings and a lease; clusters and everything else of
+// the listener as in envoy.yaml.
+func TestFilterOnlyEnvoyYAMLValidates(t *testing.T) {
+	main := loadBootstrap(t)
+	b := loadBootstrapFile(t, "deploy/envoy-filter-only.yaml")
+	if len(b.GetBootstrapExtensions()) != 0 {
+		t.Fatalf("bootstrap extensions %v: filter-only mode has none", b.GetBootstrapExtensions())
+	}
+	typed := map[string][]proto.Message{}
+	unpackAll(t, b.ProtoReflect(), typed)
+	if n := len(typed["envoy.extensions.wasm.v3.WasmService"]); n != 0 {
+		t.Errorf("%d wasm services", n)
+	}
+	if n := len(typed["envoy.extensions.filters.http.wasm.v3.Wasm"]); n != 1 {
+		t.Fatalf("%d wasm filters, want 1", n)
+	}
+	mainTyped := map[string][]proto.Message{}
+	unpackAll(t, main.ProtoReflect(), mainTyped)
+
+	filter := typed["envoy.extensions.filters.http.wasm.v3.Wasm"][0].(*wasmfilterv3.Wasm).GetConfig()
+	mainFilter := mainTyped["envoy.extensions.filters.http.wasm.v3.Wasm"][0].(*wasmfilterv3.Wasm).GetConfig()
+	if vm := filter.GetVmConfig(); vm.GetVmId() != "" || vm.GetCode().GetLocal().GetFilename() != "build/filter.wasm" {
+		t.Errorf("filter vm_config %v: want the empty vm_id", vm)
+	}
+	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() || filter.GetFailOpen() { //nolint:staticcheck // the deprecated field on purpose
+		t.Errorf("failure policy %v, want envoy.yaml's %v", filter.GetFailurePolicy(), mainFilter.GetFailurePolicy())
+	}
+	// The filter's settings are envoy.yaml's, plus "sync": the sync
+	// service's settings without role, plus lease_ms.
+	got := pluginJSON(t, filter)
+	want := map[string]string{}
+	for k, v := range pluginJSON(t, mainFilter) {
+		want[k] = space.ReplaceAllString(string(v), "")
+	}
+	syncWant := pluginJSON(t, mainTyped["envoy.extensions.wasm.v3.WasmService"][0].(*wasmv3.WasmService).GetConfig())
+	delete(syncWant, "role")
+	syncWant["lease_ms"] = json.RawMessage("3000")
+	var syncGot map[string]json.RawMessage
+	if err := json.Unmarshal(got["sync"], &syncGot); err != nil {
+		t.Fatalf("filter sync settings: %v", err)
+	}
+	delete(got, "sync")
+	checkJSON(t, "filter", got, want)
+	wantSync := map[string]string{}
+	for k, v := range syncWant {
+		wantSync[k] = space.ReplaceAllString(string(v), "")
+	}
+	checkJSON(t, "filter sync", syncGot, wantSync)
+
+	// Everything else is envoy.yaml's.
+	if !proto.Equal(&bootstrapv3.Bootstrap_StaticResources{Clusters: b.GetStaticResources().GetClusters()},
+		&bootstrapv3.Bootstrap_StaticResources{Clusters: main.GetStaticResources().GetClusters()}) {
+		t.Error("clusters differ from envoy.yaml's")
+	}
+	if !proto.Equal(b.GetNode(), main.GetNode()) || !proto.Equal(b.GetAdmin(), main.GetAdmin()) {
+		t.Error("node or admin differ from envoy.yaml's")
+	}
+	hcm := typed["envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"][0].(*hcmv3.HttpConnectionManager)
+	mainHCM := mainTyped["envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"][0].(*hcmv3.HttpConnectionManager)
+	hcm, mainHCM = proto.Clone(hcm).(*hcmv3.HttpConnectionManager), proto.Clone(mainHCM).(*hcmv3.HttpConnectionManager)
+	hcm.HttpFilters, mainHCM.HttpFilters = nil, nil
+	if !proto.Equal(hcm, mainHCM) {
+		t.Error("http_connection_manager differs from envoy.yaml's beyond the wasm filter")
 	}
 }
 

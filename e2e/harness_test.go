@@ -363,16 +363,23 @@ func startUpstream(tb testing.TB) *httptest.Server {
 // place of the placeholder.
 func hostConfig(tb testing.TB, cp *controlPlane) *host.Config {
 	tb.Helper()
-	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(tb), "envoy.yaml"))
+	return hostConfigFile(tb, cp, "envoy.yaml")
+}
+
+// hostConfigFile is hostConfig for another bootstrap below the repository
+// root (deploy/envoy-filter-only.yaml).
+func hostConfigFile(tb testing.TB, cp *controlPlane, name string) *host.Config {
+	tb.Helper()
+	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(tb), name))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if !bytes.Contains(raw, []byte(filterToken)) {
-		tb.Fatalf("envoy.yaml no longer carries the %s placeholder", filterToken)
+		tb.Fatalf("%s no longer carries the %s placeholder", name, filterToken)
 	}
 	cfg, err := host.ParseConfig(bytes.ReplaceAll(raw, []byte(filterToken), []byte(cp.filter)))
 	if err != nil {
-		tb.Fatalf("envoy.yaml: %v", err)
+		tb.Fatalf("%s: %v", name, err)
 	}
 	return cfg
 }
@@ -452,6 +459,10 @@ type hostOptions struct {
 	accessLog io.Writer
 	// edit changes the parsed envoy.yaml before the host starts.
 	edit func(*host.Config)
+	// configFile replaces envoy.yaml (a path below the repository root).
+	configFile string
+	// vmFailures is how many VM failures the test causes on purpose.
+	vmFailures int64
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -459,6 +470,9 @@ type hostOptions struct {
 func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hostOptions) *proxy {
 	tb.Helper()
 	cfg := hostConfig(tb, cp)
+	if o.configFile != "" {
+		cfg = hostConfigFile(tb, cp, o.configFile)
+	}
 	if o.filter != nil {
 		tune(tb, cfg, "filter", o.filter)
 	}
@@ -517,8 +531,8 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = h.Close(ctx)
-		if n := h.Counter("wasm_host.vm_failed"); n != 0 {
-			tb.Errorf("host: %d VM failures", n)
+		if n := h.Counter("wasm_host.vm_failed"); n != o.vmFailures {
+			tb.Errorf("host: %d VM failures, want %d", n, o.vmFailures)
 		}
 	})
 	if !o.noWait {

@@ -13,6 +13,8 @@ import (
 //   - the HTTP filter (no "role", or "role": "filter") on every worker VM;
 //   - the syncing VM ("role": "sync"), configured as Envoy's singleton
 //     bootstrap wasm service with the same vm_id.
+// A filter configuration with a "sync" object is filter-only mode: no
+// bootstrap service; the worker holding the sync lease syncs (lease.go).
 // Every field is validated at on_configure; a wrong type, an unknown field or
 // an impossible value rejects the configuration with a log line naming it.
 
@@ -63,6 +65,13 @@ type filterConfig struct {
 	allowAnonymous   bool
 	flushPeriodMS    uint32
 	vmID             string
+	// vmIDSet: vm_id was given; filter-only mode otherwise asks Envoy for
+	// the plugin's vm_id (property plugin_vm_id).
+	vmIDSet bool
+
+	// sync is set in filter-only mode: the sync settings the lease holder
+	// runs with (the "sync" object; max_staleness_ms is the filter's).
+	sync *syncConfig
 
 	// minKeyLen and maxKeyLen bound the length of a well-formed key: every
 	// body length the control plane can issue (keycache.MinKeyLen).
@@ -131,6 +140,9 @@ type syncConfig struct {
 	// maxStalenessMS (checkStaleness).
 	maxBackoffMS   int64
 	maxStalenessMS int64
+	// leaseMS is set in filter-only mode: how long the sync lease holds
+	// without renewal (lease.go).
+	leaseMS int64
 }
 
 // longPollMarginMS is what a long-poll callout may take beyond the
@@ -145,10 +157,21 @@ const longPollMarginMS = 2000
 // (timeout_ms, it asks with wait=0) must fit in max_staleness_ms.
 func (c *syncConfig) checkStaleness() error {
 	need := c.longPollS*1000 + longPollMarginMS + c.maxBackoffMS + int64(c.timeoutMS)
+	if c.leaseMS == 0 {
+		if need > c.maxStalenessMS {
+			return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what the sync service can keep: "+
+				"control_plane.long_poll_s*1000 + 2000 + max_backoff_ms + control_plane.timeout_ms = "+itoa(need)+
+				"; lower max_backoff_ms, control_plane.timeout_ms or control_plane.long_poll_s, or raise max_staleness_ms")
+		}
+		return nil
+	}
+	// Filter-only: the syncing worker may die; its successor syncs within
+	// the takeover bound.
+	need += c.leaseMS + leaseTakeoverMS
 	if need > c.maxStalenessMS {
-		return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what the sync service can keep: "+
-			"control_plane.long_poll_s*1000 + 2000 + max_backoff_ms + control_plane.timeout_ms = "+itoa(need)+
-			"; lower max_backoff_ms, control_plane.timeout_ms or control_plane.long_poll_s, or raise max_staleness_ms")
+		return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what filter-only sync can keep: "+
+			"sync.control_plane.long_poll_s*1000 + 2000 + sync.max_backoff_ms + sync.control_plane.timeout_ms + sync.lease_ms + "+
+			itoa(leaseTakeoverMS)+" = "+itoa(need)+"; lower those or raise max_staleness_ms")
 	}
 	return nil
 }
@@ -355,7 +378,7 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 	}
 	root := gjson.ParseBytes(data)
 	if err := fields(root, "", "role", "key_sources", "key_prefix", "strip_credential", "identity_headers",
-		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id"); err != nil {
+		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id", "sync"); err != nil {
 		return nil, err
 	}
 	var err error
@@ -430,11 +453,20 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 		return nil, err
 	}
 	c.flushPeriodMS = uint32(flush)
+	// Any vm_id, the empty one too (Istio's WasmPlugin sets none): it
+	// must be the vm_config's, where the usage queue is registered.
+	c.vmIDSet = root.Get("vm_id").Exists()
 	if c.vmID, err = getString(root, "", "vm_id", c.vmID); err != nil {
 		return nil, err
 	}
-	if c.vmID == "" {
-		return nil, bad("vm_id", "must not be empty")
+	if v := root.Get("sync"); v.Exists() {
+		if c.sync, err = parseSyncFields(v, "sync", true); err != nil {
+			return nil, err
+		}
+		c.sync.maxStalenessMS = c.maxStalenessMS
+		if err := c.sync.checkStaleness(); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -556,6 +588,33 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 }
 
 func parseSyncConfig(data []byte) (*syncConfig, error) {
+	c, err := parseSyncFields(gjson.ParseBytes(data), "", false)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkStaleness(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// defaultLeaseMS is lease_ms's default: a dead syncing worker is replaced
+// within 3.2 s.
+const defaultLeaseMS = 3000
+
+// parseSyncFields reads the sync settings: the sync role's root object, or
+// (lease: filter-only mode) the filter's "sync" object, whose fields are
+// the same but for role and max_staleness_ms (the filter's) and with
+// lease_ms. Errors name fields below path.
+func parseSyncFields(root gjson.Result, path string, lease bool) (*syncConfig, error) {
+	c, err := parseSyncObject(root, lease)
+	if e, ok := err.(*configError); ok && path != "" {
+		e.field = strings.TrimSuffix(join(path, e.field), ".")
+	}
+	return c, err
+}
+
+func parseSyncObject(root gjson.Result, lease bool) (*syncConfig, error) {
 	c := &syncConfig{
 		syncPath:      "/v1/sync",
 		usagePath:     "/v1/usage",
@@ -568,8 +627,13 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 		// The filter role's default: set both to the same value.
 		maxStalenessMS: 60000,
 	}
-	root := gjson.ParseBytes(data)
-	if err := fields(root, "", "role", "control_plane", "flush_period_ms", "node_id", "retry_ms", "max_backoff_ms", "max_staleness_ms"); err != nil {
+	allowed := []string{"control_plane", "flush_period_ms", "node_id", "retry_ms", "max_backoff_ms"}
+	if lease {
+		allowed = append(allowed, "lease_ms")
+	} else {
+		allowed = append(allowed, "role", "max_staleness_ms")
+	}
+	if err := fields(root, "", allowed...); err != nil {
 		return nil, err
 	}
 	cp := root.Get("control_plane")
@@ -625,10 +689,14 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 	if c.retryMS > c.maxBackoffMS {
 		return nil, bad("retry_ms", "must not exceed max_backoff_ms ("+itoa(c.maxBackoffMS)+")")
 	}
-	if c.maxStalenessMS, err = getInt(root, "", "max_staleness_ms", c.maxStalenessMS, 1000, 7*24*3600*1000); err != nil {
-		return nil, err
+	if !lease {
+		if c.maxStalenessMS, err = getInt(root, "", "max_staleness_ms", c.maxStalenessMS, 1000, 7*24*3600*1000); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
-	if err := c.checkStaleness(); err != nil {
+	// At least five ticks: a holder whose ticks run a little late keeps it.
+	if c.leaseMS, err = getInt(root, "", "lease_ms", defaultLeaseMS, 5*syncTickMS, 60000); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -61,7 +61,22 @@ func TestConfigValidation(t *testing.T) {
 		{`{"max_staleness_ms":1e300}`, "max_staleness_ms"},
 		{`{"anonymous":true}`, "anonymous"},
 		{`{"flush_period_ms":-1}`, "flush_period_ms"},
-		{`{"vm_id":""}`, "vm_id"},
+		{`{"vm_id":""}`, ""},
+		// Filter-only mode: the sync settings in the filter's "sync".
+		{filterOnlyConfig, ""},
+		{`{"sync":{"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, ""},
+		{`{"sync":{}}`, "sync.control_plane"},
+		{`{"sync":[]}`, "sync"},
+		{`{"sync":{"control_plane":{"authority":"a","credential":"s"}}}`, "sync.control_plane.cluster"},
+		{`{"sync":{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.role"},
+		{`{"sync":{"max_staleness_ms":60000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.max_staleness_ms"},
+		{`{"sync":{"lease_ms":499,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.lease_ms"},
+		{`{"sync":{"lease_ms":60001,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.lease_ms"},
+		{`{"role":"sync","lease_ms":1000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "lease_ms"},
+		// The staleness rule with the takeover: 20000 + 2000 + 2000 + 5000
+		// + lease_ms 3000 + 200 = 32200.
+		{`{"max_staleness_ms":32200,"sync":{"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, ""},
+		{`{"max_staleness_ms":32199,"sync":{"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "max_staleness_ms"},
 		{`{"role":"sync"}`, "control_plane"},
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","bogus":1}}`, "control_plane.bogus"},
 		{`{"role":"sync","control_plane":{"authority":"a","credential":"s"}}`, "control_plane.cluster"},

@@ -125,7 +125,7 @@ func TestUsageRetriedAtOnce(t *testing.T) {
 }
 
 func TestBackoffCapped(t *testing.T) {
-	s := newSyncer(&syncConfig{retryMS: 100, maxBackoffMS: 450}, fakeClock())
+	s := newSyncer(&syncConfig{retryMS: 100, maxBackoffMS: 450}, fakeClock(), nil)
 	for fails, want := range map[int]int64{2: 100, 3: 200, 4: 400, 5: 450, 100: 450} {
 		if got := s.backoff(fails); got != want {
 			t.Errorf("backoff after %d failures: %d, want %d", fails, got, want)

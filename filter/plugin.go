@@ -2,10 +2,13 @@
 // proxy-wasm plugin. One .wasm serves two roles chosen by the plugin
 // configuration: the HTTP filter on every worker (request.go) and the syncing
 // VM (sync.go) that keeps the key records in shared data and flushes usage.
+// In filter-only mode there is no syncing VM: the worker holding the sync
+// lease (lease.go) runs the syncer besides its filter.
 // cmd/filter only wires NewVM into the SDK.
 package filter
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -56,6 +59,14 @@ type plugin struct {
 	clock  Clock
 	filter *filterRoot
 	sync   *syncer
+
+	// Filter-only mode: the sync settings, this VM's side of the lease,
+	// and when the worker next hands its counts to the queue (the tick
+	// runs every syncTickMS for the lease).
+	syncCfg       *syncConfig
+	lease         *lease
+	flushPeriodNs int64
+	nextHandOffNs int64
 }
 
 func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
@@ -75,7 +86,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 			proxywasm.LogCriticalf("keygate: %v", err)
 			return types.OnPluginStartStatusFailed
 		}
-		p.sync = newSyncer(cfg, p.clock)
+		p.sync = newSyncer(cfg, p.clock, nil)
 		if err := p.sync.start(); err != nil {
 			proxywasm.LogCriticalf("keygate: starting sync: %v", err)
 			return types.OnPluginStartStatusFailed
@@ -87,20 +98,56 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
-	warnStaleness(cfg.maxStalenessMS)
+	tick := cfg.flushPeriodMS
+	if cfg.sync != nil {
+		if err := p.startFilterOnly(cfg); err != nil {
+			proxywasm.LogCriticalf("keygate: %v", err)
+			return types.OnPluginStartStatusFailed
+		}
+		tick = syncTickMS
+	} else {
+		warnStaleness(cfg.maxStalenessMS)
+	}
 	if p.filter, err = newFilterRoot(cfg, p.clock); err != nil {
 		proxywasm.LogCriticalf("keygate: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
-	if err := proxywasm.SetTickPeriodMilliSeconds(cfg.flushPeriodMS); err != nil {
+	if err := proxywasm.SetTickPeriodMilliSeconds(tick); err != nil {
 		proxywasm.LogCriticalf("keygate: setting tick period: %v", err)
 		return types.OnPluginStartStatusFailed
 	}
 	return types.OnPluginStartStatusOK
 }
 
+// startFilterOnly prepares filter-only mode. The lease is first taken on a
+// tick, never here: Envoy configures every plugin once more in a throw-away
+// VM, which would hold it until it expired.
+func (p *plugin) startFilterOnly(cfg *filterConfig) error {
+	if !cfg.vmIDSet {
+		// The queue is registered under the VM's own vm_id; Envoy tells
+		// it (empty under Istio's WasmPlugin).
+		cfg.vmID = ""
+		if b, err := proxywasm.GetProperty([]string{"plugin_vm_id"}); err == nil {
+			cfg.vmID = string(b)
+		}
+	}
+	var rnd [8]byte
+	for binary.LittleEndian.Uint64(rnd[:]) == 0 {
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return errors.New("reading randomness for the sync lease: " + err.Error())
+		}
+	}
+	p.syncCfg = cfg.sync
+	p.lease = newLease(hostStore{}, binary.LittleEndian.Uint64(rnd[:]), cfg.sync.leaseMS)
+	p.flushPeriodNs = int64(cfg.flushPeriodMS) * 1e6
+	p.nextHandOffNs = p.clock() + p.flushPeriodNs
+	return nil
+}
+
 func (p *plugin) OnTick() {
 	switch {
+	case p.filter != nil && p.lease != nil:
+		p.tickFilterOnly()
 	case p.filter != nil:
 		p.filter.usage.handOff(p.clock())
 	case p.sync != nil:
@@ -108,8 +155,40 @@ func (p *plugin) OnTick() {
 	}
 }
 
+// tickFilterOnly hands the worker's counts to the queue when due, then
+// takes or renews the lease and runs the syncer while it is held.
+func (p *plugin) tickFilterOnly() {
+	now := p.clock()
+	if now >= p.nextHandOffNs {
+		p.nextHandOffNs = now + p.flushPeriodNs
+		p.filter.usage.handOff(now)
+	}
+	held, _, stopped := p.lease.tick(now / 1e6)
+	if stopped && p.sync != nil {
+		proxywasm.LogWarnf("keygate: lost the sync lease to holder %016x; this worker stops syncing", p.lease.last.holder)
+		p.sync.stop()
+		p.sync = nil
+	}
+	if held && p.sync == nil {
+		// Just became the holder (or a start failed: try again).
+		// Registering the queue makes this VM its consumer, in place of
+		// the previous holder; the syncer continues what that one stored.
+		s := newSyncer(p.syncCfg, p.clock, p.lease)
+		if err := s.start(); err != nil {
+			proxywasm.LogCriticalf("keygate: starting sync in this worker: %v", err)
+			return
+		}
+		p.sync = s
+	}
+	if held && p.sync != nil {
+		p.sync.tick()
+	}
+}
+
 func (p *plugin) OnQueueReady(queueID uint32) {
-	if p.sync != nil {
+	// In filter-only mode the lease holder takes counts out of the queue
+	// only when it builds a batch (handover.go).
+	if p.sync != nil && p.sync.lease == nil {
 		p.sync.drainQueue(queueID)
 	}
 }
@@ -117,6 +196,13 @@ func (p *plugin) OnQueueReady(queueID uint32) {
 func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
 		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
+	}
+	if p.lease != nil {
+		if p.sync != nil {
+			p.sync.stop()
+			p.sync = nil
+		}
+		p.lease.release(p.clock() / 1e6)
 	}
 	return true
 }

@@ -85,14 +85,22 @@ func warnStaleness(filterMS int64) {
 }
 
 // syncer is the syncing VM: it pulls key records from the control plane into
-// shared data and pushes usage counts to it. Envoy runs it once per process
-// as a singleton bootstrap service sharing the filter's vm_id. A trap kills
-// it for good (Envoy never reloads a bootstrap service), so nothing here
-// may panic on any input: every index is bounded and every body is checked
-// (size, nesting) before it is parsed.
+// shared data and pushes usage counts to it. Envoy runs it once per process,
+// either as a singleton bootstrap service sharing the filter's vm_id, or,
+// in filter-only mode, inside the one worker VM holding the sync lease
+// (lease.go). A trap kills a bootstrap service for good (Envoy never
+// reloads one), so nothing here may panic on any input: every index is
+// bounded and every body is checked (size, nesting) before it is parsed.
 type syncer struct {
 	cfg   *syncConfig
 	clock Clock
+
+	// lease is set in filter-only mode: the syncer runs while its VM holds
+	// the lease and keeps what the next holder continues in shared data
+	// (handover.go). stopped: the lease went to another VM; answers still
+	// coming in are ignored.
+	lease   *lease
+	stopped bool
 
 	// Key sync.
 	state      syncState
@@ -136,8 +144,8 @@ type syncer struct {
 	lastDropLogMS   int64
 }
 
-func newSyncer(cfg *syncConfig, clock Clock) *syncer {
-	return &syncer{cfg: cfg, clock: clock, pending: make(map[string]int64), shareIDs: make(map[string]bool), lastDropLogMS: math.MinInt64 / 2}
+func newSyncer(cfg *syncConfig, clock Clock, l *lease) *syncer {
+	return &syncer{cfg: cfg, clock: clock, lease: l, pending: make(map[string]int64), shareIDs: make(map[string]bool), lastDropLogMS: math.MinInt64 / 2}
 }
 
 func (s *syncer) nowMS() int64 { return s.clock() / 1e6 }
@@ -176,13 +184,77 @@ func (s *syncer) start() error {
 			s.node = "unnamed"
 		}
 	}
-	if err := s.newBoot(); err != nil {
-		return err
-	}
 	now := s.nowMS()
 	s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
+	if !s.resume() {
+		if err := s.newBoot(); err != nil {
+			return err
+		}
+		s.persist()
+	}
+	if s.inflight != nil {
+		s.nextFlushMS = now // the previous holder's batch: resend at once
+	}
 	return proxywasm.SetTickPeriodMilliSeconds(syncTickMS)
 }
+
+// resume continues the instance a previous lease holder stored: same boot
+// id, token and seq, and its unacknowledged batch. It reports false when
+// there is none (or not for this node), and in singleton mode.
+func (s *syncer) resume() bool {
+	if s.lease == nil {
+		return false
+	}
+	b, _, err := proxywasm.GetSharedData(instanceKey)
+	if err != nil {
+		return false
+	}
+	r, ok := decodeInstance(b)
+	if !ok || r.node != s.node {
+		if !ok {
+			proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+		}
+		return false
+	}
+	s.boot, s.token, s.seq, s.legacy = r.boot, r.token, r.seq, r.legacy
+	if b, _, err := proxywasm.GetSharedData(shareIDsKey); err == nil {
+		s.shareIDs = decodeShareIDs(b)
+	}
+	if r.inflight != nil {
+		keys, ns, err := batchCounts(r.inflight)
+		if err != nil {
+			// Never resend what this filter cannot read back: a 401 would
+			// have nothing to carry into a new instance.
+			proxywasm.LogCriticalf("keygate: %v; dropping the unacknowledged batch %d", err, r.seq)
+		} else {
+			s.inflight, s.inflightKeys, s.inflightNs = r.inflight, keys, ns
+		}
+	}
+	proxywasm.LogInfof("keygate: took over the sync lease; continuing instance %q/%s at batch %d", s.node, s.boot, s.seq)
+	return true
+}
+
+// persist stores the instance and the unacknowledged batch for the next
+// lease holder (filter-only mode; nothing in singleton mode).
+func (s *syncer) persist() {
+	if s.lease == nil {
+		return
+	}
+	r := instanceRecord{node: s.node, boot: s.boot, token: s.token, seq: s.seq, legacy: s.legacy, inflight: s.inflight}
+	if err := setShared(instanceKey, r.encode()); err != nil {
+		proxywasm.LogErrorf("keygate: storing the instance for the next sync lease holder: %v", err)
+	}
+}
+
+// active reports whether this syncer may act on an answer: always in
+// singleton mode; in filter-only mode while its VM still holds the lease.
+func (s *syncer) active() bool {
+	return s.lease == nil || !s.stopped && s.lease.check(s.nowMS())
+}
+
+// stop ends a filter-only syncer whose VM lost the lease: answers still in
+// flight are ignored, and the queue's next consumer is the new holder.
+func (s *syncer) stop() { s.stopped = true }
 
 // newBoot draws a new boot id: 16 hex digits from crypto/rand. A boot id
 // is never reused, so every instance this VM registers is new.
@@ -205,17 +277,49 @@ func (s *syncer) tick() {
 	if !s.syncBusy && now >= s.nextSyncMS {
 		s.dispatchSync()
 	}
-	if s.token == "" && !s.legacy {
+	registered := s.token != "" || s.legacy
+	if !registered && !s.regBusy && now >= s.nextRegMS {
 		// Usage waits for an instance token; counts keep merging.
-		if !s.regBusy && now >= s.nextRegMS {
-			s.dispatchRegister()
+		s.dispatchRegister()
+	}
+	if s.lease != nil {
+		// Filter-only: the counts live in the shared queue; take them
+		// out only to build a batch, and put back what is left.
+		if now >= s.nextFlushMS {
+			s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
+			s.drainQueue(s.queueID)
+			if registered && !s.usageBusy {
+				s.dispatchUsage()
+			}
+			s.compact()
 		}
 		return
 	}
-	if !s.usageBusy && now >= s.nextFlushMS {
+	if registered && !s.usageBusy && now >= s.nextFlushMS {
 		s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
 		s.dispatchUsage()
 	}
+}
+
+// compact puts the pending counts back into the usage queue, merged into
+// one message (filter-only mode: nothing waits in a VM's memory, where a
+// dead lease holder would take it along).
+func (s *syncer) compact() {
+	if s.lease == nil || len(s.pending) == 0 {
+		return
+	}
+	msg := make([]byte, 0, len(s.pending)*64)
+	for k, n := range s.pending {
+		msg = append(msg, k...)
+		msg = append(msg, '\t')
+		msg = strconv.AppendInt(msg, n, 10)
+		msg = append(msg, '\n')
+	}
+	if err := proxywasm.EnqueueSharedQueue(s.queueID, msg); err != nil {
+		proxywasm.LogErrorf("keygate: putting %d usage counts back into the queue: %v (kept in memory)", len(s.pending), err)
+		return
+	}
+	clear(s.pending)
 }
 
 // backoff is the wait after the fails-th failure in a row. The first
@@ -276,6 +380,9 @@ func (s *syncer) dispatchSync() {
 
 func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 	s.syncBusy = false
+	if !s.active() {
+		return
+	}
 	status, body, err := calloutResult(numHeaders, bodySize)
 	if err == nil && status != "200" {
 		err = errors.New("control plane answered " + status + ": " + snippet(body))
@@ -636,6 +743,7 @@ func (s *syncer) dispatchUsage() {
 		}
 		s.seq++
 		s.inflight = s.buildBatch()
+		s.persist() // before it leaves: a successor resends this very batch
 	}
 	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.usagePath, s.usageCredential()),
 		[2]string{"content-type", "application/json"}), s.inflight, nil, s.cfg.timeoutMS, s.onUsageResponse)
@@ -703,6 +811,9 @@ func splitTabs(k string) [4]string {
 
 func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 	s.usageBusy = false
+	if !s.active() {
+		return // the next holder resends the batch
+	}
 	status, body, err := calloutResult(numHeaders, bodySize)
 	switch {
 	case err != nil:
@@ -710,6 +821,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 		s.inflight = nil
 		s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 		s.usageFails = 0
+		s.persist()
 		if err := s.applyShares(body); err != nil {
 			proxywasm.LogErrorf("keygate: usage response: %v (keeping the previous limit shares)", err)
 		}
@@ -724,6 +836,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 		s.inflight = nil
 		s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 		s.usageFails = 0 // it answered: the next failure is retried at once again
+		s.persist()
 		return
 	case !s.legacy && (status == "401" || status == "403"),
 		s.legacy && status == "403" && problemCode(body) == "instance_token_required":
@@ -764,7 +877,10 @@ func (s *syncer) newInstance() error {
 	s.seq, s.idleReported = 0, false
 	s.usageFails, s.regFails = 0, 0
 	s.nextRegMS = s.nowMS()
-	return s.newBoot()
+	err := s.newBoot()
+	s.persist()
+	s.compact()
+	return err
 }
 
 // dispatchRegister registers this instance (node, boot) with the fleet
@@ -785,12 +901,16 @@ func (s *syncer) dispatchRegister() {
 
 func (s *syncer) onRegisterResponse(numHeaders, bodySize, _ int) {
 	s.regBusy = false
+	if !s.active() {
+		return
+	}
 	status, body, err := calloutResult(numHeaders, bodySize)
 	switch {
 	case err != nil:
 	case status == "201":
 		if err = s.takeToken(body); err == nil {
 			s.regFails = 0
+			s.persist()
 			proxywasm.LogInfof("keygate: registered as instance %q/%s", s.node, s.boot)
 			return
 		}
@@ -800,12 +920,14 @@ func (s *syncer) onRegisterResponse(numHeaders, bodySize, _ int) {
 		if berr := s.newBoot(); berr != nil {
 			err = berr
 		}
+		s.persist()
 	case status == "404":
 		// A control plane from before instance tokens: usage goes with
 		// the fleet credential until it asks for a token (403
 		// instance_token_required).
 		proxywasm.LogWarnf("keygate: the control plane has no %s; sending usage with the fleet credential", s.cfg.registerPath)
 		s.legacy, s.regFails = true, 0
+		s.persist()
 		return
 	case status == "400" || status == "401" || status == "403":
 		err = errors.New("control plane refused the registration (" + status + "): " + snippet(body))
@@ -935,6 +1057,12 @@ func (s *syncer) applyShares(body []byte) error {
 			if err := setShared(string(shareTag)+id, nil); err != nil {
 				return err
 			}
+		}
+	}
+	if s.lease != nil && !sameIDs(seen, s.shareIDs) {
+		// The next lease holder must know which entries to clear.
+		if err := setShared(shareIDsKey, encodeShareIDs(seen)); err != nil {
+			return err
 		}
 	}
 	s.shareIDs = seen

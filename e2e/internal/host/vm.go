@@ -83,6 +83,10 @@ type instance struct {
 
 	nextCalloutID uint32
 	callouts      map[uint32]*callout
+
+	// failAfterTick: fail the VM when its next on_tick returns
+	// (FailQueueConsumerAfterTick).
+	failAfterTick bool
 }
 
 type exports struct {
@@ -405,6 +409,10 @@ func (t *ticker) fire(gen uint64) {
 	}
 	t.timer = nil
 	if _, err := in.call(in.fn.tick, t.rc.id, uint64(t.rc.id)); err != nil {
+		return
+	}
+	if in.failAfterTick {
+		in.fail(errFailedByTest)
 		return
 	}
 	if gen == t.gen && t.period > 0 && !in.dead {
