@@ -175,25 +175,26 @@ func TestFleetFailover(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		free = append(free, a.createKey(nil))
 	}
-	for _, p := range hosts {
-		for _, k := range append([]apiKey{limited}, free...) {
+	tallies := map[string]*tally{}
+	for _, k := range append([]apiKey{limited}, free...) {
+		tallies[k.ID] = newTally()
+		for _, p := range hosts {
 			eventually(t, 10*time.Second, "key synced", func() (bool, string) {
 				r := p.get(k.Key, nil)
+				tallies[k.ID].add(t, r)
 				return r.status == 200, r.String()
 			})
 		}
 	}
 
 	var streams []*stream
-	limitedT := newTally()
+	limitedT := tallies[limited.ID]
 	for i, share := range []float64{0.80, 0.15, 0.05} {
 		streams = append(streams, &stream{key: limited, host: hosts[i], rate: 2 * limit * share, limited: true, tally: limitedT})
 	}
-	freeT := map[string]*tally{}
 	for _, k := range free {
-		freeT[k.ID] = newTally()
 		for _, p := range hosts {
-			streams = append(streams, &stream{key: k, host: p, rate: 10, tally: freeT[k.ID]})
+			streams = append(streams, &stream{key: k, host: p, rate: 10, tally: tallies[k.ID]})
 		}
 	}
 	load := &steadyLoad{tb: t, start: time.Now(), window: period, admitted: map[int]int{}, wrong: map[string]int{}}
@@ -243,7 +244,7 @@ func TestFleetFailover(t *testing.T) {
 	}
 	waitUsage(t, a, limited.ID, limitedT.snapshot(), 15*time.Second)
 	for _, k := range free {
-		waitUsage(t, b, k.ID, freeT[k.ID].snapshot(), 15*time.Second)
+		waitUsage(t, b, k.ID, tallies[k.ID].snapshot(), 15*time.Second)
 	}
 
 	var list instanceList
