@@ -392,15 +392,30 @@ func TestSyncConfigBackoffOverStalenessRefused(t *testing.T) {
 	}
 }
 
-// BenchmarkRevocationAcrossReplicas: hosts whose control plane cluster
+// BenchmarkRevocationAcrossReplicas: a host whose control plane cluster
 // lists only replica B; each iteration revokes a key through replica A's
 // REST API and measures, from the start of that call, until the host
 // refuses the key (401 key_revoked). The change reaches B's long polls
 // through PostgreSQL's NOTIFY. Reports p50-ms and p99-ms.
+//
+// "isolated" leaves 200 ms between revocations, so the host's long poll is
+// waiting on B when each one arrives. "back-to-back" revokes the next key
+// as soon as the host refused the previous one: the sync service sends its
+// next long poll on its next tick, up to 100 ms after an answer
+// (filter/sync.go, syncTickMS), and a revocation in that gap waits for it.
 func BenchmarkRevocationAcrossReplicas(b *testing.B) {
+	for _, mode := range []struct {
+		name  string
+		pause time.Duration
+	}{{"isolated", 200 * time.Millisecond}, {"back-to-back", 0}} {
+		b.Run(mode.name, func(b *testing.B) { benchRevocationAcross(b, mode.pause) })
+	}
+}
+
+func benchRevocationAcross(b *testing.B, pause time.Duration) {
 	cps := startReplicas(b, 2)
 	ra, rb := cps[0], cps[1]
-	p := startHost(b, ra, startUpstream(b), hostOptions{filter: fastFlushFilter, sync: fastFlushSync, controlPlaneAddrs: []string{rb.addr}})
+	p := startHost(b, ra, startUpstream(b), hostOptions{controlPlaneAddrs: []string{rb.addr}})
 	keys := make([]apiKey, b.N)
 	for i := range keys {
 		keys[i] = ra.createKey(nil)
@@ -414,6 +429,11 @@ func BenchmarkRevocationAcrossReplicas(b *testing.B) {
 	var all []time.Duration
 	b.ResetTimer()
 	for _, k := range keys {
+		if pause > 0 {
+			b.StopTimer()
+			time.Sleep(pause)
+			b.StartTimer()
+		}
 		t0 := time.Now()
 		ra.action(k.ID, "revoke")
 		for {
