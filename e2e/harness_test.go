@@ -126,6 +126,13 @@ type controlPlane struct {
 	admin       string
 	filter      string
 	logs        *testkit.Log
+	// store is KEYGATE_STORE; "" means sqlite:dbPath. Replicas share one
+	// (startReplicas).
+	store string
+	// env are further variables for the process (KEYGATE_POLL_INTERVAL).
+	env []string
+	// readyAt is when /readyz first answered 200 after the last start.
+	readyAt time.Time
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -156,12 +163,17 @@ func (c *controlPlane) start(addr string) {
 	tb := c.tb
 	tb.Helper()
 	cmd := exec.Command(c.bin, "serve")
+	store := c.store
+	if store == "" {
+		store = "sqlite:" + c.dbPath
+	}
 	cmd.Env = append(os.Environ(),
 		"KEYGATE_LISTEN="+addr,
-		"KEYGATE_STORE=sqlite:"+c.dbPath,
+		"KEYGATE_STORE="+store,
 		"KEYGATE_ADMIN_TOKEN="+c.admin,
 		"KEYGATE_FILTER_TOKEN="+c.filter,
 	)
+	cmd.Env = append(cmd.Env, c.env...)
 	cmd.Stdout = c.logs
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -206,6 +218,9 @@ func (c *controlPlane) start(addr string) {
 			return false, err.Error()
 		}
 		res.Body.Close()
+		if res.StatusCode == 200 {
+			c.readyAt = time.Now()
+		}
 		return res.StatusCode == 200, res.Status
 	})
 }

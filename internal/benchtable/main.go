@@ -62,6 +62,7 @@ func plan(quick bool) []run {
 		// One iteration is a whole 100k-key snapshot (about 1 s).
 		{table: "controlplane", pkg: "./controlplane/internal/api", bench: "^BenchmarkSyncSnapshot$", benchtime: "1x", count: 1},
 		{table: "revocation", pkg: "./e2e", bench: "^BenchmarkRevocationPropagation$", benchtime: q("20x", "5x"), count: 1, optional: "BenchmarkRevocationPropagation"},
+		{table: "revocation", pkg: "./e2e", bench: "^BenchmarkRevocationAcrossReplicas$", benchtime: q("50x", "5x"), count: 1},
 	}
 }
 

@@ -108,3 +108,26 @@ func TestTables(t *testing.T) {
 		}
 	}
 }
+
+func TestRevocationAcrossReplicasTable(t *testing.T) {
+	res, err := Parse(strings.NewReader("BenchmarkRevocationAcrossReplicas/isolated-2 \t 50\t 7008415 ns/op\t 6.157 p50-ms\t 15.39 p99-ms\n" +
+		"BenchmarkRevocationAcrossReplicas/back-to-back-2 \t 50\t 97666122 ns/op\t 100.7 p50-ms\t 109.1 p99-ms\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &outcome{results: Set{}, missing: []string{benchRevoke}}
+	o.results.Add(res)
+	var out bytes.Buffer
+	revocationTable(&out, o)
+	got := strings.Join(strings.Fields(out.String()), " ")
+	for _, want := range []string{
+		"skipped: BenchmarkRevocationPropagation does not exist",
+		"across replicas (PostgreSQL), isolated: p50 6.2 ms, p99 15.4 ms",
+		"across replicas (PostgreSQL), back-to-back: p50 100.7 ms, p99 109.1 ms",
+		"aim: p99 across replicas under 100 ms (isolated): met",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
