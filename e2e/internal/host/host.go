@@ -314,8 +314,17 @@ func New(opts Options) (_ *Host, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("host: listener %q: %w", l.Name, err)
 		}
+		if l.MaxRequestHeadersKB == 0 {
+			l.MaxRequestHeadersKB = 60 // Envoy's defaults, for a Config not from ParseConfig
+		}
+		if l.MaxHeadersCount == 0 {
+			l.MaxHeadersCount = 100
+		}
 		lr := &listenerRT{h: h, cfg: l, ln: ln, prefix: l.StatPrefix}
-		lr.srv = &http.Server{Handler: lr, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		// Envoy's limits are checked in codecCheck; net/http's own limit
+		// sits above them so that it never answers first.
+		lr.srv = &http.Server{Handler: lr, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil,
+			MaxHeaderBytes: l.MaxRequestHeadersKB*1024 + 64<<10}
 		h.listeners = append(h.listeners, lr)
 		go func() { _ = lr.srv.Serve(ln) }()
 	}
