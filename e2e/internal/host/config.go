@@ -216,7 +216,7 @@ var (
 	vmConfigFields     = fieldSet("vm_id", "runtime", "code", "configuration")
 	listenerFields     = fieldSet("name", "address", "filter_chains")
 	filterChainFields  = fieldSet("filters")
-	hcmFields          = fieldSet("stat_prefix", "codec_type", "route_config", "http_filters", "access_log", "http_protocol_options", "common_http_protocol_options", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "path_normalization_options")
+	hcmFields          = fieldSet("stat_prefix", "codec_type", "route_config", "http_filters", "access_log", "http_protocol_options", "common_http_protocol_options", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "path_normalization_options", "max_request_headers_kb")
 	http1Fields        = fieldSet("accept_http_10")
 	commonHTTPFields   = fieldSet("max_headers_count")
 	routeConfigFields  = fieldSet("name", "virtual_hosts", "max_direct_response_body_size_bytes")

@@ -268,7 +268,7 @@ func New(opts Options) (_ *Host, err error) {
 		}
 	}
 	for _, g := range svcOrder {
-		in, err := h.startVM(g, g.vmID+"/service")
+		in, err := h.startVM(g, g.vmID+"/service-"+g.plugins[0].Name) // named after its first service
 		if err != nil {
 			return nil, fmt.Errorf("host: service %q: %w", g.plugins[0].Name, err)
 		}
