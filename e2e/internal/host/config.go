@@ -19,10 +19,8 @@ import (
 	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 )
@@ -644,8 +642,9 @@ func parsePlugin(pc *wasmv3.PluginConfig) (*Plugin, error) {
 	return p, nil
 }
 
-// configurationBytes is what Envoy passes to the plugin: StringValue and
-// BytesValue unwrapped, Struct serialized as JSON.
+// configurationBytes is what Envoy passes to the plugin (its anyToBytes):
+// a StringValue's or BytesValue's value, and for any other type the Any's
+// serialized message as is: a Struct arrives as protobuf bytes, not JSON.
 func configurationBytes(a *anypb.Any) ([]byte, error) {
 	if a == nil {
 		return nil, nil
@@ -659,10 +658,8 @@ func configurationBytes(a *anypb.Any) ([]byte, error) {
 		return []byte(v.GetValue()), nil
 	case *wrapperspb.BytesValue:
 		return v.GetValue(), nil
-	case *structpb.Struct:
-		return protojson.Marshal(v)
 	default:
-		return nil, fmt.Errorf("type %s is not supported (StringValue, BytesValue or Struct)", a.GetTypeUrl())
+		return a.GetValue(), nil
 	}
 }
 

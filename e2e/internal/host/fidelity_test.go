@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+
 	// Registered so that a tcp_proxy network filter and a CORS http filter
 	// parse as they do in Envoy and are then refused by the host.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
@@ -404,5 +407,23 @@ func TestForeignFunctions(t *testing.T) {
 	r := do(t, "GET", h.url+"/", map[string]string{"x-probe": "foreign"}, "")
 	if r.body != "roundtrip=true smaller=true clear_route_cache=ok unknown=error status returned by host: not found" {
 		t.Fatalf("foreign functions: %+v", r)
+	}
+}
+
+// TestPluginConfigurationBytes: a StringValue or BytesValue configuration
+// reaches the plugin as its value; any other type (a Struct) as the Any's
+// serialized bytes, as Envoy's anyToBytes passes it, not as JSON.
+func TestPluginConfigurationBytes(t *testing.T) {
+	base := testYAML([]pluginSpec{{name: "p", vmID: "p", wasm: "x.wasm", config: "c"}}, nil, map[string]string{"upstream": "127.0.0.1:1"})
+	y := replaceOnce(t, base, `configuration: {"@type": type.googleapis.com/google.protobuf.StringValue, value: "c"}`,
+		`configuration: {"@type": type.googleapis.com/google.protobuf.Struct, value: {a: b}}`)
+	cfg, err := ParseConfig([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := structpb.NewStruct(map[string]any{"a": "b"})
+	want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(st)
+	if got := cfg.Listeners[0].Filters[0].Configuration; string(got) != string(want) {
+		t.Fatalf("Struct configuration %q, want its protobuf bytes %q", got, want)
 	}
 }
