@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 const (
@@ -136,11 +137,17 @@ type bodyChunkRead struct {
 // filters, keeping what leaves the chain for the router. A local reply or
 // a reset (also from a callout callback) stops it at once. It returns the
 // bytes received and whether the whole body was read.
-func (l *listenerRT) decodeBody(r *http.Request, ex *exchange, filters []*activeFilter) (int, bool) {
+func (l *listenerRT) decodeBody(w http.ResponseWriter, r *http.Request, ex *exchange, filters []*activeFilter) (received int, complete bool) {
 	ctx := r.Context()
 	chunks := make(chan bodyChunkRead)
 	done := make(chan struct{})
 	defer close(done)
+	defer func() {
+		if !complete {
+			// Unblock the reader: the rest of the body is never read.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
+	}()
 	go func() {
 		total := int64(0)
 		for {
@@ -170,7 +177,6 @@ func (l *listenerRT) decodeBody(r *http.Request, ex *exchange, filters []*active
 	}()
 	chain := newDataChain(l, ctx, ex, filters, false)
 	var fwd []byte
-	received := 0
 	pass := func(out []byte) bool {
 		fwd = append(fwd, out...)
 		if len(fwd) > maxBody {

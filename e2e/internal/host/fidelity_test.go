@@ -231,6 +231,16 @@ func TestLocalReplyBeforeTheBody(t *testing.T) {
 	}
 }
 
+// TestLocalReplyFromTheBody: a local reply from on_request_body before
+// the body is complete goes out at once and the connection closes.
+func TestLocalReplyFromTheBody(t *testing.T) {
+	h := startHost(t, probeYAML(t, ""), Options{Concurrency: 1})
+	res := rawRequest(t, h.Addr(0), "POST /l HTTP/1.1\r\nHost: x\r\nx-probe: body-local\r\nContent-Length: 100000\r\n\r\n0123456789")
+	if body := readBody(t, res); res.StatusCode != 403 || body != "first chunk 10 eos=false" || !res.Close {
+		t.Fatalf("got %d %q close=%v", res.StatusCode, body, res.Close)
+	}
+}
+
 // TestResponseBodyStreams: on_response_headers runs when the upstream's
 // headers arrive and the body reaches on_response_body chunk by chunk as
 // it arrives, end_of_stream only on the last.

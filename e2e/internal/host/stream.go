@@ -171,7 +171,7 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if local, reset := ex.stopped(); !local && !reset && !reqEOS {
-			bytesReceived, bodyDone = l.decodeBody(r, ex, filters)
+			bytesReceived, bodyDone = l.decodeBody(w, r, ex, filters)
 		}
 	}
 

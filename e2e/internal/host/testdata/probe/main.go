@@ -287,6 +287,10 @@ func (s *stream) onCallout(numHeaders, bodySize, _ int) {
 }
 
 func (s *stream) OnHttpRequestBody(size int, eos bool) types.Action {
+	if s.action == "body-local" {
+		// Answer on the first chunk, whatever is still to come.
+		return local(403, "first chunk "+strconv.Itoa(size)+" eos="+strconv.FormatBool(eos))
+	}
 	if s.action == "stream" {
 		// Buffer everything (pause until the end), noting each delivery.
 		s.chunks = append(s.chunks, strconv.Itoa(size)+":"+strconv.FormatBool(eos))
