@@ -10,7 +10,7 @@
 #
 # TinyGo: an installed `tinygo` 0.39.x on PATH is used as is. Otherwise TinyGo
 # 0.39.0 is built from source into $TINYGO_CACHE (default
-# ~/.cache/tinygo-0.39.0) the way ../shared/design/toolchain.md describes; a
+# ~/.cache/tinygo-0.39.0) the way docs/toolchain.md describes; a
 # stamp file makes the second run free.
 set -euo pipefail
 

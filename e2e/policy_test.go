@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +47,39 @@ var keySources = []keySource{
 		}
 		req.URL.RawQuery = q + "api_key=" + url.QueryEscape(key)
 	}},
+	// Only with allSources configured.
+	{"cookie", func(req *http.Request, key string) { req.Header.Add("Cookie", "theme=dark; api-key="+key+"; lang=en") }},
+}
+
+// allSources configures every kind of key source keySources uses.
+var allSources = []any{
+	map[string]any{"type": "bearer"},
+	map[string]any{"type": "header", "name": "x-api-key"},
+	map[string]any{"type": "query", "name": "api_key"},
+	map[string]any{"type": "cookie", "name": "api-key"},
+}
+
+// logCookies makes the host's access log record the Cookie header too, as
+// an operator logging it would: envoy.yaml's format with a cookie field.
+func logCookies(tb testing.TB, cp *controlPlane) func(*host.Config) {
+	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(tb), "envoy.yaml"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	const field = "\n                  path: \"%REQ(:PATH)%\""
+	if !bytes.Contains(raw, []byte(field)) {
+		tb.Fatalf("envoy.yaml's access log has no %q", field)
+	}
+	raw = bytes.Replace(raw, []byte(field), []byte(field+"\n                  cookie: \"%REQ(COOKIE)%\""), 1)
+	withCookie, err := host.ParseConfig(bytes.ReplaceAll(raw, []byte(filterToken), []byte(cp.filter)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return func(c *host.Config) {
+		for i, l := range c.Listeners {
+			l.AccessLog = withCookie.Listeners[i].AccessLog
+		}
+	}
 }
 
 // send makes one request for path with key from src (no key if ""); edit
@@ -87,19 +123,21 @@ func makeUnenforceable(t *testing.T, cp *controlPlane, id string) {
 }
 
 // TestNoKeyInAnyLog runs every outcome with every key source (bearer,
-// x-api-key header, api_key query parameter) and then searches the access
-// log, the host's log and the control plane's log for every key: none may
-// hold one, whatever the outcome. The access log records the request
+// x-api-key header, api_key query parameter, api-key cookie among others)
+// and then searches the access log (which records the Cookie header here),
+// the host's log and the control plane's log for every key: none may hold
+// one, whatever the outcome. The access log records the request
 // headers as the filter left them (%REQ(:PATH)% included), so the filter
 // must scrub refusals as well as allowed requests.
 func TestNoKeyInAnyLog(t *testing.T) {
 	cp := startControlPlane(t)
 	up := startUpstream(t)
 	accessLog := &testkit.Log{}
-	filterCfg := map[string]any{"flush_period_ms": 200, "routes": adminRoutes["routes"]}
-	px := startHost(t, cp, up, hostOptions{filter: filterCfg, sync: fastFlushSync, accessLog: accessLog})
+	filterCfg := map[string]any{"flush_period_ms": 200, "routes": adminRoutes["routes"], "key_sources": allSources}
+	px := startHost(t, cp, up, hostOptions{filter: filterCfg, sync: fastFlushSync, accessLog: accessLog, edit: logCookies(t, cp)})
 	// A host that never syncs answers cache_unavailable.
-	stale := startHost(t, cp, up, hostOptions{filter: filterCfg, controlPlaneAddr: freeAddr(t), noWait: true, accessLog: accessLog})
+	stale := startHost(t, cp, up, hostOptions{filter: filterCfg, controlPlaneAddr: freeAddr(t), noWait: true, accessLog: accessLog,
+		edit: logCookies(t, cp)})
 
 	var keys []string
 	track := func(k apiKey) apiKey { keys = append(keys, k.Key); return k }
@@ -173,7 +211,7 @@ func TestNoKeyInAnyLog(t *testing.T) {
 			}
 			seen[c.code] = true
 			if r.echo != nil && (strings.Contains(r.echo.URI, c.key) || len(r.echo.Headers.Values("Authorization")) > 0 ||
-				len(r.echo.Headers.Values("X-Api-Key")) > 0) {
+				len(r.echo.Headers.Values("X-Api-Key")) > 0 || strings.Contains(strings.Join(r.echo.Headers.Values("Cookie"), ";"), "api-key")) {
 				t.Fatalf("%s via %s: the upstream got the key: %+v", c.what, src.name, r.echo)
 			}
 		}
@@ -194,8 +232,8 @@ func TestNoKeyInAnyLog(t *testing.T) {
 		"host log":          px.logs.String() + stale.logs.String(),
 		"control plane log": cp.logs.String(),
 	}
-	if n := strings.Count(logs["access log"], "/admin/users"); n != 3 {
-		t.Fatalf("the access log recorded %d of the 3 /admin/users requests: %q", n, logs["access log"])
+	if n := strings.Count(logs["access log"], "/admin/users"); n != len(keySources) {
+		t.Fatalf("the access log recorded %d of the %d /admin/users requests: %q", n, len(keySources), logs["access log"])
 	}
 	for name, text := range logs {
 		for _, k := range keys {
@@ -210,6 +248,10 @@ func TestNoKeyInAnyLog(t *testing.T) {
 	}
 	if strings.Contains(logs["access log"], "api_key=") {
 		t.Errorf("the access log holds an api_key parameter")
+	}
+	// The cookie field works: the other cookies are logged, the key's not.
+	if !strings.Contains(logs["access log"], "theme=dark; lang=en") || strings.Contains(logs["access log"], "api-key=") {
+		t.Errorf("the access log's cookies: %q", logs["access log"])
 	}
 	t.Logf("access log: %d lines, host log %d bytes, control plane log %d bytes",
 		strings.Count(logs["access log"], "\n"), len(logs["host log"]), len(logs["control plane log"]))

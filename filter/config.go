@@ -21,11 +21,15 @@ const (
 	sourceBearer = iota
 	sourceHeader
 	sourceQuery
+	sourceCookie
 )
+
+// maxSources bounds key_sources: found.sources has a bit for each.
+const maxSources = 32
 
 type keySource struct {
 	kind int
-	name string // lower-case header name or query parameter name
+	name string // lower-case header name, query parameter or cookie name
 }
 
 type route struct {
@@ -60,8 +64,12 @@ type filterConfig struct {
 	flushPeriodMS    uint32
 	vmID             string
 
-	// keyLen is the length of every well-formed key (keycache.KeyLen).
-	keyLen int
+	// minKeyLen and maxKeyLen bound the length of a well-formed key: every
+	// body length the control plane can issue (keycache.MinKeyLen).
+	minKeyLen, maxKeyLen int
+
+	// cookieMask has bit i set when source i is a cookie.
+	cookieMask uint32
 
 	// nameLens has bit n set when a header name of length n (n >= 63:
 	// bit 63) may matter to the request scan; see scanLen.
@@ -79,7 +87,7 @@ func (c *filterConfig) scanLen(n int) bool {
 
 // indexNames sets nameLens from the names the scan looks for.
 func (c *filterConfig) indexNames() {
-	c.nameLens = 0
+	c.nameLens, c.cookieMask = 0, 0
 	mark := func(name string) {
 		if name != "" {
 			n := len(name)
@@ -92,12 +100,15 @@ func (c *filterConfig) indexNames() {
 	for _, n := range []string{":authority", ":path", ":method", c.idHeaderKeyID, c.idHeaderOwner} {
 		mark(n)
 	}
-	for _, src := range c.sources {
+	for i, src := range c.sources {
 		switch src.kind {
 		case sourceBearer:
 			mark("authorization")
 		case sourceHeader:
 			mark(src.name)
+		case sourceCookie:
+			mark("cookie")
+			c.cookieMask |= 1 << uint(i)
 		}
 	}
 }
@@ -282,6 +293,21 @@ func token(s string) bool {
 	return true
 }
 
+// cookieName reports whether s can name a cookie: 1 to 128 token
+// characters (RFC 6265 cookie-name, RFC 9110 tchar).
+func cookieName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || indexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
 // scopeName reports whether s is a scope: 1 to 64 of [a-z0-9:._-], as the
 // control plane accepts them.
 func scopeName(s string) bool {
@@ -308,7 +334,7 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 		}
 	}
 	c.indexNames()
-	c.keyLen = keycache.KeyLen(c.prefix)
+	c.minKeyLen, c.maxKeyLen = keycache.MinKeyLen(c.prefix), keycache.MaxKeyLen(c.prefix)
 	return c, nil
 }
 
@@ -417,6 +443,9 @@ func parseSources(v gjson.Result) ([]keySource, error) {
 	if !v.IsArray() || len(v.Array()) == 0 {
 		return nil, bad("key_sources", "want a non-empty array")
 	}
+	if len(v.Array()) > maxSources {
+		return nil, bad("key_sources", "at most 32 sources")
+	}
 	var out []keySource
 	var err error
 	v.ForEach(func(i, s gjson.Result) bool {
@@ -448,8 +477,13 @@ func parseSources(v gjson.Result) ([]keySource, error) {
 			} else if typ == "header" && (src.name == "authorization" || src.name[0] == ':') {
 				err = bad(path+".name", "use type bearer for the authorization header")
 			}
+		case "cookie":
+			src.kind = sourceCookie
+			if !cookieName(src.name) {
+				err = bad(path+".name", "want a cookie name (an RFC 6265 token, case-sensitive)")
+			}
 		default:
-			err = bad(path+".type", `want "bearer", "header" or "query"`)
+			err = bad(path+".type", `want "bearer", "header", "query" or "cookie"`)
 		}
 		out = append(out, src)
 		return err == nil

@@ -22,8 +22,8 @@ const (
 	stateKey    = "keygate/state" // syncState, written by the syncing VM
 	usageQueue  = "keygate/usage" // shared queue: workers -> syncing VM
 	recordTag   = 'k'             // "k" + 32-byte SHA-256: keycache record
-	limiterTag  = 'r'             // "r" + 32-byte SHA-256: bucket state
-	shareTag    = 's'             // "s" + key id: this node's share of the key's rate
+	limiterTag  = 'r'             // "r" + budget id: bucket state of a key's lineage
+	shareTag    = 's'             // "s" + budget id: this node's share of its rate
 	stateFormat = 3
 	stateLen    = 1 + 4 + 8 + 8 + 8 + 8 + 1
 )

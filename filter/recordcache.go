@@ -46,10 +46,10 @@ type recordSlot struct {
 	usedAt  uint64        // the cache's clock when last found
 	gen     uint64
 	epoch   uint32
-	lease   bucket.Lease // tokens taken ahead for this key (bucket.TakeLeased)
+	lease   bucket.Lease // tokens taken ahead for this key from its budget's bucket (bucket.TakeLeased)
 
-	// The control plane's share of the key's rate for this node (0: none),
-	// read at shareAt; see filterRoot.keyShare.
+	// The control plane's share of the key's budget's rate for this node
+	// (0: none), read at shareAt; see filterRoot.keyShare.
 	share   float64
 	shareAt int64
 	shareOK bool

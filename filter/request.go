@@ -20,7 +20,7 @@ type filterRoot struct {
 	usage    *usageCounter
 	limiter  bucket.Limiter
 	recKey   [1 + keycache.HashSize]byte
-	limKey   [1 + keycache.HashSize]byte
+	limKey   [1 + keycache.MaxStringLen]byte // "r" + budget id (see limiterName)
 	shareKey []byte
 	hdrBuf   []byte    // response header values being rendered
 	pathBuf  []byte    // the normalized path of the current request, when not normal as sent
@@ -117,6 +117,7 @@ type found struct {
 	ambiguous               bool   // two sources carried different keys
 	sources                 uint32 // bit i: source i carried the key
 	spoofed                 bool   // the client sent one of our identity headers
+	hdrs                    []byte // the serialized request headers the views point into
 }
 
 func (f *found) note(candidate string, i int) {
@@ -161,7 +162,7 @@ func bearerToken(v string) (string, bool) {
 // (the root's: a found on the stack escapes to the heap under TinyGo).
 func (s *stream) scan(hdrs []byte, f *found) {
 	c := s.root.cfg
-	*f = found{}
+	*f = found{hdrs: hdrs}
 	it := &s.root.pairs // the root's: an iterator on the stack escapes under TinyGo
 	*it = newPairIter(hdrs)
 	for {
@@ -191,6 +192,8 @@ func (s *stream) scan(hdrs []byte, f *found) {
 				}
 			case src.kind == sourceHeader && name == src.name:
 				f.note(val, i)
+			case src.kind == sourceCookie && name == "cookie":
+				noteCookie(f, val, src.name, i)
 			}
 		}
 	}
@@ -227,6 +230,110 @@ func noteQueryParam(f *found, path, name string, i int) {
 			f.note("", i)
 		}
 	}
+}
+
+// noteCookie notes the value of every cookie called name in a Cookie
+// header value as a key from source i. The header is parsed as RFC 6265
+// (5.4) sends it and leniently as servers read it: "; "-separated
+// name=value pairs, whitespace around names and values ignored, a value in
+// double quotes taken without them, a pair without "=" skipped. Names are
+// case-sensitive.
+func noteCookie(f *found, header, name string, i int) {
+	rest := header
+	for len(rest) > 0 {
+		part := rest
+		if semi := indexByte(rest, ';'); semi >= 0 {
+			part, rest = rest[:semi], rest[semi+1:]
+		} else {
+			rest = ""
+		}
+		if n, v, ok := cookiePair(part); ok && n == name {
+			f.note(v, i)
+		}
+	}
+}
+
+// cookiePair splits one "name=value" of a Cookie header.
+func cookiePair(part string) (name, value string, ok bool) {
+	eq := indexByte(part, '=')
+	if eq < 0 {
+		return "", "", false
+	}
+	name, value = trimSpace(part[:eq]), trimSpace(part[eq+1:])
+	if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
+		value = value[1 : len(value)-1]
+	}
+	return name, value, true
+}
+
+func trimSpace(s string) string {
+	s = trimLeadingSpace(s)
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func trimLeadingSpace(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	return s
+}
+
+// stripCookies removes from the request every cookie named by a cookie
+// source in mask. The other cookies stay byte for byte, in their order; a
+// Cookie header left without any goes. Every Cookie header is removed and
+// the remains are added back (Envoy's remove takes all headers of a name),
+// rendered in the root's buffer: no allocation once it has grown.
+func (s *stream) stripCookies(f *found, mask uint32) {
+	r := s.root
+	_ = proxywasm.RemoveHttpRequestHeader("cookie")
+	it := &r.pairs
+	*it = newPairIter(f.hdrs)
+	for {
+		name, val, ok := it.next()
+		if !ok {
+			break
+		}
+		if name != "cookie" {
+			continue
+		}
+		b := r.hdrBuf[:0]
+		rest, kept := val, false
+		for len(rest) > 0 {
+			part := rest
+			if semi := indexByte(rest, ';'); semi >= 0 {
+				part, rest = rest[:semi], rest[semi+1:]
+			} else {
+				rest = ""
+			}
+			if n, _, ok := cookiePair(part); ok && r.cfg.cookieSource(n, mask) {
+				continue
+			}
+			if kept {
+				b = append(b, ';')
+				b = append(b, part...)
+			} else if p := trimLeadingSpace(part); p != "" {
+				b = append(b, p...)
+				kept = true
+			}
+		}
+		r.hdrBuf = b
+		if kept {
+			_ = proxywasm.AddHttpRequestHeader("cookie", bstr(b))
+		}
+	}
+}
+
+// cookieSource reports whether a cookie source in mask is called name.
+func (c *filterConfig) cookieSource(name string, mask uint32) bool {
+	for i, src := range c.sources {
+		if src.kind == sourceCookie && mask&(1<<uint(i)) != 0 && src.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // stripQueryParam returns query ("?..." or "") without any name=...
@@ -359,7 +466,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	// A key this worker holds in its record cache passed CheckKey when it
 	// took its slot: its tag, a keyed PRF of the key, stands for it. The
 	// length check first bounds the work of tagging a hostile value.
-	if len(f.key) != c.keyLen {
+	if len(f.key) < c.minKeyLen || len(f.key) > c.maxKeyLen {
 		return s.refuse(codeMalformedKey, nil, now, f.authority)
 	}
 	slot, held, tag := r.records.find(f.key)
@@ -418,16 +525,16 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return types.ActionPause
 	}
 	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
-		copy(r.limKey[1:], slot.hash[:])
+		budget := rec.Budget()
 		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
 		if periodMS > maxPeriodMS { // periodMS*1e6 overflowed: no valid policy
 			policy.PeriodNanos = -1
 		}
 		local := policy
-		if share := r.share(slot, id, &r.state, now); share < 1 {
+		if share := r.share(slot, budget, &r.state, now); share < 1 {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
-		res, err := r.limiter.TakeLeased(bstr(r.limKey[:]), &slot.lease, local, rt.cost, now)
+		res, err := r.limiter.TakeLeased(r.limiterName(budget), &slot.lease, local, rt.cost, now)
 		switch {
 		case err == nil:
 		case errors.Is(err, bucket.ErrBadPolicy):
@@ -477,11 +584,21 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	return types.ActionContinue
 }
 
-// share returns this node's share of the key's rate: the control plane's
-// per-key share when it sent one, else its default share, else 1.
-func (r *filterRoot) share(slot *recordSlot, id []byte, st *syncState, now int64) float64 {
+// limiterName returns the shared-data name of a budget's limiter state:
+// limiterTag + the budget id, built in the root's fixed buffer (the host
+// copies the name), so every key of one rotation lineage takes from one
+// bucket in this Envoy (docs/lifecycle.md).
+func (r *filterRoot) limiterName(budget []byte) string {
+	n := copy(r.limKey[1:], budget) // a record's strings fit: MaxStringLen
+	return bstr(r.limKey[:1+n])
+}
+
+// share returns this node's share of the key's budget's rate: the control
+// plane's share for the budget when it sent one, else its default share,
+// else 1.
+func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now int64) float64 {
 	if st.keyShares {
-		if v := r.keyShare(slot, id, now); v > 0 {
+		if v := r.keyShare(slot, budget, now); v > 0 {
 			return v
 		}
 	}
@@ -491,16 +608,17 @@ func (r *filterRoot) share(slot *recordSlot, id []byte, st *syncState, now int64
 	return 1
 }
 
-// keyShare returns the control plane's share for the slot's key (0 when it
-// sent none), read from shared data at most every shareTTL: a share moves
-// at most once per flush period, and a host call on every request for it
-// cost more than the rest of the limiter.
-func (r *filterRoot) keyShare(slot *recordSlot, id []byte, now int64) float64 {
+// keyShare returns the control plane's share for the slot's key's budget
+// (0 when it sent none; the control plane names shares by budget id), read
+// from shared data at most every shareTTL: a share moves at most once per
+// flush period, and a host call on every request for it cost more than the
+// rest of the limiter.
+func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float64 {
 	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < shareTTL {
 		return slot.share
 	}
 	var v float64
-	r.shareKey = append(append(r.shareKey[:0], shareTag), id...)
+	r.shareKey = append(append(r.shareKey[:0], shareTag), budget...)
 	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
 		if d, ok := decodeShare(b); ok {
 			v = d
@@ -626,6 +744,7 @@ func (s *stream) forward(f *found, norm string) {
 	c := s.root.cfg
 	rawPath, query := splitPath(f.path)
 	changed := norm != rawPath
+	var cookies uint32 // cookie sources to strip
 	if c.strip {
 		for i, src := range c.sources {
 			if f.sources&(1<<uint(i)) == 0 {
@@ -639,8 +758,13 @@ func (s *stream) forward(f *found, norm string) {
 			case sourceQuery:
 				query = stripQueryParam(query, src.name)
 				changed = true
+			case sourceCookie:
+				cookies |= 1 << uint(i)
 			}
 		}
+	}
+	if cookies != 0 {
+		s.stripCookies(f, cookies)
 	}
 	if changed {
 		_ = proxywasm.ReplaceHttpRequestHeader(":path", norm+query)
@@ -648,7 +772,8 @@ func (s *stream) forward(f *found, norm string) {
 }
 
 // scrub removes every configured credential from a refused request, found
-// or not, whatever strip_credential says: nothing goes upstream, and Envoy
+// or not, whatever strip_credential says (a cookie source's cookie, when
+// some Cookie header holds it): nothing goes upstream, and Envoy
 // logs the request headers as the filter leaves them (the access log's
 // %REQ(:PATH)%, %REQ(AUTHORIZATION)%), which must not hold a key.
 func (s *stream) scrub(f *found) {
@@ -669,6 +794,9 @@ func (s *stream) scrub(f *found) {
 				changed = true
 			}
 		}
+	}
+	if cookies := f.sources & c.cookieMask; cookies != 0 {
+		s.stripCookies(f, cookies)
 	}
 	if changed {
 		_ = proxywasm.ReplaceHttpRequestHeader(":path", rawPath+query)

@@ -10,29 +10,40 @@ import (
 //
 //   - prefix: 1 to 16 characters of [a-z0-9] (default "ak"), so secret
 //     scanners can recognise a leaked key;
-//   - body: BodyLen Base62 characters from crypto/rand (32 * log2(62) = 190.5
-//     bits);
+//   - body: MinBodyLen to MaxBodyLen Base62 characters from crypto/rand
+//     (DefaultBodyLen = 32: 32 * log2(62) = 190.5 bits), the control
+//     plane's choice; the filter accepts every length in the range, so keys
+//     issued before a change of length keep working;
 //   - checksum: CRC32 (IEEE) of "<prefix>_<body>", as ChecksumLen Base62
 //     characters, most significant first, zero-padded.
 //
 // The checksum lets the filter refuse garbage and typos before hashing or any
 // lookup.
 const (
-	DefaultPrefix = "ak"
-	MaxPrefixLen  = 16
-	BodyLen       = 32
-	ChecksumLen   = 6
+	DefaultPrefix  = "ak"
+	MaxPrefixLen   = 16
+	DefaultBodyLen = 32
+	ChecksumLen    = 6
+
+	// MinBodyLen and MaxBodyLen bound the body: the shortest bodies that
+	// carry at least 16 and 64 bytes of entropy (128 and 512 bits) after a
+	// generator's word list has rejected some (words.go; a test holds the
+	// shipped list to both bounds).
+	MinBodyLen = 22
+	MaxBodyLen = 86
 )
 
 const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-// Errors of CheckKey. None of them includes any part of the key.
+// Errors of CheckKey and NewKey. None of them includes any part of the key.
 var (
 	ErrKeyPrefix   = errors.New("key does not start with the expected prefix")
 	ErrKeyLength   = errors.New("key has the wrong length")
 	ErrKeyAlphabet = errors.New("key has a character outside Base62")
 	ErrKeyChecksum = errors.New("key checksum does not match")
 	ErrBadPrefix   = errors.New("key prefix must be 1 to 16 characters of [a-z0-9]")
+	ErrBadBodyLen  = errors.New("key length must be 22 to 86 Base62 characters")
+	ErrTooManyBad  = errors.New("key generation: the word list rejected 1000 keys in a row")
 )
 
 // ValidPrefix tells whether p can be used as a key prefix.
@@ -49,37 +60,91 @@ func ValidPrefix(p string) bool {
 	return true
 }
 
-// KeyLen returns the length of every key with the given prefix.
-func KeyLen(prefix string) int { return len(prefix) + 1 + BodyLen + ChecksumLen }
+// ValidBodyLen tells whether n is a body length keys may have.
+func ValidBodyLen(n int) bool { return n >= MinBodyLen && n <= MaxBodyLen }
 
-// NewKey returns a fresh key with the given prefix, reading randomness from r
-// (crypto/rand.Reader in production).
+// KeyLen returns the length of a key with the given prefix and body length.
+func KeyLen(prefix string, bodyLen int) int { return len(prefix) + 1 + bodyLen + ChecksumLen }
+
+// MinKeyLen and MaxKeyLen return the shortest and longest well-formed keys
+// with the given prefix.
+func MinKeyLen(prefix string) int { return KeyLen(prefix, MinBodyLen) }
+
+// MaxKeyLen: see MinKeyLen.
+func MaxKeyLen(prefix string) int { return KeyLen(prefix, MaxBodyLen) }
+
+// NewKey returns a fresh key with the given prefix and the default body
+// length, without a word list (the control plane's credentials), reading
+// randomness from r (crypto/rand.Reader in production).
 func NewKey(prefix string, r io.Reader) (string, error) {
-	if !ValidPrefix(prefix) {
-		return "", ErrBadPrefix
+	return Generator{Prefix: prefix}.New(r)
+}
+
+// Generator makes keys.
+type Generator struct {
+	Prefix  string
+	BodyLen int    // 0: DefaultBodyLen
+	Words   *Words // a key whose Base62 text holds one is redrawn; nil: none
+}
+
+// maxRedraws bounds the draws of one key: a word list that rejects a real
+// share of keys is a mistake to report, not a loop to run.
+const maxRedraws = 1000
+
+// New returns a fresh key, reading randomness from r.
+func (g Generator) New(r io.Reader) (string, error) {
+	k, _, err := g.newKey(r)
+	return k, err
+}
+
+// newKey returns a fresh key and how many drawn keys the word list rejected
+// before it.
+func (g Generator) newKey(r io.Reader) (string, int, error) {
+	if !ValidPrefix(g.Prefix) {
+		return "", 0, ErrBadPrefix
 	}
-	buf := make([]byte, KeyLen(prefix))
-	n := copy(buf, prefix)
+	bodyLen := g.BodyLen
+	if bodyLen == 0 {
+		bodyLen = DefaultBodyLen
+	}
+	if !ValidBodyLen(bodyLen) {
+		return "", 0, ErrBadBodyLen
+	}
+	buf := make([]byte, KeyLen(g.Prefix, bodyLen))
+	n := copy(buf, g.Prefix)
 	buf[n] = '_'
 	n++
-	// Rejection sampling keeps every Base62 digit uniform: bytes >= 248
-	// (4 * 62) are dropped.
+	for rejected := 0; rejected < maxRedraws; rejected++ {
+		if err := drawBody(buf[n:n+bodyLen], r); err != nil {
+			return "", rejected, err
+		}
+		putChecksum(buf[n+bodyLen:], crc32.ChecksumIEEE(buf[:n+bodyLen]))
+		// Rejection sampling again: every key the list allows stays
+		// equally likely.
+		if g.Words == nil || !g.Words.containedIn(buf[n:]) {
+			return string(buf), rejected, nil
+		}
+	}
+	return "", maxRedraws, ErrTooManyBad
+}
+
+// drawBody fills body with uniform Base62 characters from r. Rejection
+// sampling keeps every digit uniform: bytes >= 248 (4 * 62) are dropped.
+func drawBody(body []byte, r io.Reader) error {
 	var rnd [64]byte
-	for i := 0; i < BodyLen; {
+	for i := 0; i < len(body); {
 		if _, err := io.ReadFull(r, rnd[:]); err != nil {
-			return "", err
+			return err
 		}
 		for _, b := range rnd {
-			if b >= 248 || i == BodyLen {
+			if b >= 248 || i == len(body) {
 				continue
 			}
-			buf[n+i] = base62[b%62]
+			body[i] = base62[b%62]
 			i++
 		}
 	}
-	n += BodyLen
-	putChecksum(buf[n:], crc32.ChecksumIEEE(buf[:n]))
-	return string(buf), nil
+	return nil
 }
 
 func putChecksum(dst []byte, sum uint32) {
@@ -89,13 +154,13 @@ func putChecksum(dst []byte, sum uint32) {
 	}
 }
 
-// CheckKey validates prefix, length, alphabet and checksum of key without
-// allocating. It never hashes or looks anything up.
+// CheckKey validates prefix, length (any body length from MinBodyLen to
+// MaxBodyLen), alphabet and checksum of key without allocating. It never hashes or looks anything up.
 func CheckKey(key, prefix string) error {
 	if len(key) <= len(prefix) || key[:len(prefix)] != prefix || key[len(prefix)] != '_' {
 		return ErrKeyPrefix
 	}
-	if len(key) != KeyLen(prefix) {
+	if len(key) < MinKeyLen(prefix) || len(key) > MaxKeyLen(prefix) {
 		return ErrKeyLength
 	}
 	start := len(prefix) + 1

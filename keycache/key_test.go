@@ -13,11 +13,42 @@ func TestNewKeyRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(k) != KeyLen(prefix) || !strings.HasPrefix(k, prefix+"_") {
+		if len(k) != KeyLen(prefix, DefaultBodyLen) || !strings.HasPrefix(k, prefix+"_") {
 			t.Fatalf("bad key shape %q", k)
 		}
 		if err := CheckKey(k, prefix); err != nil {
 			t.Fatalf("fresh key refused: %v", err)
+		}
+	}
+}
+
+// TestKeyLengths issues keys of the shortest, default and longest body
+// with the longest prefix: each has its length and passes CheckKey, and
+// one character more or less than the range is refused.
+func TestKeyLengths(t *testing.T) {
+	prefix := "abcdefghij012345"
+	for _, n := range []int{MinBodyLen, DefaultBodyLen, MaxBodyLen} {
+		k, err := Generator{Prefix: prefix, BodyLen: n}.New(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(k) != KeyLen(prefix, n) {
+			t.Fatalf("body %d: key of %d characters", n, len(k))
+		}
+		if err := CheckKey(k, prefix); err != nil {
+			t.Fatalf("body %d: refused: %v", n, err)
+		}
+	}
+	for _, n := range []int{MinBodyLen - 1, MaxBodyLen + 1} {
+		if _, err := (Generator{Prefix: prefix, BodyLen: n}).New(rand.Reader); !errors.Is(err, ErrBadBodyLen) {
+			t.Errorf("body %d: %v, want ErrBadBodyLen", n, err)
+		}
+		// A key of that length with a good checksum is still refused.
+		body := strings.Repeat("A", n)
+		var sum [ChecksumLen]byte
+		putChecksum(sum[:], crc32String(prefix+"_"+body))
+		if err := CheckKey(prefix+"_"+body+string(sum[:]), prefix); !errors.Is(err, ErrKeyLength) {
+			t.Errorf("body %d: CheckKey = %v, want ErrKeyLength", n, err)
 		}
 	}
 }
@@ -50,8 +81,11 @@ func TestCheckKey(t *testing.T) {
 		{"prefix only", "ak", ErrKeyPrefix},
 		{"other prefix", "sk" + good[2:], ErrKeyPrefix},
 		{"no underscore", "ak-" + good[3:], ErrKeyPrefix},
-		{"short", good[:len(good)-1], ErrKeyLength},
-		{"long", good + "0", ErrKeyLength},
+		{"shorter than any body", good[:MinKeyLen("ak")-1], ErrKeyLength},
+		{"longer than any body", good + strings.Repeat("0", MaxBodyLen-DefaultBodyLen+1), ErrKeyLength},
+		// A length in the range leaves the refusal to the checksum.
+		{"one short", good[:len(good)-1], ErrKeyChecksum},
+		{"one long", good + "0", ErrKeyChecksum},
 		{"bad alphabet", good[:10] + "-" + good[11:], ErrKeyAlphabet},
 		{"non-ascii", good[:10] + "\xff" + good[11:], ErrKeyAlphabet},
 		{"typo in body", flip(5), ErrKeyChecksum},
@@ -66,9 +100,11 @@ func TestCheckKey(t *testing.T) {
 }
 
 func TestCheckKeyDoesNotAllocate(t *testing.T) {
-	k, _ := NewKey("ak", rand.Reader)
-	if n := testing.AllocsPerRun(100, func() { _ = CheckKey(k, "ak") }); n != 0 {
-		t.Fatalf("CheckKey allocates %v times", n)
+	for _, n := range []int{MinBodyLen, MaxBodyLen} {
+		k, _ := Generator{Prefix: "ak", BodyLen: n}.New(rand.Reader)
+		if a := testing.AllocsPerRun(100, func() { _ = CheckKey(k, "ak") }); a != 0 {
+			t.Fatalf("CheckKey allocates %v times", a)
+		}
 	}
 }
 

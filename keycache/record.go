@@ -23,8 +23,15 @@ const (
 	QuotaMonth uint8 = 2
 )
 
-// FormatVersion is the first byte of every encoded record.
-const FormatVersion = 1
+// FormatVersion is the first byte of every encoded record. Version 2 adds
+// the budget after the owner; Parse still reads version 1 (no budget), which
+// a filter of the previous release may have left in shared data, so a
+// filter reloaded in place keeps serving those keys (each as its own
+// budget) until their records are rewritten.
+const (
+	FormatVersion = 2
+	formatV1      = 1
+)
 
 const (
 	flagRate  = 1 << 0
@@ -40,8 +47,12 @@ const (
 // Record is a key record as the sync VM builds it. The request path never
 // decodes a Record: it reads fields straight from the bytes through View.
 type Record struct {
-	ID     string
-	Owner  string
+	ID    string
+	Owner string
+	// Budget is the id of the key's rate budget: the first key of its
+	// rotation lineage (docs/lifecycle.md). "" means the key's own id, the
+	// budget of every key never rotated, and costs no bytes in the record.
+	Budget string
 	Status Status
 	// Epoch is the sync generation the record was written in (see the
 	// filter's RATIONALE.md: snapshots bump the epoch).
@@ -85,8 +96,8 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	if r.Status < StatusActive || r.Status > StatusDeleted {
 		return dst, errors.New("keycache: bad status")
 	}
-	if len(r.ID) > MaxStringLen || len(r.Owner) > MaxStringLen {
-		return dst, errors.New("keycache: id or owner too long")
+	if len(r.ID) > MaxStringLen || len(r.Owner) > MaxStringLen || len(r.Budget) > MaxStringLen {
+		return dst, errors.New("keycache: id, owner or budget too long")
 	}
 	if len(r.Hosts) > MaxListLen || len(r.Scopes) > MaxListLen {
 		return dst, errors.New("keycache: too many hosts or scopes")
@@ -111,6 +122,7 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	dst = append(dst, h[:]...)
 	dst = appendString(dst, r.ID)
 	dst = appendString(dst, r.Owner)
+	dst = appendString(dst, r.Budget)
 	for _, list := range [2][]string{r.Hosts, r.Scopes} {
 		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(list)))
 		for _, s := range list {
@@ -133,6 +145,7 @@ func appendString(dst []byte, s string) []byte {
 // shared-data read.
 type View struct {
 	b      []byte
+	budget int // offset of the budget string, 0 in a version 1 record
 	hosts  int // offset of the hosts list (its count)
 	scopes int // offset of the scopes list (its count)
 }
@@ -140,7 +153,7 @@ type View struct {
 // Parse validates b as an encoded record. Any input gives a View or
 // ErrRecord, never a panic.
 func Parse(b []byte) (View, error) {
-	if len(b) < headerLen || b[offVersion] != FormatVersion {
+	if len(b) < headerLen || (b[offVersion] != FormatVersion && b[offVersion] != formatV1) {
 		return View{}, ErrRecord
 	}
 	if s := Status(b[offStatus]); s < StatusActive || s > StatusDeleted {
@@ -148,12 +161,19 @@ func Parse(b []byte) (View, error) {
 	}
 	off := headerLen
 	var ok bool
-	for i := 0; i < 2; i++ { // id, owner
+	var v View
+	for i := 0; i < 3; i++ { // id, owner, budget (version 2)
+		if i == 2 {
+			if b[offVersion] == formatV1 {
+				break
+			}
+			v.budget = off
+		}
 		if off, ok = skipString(b, off); !ok {
 			return View{}, ErrRecord
 		}
 	}
-	v := View{b: b, hosts: off}
+	v.b, v.hosts = b, off
 	for i := 0; i < 2; i++ { // hosts, scopes
 		if i == 1 {
 			v.scopes = off
@@ -230,6 +250,18 @@ func (v View) Owner() []byte {
 	return s
 }
 
+// Budget returns the id of the key's rate budget, whose limiter state and
+// fleet share all keys of one rotation lineage use: the lineage's first key
+// (a slice of the record's bytes; the key's own id when the record has none).
+func (v View) Budget() []byte {
+	if v.budget != 0 {
+		if s, _ := v.str(v.budget); len(s) > 0 {
+			return s
+		}
+	}
+	return v.ID()
+}
+
 // HasScope reports whether the key has scope s.
 func (v View) HasScope(s string) bool {
 	off := v.scopes
@@ -286,6 +318,11 @@ func (v View) Record() Record {
 		Status:    v.Status(),
 		Epoch:     v.Epoch(),
 		ExpiresAt: v.ExpiresAt(),
+	}
+	if v.budget != 0 {
+		if s, _ := v.str(v.budget); len(s) > 0 {
+			r.Budget = string(s)
+		}
 	}
 	r.RateLimit, r.RatePeriodMS, r.RateBurst, r.HasRate = v.Rate()
 	r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted, r.HasQuota = v.Quota()

@@ -19,7 +19,9 @@ func sampleRecord() Record {
 }
 
 func TestRecordRoundTrip(t *testing.T) {
-	for _, r := range []Record{sampleRecord(), {ID: "k", Status: StatusDeleted}} {
+	rotated := sampleRecord()
+	rotated.ID, rotated.Budget = "key_def", "key_abc"
+	for _, r := range []Record{sampleRecord(), rotated, {ID: "k", Status: StatusDeleted}} {
 		b, err := r.Append(nil)
 		if err != nil {
 			t.Fatal(err)
@@ -58,6 +60,41 @@ func TestViewAccessors(t *testing.T) {
 	}
 }
 
+// TestBudget: a record's budget is its lineage's first key, its own id when
+// it has none, and a version 1 record (no budget field) written by the
+// previous release still parses with its own id as budget.
+func TestBudget(t *testing.T) {
+	r := sampleRecord()
+	b, _ := r.Append(nil)
+	v, _ := Parse(b)
+	if string(v.Budget()) != "key_abc" {
+		t.Fatalf("own budget = %q", v.Budget())
+	}
+	r.ID, r.Budget = "key_def", "key_abc"
+	b, _ = r.Append(nil)
+	v, _ = Parse(b)
+	if string(v.Budget()) != "key_abc" || string(v.ID()) != "key_def" || string(v.Owner()) != "acme" || !v.HasScope("write") {
+		t.Fatalf("rotated key: budget %q id %q", v.Budget(), v.ID())
+	}
+	if allocs := testing.AllocsPerRun(100, func() { _ = v.Budget() }); allocs != 0 {
+		t.Fatalf("Budget allocates %v times", allocs)
+	}
+
+	// Version 1: the same bytes without the budget string.
+	r = sampleRecord()
+	b, _ = r.Append(nil)
+	off := headerLen + 2 + len(r.ID) + 2 + len(r.Owner)
+	v1 := append(append([]byte(nil), b[:off]...), b[off+2:]...)
+	v1[0] = formatV1
+	v, err := Parse(v1)
+	if err != nil {
+		t.Fatalf("version 1 record refused: %v", err)
+	}
+	if got := v.Record(); string(v.Budget()) != "key_abc" || !reflect.DeepEqual(got.Hosts, r.Hosts) || !reflect.DeepEqual(got.Scopes, r.Scopes) {
+		t.Fatalf("version 1 record read as %+v, budget %q", got, v.Budget())
+	}
+}
+
 func TestParseRejectsTruncation(t *testing.T) {
 	r := sampleRecord()
 	b, _ := r.Append(nil)
@@ -82,6 +119,9 @@ func FuzzParse(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte{})
 	f.Add(make([]byte, headerLen))
+	r.ID, r.Budget = "key_def", "key_abc"
+	b, _ = r.Append(nil)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := Parse(data)
 		if err != nil {
@@ -91,6 +131,7 @@ func FuzzParse(f *testing.F) {
 		rec := v.Record()
 		_ = v.AllowsHost("a.example.com")
 		_ = v.HasScope("read")
+		_ = v.Budget()
 		again, err := rec.Append(nil)
 		if err != nil {
 			t.Fatalf("accepted record does not re-encode: %v", err)
@@ -113,7 +154,17 @@ func TestDecodeUpsert(t *testing.T) {
 	if h.String() != hash || r.ID != "key_1" || r.Epoch != 3 || !r.HasRate || r.RateBurst != 5 || r.QuotaPeriod != QuotaDay {
 		t.Fatalf("decoded %+v", r)
 	}
+	if r.Budget != "" {
+		t.Fatalf("no budget member: budget %q, want the key's own", r.Budget)
+	}
+	for in, want := range map[string]string{`"key_0"`: "key_0", `"key_1"`: "", `""`: ""} {
+		_, r, err := DecodeUpsert(gjson.Parse(`{"hash":"`+hash+`","id":"key_1","status":"active","budget":`+in+`}`), 0)
+		if err != nil || r.Budget != want {
+			t.Fatalf("budget %s: decoded %q, %v; want %q", in, r.Budget, err, want)
+		}
+	}
 	bad := map[string]string{
+		"budget number": `{"hash":"` + hash + `","id":"k","status":"active","budget":7}`,
 		"not object":    `[]`,
 		"bad hash":      `{"hash":"xyz","id":"k","status":"active"}`,
 		"missing id":    `{"hash":"` + hash + `","status":"active"}`,

@@ -29,6 +29,13 @@ func DecodeUpsert(obj gjson.Result, epoch uint32) (Hash, Record, error) {
 	if r.Owner, err = str(obj, "owner", false); err != nil {
 		return h, r, err
 	}
+	// An older control plane sends no budget: the key is its own budget.
+	if r.Budget, err = str(obj, "budget", false); err != nil {
+		return h, r, err
+	}
+	if r.Budget == r.ID {
+		r.Budget = "" // the default, stored in no bytes
+	}
 	switch status := obj.Get("status"); status.Str {
 	case "active":
 		r.Status = StatusActive

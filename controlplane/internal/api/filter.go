@@ -25,6 +25,7 @@ type syncRecord struct {
 	Hash      string      `json:"hash"`
 	ID        string      `json:"id"`
 	Owner     string      `json:"owner"`
+	Budget    string      `json:"budget"`
 	Status    string      `json:"status"`
 	ExpiresAt int64       `json:"expires_at"`
 	Hosts     []string    `json:"hosts"`
@@ -74,8 +75,12 @@ func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
 			continue
 		}
 		k := c.Key
+		budget := c.Budget
+		if budget == "" { // never from the store; the key alone is its budget
+			budget = k.ID
+		}
 		rec := syncRecord{
-			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Status: k.Status,
+			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Budget: budget, Status: k.Status,
 			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
 			Rate: k.Rate,
 		}

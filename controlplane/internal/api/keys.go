@@ -266,7 +266,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 // collision). It returns the key, which is never stored.
 func (s *Server) issue(ctx context.Context, k *store.Key) (string, *problem) {
 	for attempt := 0; ; attempt++ {
-		secret, err := keycache.NewKey(s.prefix, s.rand)
+		secret, err := s.keygen.New(s.rand)
 		if err != nil {
 			return "", internalError(err)
 		}
@@ -592,9 +592,9 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 	// newSecret makes the key of the successor with id newID.
 	newSecret := func(newID string) (string, error) {
 		if idem == "" {
-			return keycache.NewKey(s.prefix, s.rand)
+			return s.keygen.New(s.rand)
 		}
-		return keycache.NewKey(s.prefix, idempotentRand(r, oldID, newID, idem))
+		return s.keygen.New(idempotentRand(r, oldID, newID, idem))
 	}
 	// The checks and the copy of the old key's settings run on the row the
 	// store has locked, so a revoke, an update or another rotation racing

@@ -24,6 +24,7 @@ import (
 	"github.com/keygate/keygate/controlplane"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keycache/wordlist"
 )
 
 // Config configures a Server.
@@ -40,6 +41,12 @@ type Config struct {
 	PreviousFilterCredential [sha256.Size]byte
 	// KeyPrefix prefixes new keys; "" means keycache.DefaultPrefix.
 	KeyPrefix string
+	// KeyLength is the number of random Base62 characters of new keys,
+	// keycache.MinBodyLen to MaxBodyLen; 0 means keycache.DefaultBodyLen.
+	KeyLength int
+	// KeyWords are the words new keys must not spell; nil means the
+	// shipped list (keycache/wordlist).
+	KeyWords *keycache.Words
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock (expiry, rotation, usage windows); nil means time.Now.
@@ -88,6 +95,7 @@ type Server struct {
 	now         func() time.Time
 	rand        io.Reader
 	prefix      string
+	keygen      keycache.Generator
 	adminHash   credentials
 	filterHash  credentials
 	metrics     *metrics
@@ -162,6 +170,20 @@ func New(cfg Config) (*Server, error) {
 	}
 	if !keycache.ValidPrefix(s.prefix) {
 		return nil, fmt.Errorf("api: %w", keycache.ErrBadPrefix)
+	}
+	s.keygen = keycache.Generator{Prefix: s.prefix, BodyLen: cfg.KeyLength, Words: cfg.KeyWords}
+	if s.keygen.BodyLen == 0 {
+		s.keygen.BodyLen = keycache.DefaultBodyLen
+	}
+	if !keycache.ValidBodyLen(s.keygen.BodyLen) {
+		return nil, fmt.Errorf("api: %w", keycache.ErrBadBodyLen)
+	}
+	if s.keygen.Words == nil {
+		words, err := wordlist.Default()
+		if err != nil {
+			return nil, fmt.Errorf("api: shipped word list: %w", err)
+		}
+		s.keygen.Words = words
 	}
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))

@@ -373,6 +373,9 @@ func TestServeConfigErrors(t *testing.T) {
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/r.db", "KEYGATE_PG_MAX_OPEN": "many"}, nil, "KEYGATE_PG_MAX_OPEN"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/s.db"}, []string{"--pg-max-open", "2", "--pg-max-idle", "3"}, "pg-max-idle"},
 		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/u.db"}, []string{"--max-registrations", "0"}, "max-registrations"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/v.db", "KEYGATE_KEY_LENGTH": "long"}, nil, "KEYGATE_KEY_LENGTH: not an integer"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/w.db", "KEYGATE_KEY_LENGTH": "21"}, nil, "--key-length: key length must be 22 to 86"},
+		{map[string]string{"KEYGATE_STORE": "sqlite:" + dir + "/x.db"}, []string{"--key-length", "87"}, "--key-length: key length must be 22 to 86"},
 	} {
 		code, _, errs := cmd(t, c.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, c.args...)...)
 		if code == 0 || !strings.Contains(errs, c.want) {

@@ -36,6 +36,7 @@ type serveConfig struct {
 	listen    string
 	store     string
 	prefix    string
+	keyLength int // random Base62 characters of new keys
 	logLevel  string
 	retention time.Duration
 	// usageRetention: usage minutes older than this are deleted, and
@@ -80,6 +81,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
 		return err
 	}
+	if cfg.keyLength, err = envInt(env, "KEYGATE_KEY_LENGTH", keycache.DefaultBodyLen); err != nil {
+		return err
+	}
 	cfg.usageRetention = store.DefaultUsageRetention
 	if v := env("KEYGATE_USAGE_RETENTION"); v != "" {
 		d, err := parseDays(v)
@@ -93,6 +97,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.StringVar(&cfg.listen, "listen", cfg.listen, "listen address (KEYGATE_LISTEN)")
 	fs.Var(urlFlag{&cfg.store}, "store", "`store`: sqlite:<path> or a postgres:// URL (KEYGATE_STORE)")
 	fs.StringVar(&cfg.prefix, "key-prefix", cfg.prefix, "prefix of new keys, 1-16 of [a-z0-9] (KEYGATE_KEY_PREFIX)")
+	fs.IntVar(&cfg.keyLength, "key-length", cfg.keyLength, fmt.Sprintf(
+		"random Base62 characters of new keys, %d-%d: 16 to 64 bytes of entropy; filters accept every length (KEYGATE_KEY_LENGTH)",
+		keycache.MinBodyLen, keycache.MaxBodyLen))
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,
 		"how long the change log and usage batch identities are kept")
@@ -122,6 +129,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 	if !keycache.ValidPrefix(cfg.prefix) {
 		return usagef("--key-prefix: %v", keycache.ErrBadPrefix)
+	}
+	if !keycache.ValidBodyLen(cfg.keyLength) {
+		return usagef("--key-length: %v", keycache.ErrBadBodyLen)
 	}
 	if cfg.retention < time.Hour {
 		return usagef("--retention must be at least 1h")
@@ -178,7 +188,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	prevFilter := previousCredential(env("KEYGATE_FILTER_TOKEN_PREVIOUS"))
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
-		KeyPrefix: cfg.prefix, Logger: log, UsageRetention: cfg.usageRetention,
+		KeyPrefix: cfg.prefix, KeyLength: cfg.keyLength, Logger: log, UsageRetention: cfg.usageRetention,
 		MaxRegistrationsPerMinute: cfg.maxRegistrations})
 	if err != nil {
 		return err

@@ -165,7 +165,10 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 }
 
 // Shares computes the shares of instance (node, boot) as of the store
-// clock.
+// clock, one per rate budget: the keys of one rotation lineage have one
+// rate between them (docs/lifecycle.md), so their demand is summed and the
+// share is answered under the lineage's first key's id, which the filters
+// name their limiter state after. "Key" below means such a budget.
 //
 // With N active nodes (a batch within the share window; the asking node
 // counts even when it is not), f = ShareFloor/N, a key's fleet rate L
@@ -195,49 +198,59 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, error) {
 	now := s.now().UnixMicro()
 	cutoff := now - s.shareWindow.Microseconds()
-	type keyDemand struct {
-		id                 string
-		limit, periodMS    int64
-		total, own         float64
-		haveTotal, haveOwn bool
+	type budgetDemand struct {
+		id         string
+		limit      float64 // requests per second
+		total, own float64
 	}
 	var (
 		active, self int64
-		rows         []keyDemand
+		rows         []budgetDemand
 	)
-	// The current demand rate of a share_instance_demand row d of instance
-	// nd for key k, capped at DemandCap times the key's rate.
-	rate := fmt.Sprintf(`CASE WHEN d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d
-		THEN `+s.least()+`(CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us,
-			CAST(k.rate_limit AS DOUBLE PRECISION) * %d * 1000 / k.rate_period_ms)
-		ELSE CAST(0 AS DOUBLE PRECISION) END`, staleNum, staleDen, DemandCap)
+	// Demand is recorded per key; a budget's demand from a node is the sum
+	// over the budget's keys (its rotation lineage: key_lineage, or the key
+	// alone) of their current demand rates, and its rate L the highest of
+	// those keys' rates (a rotation copies the rate, so they normally agree).
+	// The node's demand counts at most DemandCap times L.
+	fresh := fmt.Sprintf(`d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d`, staleNum, staleDen)
+	capped := fmt.Sprintf(s.least()+`(r, l * %d)`, DemandCap)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		rows = rows[:0]
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN node = $2 AND boot = $3 THEN 1 ELSE 0 END), 0)
 			FROM share_instances WHERE last_at >= $1`, cutoff, node, boot).Scan(&active, &self); err != nil {
 			return err
 		}
-		rs, err := tx.QueryContext(ctx, `SELECT d.key_id, k.rate_limit, k.rate_period_ms,
-				SUM(`+rate+`), SUM(CASE WHEN d.node = $3 AND d.boot = $4 THEN `+rate+` ELSE CAST(0 AS DOUBLE PRECISION) END)
-			FROM share_instance_demand d
-			JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
-			JOIN keys k ON k.id = d.key_id
-			WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
-			GROUP BY d.key_id, k.rate_limit, k.rate_period_ms`, now, cutoff, node, boot)
+		rs, err := tx.QueryContext(ctx, `WITH per_node AS (
+				SELECT COALESCE(kl.lineage_id, d.key_id) AS budget, d.node AS node, d.boot AS boot,
+					SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
+						ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
+					MAX(CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms) AS l
+				FROM share_instance_demand d
+				JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
+				JOIN keys k ON k.id = d.key_id
+				LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
+				WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
+				GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
+			), per_budget AS (
+				SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node
+			)
+			SELECT budget, MAX(l), SUM(`+capped+`),
+				SUM(CASE WHEN node = $3 AND boot = $4 THEN `+capped+` ELSE CAST(0 AS DOUBLE PRECISION) END)
+			FROM per_budget GROUP BY budget`, now, cutoff, node, boot)
 		if err != nil {
 			return err
 		}
 		defer rs.Close()
 		for rs.Next() {
 			var (
-				kd         keyDemand
+				bd         budgetDemand
 				total, own sql.NullFloat64
 			)
-			if err := rs.Scan(&kd.id, &kd.limit, &kd.periodMS, &total, &own); err != nil {
+			if err := rs.Scan(&bd.id, &bd.limit, &total, &own); err != nil {
 				return err
 			}
-			kd.total, kd.own = total.Float64, own.Float64
-			rows = append(rows, kd)
+			bd.total, bd.own = total.Float64, own.Float64
+			rows = append(rows, bd)
 		}
 		return rs.Err()
 	})
@@ -249,18 +262,10 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 		n++
 	}
 	out := &Shares{Keys: make(map[string]float64, len(rows)), Default: roundShare(1 / float64(n)), Nodes: n}
-	for _, kd := range rows {
-		out.Keys[kd.id] = share(n, kd.own, kd.total, fleetRate(kd.limit, kd.periodMS))
+	for _, bd := range rows {
+		out.Keys[bd.id] = share(n, bd.own, bd.total, bd.limit)
 	}
 	return out, nil
-}
-
-// fleetRate is a rate limit in requests per second.
-func fleetRate(limit, periodMS int64) float64 {
-	if periodMS <= 0 {
-		return 0
-	}
-	return float64(limit) * 1000 / float64(periodMS)
 }
 
 // share is the formula of Shares for one key: n active nodes, this node's

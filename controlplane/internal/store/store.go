@@ -136,6 +136,11 @@ type AuditFilter struct {
 type Change struct {
 	Hash keycache.Hash
 	Key  *Key
+	// Budget is the key's rate budget: the id of its rotation lineage's
+	// first key, Key.ID for a key never rotated ("" for a delete). The
+	// filters name a key's limiter state and fleet share after it
+	// (docs/lifecycle.md).
+	Budget string
 }
 
 // SyncPage is what the sync endpoint sends (see docs/wire.md).
@@ -190,9 +195,10 @@ const (
 )
 
 // Shares is one node's part of every fleet-wide rate limit (docs/wire.md,
-// POST /v1/usage): Keys maps the id of each rate-limited key with demand
-// anywhere in the fleet within the share window to the node's share in
-// (0, 1]; Default applies to every other rate-limited key. Nodes is the
+// POST /v1/usage): Keys maps the budget id (the first key of a rotation
+// lineage, a key's own id when it was never rotated) of each rate-limited
+// key with demand anywhere in the fleet within the share window to the
+// node's share in (0, 1]; Default applies to every other rate-limited key. Nodes is the
 // number of active nodes the shares were divided among, the asking node
 // included.
 type Shares struct {

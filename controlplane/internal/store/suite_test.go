@@ -58,6 +58,7 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"Instances", testInstances},
 		{"RegistrationBound", testRegistrationBound},
 		{"SharesPerInstance", testSharesPerInstance},
+		{"LineageBudget", testLineageBudget},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

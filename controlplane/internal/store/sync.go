@@ -15,6 +15,10 @@ const (
 	MaxChangeLogEntries = 100_000
 )
 
+// budgetColumn selects a key's budget (Change.Budget) from keys k LEFT
+// JOIN key_lineage kl: its lineage's first key, or itself.
+const budgetColumn = `COALESCE(kl.lineage_id, k.id)`
+
 // Sync answers one page of a delta or a snapshot.
 //
 // A delta lists, in version order, the latest change of every hash changed
@@ -76,13 +80,13 @@ func (s *sqlStore) Sync(ctx context.Context, since int64, cursor string, limit i
 }
 
 func (s *sqlStore) snapshotPage(ctx context.Context, tx *sql.Tx, c syncCursor, first bool, limit int) (*SyncPage, error) {
-	q := `SELECT ` + keyColumns + ` FROM keys`
+	q := `SELECT ` + keyColumnsAs("k") + `, ` + budgetColumn + ` FROM keys k LEFT JOIN key_lineage kl ON kl.key_id = k.id`
 	args := []any{limit + 1}
 	if !first {
-		q += ` WHERE hash > $2`
+		q += ` WHERE k.hash > $2`
 		args = append(args, c.hash[:])
 	}
-	q += ` ORDER BY hash LIMIT $1`
+	q += ` ORDER BY k.hash LIMIT $1`
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -90,11 +94,18 @@ func (s *sqlStore) snapshotPage(ctx context.Context, tx *sql.Tx, c syncCursor, f
 	defer rows.Close()
 	page := &SyncPage{Version: c.upto, Snapshot: true, Changes: make([]Change, 0, min(limit, 256))}
 	for rows.Next() {
-		k, err := scanKey(rows)
+		var (
+			kr     keyRow
+			budget sql.NullString
+		)
+		if err := rows.Scan(append(kr.dest(), &budget)...); err != nil {
+			return nil, err
+		}
+		k, err := kr.key()
 		if err != nil {
 			return nil, err
 		}
-		page.Changes = append(page.Changes, Change{Hash: k.Hash, Key: k})
+		page.Changes = append(page.Changes, Change{Hash: k.Hash, Key: k, Budget: budget.String})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -115,8 +126,8 @@ func (s *sqlStore) deltaPage(ctx context.Context, tx *sql.Tx, c syncCursor, limi
 	}
 	// The latest change per hash in (since, upto], resumed after c.last; the
 	// key's current row, if any, makes it an upsert, else a delete.
-	rows, err := tx.QueryContext(ctx, `SELECT c.version, c.hash, k.id IS NOT NULL, `+keyColumnsAs("k")+`
-		FROM change_log c LEFT JOIN keys k ON k.hash = c.hash
+	rows, err := tx.QueryContext(ctx, `SELECT c.version, c.hash, k.id IS NOT NULL, `+keyColumnsAs("k")+`, `+budgetColumn+`
+		FROM change_log c LEFT JOIN keys k ON k.hash = c.hash LEFT JOIN key_lineage kl ON kl.key_id = k.id
 		WHERE c.version > $1 AND c.version <= $2
 		  AND NOT EXISTS (SELECT 1 FROM change_log d WHERE d.hash = c.hash AND d.version > c.version AND d.version <= $2)
 		ORDER BY c.version
@@ -132,8 +143,9 @@ func (s *sqlStore) deltaPage(ctx context.Context, tx *sql.Tx, c syncCursor, limi
 			hash    []byte
 			present bool
 			kr      keyRow
+			budget  sql.NullString
 		)
-		if err := rows.Scan(append([]any{&v, &hash, &present}, kr.dest()...)...); err != nil {
+		if err := rows.Scan(append(append([]any{&v, &hash, &present}, kr.dest()...), &budget)...); err != nil {
 			return nil, err
 		}
 		var ch Change
@@ -146,7 +158,7 @@ func (s *sqlStore) deltaPage(ctx context.Context, tx *sql.Tx, c syncCursor, limi
 			if err != nil {
 				return nil, err
 			}
-			ch.Key = k
+			ch.Key, ch.Budget = k, budget.String
 		}
 		page.Changes = append(page.Changes, ch)
 		versions = append(versions, v)

@@ -167,9 +167,14 @@ const (
 // filter and nkeys seeded records, or with the pass-through module, and
 // checks one request. The host is closed by cleanup.
 func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup func(func())) (*filterRig, error) {
+	return newFilterRigWith(kind, filterPath, passPath, nkeys, keygateConfig, cleanup)
+}
+
+// newFilterRigWith is newFilterRig with the keygate filter's configuration.
+func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, config string, cleanup func(func())) (*filterRig, error) {
 	spec := pluginSpec{name: "passthrough", vmID: "passthrough", wasm: passPath}
 	if kind == rigKeygate {
-		spec = pluginSpec{name: "keygate", vmID: keygateVMID, wasm: filterPath, config: keygateConfig}
+		spec = pluginSpec{name: "keygate", vmID: keygateVMID, wasm: filterPath, config: config}
 	}
 	cfg, err := ParseConfig([]byte(testYAML([]pluginSpec{spec}, nil, map[string]string{"upstream": "127.0.0.1:9"})))
 	if err != nil {
@@ -303,8 +308,8 @@ func (r *filterRig) check() error {
 	} else if v == "" {
 		return errors.New("empty RateLimit header")
 	}
-	sum := sha256.Sum256([]byte(r.key))
-	if _, _, err := r.h.SharedData().Get(keygateVMID, "r"+string(sum[:])); err != nil {
+	// Named after the key's budget: its own id, as it was never rotated.
+	if _, _, err := r.h.SharedData().Get(keygateVMID, "r"+benchKeyID); err != nil {
 		return fmt.Errorf("no limiter state in shared data: %w", err)
 	}
 	return nil
@@ -317,10 +322,16 @@ func (r *filterRig) check() error {
 // every request misses the cache and takes the slow path (SHA-256, record
 // read and parse, limiter read and compare-and-swap).
 func (r *filterRig) withKeysInTurn(n int) error {
+	return r.withKeysInTurnLen(n, keycache.DefaultBodyLen)
+}
+
+// withKeysInTurnLen is withKeysInTurn with keys of bodyLen random
+// characters.
+func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 	sd := r.h.SharedData()
 	var buf []byte
 	for i := 0; i < n; i++ {
-		key, err := keycache.NewKey("ak", rand.Reader)
+		key, err := keycache.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,86 @@
+package filter
+
+import (
+	"strconv"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/keygate/keygate/keycache"
+)
+
+// TestLineageSharesOneLimiter: two records with the same budget (a key and
+// its successor during a rotation's grace period) take from one bucket and
+// read one fleet share, named after the budget; a key of another budget
+// with the same policy keeps its own bucket.
+func TestLineageSharesOneLimiter(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		for _, c := range []struct {
+			name     string
+			share    float64 // the budget's share; 0: none sent
+			min, max int     // Retry-After of the refused successor
+		}{
+			{"whole rate", 0, 29, 31},
+			{"budget share", 0.5, 59, 61},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				old, next, other := newKey(t), newKey(t), newKey(t)
+				host := emulator(t, vm(), testConfig, func() {
+					rec := func(id, budget string) keycache.Record {
+						return keycache.Record{ID: id, Budget: budget, Owner: "acme", Status: keycache.StatusActive, Epoch: 2,
+							Hosts: []string{"api.example.com"}, Scopes: []string{"read"},
+							HasRate: true, RateLimit: 2, RatePeriodMS: 60000}
+					}
+					seedRecord(t, old, rec("key_root", ""))
+					seedRecord(t, next, rec("key_next", "key_root"))
+					seedRecord(t, other, rec("key_other", ""))
+					if c.share > 0 {
+						seedShare(t, "key_root", c.share)
+						seedShare(t, "key_next", 1) // a per-key share must not count
+					}
+					seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3, keyShares: c.share > 0})
+				})
+				send := func(key string) (int, [][2]string) {
+					id := host.InitializeHttpContext()
+					host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", key), true)
+					if r := host.GetSentLocalResponse(id); r != nil {
+						return int(r.StatusCode), r.Headers
+					}
+					host.CallOnResponseHeaders(id, nil, false)
+					return 200, host.GetCurrentResponseHeaders(id)
+				}
+				if st, h := send(old); st != 200 {
+					t.Fatalf("old key: status %d, want 200", st)
+				} else if rl, _ := header(h, "ratelimit"); rl != `"key";r=0;t=`+map[bool]string{true: "60", false: "30"}[c.share > 0] {
+					t.Errorf("old key: RateLimit %q", rl)
+				}
+				st, h := send(next)
+				if st != 429 {
+					t.Fatalf("successor right after its predecessor: status %d, want 429 (one bucket)", st)
+				}
+				if p, _ := header(h, "ratelimit-policy"); p != `"key";q=2;w=60` {
+					t.Errorf("successor: RateLimit-Policy %q, want the key's own policy", p)
+				}
+				if ra := retryAfter(t, h); ra < c.min || ra > c.max {
+					t.Errorf("successor: Retry-After %d, want %d..%d", ra, c.min, c.max)
+				}
+				if st, _ := send(old); st != 429 {
+					t.Errorf("old key again: status %d, want 429", st)
+				}
+				if st, _ := send(other); st != 200 {
+					t.Errorf("a key of another budget: status %d, want 200 (its own bucket)", st)
+				}
+			})
+		}
+	})
+}
+
+func retryAfter(t *testing.T, h [][2]string) int {
+	t.Helper()
+	v, _ := header(h, "retry-after")
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("retry-after %q", v)
+	}
+	return n
+}
