@@ -309,8 +309,9 @@ func TestEnvoyLogFormat(t *testing.T) {
 }
 
 // TestIdenticalServicesShareOneVM: singleton services with the same
-// vm_config run in one VM, each with its own root context, as in Envoy;
-// another vm_id gets its own VM.
+// vm_config run in one VM, each with its own root context unless root_id
+// and configuration are identical, as in Envoy; another vm_id gets its own
+// VM.
 func TestIdenticalServicesShareOneVM(t *testing.T) {
 	up := echoUpstream(t)
 	probe := testModule(t, "probe")
@@ -323,6 +324,18 @@ func TestIdenticalServicesShareOneVM(t *testing.T) {
 	h = startHost(t, testYAML(filters, []pluginSpec{{name: "s1", vmID: "probe", wasm: probe, config: "roots"}, {name: "s2", vmID: "other", wasm: probe, config: "roots"}}, clusters), Options{Concurrency: 1})
 	if got := sharedString(h, "roots-in-vm"); got != "1" {
 		t.Fatalf("root contexts with distinct vm_ids: %q, want 1", got)
+	}
+	// Identical services (same root_id and configuration) share one root
+	// context too: cpp-host keys root contexts by both and starts the
+	// second on the first's.
+	h = startHost(t, testYAML(filters, []pluginSpec{{name: "s", vmID: "probe", wasm: probe, config: "roots log"}, {name: "s", vmID: "probe", wasm: probe, config: "roots log"}}, clusters), Options{Concurrency: 1})
+	if got := sharedString(h, "roots-in-vm"); got != "1" {
+		t.Fatalf("root contexts for identical services: %q, want 1", got)
+	}
+	// Started twice in the service VM (plus once in each throw-away
+	// configure clone), on the one root context.
+	if n := strings.Count(h.log.String(), "wasm log s probe: probe plugin started"); n != 4 {
+		t.Fatalf("plugin starts logged %d times, want 4:\n%s", n, h.log.String())
 	}
 }
 
