@@ -677,6 +677,9 @@ func parseAccessLog(name string, tc *anypb.Any) (*AccessLogFormat, error) {
 	case *streamv3.StderrAccessLog:
 		return compileFormat(v.GetLogFormat())
 	case *filev3.FileAccessLog:
+		if err := onlyFields(v, "", fieldSet("path", "log_format")); err != nil {
+			return nil, err
+		}
 		if !strings.HasPrefix(v.GetPath(), "/dev/std") {
 			return nil, errors.New("file access logs must write to /dev/stdout or /dev/stderr here")
 		}

@@ -128,6 +128,7 @@ func TestConfigRefusalsNameTheField(t *testing.T) {
 		{"node metadata", "node: {id: test-node, cluster: test-cluster}", "node: {id: test-node, cluster: test-cluster, metadata: {a: b}}", "node.metadata"},
 		{"direct response too large", "route: {cluster: upstream}", "direct_response: {status: 200, body: {inline_string: \"" + strings.Repeat("x", 4097) + "\"}}", "max_direct_response_body_size_bytes"},
 		{"http 1 options", "stat_prefix: ingress_http", "stat_prefix: ingress_http\n          http_protocol_options: {allow_absolute_url: true}", "http_protocol_options.allow_absolute_url"},
+		{"log format options", "json_format: {status:", "omit_empty_values: true\n                json_format: {status:", "log_format.omit_empty_values"},
 		{"vm options", "runtime: envoy.wasm.runtime.v8,", "runtime: envoy.wasm.runtime.v8, allow_precompiled: true,", "vm_config.allow_precompiled"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
