@@ -1,9 +1,13 @@
 package host
 
 import (
+	"bytes"
+	"compress/zlib"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -17,6 +21,7 @@ const (
 	statusOK                  = 0
 	statusNotFound            = 1
 	statusBadArgument         = 2
+	statusSerializationFail   = 3
 	statusInvalidMemoryAccess = 6
 	statusEmpty               = 7
 	statusCasMismatch         = 8
@@ -220,7 +225,7 @@ func hLog(in *instance, m api.Module, s []uint64) uint32 {
 	if int(level) >= len(logLevels) {
 		return statusBadArgument
 	}
-	in.host.guestLog(int(level), in.group.vmID, msg)
+	in.host.guestLog(int(level), in.logPrefix(), msg)
 	return statusOK
 }
 
@@ -555,12 +560,43 @@ func hSendLocalResponse(in *instance, m api.Module, s []uint64) uint32 {
 	return statusOK
 }
 
-func hForeign(_ *instance, m api.Module, s []uint64) uint32 {
-	if _, ok := readString(m, arg(s, 0), arg(s, 1)); !ok {
+// hForeign is proxy_call_foreign_function. The host implements Envoy's
+// compress and uncompress (zlib) and clear_route_cache (the host selects
+// the route from the current headers every time, so clearing is a no-op
+// that succeeds). Envoy's others (declare_property,
+// set_envoy_filter_state, sign, verify_signature, expr_create,
+// expr_evaluate, expr_delete) are NOT_FOUND here, as any name Envoy does
+// not know is NOT_FOUND in Envoy.
+func hForeign(in *instance, m api.Module, s []uint64) uint32 {
+	name, ok := readString(m, arg(s, 0), arg(s, 1))
+	if !ok {
 		return statusInvalidMemoryAccess
 	}
-	// Envoy's foreign functions (compress, declare_property, ...) are not
-	// reproduced: every name is unknown here.
+	args, ok := m.Memory().Read(arg(s, 2), arg(s, 3))
+	if !ok {
+		return statusInvalidMemoryAccess
+	}
+	switch name {
+	case "compress":
+		var b bytes.Buffer
+		zw := zlib.NewWriter(&b)
+		if _, err := zw.Write(args); err != nil || zw.Close() != nil {
+			return statusSerializationFail
+		}
+		return in.copyOut(m, b.Bytes(), arg(s, 4), arg(s, 5))
+	case "uncompress":
+		zr, err := zlib.NewReader(bytes.NewReader(args))
+		if err != nil {
+			return statusSerializationFail
+		}
+		out, err := io.ReadAll(io.LimitReader(zr, maxBody+1))
+		if err != nil || len(out) > maxBody {
+			return statusSerializationFail
+		}
+		return in.copyOut(m, out, arg(s, 4), arg(s, 5))
+	case "clear_route_cache":
+		return statusOK
+	}
 	return statusNotFound
 }
 
@@ -654,4 +690,28 @@ func int64Bytes(v int64) []byte {
 	b := make([]byte, 8)
 	binary.LittleEndian.PutUint64(b, uint64(v))
 	return b
+}
+
+// logPrefix is Envoy's log prefix for the current context (cpp-host's
+// log_prefix): a stream context's plugin gives " <name> <root_id>
+// <vm_id>", a root context " <root_id> <vm_id>", each part only when set;
+// the VM context (during _start) gives none.
+func (in *instance) logPrefix() string {
+	rc := in.rootFor(in.current)
+	if rc == nil {
+		return ""
+	}
+	var b strings.Builder
+	add := func(s string) {
+		if s != "" {
+			b.WriteByte(' ')
+			b.WriteString(s)
+		}
+	}
+	if _, stream := in.streams[in.current]; stream {
+		add(rc.plugin.Name)
+	}
+	add(rc.plugin.RootID)
+	add(rc.plugin.VMID)
+	return b.String()
 }

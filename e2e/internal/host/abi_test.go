@@ -100,7 +100,7 @@ func TestHostFunctionArguments(t *testing.T) {
 	if v, cas, err := h.SharedData().Get("pt", "k"); err != nil || string(v) != "v" || cas == 0 {
 		t.Fatalf("shared data after set: %q %d %v", v, cas, err)
 	}
-	if !strings.Contains(h.log.String(), "wasm log pt: hello from the test") {
+	if !strings.Contains(h.log.String(), "wasm log pt pt: hello from the test") {
 		t.Fatalf("log: %s", h.log.String())
 	}
 }

@@ -62,6 +62,9 @@ func compileFormat(f *corev3.SubstitutionFormatString) (*AccessLogFormat, error)
 	if len(f.GetFormatters()) > 0 {
 		return nil, errors.New("formatter extensions are not supported")
 	}
+	if err := onlyFields(f, "log_format.", fieldSet("text_format", "json_format", "text_format_source")); err != nil {
+		return nil, err
+	}
 	if js := f.GetJsonFormat(); js != nil {
 		fields, err := compileStruct(js)
 		if err != nil {

@@ -55,8 +55,11 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 	for _, p := range headers {
 		hm.add(lower(p[0]), p[1])
 	}
+	// Envoy only checks that the three headers exist. An empty :method or
+	// :path then fails in its router, so the host refuses those; an empty
+	// :authority goes out as an empty Host.
 	for _, name := range []string{":method", ":path", ":authority"} {
-		if v, ok := hm.get(name); !ok || v == "" {
+		if v, ok := hm.get(name); !ok || (v == "" && name != ":authority") {
 			return statusBadArgument
 		}
 	}

@@ -19,10 +19,8 @@ import (
 	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 )
@@ -86,6 +84,15 @@ type Listener struct {
 	// Path handles the HTTP connection manager's normalize_path,
 	// merge_slashes and path_with_escaped_slashes_action (stream.go).
 	Path PathOptions
+	// AcceptHTTP10 is http_protocol_options.accept_http_10: without it
+	// Envoy answers HTTP/1.0 requests 426.
+	AcceptHTTP10 bool
+	// MaxRequestHeadersKB is max_request_headers_kb (Envoy's default 60):
+	// larger request headers get 431.
+	MaxRequestHeadersKB int
+	// MaxHeadersCount is common_http_protocol_options.max_headers_count
+	// (Envoy's default 100): more request headers get 431.
+	MaxHeadersCount int
 }
 
 // PathOptions are the HTTP connection manager's path normalization options.
@@ -102,13 +109,25 @@ type VirtualHost struct {
 	Routes  []Route
 }
 
-// Route sends requests whose path matches to a cluster.
+// Route sends requests whose path matches to a cluster, or answers them
+// itself (direct_response).
 type Route struct {
 	Prefix  string
 	Path    string
 	Cluster string
 	// Timeout is the route timeout: Envoy's 15 s unless set; 0 disables.
 	Timeout time.Duration
+	// Direct is the route's direct_response, if it has one.
+	Direct *DirectResponse
+	// Metadata is the route's metadata (the route_metadata property).
+	Metadata *corev3.Metadata
+}
+
+// DirectResponse is a route's direct_response: the router answers with
+// this status and body (details "direct_response").
+type DirectResponse struct {
+	Status int
+	Body   []byte
 }
 
 // Plugin is one proxy-wasm PluginConfig.
@@ -173,7 +192,7 @@ func ParseBootstrap(raw []byte) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("envoy config: yaml: %w", err)
 	}
 	var b bootstrapv3.Bootstrap
-	if err := protojson.Unmarshal(js, &b); err != nil {
+	if err := loadJSON(js, &b); err != nil {
 		return nil, fmt.Errorf("envoy config: %w", err)
 	}
 	if err := b.ValidateAll(); err != nil {
@@ -182,6 +201,35 @@ func ParseBootstrap(raw []byte) (*bootstrapv3.Bootstrap, error) {
 	return &b, nil
 }
 
+// Fields of the bootstrap and of the listener side the host implements;
+// anything else set is refused with its path (onlyFields), never ignored.
+var (
+	bootstrapFields    = fieldSet("node", "admin", "static_resources", "bootstrap_extensions")
+	nodeFields         = fieldSet("id", "cluster")
+	adminFields        = fieldSet("address")
+	staticFields       = fieldSet("listeners", "clusters")
+	extensionFields    = fieldSet("name", "typed_config")
+	wasmServiceFields  = fieldSet("config", "singleton")
+	pluginFields       = fieldSet("name", "root_id", "vm_config", "configuration", "fail_open", "failure_policy", "reload_config")
+	vmConfigFields     = fieldSet("vm_id", "runtime", "code", "configuration")
+	listenerFields     = fieldSet("name", "address", "filter_chains")
+	filterChainFields  = fieldSet("filters")
+	hcmFields          = fieldSet("stat_prefix", "codec_type", "route_config", "http_filters", "access_log", "http_protocol_options", "common_http_protocol_options", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "path_normalization_options", "max_request_headers_kb")
+	http1Fields        = fieldSet("accept_http_10")
+	commonHTTPFields   = fieldSet("max_headers_count")
+	routeConfigFields  = fieldSet("name", "virtual_hosts", "max_direct_response_body_size_bytes")
+	virtualHostFields  = fieldSet("name", "domains", "routes")
+	routeFields        = fieldSet("name", "match", "route", "direct_response", "metadata")
+	routeMatchFields   = fieldSet("prefix", "path")
+	routeActionFields  = fieldSet("cluster", "timeout")
+	directRespFields   = fieldSet("status", "body")
+	dataSourceFields   = fieldSet("inline_string", "inline_bytes", "filename")
+	httpFilterFields   = fieldSet("name", "typed_config")
+	accessLogFields    = fieldSet("name", "typed_config")
+	socketAddrFields   = fieldSet("address", "port_value", "protocol")
+	reloadConfigFields = fieldSet("backoff")
+)
+
 // ParseConfig parses and validates an Envoy bootstrap and extracts what the
 // host runs. Anything the host cannot run faithfully is an error rather than
 // being ignored.
@@ -189,6 +237,20 @@ func ParseConfig(raw []byte) (*Config, error) {
 	b, err := ParseBootstrap(raw)
 	if err != nil {
 		return nil, err
+	}
+	for _, c := range []struct {
+		m       proto.Message
+		path    string
+		allowed map[string]bool
+	}{
+		{b, "", bootstrapFields},
+		{b.GetNode(), "node.", nodeFields},
+		{b.GetAdmin(), "admin.", adminFields},
+		{b.GetStaticResources(), "static_resources.", staticFields},
+	} {
+		if err := onlyFields(c.m, c.path, c.allowed); err != nil {
+			return nil, fmt.Errorf("envoy config: %w", err)
+		}
 	}
 	cfg := &Config{
 		NodeID:      b.GetNode().GetId(),
@@ -211,26 +273,40 @@ func ParseConfig(raw []byte) (*Config, error) {
 		cfg.Clusters[c.GetName()] = cl
 	}
 	for _, l := range b.GetStaticResources().GetListeners() {
+		if err := onlyFields(l, "", listenerFields); err != nil {
+			return nil, fmt.Errorf("envoy config: listener %q: %w", l.GetName(), err)
+		}
 		lis, err := parseListener(l.GetName(), l.GetAddress(), l.GetFilterChains())
 		if err != nil {
 			return nil, fmt.Errorf("envoy config: listener %q: %w", l.GetName(), err)
 		}
 		cfg.Listeners = append(cfg.Listeners, lis)
 	}
-	for _, ext := range b.GetBootstrapExtensions() {
-		if ext.GetName() != wasmBootstrapName {
-			return nil, fmt.Errorf("envoy config: bootstrap extension %q is not supported", ext.GetName())
+	for i, ext := range b.GetBootstrapExtensions() {
+		if err := onlyFields(ext, fmt.Sprintf("bootstrap_extensions[%d].", i), extensionFields); err != nil {
+			return nil, fmt.Errorf("envoy config: %w", err)
 		}
-		var svc wasmv3.WasmService
-		if err := unpack(ext.GetTypedConfig(), &svc); err != nil {
-			return nil, fmt.Errorf("envoy config: %s: %w", wasmBootstrapName, err)
+		// Envoy picks the extension by its typed config's type, not by name.
+		m, url, err := opaqueConfig(ext.GetTypedConfig())
+		if err != nil {
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q: %w", ext.GetName(), err)
+		}
+		svc, ok := m.(*wasmv3.WasmService)
+		if !ok {
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q (%s) is not supported", ext.GetName(), url)
+		}
+		if err := validate(svc); err != nil {
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q: %w", ext.GetName(), err)
+		}
+		if err := onlyFields(svc, "WasmService.", wasmServiceFields); err != nil {
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q: %w", ext.GetName(), err)
 		}
 		if !svc.GetSingleton() {
-			return nil, fmt.Errorf("envoy config: %s: only singleton services are supported", wasmBootstrapName)
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q: only singleton services are supported", ext.GetName())
 		}
 		p, err := parsePlugin(svc.GetConfig())
 		if err != nil {
-			return nil, fmt.Errorf("envoy config: %s: %w", wasmBootstrapName, err)
+			return nil, fmt.Errorf("envoy config: bootstrap extension %q: %w", ext.GetName(), err)
 		}
 		p.Singleton = true
 		cfg.Services = append(cfg.Services, p)
@@ -249,6 +325,9 @@ func (c *Config) check() error {
 	for _, l := range c.Listeners {
 		for _, vh := range l.VirtualHosts {
 			for _, r := range vh.Routes {
+				if r.Direct != nil {
+					continue
+				}
 				if _, ok := c.Clusters[r.Cluster]; !ok {
 					return fmt.Errorf("listener %q: route to unknown cluster %q", l.Name, r.Cluster)
 				}
@@ -258,17 +337,9 @@ func (c *Config) check() error {
 	return nil
 }
 
-func unpack(a *anypb.Any, m proto.Message) error {
-	if a == nil {
-		return errors.New("missing typed_config")
-	}
-	if err := a.UnmarshalTo(m); err != nil {
-		return fmt.Errorf("typed_config %s: %w", a.GetTypeUrl(), err)
-	}
+func validate(m proto.Message) error {
 	if v, ok := m.(interface{ ValidateAll() error }); ok {
-		if err := v.ValidateAll(); err != nil {
-			return err
-		}
+		return v.ValidateAll()
 	}
 	return nil
 }
@@ -277,6 +348,12 @@ func socketAddr(a *corev3.Address) (string, error) {
 	sa := a.GetSocketAddress()
 	if sa == nil {
 		return "", errors.New("only socket_address is supported")
+	}
+	if err := onlyFields(sa, "socket_address.", socketAddrFields); err != nil {
+		return "", err
+	}
+	if sa.GetProtocol() != corev3.SocketAddress_TCP {
+		return "", errors.New("socket_address.protocol: only TCP is supported")
 	}
 	port, ok := sa.GetPortSpecifier().(*corev3.SocketAddress_PortValue)
 	if !ok {
@@ -291,28 +368,75 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		return nil, err
 	}
 	if len(chains) != 1 || len(chains[0].GetFilters()) != 1 {
-		return nil, errors.New("exactly one filter chain with one network filter is supported")
+		return nil, errors.New("exactly one filter chain with one network filter (the HTTP connection manager) is supported; TCP network filters are not")
+	}
+	if err := onlyFields(chains[0], "filter_chains[0].", filterChainFields); err != nil {
+		return nil, err
 	}
 	nf := chains[0].GetFilters()[0]
-	if nf.GetName() != hcmFilterName {
-		return nil, fmt.Errorf("network filter %q is not supported", nf.GetName())
+	// Envoy picks a network filter by its typed config's type URL; the
+	// name is free (a legacy envoy.http_connection_manager works too).
+	m, url, err := opaqueConfig(nf.GetTypedConfig())
+	if err != nil {
+		return nil, fmt.Errorf("network filter %q: %w", nf.GetName(), err)
 	}
-	var hcm hcmv3.HttpConnectionManager
-	if err := unpack(nf.GetTypedConfig(), &hcm); err != nil {
-		return nil, fmt.Errorf("%s: %w", hcmFilterName, err)
+	hcm, ok := m.(*hcmv3.HttpConnectionManager)
+	if !ok {
+		return nil, fmt.Errorf("network filter %q (%s) is not supported: only the HTTP connection manager is", nf.GetName(), url)
 	}
-	lis := &Listener{Name: name, Addr: a, StatPrefix: hcm.GetStatPrefix()}
-	if lis.Path, err = parsePathOptions(&hcm); err != nil {
+	if err := validate(hcm); err != nil {
+		return nil, fmt.Errorf("network filter %q: %w", nf.GetName(), err)
+	}
+	if err := onlyFields(hcm, "http_connection_manager.", hcmFields); err != nil {
+		return nil, err
+	}
+	lis := &Listener{Name: name, Addr: a, StatPrefix: hcm.GetStatPrefix(), MaxRequestHeadersKB: 60}
+	switch hcm.GetCodecType() {
+	case hcmv3.HttpConnectionManager_AUTO, hcmv3.HttpConnectionManager_HTTP1:
+	default:
+		return nil, fmt.Errorf("http_connection_manager.codec_type %s is not supported (AUTO and HTTP1 are; the host speaks HTTP/1 only)", hcm.GetCodecType())
+	}
+	if o := hcm.GetHttpProtocolOptions(); o != nil {
+		if err := onlyFields(o, "http_connection_manager.http_protocol_options.", http1Fields); err != nil {
+			return nil, err
+		}
+		lis.AcceptHTTP10 = o.GetAcceptHttp_10()
+	}
+	if o := hcm.GetCommonHttpProtocolOptions(); o != nil {
+		if err := onlyFields(o, "http_connection_manager.common_http_protocol_options.", commonHTTPFields); err != nil {
+			return nil, err
+		}
+		if n := o.GetMaxHeadersCount(); n != nil {
+			lis.MaxHeadersCount = int(n.GetValue())
+		}
+	}
+	if lis.MaxHeadersCount == 0 {
+		lis.MaxHeadersCount = 100 // Envoy's default
+	}
+	if kb := hcm.GetMaxRequestHeadersKb(); kb != nil {
+		lis.MaxRequestHeadersKB = int(kb.GetValue())
+	}
+	if lis.Path, err = parsePathOptions(hcm); err != nil {
 		return nil, err
 	}
 	rc := hcm.GetRouteConfig()
 	if rc == nil {
 		return nil, errors.New("http_connection_manager needs an inline route_config")
 	}
+	if err := onlyFields(rc, "route_config.", routeConfigFields); err != nil {
+		return nil, err
+	}
+	maxBody := 4096 // max_direct_response_body_size_bytes, Envoy's default
+	if v := rc.GetMaxDirectResponseBodySizeBytes(); v != nil {
+		maxBody = int(v.GetValue())
+	}
 	for _, vh := range rc.GetVirtualHosts() {
+		if err := onlyFields(vh, fmt.Sprintf("virtual host %q: ", vh.GetName()), virtualHostFields); err != nil {
+			return nil, err
+		}
 		v := VirtualHost{Name: vh.GetName(), Domains: vh.GetDomains()}
 		for _, r := range vh.GetRoutes() {
-			rt, err := parseRoute(r)
+			rt, err := parseRoute(r, maxBody)
 			if err != nil {
 				return nil, fmt.Errorf("virtual host %q: %w", vh.GetName(), err)
 			}
@@ -321,34 +445,50 @@ func parseListener(name string, addr *corev3.Address, chains []*listenerv3.Filte
 		lis.VirtualHosts = append(lis.VirtualHosts, v)
 	}
 	filters := hcm.GetHttpFilters()
-	if len(filters) == 0 || filters[len(filters)-1].GetName() != routerFilterName {
-		return nil, fmt.Errorf("the last http filter must be %s", routerFilterName)
-	}
 	for i, f := range filters {
-		switch f.GetName() {
-		case routerFilterName:
+		if err := onlyFields(f, fmt.Sprintf("http_filters[%d].", i), httpFilterFields); err != nil {
+			return nil, err
+		}
+		// Envoy picks an HTTP filter by its typed config's type URL (a
+		// TypedStruct's inner one); the name is free.
+		m, url, err := opaqueConfig(f.GetTypedConfig())
+		if err != nil {
+			return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+		}
+		if err := validate(m); err != nil {
+			return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
+		}
+		switch c := m.(type) {
+		case *routerv3.Router:
 			if i != len(filters)-1 {
-				return nil, fmt.Errorf("%s must be the last http filter", routerFilterName)
+				return nil, fmt.Errorf("http filter %q: the router must be the last http filter", f.GetName())
 			}
-			var r routerv3.Router
-			if err := unpack(f.GetTypedConfig(), &r); err != nil {
-				return nil, fmt.Errorf("%s: %w", routerFilterName, err)
+			if err := onlyFields(c, fmt.Sprintf("http filter %q: ", f.GetName()), fieldSet()); err != nil {
+				return nil, err
 			}
-		case wasmFilterName:
-			var w wasmfilterv3.Wasm
-			if err := unpack(f.GetTypedConfig(), &w); err != nil {
-				return nil, fmt.Errorf("%s: %w", wasmFilterName, err)
+		case *wasmfilterv3.Wasm:
+			if err := onlyFields(c, fmt.Sprintf("http filter %q: ", f.GetName()), fieldSet("config")); err != nil {
+				return nil, err
 			}
-			p, err := parsePlugin(w.GetConfig())
+			p, err := parsePlugin(c.GetConfig())
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", wasmFilterName, err)
+				return nil, fmt.Errorf("http filter %q: %w", f.GetName(), err)
 			}
 			lis.Filters = append(lis.Filters, p)
 		default:
-			return nil, fmt.Errorf("http filter %q is not supported", f.GetName())
+			return nil, fmt.Errorf("http filter %q (%s) is not supported", f.GetName(), url)
 		}
 	}
-	for _, al := range hcm.GetAccessLog() {
+	if len(filters) == 0 {
+		return nil, fmt.Errorf("the last http filter must be the router (%s)", routerFilterName)
+	}
+	if m, _, _ := opaqueConfig(filters[len(filters)-1].GetTypedConfig()); m == nil || m.ProtoReflect().Descriptor().FullName() != (&routerv3.Router{}).ProtoReflect().Descriptor().FullName() {
+		return nil, fmt.Errorf("the last http filter must be the router (%s)", routerFilterName)
+	}
+	for i, al := range hcm.GetAccessLog() {
+		if err := onlyFields(al, fmt.Sprintf("access_log[%d].", i), accessLogFields); err != nil {
+			return nil, err
+		}
 		if lis.AccessLog != nil {
 			return nil, errors.New("at most one access_log is supported")
 		}
@@ -381,8 +521,14 @@ func parsePathOptions(hcm *hcmv3.HttpConnectionManager) (PathOptions, error) {
 	return o, nil
 }
 
-func parseRoute(r *routev3.Route) (Route, error) {
+func parseRoute(r *routev3.Route, maxBody int) (Route, error) {
 	var rt Route
+	if err := onlyFields(r, fmt.Sprintf("route %q: ", r.GetName()), routeFields); err != nil {
+		return rt, err
+	}
+	if err := onlyFields(r.GetMatch(), fmt.Sprintf("route %q: match.", r.GetName()), routeMatchFields); err != nil {
+		return rt, err
+	}
 	switch m := r.GetMatch().GetPathSpecifier().(type) {
 	case *routev3.RouteMatch_Prefix:
 		rt.Prefix = m.Prefix
@@ -391,9 +537,30 @@ func parseRoute(r *routev3.Route) (Route, error) {
 	default:
 		return rt, fmt.Errorf("route %q: only prefix and path matches are supported", r.GetName())
 	}
+	rt.Metadata = r.GetMetadata()
+	if err := onlyFields(rt.Metadata, fmt.Sprintf("route %q: metadata.", r.GetName()), fieldSet("filter_metadata")); err != nil {
+		return rt, err
+	}
+	if d := r.GetDirectResponse(); d != nil {
+		if err := onlyFields(d, fmt.Sprintf("route %q: direct_response.", r.GetName()), directRespFields); err != nil {
+			return rt, err
+		}
+		body, err := dataSource(d.GetBody())
+		if err != nil {
+			return rt, fmt.Errorf("route %q: direct_response.body: %w", r.GetName(), err)
+		}
+		if len(body) > maxBody {
+			return rt, fmt.Errorf("route %q: direct_response.body is %d bytes; the maximum is %d (max_direct_response_body_size_bytes)", r.GetName(), len(body), maxBody)
+		}
+		rt.Direct = &DirectResponse{Status: int(d.GetStatus()), Body: body}
+		return rt, nil
+	}
+	if err := onlyFields(r.GetRoute(), fmt.Sprintf("route %q: route.", r.GetName()), routeActionFields); err != nil {
+		return rt, err
+	}
 	rt.Cluster = r.GetRoute().GetCluster()
 	if rt.Cluster == "" {
-		return rt, fmt.Errorf("route %q: only route.cluster actions are supported", r.GetName())
+		return rt, fmt.Errorf("route %q: only route.cluster and direct_response actions are supported", r.GetName())
 	}
 	rt.Timeout = 15 * time.Second
 	if d := r.GetRoute().GetTimeout(); d != nil {
@@ -402,13 +569,41 @@ func parseRoute(r *routev3.Route) (Route, error) {
 	return rt, nil
 }
 
+// dataSource reads a DataSource as Envoy does at configuration time.
+func dataSource(d *corev3.DataSource) ([]byte, error) {
+	if d == nil {
+		return nil, nil
+	}
+	if err := onlyFields(d, "", dataSourceFields); err != nil {
+		return nil, err
+	}
+	switch s := d.GetSpecifier().(type) {
+	case *corev3.DataSource_InlineString:
+		return []byte(s.InlineString), nil
+	case *corev3.DataSource_InlineBytes:
+		return s.InlineBytes, nil
+	case *corev3.DataSource_Filename:
+		return os.ReadFile(s.Filename)
+	}
+	return nil, nil
+}
+
 func parsePlugin(pc *wasmv3.PluginConfig) (*Plugin, error) {
 	if pc == nil {
 		return nil, errors.New("missing plugin config")
 	}
+	if err := onlyFields(pc, "config.", pluginFields); err != nil {
+		return nil, err
+	}
 	vm := pc.GetVmConfig()
 	if vm == nil {
 		return nil, errors.New("plugin needs vm_config")
+	}
+	if err := onlyFields(vm, "config.vm_config.", vmConfigFields); err != nil {
+		return nil, err
+	}
+	if err := onlyFields(pc.GetReloadConfig(), "config.reload_config.", reloadConfigFields); err != nil {
+		return nil, err
 	}
 	local := vm.GetCode().GetLocal()
 	if local == nil || local.GetFilename() == "" {
@@ -447,8 +642,9 @@ func parsePlugin(pc *wasmv3.PluginConfig) (*Plugin, error) {
 	return p, nil
 }
 
-// configurationBytes is what Envoy passes to the plugin: StringValue and
-// BytesValue unwrapped, Struct serialized as JSON.
+// configurationBytes is what Envoy passes to the plugin (its anyToBytes):
+// a StringValue's or BytesValue's value, and for any other type the Any's
+// serialized message as is: a Struct arrives as protobuf bytes, not JSON.
 func configurationBytes(a *anypb.Any) ([]byte, error) {
 	if a == nil {
 		return nil, nil
@@ -462,25 +658,18 @@ func configurationBytes(a *anypb.Any) ([]byte, error) {
 		return []byte(v.GetValue()), nil
 	case *wrapperspb.BytesValue:
 		return v.GetValue(), nil
-	case *structpb.Struct:
-		return protojson.Marshal(v)
 	default:
-		return nil, fmt.Errorf("type %s is not supported (StringValue, BytesValue or Struct)", a.GetTypeUrl())
+		return a.GetValue(), nil
 	}
 }
 
 func parseAccessLog(name string, tc *anypb.Any) (*AccessLogFormat, error) {
-	if tc == nil {
-		return nil, errors.New("missing typed_config")
-	}
-	m, err := tc.UnmarshalNew()
+	m, url, err := opaqueConfig(tc)
 	if err != nil {
 		return nil, err
 	}
-	if v, ok := m.(interface{ ValidateAll() error }); ok {
-		if err := v.ValidateAll(); err != nil {
-			return nil, err
-		}
+	if err := validate(m); err != nil {
+		return nil, err
 	}
 	switch v := m.(type) {
 	case *streamv3.StdoutAccessLog:
@@ -488,11 +677,14 @@ func parseAccessLog(name string, tc *anypb.Any) (*AccessLogFormat, error) {
 	case *streamv3.StderrAccessLog:
 		return compileFormat(v.GetLogFormat())
 	case *filev3.FileAccessLog:
+		if err := onlyFields(v, "", fieldSet("path", "log_format")); err != nil {
+			return nil, err
+		}
 		if !strings.HasPrefix(v.GetPath(), "/dev/std") {
 			return nil, errors.New("file access logs must write to /dev/stdout or /dev/stderr here")
 		}
 		return compileFormat(v.GetLogFormat())
 	default:
-		return nil, fmt.Errorf("access logger %s is not supported", tc.GetTypeUrl())
+		return nil, fmt.Errorf("access logger %s is not supported", url)
 	}
 }

@@ -10,6 +10,7 @@ package host
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -247,19 +248,29 @@ func New(opts Options) (_ *Host, err error) {
 	// Bootstrap services start next, on the main thread, before the
 	// clusters' first health checks are in (as in Envoy, where they start
 	// during server initialization).
+	// Singleton services with an identical vm_config share one VM, each
+	// with its own root context, as Envoy keys its VMs by vm_config.
+	svcGroups := map[string]*vmGroup{}
+	var svcOrder []*vmGroup
 	for _, p := range cfg.Services {
 		resolve(p)
-		g, err := newGroup(p)
-		if err != nil {
-			return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
+		g := svcGroups[p.vmKey()]
+		if g == nil {
+			if g, err = newGroup(p); err != nil {
+				return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
+			}
+			svcGroups[g.key] = g
+			svcOrder = append(svcOrder, g)
 		}
-		g.plugins = []*Plugin{p}
+		g.plugins = append(g.plugins, p)
 		if err := h.validatePlugin(g, p); err != nil {
 			return nil, err
 		}
-		in, err := h.startVM(g, p.VMID+"/service-"+p.Name)
+	}
+	for _, g := range svcOrder {
+		in, err := h.startVM(g, g.vmID+"/service-"+g.plugins[0].Name) // named after its first service
 		if err != nil {
-			return nil, fmt.Errorf("host: service %q: %w", p.Name, err)
+			return nil, fmt.Errorf("host: service %q: %w", g.plugins[0].Name, err)
 		}
 		h.services = append(h.services, in)
 	}
@@ -314,8 +325,17 @@ func New(opts Options) (_ *Host, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("host: listener %q: %w", l.Name, err)
 		}
+		if l.MaxRequestHeadersKB == 0 {
+			l.MaxRequestHeadersKB = 60 // Envoy's defaults, for a Config not from ParseConfig
+		}
+		if l.MaxHeadersCount == 0 {
+			l.MaxHeadersCount = 100
+		}
 		lr := &listenerRT{h: h, cfg: l, ln: ln, prefix: l.StatPrefix}
-		lr.srv = &http.Server{Handler: lr, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		// Envoy's limits are checked in codecCheck; net/http's own limit
+		// sits above them so that it never answers first.
+		lr.srv = &http.Server{Handler: lr, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil,
+			MaxHeaderBytes: l.MaxRequestHeadersKB*1024 + 64<<10}
 		h.listeners = append(h.listeners, lr)
 		go func() { _ = lr.srv.Serve(ln) }()
 	}
@@ -525,6 +545,43 @@ func (h *Host) adminHandler() http.Handler {
 			fmt.Fprintf(w, "wasm_host.vm.%s.memory_bytes: %d\n", n, mem[n])
 		}
 	})
+	mux.HandleFunc("/stats/prometheus", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+		h.stats.writePrometheus(w)
+	})
+	// /listeners: Envoy's "name::address" lines, or its JSON with
+	// ?format=json.
+	mux.HandleFunc("/listeners", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("format") == "json" {
+			type sock struct {
+				Address   string `json:"address"`
+				PortValue int    `json:"port_value"`
+			}
+			type status struct {
+				Name         string `json:"name"`
+				LocalAddress struct {
+					SocketAddress sock `json:"socket_address"`
+				} `json:"local_address"`
+			}
+			var out struct {
+				ListenerStatuses []status `json:"listener_statuses"`
+			}
+			for _, l := range h.listeners {
+				st := status{Name: l.cfg.Name}
+				if a, ok := l.ln.Addr().(*net.TCPAddr); ok {
+					st.LocalAddress.SocketAddress = sock{Address: a.IP.String(), PortValue: a.Port}
+				}
+				out.ListenerStatuses = append(out.ListenerStatuses, st)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(out)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=UTF-8")
+		for _, l := range h.listeners {
+			fmt.Fprintf(w, "%s::%s\n", l.cfg.Name, l.ln.Addr())
+		}
+	})
 	mux.HandleFunc("/clusters", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		for _, c := range h.clusterOrder {
@@ -571,13 +628,15 @@ func (h *Host) logf(level, vmID, format string, args ...any) {
 	fmt.Fprintf(h.logW, "[%s][%s][wasm] %s: %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), level, vmID, fmt.Sprintf(format, args...))
 }
 
-func (h *Host) guestLog(level int, vmID, msg string) {
+// guestLog writes a module's log line in Envoy's format, "wasm log<prefix>:
+// <message>" (see instance.logPrefix).
+func (h *Host) guestLog(level int, prefix, msg string) {
 	if level < h.logLevel {
 		return
 	}
 	h.logMu.Lock()
 	defer h.logMu.Unlock()
-	fmt.Fprintf(h.logW, "[%s][%s][wasm] wasm log %s: %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), logLevels[level], vmID, msg)
+	fmt.Fprintf(h.logW, "[%s][%s][wasm] wasm log%s: %s\n", h.clock.Now().UTC().Format(time.RFC3339Nano), logLevels[level], prefix, msg)
 }
 
 // guestWriter sends a module's WASI stdout/stderr to the log, as Envoy does.
@@ -599,6 +658,7 @@ func (h *Host) upstreamLogf(level, format string, args ...any) {
 }
 
 func (g *guestWriter) Write(p []byte) (int, error) {
-	g.h.guestLog(2, g.vm, strings.TrimRight(string(p), "\n"))
+	// WASI output is logged without a context prefix.
+	g.h.guestLog(2, "", strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }

@@ -1,8 +1,13 @@
 package host
 
 import (
+	"encoding/binary"
+	"math"
 	"strconv"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // property answers proxy_get_property for the current context: the subset
@@ -93,6 +98,8 @@ func (in *instance) property(path string) ([]byte, bool) {
 		}
 		v, ok := ex.resp.get(lower(seg[2]))
 		return []byte(v), ok
+	case seg[0] == "route_metadata":
+		return ex.routeMetadata(seg[1:])
 	case seg[0] == "source" && len(seg) == 2 && seg[1] == "address":
 		return []byte(ex.remoteAddr), true
 	case seg[0] == "destination" && len(seg) == 2 && seg[1] == "address":
@@ -100,4 +107,55 @@ func (in *instance) property(path string) ([]byte, bool) {
 	}
 	v, ok := ex.filterState["wasm."+path]
 	return v, ok
+}
+
+// routeMetadata answers route_metadata: the metadata of the route the
+// current request headers select (Envoy re-selects the route when a filter
+// changes them), as a serialized envoy.config.core.v3.Metadata; with a
+// path below it, filter_metadata.<namespace>.<field>... down to a string
+// (its bytes), number (a little-endian double) or bool (one byte). No
+// route is NOT_FOUND, as is a path to a nested struct or list (Envoy's
+// serialization of those is not reproduced). ex.mu is held.
+func (ex *exchange) routeMetadata(path []string) ([]byte, bool) {
+	if ex.lis == nil {
+		return nil, false
+	}
+	authority, _ := ex.req.get(":authority")
+	p, _ := ex.req.get(":path")
+	r := ex.lis.route(authority, p)
+	if r == nil {
+		return nil, false
+	}
+	if len(path) == 0 {
+		if r.Metadata == nil {
+			return []byte{}, true
+		}
+		b, err := proto.Marshal(r.Metadata)
+		return b, err == nil
+	}
+	if path[0] != "filter_metadata" || len(path) < 3 {
+		return nil, false
+	}
+	st := r.Metadata.GetFilterMetadata()[path[1]]
+	if st == nil {
+		return nil, false
+	}
+	v := st.GetFields()[path[2]]
+	for _, k := range path[3:] {
+		v = v.GetStructValue().GetFields()[k]
+	}
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StringValue:
+		return []byte(k.StringValue), true
+	case *structpb.Value_NumberValue:
+		b := make([]byte, 8)
+		binary.LittleEndian.PutUint64(b, math.Float64bits(k.NumberValue))
+		return b, true
+	case *structpb.Value_BoolValue:
+		if k.BoolValue {
+			return []byte{1}, true
+		}
+		return []byte{0}, true
+	}
+	return nil, false
 }

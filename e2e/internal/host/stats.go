@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 )
 
@@ -153,4 +154,74 @@ func (s *stats) writeText(w io.Writer) {
 	for _, l := range lines {
 		fmt.Fprintln(w, l)
 	}
+}
+
+// writePrometheus writes Envoy's /stats/prometheus format: host stats as
+// envoy_-prefixed counters with Envoy's tag extraction for the connection
+// manager's prefix and response code class; module metrics, which Envoy
+// keeps in the custom "wasmcustom" namespace, under their own names
+// without the envoy_ prefix. A histogram has its +Inf bucket, sum and
+// count only (the host keeps no buckets).
+func (s *stats) writePrometheus(w io.Writer) {
+	type sample struct{ name, tags, kind, line string }
+	s.mu.Lock()
+	var out []sample
+	for k, v := range s.host {
+		name, tags := promName(k)
+		out = append(out, sample{name, tags, "counter", fmt.Sprintf("%s{%s} %d", name, tags, v)})
+	}
+	for _, m := range s.metrics {
+		name := promSanitize(m.name)
+		switch m.kind {
+		case metricCounter:
+			out = append(out, sample{name, "", "counter", fmt.Sprintf("%s{} %d", name, m.value)})
+		case metricGauge:
+			out = append(out, sample{name, "", "gauge", fmt.Sprintf("%s{} %d", name, m.value)})
+		default:
+			out = append(out, sample{name, "", "histogram", fmt.Sprintf("%s_bucket{le=\"+Inf\"} %d\n%s_sum{} %d\n%s_count{} %d",
+				name, m.count, name, m.sum, name, m.count)})
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].name != out[j].name {
+			return out[i].name < out[j].name
+		}
+		return out[i].tags < out[j].tags
+	})
+	last := ""
+	for _, x := range out {
+		if x.name != last {
+			fmt.Fprintf(w, "# TYPE %s %s\n", x.name, x.kind)
+			last = x.name
+		}
+		fmt.Fprintln(w, x.line)
+	}
+}
+
+// promName applies Envoy's default tag extraction to the host's stat
+// names: http.<prefix>.downstream_rq_<N>xx becomes envoy_http_downstream_rq_xx
+// with envoy_response_code_class and envoy_http_conn_manager_prefix tags.
+func promName(stat string) (string, string) {
+	parts := strings.Split(stat, ".")
+	if len(parts) == 3 && parts[0] == "http" {
+		tags := fmt.Sprintf("envoy_http_conn_manager_prefix=%q", parts[1])
+		rest := parts[2]
+		if strings.HasPrefix(rest, "downstream_rq_") && len(rest) == len("downstream_rq_")+3 && strings.HasSuffix(rest, "xx") {
+			class := rest[len("downstream_rq_") : len("downstream_rq_")+1]
+			return "envoy_http_downstream_rq_xx", fmt.Sprintf("envoy_response_code_class=%q,%s", class, tags)
+		}
+		return "envoy_http_" + promSanitize(rest), tags
+	}
+	return "envoy_" + promSanitize(stat), ""
+}
+
+func promSanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == ':') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
 }

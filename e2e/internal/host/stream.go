@@ -1,11 +1,9 @@
 package host
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -51,6 +49,7 @@ type exchange struct {
 	upstream   string
 	details    string
 	thread     int // the worker serving the stream, for load balancing
+	lis        *listenerRT
 }
 
 func (ex *exchange) wake() {
@@ -121,6 +120,7 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		start:       h.clock.Now(),
 		remoteAddr:  r.RemoteAddr,
 		protocol:    r.Proto,
+		lis:         l,
 	}
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
 		ex.localAddr = a.String()
@@ -128,20 +128,15 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	startMono := h.clock.Nanotime()
 	h.stats.add("http."+l.prefix+".downstream_rq_total", 1)
 
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
-	if err != nil {
-		h.stats.add("http."+l.prefix+".downstream_cx_rx_errors", 1)
+	// Envoy's HTTP/1 codec refuses these before any filter exists.
+	if lr := l.codecCheck(r); lr != nil {
+		l.codecReply(w, ex, lr, startMono)
 		return
 	}
-	if len(body) > maxBody {
-		ex.local = &localReply{status: 413, details: "request_payload_too_large", body: []byte("Payload Too Large")}
-	}
-	ex.req = requestHeaderMap(r, len(body))
-	if ex.local == nil && !normalizeRequestPath(ex.req, l.cfg.Path) {
+	ex.req = requestHeaderMap(r)
+	if !normalizeRequestPath(ex.req, l.cfg.Path) {
 		ex.local = &localReply{status: 400, details: "path_normalization_failed", body: []byte("Bad Request")}
 	}
-	ex.reqBody = body
-	bytesReceived := len(body)
 
 	// Every filter's context is created up front, as Envoy creates the
 	// filter chain when the stream starts.
@@ -161,39 +156,32 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	// Request path.
+	// Request path: the headers as they arrive, before the body; then the
+	// body chunk by chunk as it arrives (body.go).
+	reqEOS := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	bodyDone := reqEOS
+	bytesReceived := 0
 	if ex.local == nil {
 		nh := len(ex.req.pairs)
-		eos := len(body) == 0
 		for _, af := range filters {
 			if !l.step(r.Context(), ex, af, func(in *instance, sc *streamCtx) (uint64, error) {
-				return in.call(in.fn.reqHeaders, sc.id, uint64(sc.id), uint64(nh), b2u(eos))
+				return in.call(in.fn.reqHeaders, sc.id, uint64(sc.id), uint64(nh), b2u(reqEOS))
 			}) {
 				break
 			}
 		}
-		if local, reset := ex.stopped(); !local && !reset && !eos {
-			for _, af := range filters {
-				ok := l.step(r.Context(), ex, af, func(in *instance, sc *streamCtx) (uint64, error) {
-					ex.mu.Lock()
-					ex.visible = bufRequestBody
-					n := len(ex.reqBody)
-					ex.mu.Unlock()
-					defer func() { ex.mu.Lock(); ex.visible = -1; ex.mu.Unlock() }()
-					return in.call(in.fn.reqBody, sc.id, uint64(sc.id), uint64(n), 1)
-				})
-				if !ok {
-					break
-				}
-			}
+		if local, reset := ex.stopped(); !local && !reset && !reqEOS {
+			bytesReceived, bodyDone = l.decodeBody(w, r, ex, filters)
 		}
 	}
 
 	// Router.
 	local, reset := ex.stopped()
 	fromLocal := local
+	var up *upstreamResponse
 	if !local && !reset && r.Context().Err() == nil {
-		if lr := l.forward(r.Context(), ex); lr != nil {
+		var lr *localReply
+		if up, lr = l.forward(r.Context(), ex); lr != nil {
 			ex.mu.Lock()
 			ex.local = lr
 			ex.mu.Unlock()
@@ -203,15 +191,17 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if fromLocal {
 		ex.mu.Lock()
 		ex.resp = localReplyHeaders(ex.local)
-		ex.respBody = ex.local.body
 		ex.details = ex.local.details
 		ex.mu.Unlock()
 	}
 
 	// Response path, in reverse filter order. A local reply travels through
 	// it too, as Envoy encodes local replies through the filter chain.
-	if _, reset = ex.stopped(); !reset && r.Context().Err() == nil {
-		l.respond(r.Context(), ex, filters, fromLocal)
+	var out []byte
+	if _, reset = ex.stopped(); !reset && r.Context().Err() == nil && (fromLocal || up != nil) {
+		out = l.respond(r.Context(), ex, filters, fromLocal, up)
+	} else if up != nil {
+		up.abandon()
 	}
 
 	ex.mu.Lock()
@@ -220,9 +210,7 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !reset && ex.resp != nil {
 		status, _ = strconv.Atoi(mustGet(ex.resp, ":status"))
 	}
-	var out []byte
 	if !reset && ex.resp != nil {
-		out = ex.respBody
 		hdr := w.Header()
 		for _, p := range ex.resp.pairs {
 			if strings.HasPrefix(p[0], ":") || p[0] == "content-length" || p[0] == "transfer-encoding" || p[0] == "connection" {
@@ -232,6 +220,11 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		hdr.Set("Server", "envoy")
 		hdr.Set("Content-Length", strconv.Itoa(len(out)))
+		if !bodyDone {
+			// A reply before the whole request arrived: Envoy answers at
+			// once and closes the connection rather than read the rest.
+			hdr.Set("Connection", "close")
+		}
 	}
 	ex.mu.Unlock()
 	if !reset && status >= 100 && status <= 999 {
@@ -270,15 +263,76 @@ func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// codecCheck is what Envoy's HTTP/1 codec refuses before a stream exists:
+// HTTP/1.0 without accept_http_10 (426), request headers larger than
+// max_request_headers_kb or more than max_headers_count (431).
+func (l *listenerRT) codecCheck(r *http.Request) *localReply {
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 && !l.cfg.AcceptHTTP10 {
+		return &localReply{status: 426, details: "low_version", body: []byte("Upgrade Required")}
+	}
+	size := len(r.Method) + len(r.RequestURI) + len(r.Host)
+	count := 0
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			size += len(k) + len(v)
+			count++
+		}
+	}
+	if r.Host != "" {
+		count++
+	}
+	if size > l.cfg.MaxRequestHeadersKB*1024 {
+		return &localReply{status: 431, details: "http1.headers_too_large", body: []byte("Request Header Fields Too Large")}
+	}
+	if count > l.cfg.MaxHeadersCount {
+		return &localReply{status: 431, details: "http1.too_many_headers", body: []byte("Request Header Fields Too Large")}
+	}
+	return nil
+}
+
+// codecReply answers a request the codec refused: no filter runs, the
+// connection closes, the access log records it.
+func (l *listenerRT) codecReply(w http.ResponseWriter, ex *exchange, lr *localReply, startMono int64) {
+	h := l.h
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Content-Length", strconv.Itoa(len(lr.body)))
+	w.Header().Set("Server", "envoy")
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(lr.status)
+	_, _ = w.Write(lr.body)
+	h.stats.add("http."+l.prefix+".downstream_rq_"+strconv.Itoa(lr.status/100)+"xx", 1)
+	if l.cfg.AccessLog != nil {
+		ex.req = &headerMap{}
+		ex.resp = localReplyHeaders(lr)
+		rec := &logRecord{
+			start: ex.start, duration: time.Duration(h.clock.Nanotime() - startMono), status: lr.status,
+			details: lr.details, req: ex.req, resp: ex.resp, filterState: ex.filterState,
+			bytesSent: len(lr.body), protocol: ex.protocol, remoteAddr: ex.remoteAddr,
+		}
+		h.writeAccessLog(l.cfg.AccessLog.line(rec))
+	}
+}
+
 // step runs one filter callback and, when it pauses, waits for
 // proxy_continue_stream, a local reply, a reset or the client going away. It
 // reports whether the chain goes on.
 func (l *listenerRT) step(ctx context.Context, ex *exchange, af *activeFilter, cb func(*instance, *streamCtx) (uint64, error)) bool {
+	action, ok := l.once(ex, af, cb)
+	if !ok {
+		return false
+	}
+	return l.wait(ctx, ex, af, action)
+}
+
+// once runs one filter callback and returns its action; ok false means the
+// chain stops (a local reply, a reset, a dead VM failing closed). A
+// bypassed filter (FAIL_OPEN) continues.
+func (l *listenerRT) once(ex *exchange, af *activeFilter, cb func(*instance, *streamCtx) (uint64, error)) (uint64, bool) {
 	if af.bypass {
-		return true
+		return 0, true
 	}
 	if af.sc == nil {
-		return l.failurePolicy(ex, af)
+		return 0, l.failurePolicy(ex, af)
 	}
 	ex.drainWake()
 	af.in.mu.Lock()
@@ -286,13 +340,23 @@ func (l *listenerRT) step(ctx context.Context, ex *exchange, af *activeFilter, c
 	dead := af.in.dead
 	af.in.mu.Unlock()
 	if err != nil || dead {
-		return l.failurePolicy(ex, af)
+		return 0, l.failurePolicy(ex, af)
 	}
+	if local, reset := ex.stopped(); local || reset {
+		return action, false
+	}
+	return action, true
+}
+
+// wait waits, after a paused callback, for proxy_continue_stream, a local
+// reply, a reset or the client going away, and reports whether the chain
+// goes on.
+func (l *listenerRT) wait(ctx context.Context, ex *exchange, af *activeFilter, action uint64) bool {
 	for {
 		if local, reset := ex.stopped(); local || reset {
 			return false
 		}
-		if uint32(action) == 0 {
+		if uint32(action) == 0 || af.bypass || af.sc == nil {
 			return true
 		}
 		idle := l.h.clock.AfterFunc(streamIdleTime, ex.resetStream)
@@ -305,7 +369,7 @@ func (l *listenerRT) step(ctx context.Context, ex *exchange, af *activeFilter, c
 		}
 		idle.Stop()
 		af.in.mu.Lock()
-		dead = af.in.dead
+		dead := af.in.dead
 		af.in.mu.Unlock()
 		if dead {
 			return l.failurePolicy(ex, af)
@@ -332,159 +396,98 @@ func (l *listenerRT) failurePolicy(ex *exchange, af *activeFilter) bool {
 	return false
 }
 
-// respond runs the response callbacks of every filter in reverse order.
-func (l *listenerRT) respond(ctx context.Context, ex *exchange, filters []*activeFilter, fromLocal bool) {
+// respond runs the response callbacks of every filter in reverse order:
+// the headers, then the body chunk by chunk as it arrives. It returns the
+// response body to send downstream.
+func (l *listenerRT) respond(ctx context.Context, ex *exchange, filters []*activeFilter, fromLocal bool, up *upstreamResponse) []byte {
 	ex.mu.Lock()
 	nh := len(ex.resp.pairs)
-	hasBody := len(ex.respBody) > 0
+	var eos bool
+	if fromLocal {
+		eos = len(ex.local.body) == 0
+	} else {
+		eos = up.empty()
+	}
 	ex.mu.Unlock()
 	rev := make([]*activeFilter, 0, len(filters))
 	for i := len(filters) - 1; i >= 0; i-- {
 		rev = append(rev, filters[i])
 	}
-	proceed := func(ok bool) bool {
-		if ok {
-			return true
-		}
+	// stopped reports, after a filter stopped the chain, whether the
+	// response ends (a reset, or a local reply that replaced an upstream
+	// response: replaced). A local reply cannot start another one: its
+	// chain goes on.
+	stopped := func() (stop bool, replaced bool) {
 		ex.mu.Lock()
 		defer ex.mu.Unlock()
 		if ex.reset {
-			return false
+			return true, false
 		}
-		// A local reply sent while encoding replaces the response directly.
 		if ex.local != nil && !fromLocal {
 			ex.resp = localReplyHeaders(ex.local)
-			ex.respBody = ex.local.body
 			ex.details = ex.local.details
+			return true, true
 		}
-		return false
+		return false, false
 	}
 	for _, af := range rev {
 		ok := l.step(ctx, ex, af, func(in *instance, sc *streamCtx) (uint64, error) {
-			return in.call(in.fn.respHeaders, sc.id, uint64(sc.id), uint64(nh), b2u(!hasBody))
+			return in.call(in.fn.respHeaders, sc.id, uint64(sc.id), uint64(nh), b2u(eos))
 		})
-		if fromLocal && !ok {
-			// Envoy does not let a local reply start another one.
-			if _, reset := ex.stopped(); !reset {
-				continue
-			}
-		}
-		if !proceed(ok) {
-			return
-		}
-	}
-	if !hasBody {
-		return
-	}
-	for _, af := range rev {
-		ok := l.step(ctx, ex, af, func(in *instance, sc *streamCtx) (uint64, error) {
-			ex.mu.Lock()
-			ex.visible = bufResponseBody
-			n := len(ex.respBody)
-			ex.mu.Unlock()
-			defer func() { ex.mu.Lock(); ex.visible = -1; ex.mu.Unlock() }()
-			return in.call(in.fn.respBody, sc.id, uint64(sc.id), uint64(n), 1)
-		})
-		if fromLocal && !ok {
-			if _, reset := ex.stopped(); !reset {
-				continue
-			}
-		}
-		if !proceed(ok) {
-			return
-		}
-	}
-}
-
-// forward is the router: route by the (filtered) request headers and proxy
-// to the cluster. It returns the router's local reply on failure.
-func (l *listenerRT) forward(ctx context.Context, ex *exchange) *localReply {
-	ex.mu.Lock()
-	authority, _ := ex.req.get(":authority")
-	path, _ := ex.req.get(":path")
-	method, _ := ex.req.get(":method")
-	route := l.route(authority, path)
-	if route == nil {
-		ex.mu.Unlock()
-		return &localReply{status: 404, details: "route_not_found"}
-	}
-	c, ok := l.h.clusters[route.Cluster]
-	ex.cluster = route.Cluster
-	if !ok {
-		ex.mu.Unlock()
-		return &localReply{status: 503, details: "cluster_not_found"}
-	}
-	ex.mu.Unlock()
-	u := c.pick(ex.thread)
-	if u == nil {
-		return &localReply{status: 503, details: "no_healthy_upstream", body: []byte("no healthy upstream")}
-	}
-	ex.mu.Lock()
-	ex.upstream = u.addr
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+u.addr+path, bytes.NewReader(ex.reqBody))
-	if err != nil {
-		ex.mu.Unlock()
-		c.finish(u, 0, false)
-		return &localReply{status: 503, details: "cluster_not_found"}
-	}
-	req.Host = authority
-	req.ContentLength = int64(len(ex.reqBody))
-	for _, p := range ex.req.pairs {
-		if strings.HasPrefix(p[0], ":") || p[0] == "content-length" || p[0] == "host" || p[0] == "transfer-encoding" {
+		if ok {
 			continue
 		}
-		req.Header.Add(p[0], p[1])
-	}
-	if route.Timeout > 0 {
-		req.Header.Set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(route.Timeout.Milliseconds(), 10))
-	}
-	ex.mu.Unlock()
-
-	rctx, cancel := context.WithCancel(withUpstream(ctx, u))
-	defer cancel()
-	var timedOut bool
-	var tmu sync.Mutex
-	if route.Timeout > 0 {
-		t := l.h.clock.AfterFunc(route.Timeout, func() { tmu.Lock(); timedOut = true; tmu.Unlock(); cancel() })
-		defer t.Stop()
-	}
-	req = req.WithContext(rctx)
-	sent := l.h.clock.Nanotime()
-	res, err := l.h.upstream.RoundTrip(req)
-	isTimeout := func() bool { tmu.Lock(); defer tmu.Unlock(); return timedOut }
-	if err != nil {
-		switch {
-		case isTimeout():
-			c.finish(u, codeTimeout, true)
-			return &localReply{status: 504, details: "upstream_response_timeout", body: []byte("upstream request timeout")}
-		case ctx.Err() != nil:
-			c.finish(u, 0, false) // the client went away
-		case isConnectError(err):
-			c.finish(u, codeConnectFailure, false)
-		default:
-			c.finish(u, codeConnectFailure, false) // Envoy counts any reset as a connect failure
+		stop, replaced := stopped()
+		if !stop {
+			continue
 		}
-		return &localReply{status: 503, details: "upstream_reset_before_response_started{connection_failure}",
-			body: []byte("upstream connect error or disconnect/reset before headers. reset reason: connection failure")}
-	}
-	defer res.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(res.Body, maxBody))
-	if err != nil {
-		// The response started, then the stream broke: Envoy resets the
-		// downstream and reports the reset to the outlier detector.
-		c.finish(u, codeConnectFailure, isTimeout())
-		ex.resetStream()
+		if up != nil {
+			up.abandon()
+		}
+		if replaced {
+			return ex.local.body
+		}
 		return nil
 	}
-	c.finish(u, res.StatusCode, false)
-	hm := responseHeaderMap(res)
-	hm.add("x-envoy-upstream-service-time", strconv.FormatInt((l.h.clock.Nanotime()-sent)/1e6, 10))
-	ex.mu.Lock()
-	ex.resp = hm
-	ex.respBody = data
-	ex.details = "via_upstream"
-	ex.mu.Unlock()
-	return nil
+	if eos {
+		if up != nil {
+			up.finish(nil)
+		}
+		return nil
+	}
+	chain := newDataChain(l, ctx, ex, rev, true)
+	if fromLocal {
+		chain.lenient = true
+		out, _ := chain.push(ex.local.body, true)
+		if _, reset := ex.stopped(); reset {
+			return nil
+		}
+		return out
+	}
+	var out []byte
+	for {
+		data, last, err := up.next()
+		if err != nil {
+			// The response started, then the stream broke: Envoy resets
+			// the downstream.
+			up.finish(err)
+			ex.resetStream()
+			return nil
+		}
+		o, ok := chain.push(data, last)
+		out = append(out, o...)
+		if !ok {
+			up.abandon()
+			if _, replaced := stopped(); replaced {
+				return ex.local.body
+			}
+			return nil
+		}
+		if last {
+			up.finish(nil)
+			return out
+		}
+	}
 }
 
 // route picks the cluster: the virtual host by :authority (exact, then
@@ -539,7 +542,7 @@ func domainRank(domain, host string) int {
 // requestHeaderMap builds Envoy's view of a downstream request: the
 // pseudo-headers first, lower-case names, repeated headers as separate pairs,
 // then what the HTTP connection manager adds before the filters run.
-func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
+func requestHeaderMap(r *http.Request) *headerMap {
 	hm := newHeaderMap(4 + len(r.Header) + 3)
 	hm.add(":authority", r.Host)
 	// The request target as received: net/http has parsed it but not
@@ -556,8 +559,11 @@ func requestHeaderMap(r *http.Request, bodyLen int) *headerMap {
 			hm.add(lower(k), v)
 		}
 	}
-	if bodyLen > 0 || r.ContentLength > 0 {
-		hm.add("content-length", strconv.Itoa(bodyLen))
+	if r.ContentLength > 0 {
+		hm.replace("content-length", strconv.FormatInt(r.ContentLength, 10))
+	}
+	for _, te := range r.TransferEncoding {
+		hm.add("transfer-encoding", te)
 	}
 	if _, ok := hm.get("x-forwarded-proto"); !ok {
 		hm.add("x-forwarded-proto", "http")

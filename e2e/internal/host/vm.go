@@ -155,12 +155,26 @@ func (in *instance) startPlugin(p *Plugin) error {
 	if _, ok := in.rootOf[p]; ok {
 		return nil
 	}
-	rc := &rootCtx{id: in.nextContextID, plugin: p}
-	in.nextContextID++
-	in.roots[rc.id] = rc
-	in.rootOf[p] = rc
-	if _, err := in.call(in.fn.contextCreate, rc.id, uint64(rc.id), 0); err != nil {
-		return fmt.Errorf("plugin %q: proxy_on_context_create: %w", p.Name, err)
+	// cpp-host keys root contexts by root_id and configuration: a second
+	// plugin with both identical starts (on_vm_start, on_configure) again
+	// on the existing root context instead of creating one.
+	var rc *rootCtx
+	for q, r := range in.rootOf {
+		if q.RootID == p.RootID && string(q.Configuration) == string(p.Configuration) {
+			rc = r
+			break
+		}
+	}
+	if rc != nil {
+		in.rootOf[p] = rc
+	} else {
+		rc = &rootCtx{id: in.nextContextID, plugin: p}
+		in.nextContextID++
+		in.roots[rc.id] = rc
+		in.rootOf[p] = rc
+		if _, err := in.call(in.fn.contextCreate, rc.id, uint64(rc.id), 0); err != nil {
+			return fmt.Errorf("plugin %q: proxy_on_context_create: %w", p.Name, err)
+		}
 	}
 	in.vmConfigBuf, in.haveVMConfig = in.group.vmConfig, true
 	ok, err := in.call(in.fn.vmStart, rc.id, uint64(rc.id), uint64(len(in.group.vmConfig)))

@@ -20,7 +20,13 @@ func init() { proxywasm.SetVMContext(&vm{}) }
 
 type vm struct{ types.DefaultVMContext }
 
-func (*vm) NewPluginContext(uint32) types.PluginContext { return &plugin{} }
+// roots counts the root contexts created in this VM instance.
+var roots int
+
+func (*vm) NewPluginContext(uint32) types.PluginContext {
+	roots++
+	return &plugin{}
+}
 
 type plugin struct {
 	types.DefaultPluginContext
@@ -84,6 +90,12 @@ func (p *plugin) OnPluginStart(size int) types.OnPluginStartStatus {
 		switch k {
 		case "reject":
 			return types.OnPluginStartStatusFailed
+		case "log":
+			proxywasm.LogInfo("probe plugin started")
+		case "roots":
+			// How many root contexts this VM has: services sharing a VM
+			// see each other's.
+			_ = proxywasm.SetSharedData("roots-in-vm", []byte(strconv.Itoa(roots)), 0)
 		case "tick":
 			ms, _ := strconv.Atoi(v)
 			if err := proxywasm.SetTickPeriodMilliSeconds(uint32(ms)); err != nil {
@@ -123,6 +135,7 @@ type stream struct {
 	id     uint32
 	p      *plugin
 	action string
+	chunks []string // body callbacks seen: "<buffered size>:<eos>"
 }
 
 func local(status uint32, body string) types.Action {
@@ -165,6 +178,37 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 			return local(500, err.Error())
 		}
 		_ = proxywasm.AddHttpRequestHeader("x-state", get("keygate_key_id"))
+	case "log":
+		proxywasm.LogInfo("probe says hi")
+	case "stream", "stream-resp":
+		incr("stream-headers")
+	case "route-metadata":
+		get := func(path ...string) string {
+			v, err := proxywasm.GetProperty(path)
+			if err != nil {
+				return "err:" + err.Error()
+			}
+			return string(v)
+		}
+		whole, err := proxywasm.GetProperty([]string{"route_metadata"})
+		return local(200, "team="+get("route_metadata", "filter_metadata", "probe", "team")+
+			" missing="+get("route_metadata", "filter_metadata", "probe", "nope")+
+			" whole="+strconv.Itoa(len(whole))+"/"+errString(err))
+	case "foreign":
+		in := []byte(strings.Repeat("keygate ", 64))
+		z, err := proxywasm.CallForeignFunction("compress", in)
+		if err != nil {
+			return local(500, "compress: "+err.Error())
+		}
+		back, err := proxywasm.CallForeignFunction("uncompress", z)
+		if err != nil {
+			return local(500, "uncompress: "+err.Error())
+		}
+		_, errCRC := proxywasm.CallForeignFunction("clear_route_cache", nil)
+		_, errUnknown := proxywasm.CallForeignFunction("no_such_function", nil)
+		return local(200, "roundtrip="+strconv.FormatBool(string(back) == string(in))+
+			" smaller="+strconv.FormatBool(len(z) < len(in))+
+			" clear_route_cache="+errString(errCRC)+" unknown="+errString(errUnknown))
 	case "trap":
 		panic("probe: trap requested")
 	case "exit":
@@ -175,11 +219,15 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		cluster, _ := proxywasm.GetHttpRequestHeader("x-cluster")
 		timeout, _ := proxywasm.GetHttpRequestHeader("x-timeout")
 		ms, _ := strconv.Atoi(timeout)
-		hs := [][2]string{{":method", "GET"}, {":path", "/callout"}, {":authority", "callout.test"}, {"x-from", "probe"}}
+		authority, err := proxywasm.GetHttpRequestHeader("x-authority")
+		if err != nil {
+			authority = "callout.test"
+		}
+		hs := [][2]string{{":method", "GET"}, {":path", "/callout"}, {":authority", authority}, {"x-from", "probe"}}
 		if s.action == "callout-nopath" {
 			hs = [][2]string{{":method", "GET"}, {":authority", "callout.test"}}
 		}
-		_, err := proxywasm.DispatchHttpCall(cluster, hs, nil, nil, uint32(ms), s.onCallout)
+		_, err = proxywasm.DispatchHttpCall(cluster, hs, nil, nil, uint32(ms), s.onCallout)
 		if err != nil {
 			return local(500, "dispatch: "+err.Error())
 		}
@@ -239,6 +287,20 @@ func (s *stream) onCallout(numHeaders, bodySize, _ int) {
 }
 
 func (s *stream) OnHttpRequestBody(size int, eos bool) types.Action {
+	if s.action == "body-local" {
+		// Answer on the first chunk, whatever is still to come.
+		return local(403, "first chunk "+strconv.Itoa(size)+" eos="+strconv.FormatBool(eos))
+	}
+	if s.action == "stream" {
+		// Buffer everything (pause until the end), noting each delivery.
+		s.chunks = append(s.chunks, strconv.Itoa(size)+":"+strconv.FormatBool(eos))
+		appendShared("stream-body", strconv.Itoa(size)+":"+strconv.FormatBool(eos)+";")
+		if !eos {
+			return types.ActionPause
+		}
+		b, _ := proxywasm.GetHttpRequestBody(0, size)
+		return local(200, strings.Join(s.chunks, ",")+" body="+string(b))
+	}
 	if s.action != "body" {
 		return types.ActionContinue
 	}
@@ -253,7 +315,18 @@ func (s *stream) OnHttpRequestBody(size int, eos bool) types.Action {
 	return types.ActionContinue
 }
 
-func (s *stream) OnHttpResponseHeaders(int, bool) types.Action {
+func (s *stream) OnHttpResponseHeaders(_ int, eos bool) types.Action {
 	_ = proxywasm.AddHttpResponseHeader("x-probe-resp", s.action)
+	if s.action == "stream-resp" {
+		appendShared("stream-resp", "headers:"+strconv.FormatBool(eos)+";")
+	}
+	return types.ActionContinue
+}
+
+func (s *stream) OnHttpResponseBody(size int, eos bool) types.Action {
+	if s.action == "stream-resp" {
+		// Pass every chunk on as it comes, noting each delivery.
+		appendShared("stream-resp", strconv.Itoa(size)+":"+strconv.FormatBool(eos)+";")
+	}
 	return types.ActionContinue
 }
