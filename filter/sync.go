@@ -387,6 +387,7 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 	if err == nil && status != "200" {
 		err = errors.New("control plane answered " + status + ": " + snippet(body))
 	}
+	before := s.state.version
 	if err == nil {
 		err = s.applyPage(body)
 	}
@@ -408,7 +409,16 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		return
 	}
 	s.syncFails = 0
-	s.nextSyncMS = s.nowMS() // long-poll again at once
+	if s.cursor != "" || (s.cfg.longPollS > 0 && s.state.version != before) {
+		// The next page, or the next long poll after a change: at once,
+		// not on the next tick, so a change landing in between waits for
+		// nothing. An answer that moved nothing (a long poll that timed
+		// out, or a control plane answering at once without news) waits
+		// for the tick, so no answer can make the syncer spin.
+		s.dispatchSync()
+		return
+	}
+	s.nextSyncMS = s.nowMS()
 }
 
 // calloutResult reads a callout's :status and body. A reset (no headers) is
