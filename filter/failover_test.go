@@ -301,3 +301,35 @@ func TestFilterWarnsBelowSyncStaleness(t *testing.T) {
 		}
 	})
 }
+
+// TestChangeLongPollsAgainAtOnce: an answer that moved the version sends the
+// next long poll from the answer itself, so a change landing right after it
+// waits for no tick; an answer that moved nothing waits for the next tick,
+// so a control plane answering at once without news cannot make the
+// syncer spin.
+func TestChangeLongPollsAgainAtOnce(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+		h.answer(h.next("/v1/sync"), "200", page(42, true, "", upsertC))
+		c := h.next("/v1/sync")
+
+		n := h.callouts()
+		h.answer(c, "200", page(43, false, "", upsertA))
+		again, ok := h.calledNow(n, "/v1/sync")
+		if !ok {
+			t.Fatal("an answer with a change did not send the next long poll at once")
+		}
+		if p := syncPath(t, again); p != "/v1/sync?since=43&wait=20" {
+			t.Fatalf("next long poll %q", p)
+		}
+
+		n = h.callouts()
+		h.answer(again, "200", page(43, false, ""))
+		if c, ok := h.calledNow(n, "/v1/sync"); ok {
+			t.Fatalf("an answer without news sent %q at once; want it on the next tick", syncPath(t, c))
+		}
+		if p := syncPath(t, h.next("/v1/sync")); p != "/v1/sync?since=43&wait=20" {
+			t.Fatalf("long poll after the tick %q", p)
+		}
+	})
+}
