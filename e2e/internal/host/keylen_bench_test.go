@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
-	"runtime"
 	"testing"
 	"time"
 
@@ -118,21 +117,14 @@ func BenchmarkFilterKeyLength(b *testing.B) {
 		}
 		d.rig = r
 	}
-	runtime.GC()
-	b.ResetTimer()
-	for done, round := 0, 0; done < b.N; round++ {
-		n := min(filterChunk, b.N-done)
-		for i := range designs {
-			d := designs[(round+i)%len(designs)]
-			start := time.Now()
-			if err := d.rig.run(n); err != nil {
-				b.Fatalf("%s: %v", d.label, err)
-			}
-			d.elapsed += time.Since(start)
-		}
-		done += n
+	labels := make([]string, len(designs))
+	rigs := make([]*filterRig, len(designs))
+	for i, d := range designs {
+		labels[i], rigs[i] = d.label, d.rig
 	}
-	b.StopTimer()
+	for i, t := range timeInterleaved(b, labels, rigs) {
+		designs[i].elapsed = t
+	}
 	for _, d := range designs {
 		b.ReportMetric(float64(d.elapsed.Nanoseconds())/1e3/float64(b.N), d.label+"-µs/req")
 		after, err := d.rig.guestStat("keygate_mallocs")
