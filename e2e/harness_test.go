@@ -26,9 +26,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/e2e/internal/host"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
 )
 
 // filterToken is the placeholder envoy.yaml carries for the sync service's
@@ -559,7 +559,7 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 // unknownKey is a well-formed key that no control plane issued.
 func unknownKey(tb testing.TB) string {
 	tb.Helper()
-	k, err := keycache.NewKey(keycache.DefaultPrefix, rand.Reader)
+	k, err := apikey.NewKey(apikey.DefaultPrefix, rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
 )
 
 // TestKeyLengthsThroughHTTP: a control plane run with the shortest key
@@ -22,20 +22,20 @@ import (
 // accepts both, from every source, with no filter setting, and refuses as
 // malformed a key one character beyond the range before any lookup.
 func TestKeyLengthsThroughHTTP(t *testing.T) {
-	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(keycache.MinBodyLen))
+	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(apikey.MinBodyLen))
 	cp := startControlPlane(t)
 	up := startUpstream(t)
 	px := startHost(t, cp, up, hostOptions{})
 	short := cp.createKey(nil)
-	if len(short.Key) != len("ak_")+keycache.MinBodyLen+keycache.ChecksumLen {
+	if len(short.Key) != len("ak_")+apikey.MinBodyLen+apikey.ChecksumLen {
 		t.Fatalf("short key of %d characters", len(short.Key))
 	}
 
 	cp.stop()
-	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(keycache.MaxBodyLen))
+	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(apikey.MaxBodyLen))
 	cp.restart()
 	long := cp.createKey(nil)
-	if len(long.Key) != len("ak_")+keycache.MaxBodyLen+keycache.ChecksumLen {
+	if len(long.Key) != len("ak_")+apikey.MaxBodyLen+apikey.ChecksumLen {
 		t.Fatalf("long key of %d characters", len(long.Key))
 	}
 	// A rotation issues its successor at the current length.
@@ -56,7 +56,7 @@ func TestKeyLengthsThroughHTTP(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range []int{keycache.MinBodyLen - 1, keycache.MaxBodyLen + 1} {
+	for _, n := range []int{apikey.MinBodyLen - 1, apikey.MaxBodyLen + 1} {
 		k := checksummed("ak_" + strings.Repeat("x", n))
 		if r := px.send("/v1/things", keySources[0], k, nil); r.code != "malformed_key" {
 			t.Fatalf("body of %d: %s", n, r)
@@ -68,7 +68,7 @@ func TestKeyLengthsThroughHTTP(t *testing.T) {
 // naming the flag.
 func TestServeKeyLengthRefused(t *testing.T) {
 	bin := goBinary(t, "controlplane/cmd/controlplane", "CONTROLPLANE_BIN")
-	for _, n := range []int{keycache.MinBodyLen - 1, keycache.MaxBodyLen + 1} {
+	for _, n := range []int{apikey.MinBodyLen - 1, apikey.MaxBodyLen + 1} {
 		out, err := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--store", "sqlite:"+t.TempDir()+"/k.db",
 			"--key-length", strconv.Itoa(n)).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "--key-length: key length must be 22 to 86") {
@@ -81,7 +81,7 @@ func TestServeKeyLengthRefused(t *testing.T) {
 func checksummed(s string) string {
 	const b62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 	sum := crc32.ChecksumIEEE([]byte(s))
-	var out [keycache.ChecksumLen]byte
+	var out [apikey.ChecksumLen]byte
 	for i := len(out) - 1; i >= 0; i-- {
 		out[i] = b62[sum%62]
 		sum /= 62
@@ -95,7 +95,7 @@ func checksummed(s string) string {
 // 300 clean keys by chance has a probability of 0.963^300, about 1e-5.
 func TestIssuedKeysSpellNoWord(t *testing.T) {
 	words := shippedWords(t)
-	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(keycache.MaxBodyLen))
+	t.Setenv("KEYGATE_KEY_LENGTH", strconv.Itoa(apikey.MaxBodyLen))
 	cp := startControlPlane(t)
 	for i := 0; i < 300; i++ {
 		k := cp.createKey(nil)
@@ -109,9 +109,9 @@ func TestIssuedKeysSpellNoWord(t *testing.T) {
 
 // shippedWords returns a regexp for each word of the shipped list matching
 // every spelling keys must avoid (any case; 0=o, 1=i/l, 3=e, 4=a, 5=s,
-// 7=t), written apart from keycache's matcher.
+// 7=t), written apart from apikey's matcher.
 func shippedWords(t *testing.T) []*regexp.Regexp {
-	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "keycache", "wordlist", "words.txt"))
+	raw, err := os.ReadFile(filepath.Join(testkit.RepoRoot(t), "apikey", "wordlist", "words.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}

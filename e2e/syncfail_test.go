@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // syncProxy stands between a host and the control plane and lets a test
@@ -124,7 +124,7 @@ func TestRestartedSnapshotDropsDeletedKey(t *testing.T) {
 	byHash := map[string]apiKey{}
 	for i := 0; i < 4; i++ {
 		k := cp.createKey(nil)
-		byHash[keycache.HashKey(k.Key).String()] = k
+		byHash[apikey.HashKey(k.Key).String()] = k
 	}
 	px := startSyncProxy(t, cp.addr)
 	var (

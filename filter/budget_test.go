@@ -6,7 +6,7 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // TestLineageSharesOneLimiter: two records with the same budget (a key and
@@ -26,8 +26,8 @@ func TestLineageSharesOneLimiter(t *testing.T) {
 			t.Run(c.name, func(t *testing.T) {
 				old, next, other := newKey(t), newKey(t), newKey(t)
 				host := emulator(t, vm(), testConfig, func() {
-					rec := func(id, budget string) keycache.Record {
-						return keycache.Record{ID: id, Budget: budget, Owner: "acme", Status: keycache.StatusActive, Epoch: 2,
+					rec := func(id, budget string) keyrecord.Record {
+						return keyrecord.Record{ID: id, Budget: budget, Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2,
 							Hosts: []string{"api.example.com"}, Scopes: []string{"read"},
 							HasRate: true, RateLimit: 2, RatePeriodMS: 60000}
 					}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // The plugin configuration is JSON. The same .wasm serves two roles:
@@ -74,7 +74,7 @@ type filterConfig struct {
 	sync *syncConfig
 
 	// minKeyLen and maxKeyLen bound the length of a well-formed key: every
-	// body length the control plane can issue (keycache.MinKeyLen).
+	// body length the control plane can issue (apikey.MinKeyLen).
 	minKeyLen, maxKeyLen int
 
 	// cookieMask has bit i set when source i is a cookie.
@@ -357,14 +357,14 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 		}
 	}
 	c.indexNames()
-	c.minKeyLen, c.maxKeyLen = keycache.MinKeyLen(c.prefix), keycache.MaxKeyLen(c.prefix)
+	c.minKeyLen, c.maxKeyLen = apikey.MinKeyLen(c.prefix), apikey.MaxKeyLen(c.prefix)
 	return c, nil
 }
 
 func parseFilterFields(data []byte) (*filterConfig, error) {
 	c := &filterConfig{
 		sources:          []keySource{{kind: sourceBearer}, {kind: sourceHeader, name: "x-api-key"}},
-		prefix:           keycache.DefaultPrefix,
+		prefix:           apikey.DefaultPrefix,
 		strip:            true,
 		idHeaderKeyID:    "x-keygate-key-id",
 		idHeaderOwner:    "x-keygate-owner",
@@ -390,7 +390,7 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 	if c.prefix, err = getString(root, "", "key_prefix", c.prefix); err != nil {
 		return nil, err
 	}
-	if !keycache.ValidPrefix(c.prefix) {
+	if !apikey.ValidPrefix(c.prefix) {
 		return nil, bad("key_prefix", "want 1 to 16 characters of [a-z0-9]")
 	}
 	if c.strip, err = getBool(root, "", "strip_credential", c.strip); err != nil {

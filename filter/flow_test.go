@@ -8,7 +8,7 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 func TestRateLimitHeaders(t *testing.T) {
@@ -249,7 +249,7 @@ func TestUsageLineFormat(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("counting a seen combination allocates %v times", allocs)
 	}
-	_ = keycache.StatusActive
+	_ = keyrecord.StatusActive
 }
 
 // A key whose policy the limiter cannot enforce is refused on every

@@ -111,7 +111,7 @@ func encodeShareIDs(ids map[string]bool) []byte {
 	var b []byte
 	for id := range ids {
 		if len(id) > 0xffff {
-			continue // never: key ids are at most keycache.MaxStringLen
+			continue // never: key ids are at most keyrecord.MaxStringLen
 		}
 		b = binary.LittleEndian.AppendUint16(b, uint16(len(id)))
 		b = append(b, id...)

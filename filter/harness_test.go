@@ -10,7 +10,8 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // Every behaviour runs twice: natively ("go") and on the compiled module
@@ -86,7 +87,7 @@ func emulator(t *testing.T, vm types.VMContext, config string, seed func()) prox
 }
 
 func newKey(t testing.TB) string {
-	k, err := keycache.NewKey("ak", rand.Reader)
+	k, err := apikey.NewKey("ak", rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,13 +95,13 @@ func newKey(t testing.TB) string {
 }
 
 // seedRecord writes a record for key into shared data, as the syncer would.
-func seedRecord(t testing.TB, key string, r keycache.Record) {
+func seedRecord(t testing.TB, key string, r keyrecord.Record) {
 	t.Helper()
 	b, err := r.Append(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := keycache.HashKey(key)
+	h := apikey.HashKey(key)
 	if err := setShared(string(append([]byte{recordTag}, h[:]...)), b); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,8 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 const cookieConfig = `{"key_sources":[{"type":"bearer"},{"type":"header","name":"x-api-key"},{"type":"cookie","name":"api-key"}]}`
@@ -73,7 +74,7 @@ func TestCookieSource(t *testing.T) {
 				key, other := newKey(t), newKey(t)
 				host := emulator(t, vm(), cookieConfig, func() {
 					seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
-					seedRecord(t, key, keycache.Record{ID: "key_a", Owner: "acme", Status: keycache.StatusActive, Epoch: 2, Hosts: []string{"*"}})
+					seedRecord(t, key, keyrecord.Record{ID: "key_a", Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2, Hosts: []string{"*"}})
 				})
 				id := host.InitializeHttpContext()
 				req := c.headers(key, other)
@@ -119,7 +120,7 @@ func TestCookieKeptWithoutStrip(t *testing.T) {
 		cfg := strings.Replace(cookieConfig, `{"key_sources"`, `{"strip_credential":false,"key_sources"`, 1)
 		host := emulator(t, vm(), cfg, func() {
 			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
-			seedRecord(t, key, keycache.Record{ID: "key_a", Status: keycache.StatusActive, Epoch: 2, Hosts: []string{"*"}})
+			seedRecord(t, key, keyrecord.Record{ID: "key_a", Status: keyrecord.StatusActive, Epoch: 2, Hosts: []string{"*"}})
 		})
 		id := host.InitializeHttpContext()
 		sent := "a=1; api-key=" + key
@@ -138,8 +139,8 @@ func TestCookieKeptWithoutStrip(t *testing.T) {
 func TestKeyLengthsAccepted(t *testing.T) {
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
 		var keys []string
-		for _, n := range []int{keycache.MinBodyLen, keycache.MaxBodyLen} {
-			k, err := keycache.Generator{Prefix: "ak", BodyLen: n}.New(rand.Reader)
+		for _, n := range []int{apikey.MinBodyLen, apikey.MaxBodyLen} {
+			k, err := apikey.Generator{Prefix: "ak", BodyLen: n}.New(rand.Reader)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +149,7 @@ func TestKeyLengthsAccepted(t *testing.T) {
 		host := emulator(t, vm(), cookieConfig, func() {
 			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
 			for _, k := range keys {
-				seedRecord(t, k, keycache.Record{ID: "key_" + k[3:8], Owner: "acme", Status: keycache.StatusActive, Epoch: 2, Hosts: []string{"*"}})
+				seedRecord(t, k, keyrecord.Record{ID: "key_" + k[3:8], Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2, Hosts: []string{"*"}})
 			}
 		})
 		for _, k := range keys {
@@ -160,7 +161,7 @@ func TestKeyLengthsAccepted(t *testing.T) {
 				identityIs("key_"+k[3:8])(t, host.GetCurrentRequestHeaders(id))
 			}
 		}
-		for _, n := range []int{keycache.MinBodyLen - 1, keycache.MaxBodyLen + 1} {
+		for _, n := range []int{apikey.MinBodyLen - 1, apikey.MaxBodyLen + 1} {
 			k := withChecksum("ak_" + strings.Repeat("Q", n))
 			id := host.InitializeHttpContext()
 			host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", k), true)
@@ -173,7 +174,7 @@ func TestKeyLengthsAccepted(t *testing.T) {
 func withChecksum(s string) string {
 	const b62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 	sum := crc32.ChecksumIEEE([]byte(s))
-	var out [keycache.ChecksumLen]byte
+	var out [apikey.ChecksumLen]byte
 	for i := len(out) - 1; i >= 0; i-- {
 		out[i] = b62[sum%62]
 		sum /= 62

@@ -24,7 +24,7 @@ import (
 const (
 	stateKey    = "keygate/state" // syncState, written by the syncing VM
 	usageQueue  = "keygate/usage" // shared queue: workers -> syncing VM
-	recordTag   = 'k'             // "k" + 32-byte SHA-256: keycache record
+	recordTag   = 'k'             // "k" + 32-byte SHA-256: keyrecord record
 	limiterTag  = 'r'             // "r" + budget id: bucket state of a key's lineage
 	shareTag    = 's'             // "s" + budget id: this node's share of its rate
 	stateFormat = 3

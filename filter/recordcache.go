@@ -7,8 +7,9 @@ import (
 
 	"github.com/dchest/siphash"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // recordCache keeps the key records a worker read recently, with the
@@ -38,12 +39,12 @@ type recordCache struct {
 
 type recordSlot struct {
 	tag     [2]uint64
-	hash    keycache.Hash // the key's SHA-256, the name of its shared data
-	rec     keycache.View // valid when found
-	found   bool          // the key has a record (else: known missing)
-	valid   bool          // rec/found were read under gen and epoch
-	claimed bool          // tag and hash are a key's
-	usedAt  uint64        // the cache's clock when last found
+	hash    apikey.Hash    // the key's SHA-256, the name of its shared data
+	rec     keyrecord.View // valid when found
+	found   bool           // the key has a record (else: known missing)
+	valid   bool           // rec/found were read under gen and epoch
+	claimed bool           // tag and hash are a key's
+	usedAt  uint64         // the cache's clock when last found
 	gen     uint64
 	epoch   uint32
 	lease   bucket.Lease // tokens taken ahead for this key from its budget's bucket (bucket.TakeLeased)
@@ -110,15 +111,15 @@ func (c *recordCache) find(key string) (s *recordSlot, held bool, tag [2]uint64)
 // key's SHA-256, computed once per claim.
 func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
 	*s = recordSlot{tag: tag, claimed: true, usedAt: c.clock}
-	keycache.HashKeyTo(&s.hash, key)
+	apikey.HashKeyTo(&s.hash, key)
 }
 
 // lookup returns the cached record of the slot's key if it was read under
 // the sync state's gen and epoch; ok is false when the caller must read
 // shared data.
-func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec keycache.View, found, ok bool) {
+func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec keyrecord.View, found, ok bool) {
 	if !s.valid || s.gen != gen || s.epoch != epoch {
-		return keycache.View{}, false, false
+		return keyrecord.View{}, false, false
 	}
 	return s.rec, s.found, true
 }
@@ -126,6 +127,6 @@ func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec keycache.View, found,
 // store records what shared data held for the slot's key under the sync
 // state's gen and epoch. The record's bytes must not change afterwards (a
 // fresh host copy does not).
-func (s *recordSlot) store(gen uint64, epoch uint32, rec keycache.View, found bool) {
+func (s *recordSlot) store(gen uint64, epoch uint32, rec keyrecord.View, found bool) {
 	s.rec, s.found, s.valid, s.gen, s.epoch = rec, found, true, gen, epoch
 }

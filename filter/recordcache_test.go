@@ -6,7 +6,8 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // A worker serves a key's record from its cache until the sync state's gen
@@ -34,10 +35,10 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 		}
 
 		// Shared data changes without the gen: the worker's copies stand.
-		r := keycache.Record{ID: "key_active", Owner: "acme", Status: keycache.StatusRevoked, Epoch: 2,
+		r := keyrecord.Record{ID: "key_active", Owner: "acme", Status: keyrecord.StatusRevoked, Epoch: 2,
 			Hosts: []string{"api.example.com"}, Scopes: []string{"read"}}
 		seedRecord(t, keys.active, r)
-		r.ID, r.Status = "key_new", keycache.StatusActive
+		r.ID, r.Status = "key_new", keyrecord.StatusActive
 		seedRecord(t, keys.unknown, r)
 		for i := 0; i < 2*stateTTL/1e6; i++ {
 			if s := status(keys.active); s != 200 {
@@ -85,10 +86,10 @@ func TestRecordCacheSets(t *testing.T) {
 	held := func(key string) bool { _, ok, _ := c.find(key); return ok }
 	for i, k := range keys[:recordWays] {
 		s := c.slot(k)
-		if s.hash != keycache.HashKey(k) {
+		if s.hash != apikey.HashKey(k) {
 			t.Fatal("slot's hash is not the key's SHA-256")
 		}
-		rec, err := keycache.Parse(mustRecord(t, keycache.Record{ID: "key_" + strconv.Itoa(i), Status: keycache.StatusActive}))
+		rec, err := keyrecord.Parse(mustRecord(t, keyrecord.Record{ID: "key_" + strconv.Itoa(i), Status: keyrecord.StatusActive}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +115,7 @@ func TestRecordCacheSets(t *testing.T) {
 		}
 	}
 	s := c.slot(keys[recordWays]) // a fifth key of the set
-	if _, _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != keycache.HashKey(keys[recordWays]) {
+	if _, _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != apikey.HashKey(keys[recordWays]) {
 		t.Fatal("the fifth key got another key's entry")
 	}
 	for i, k := range keys {
@@ -136,7 +137,7 @@ func TestRecordCacheTagsAreKeyed(t *testing.T) {
 	if c1.slot(key).tag == c2.slot(key).tag {
 		t.Error("two caches tagged a key alike")
 	}
-	if s := c1.slot(""); s.hash != keycache.HashKey("") {
+	if s := c1.slot(""); s.hash != apikey.HashKey("") {
 		t.Error("empty key's slot")
 	}
 }
@@ -151,7 +152,7 @@ func (c *recordCache) slot(key string) *recordSlot {
 	return s
 }
 
-func mustRecord(t *testing.T, r keycache.Record) []byte {
+func mustRecord(t *testing.T, r keyrecord.Record) []byte {
 	t.Helper()
 	b, err := r.Append(nil)
 	if err != nil {

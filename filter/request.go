@@ -8,8 +8,9 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // filterRoot is one worker VM's filter: configuration, usage counters and
@@ -19,8 +20,8 @@ type filterRoot struct {
 	clock    Clock
 	usage    *usageCounter
 	limiter  bucket.Limiter
-	recKey   [1 + keycache.HashSize]byte
-	limKey   [1 + keycache.MaxStringLen]byte // "r" + budget id (see limiterName)
+	recKey   [1 + apikey.HashSize]byte
+	limKey   [1 + keyrecord.MaxStringLen]byte // "r" + budget id (see limiterName)
 	shareKey []byte
 	hdrBuf   []byte    // response header values being rendered
 	pathBuf  []byte    // the normalized path of the current request, when not normal as sent
@@ -470,7 +471,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		return s.refuse(codeMalformedKey, nil, now, f.authority)
 	}
 	slot, held, tag := r.records.find(f.key)
-	if !held && keycache.CheckKey(f.key, c.prefix) != nil {
+	if !held && apikey.CheckKey(f.key, c.prefix) != nil {
 		return s.refuse(codeMalformedKey, nil, now, f.authority)
 	}
 
@@ -490,7 +491,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 			slot.store(state.gen, state.epoch, rec, found)
 		}
 	}
-	known := found && rec.Epoch() >= state.epoch && rec.Status() != keycache.StatusDeleted
+	known := found && rec.Epoch() >= state.epoch && rec.Status() != keyrecord.StatusDeleted
 	if !known {
 		if stale { // failure mode open: let it through unverified
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
@@ -501,9 +502,9 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	id := rec.ID()
 	switch rec.Status() {
-	case keycache.StatusRevoked:
+	case keyrecord.StatusRevoked:
 		return s.refuse(codeKeyRevoked, id, now, f.authority)
-	case keycache.StatusDisabled:
+	case keyrecord.StatusDisabled:
 		return s.refuse(codeKeyDisabled, id, now, f.authority)
 	}
 	if exp := rec.ExpiresAt(); exp != 0 && now/1e9 >= exp {
@@ -632,21 +633,21 @@ func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float6
 // ok is false when the read failed in a way that must not be cached (a
 // corrupt record or a host error, both logged); a missing key is found ==
 // false, ok.
-func (r *filterRoot) readRecord(h *keycache.Hash) (rec keycache.View, found, ok bool) {
+func (r *filterRoot) readRecord(h *apikey.Hash) (rec keyrecord.View, found, ok bool) {
 	copy(r.recKey[1:], h[:])
 	raw, _, err := sharedGet(bstr(r.recKey[:]))
 	switch {
 	case err == nil:
-		if rec, err = keycache.Parse(raw); err != nil {
+		if rec, err = keyrecord.Parse(raw); err != nil {
 			proxywasm.LogErrorf("keygate: corrupt record in shared data: %v", err)
-			return keycache.View{}, false, false
+			return keyrecord.View{}, false, false
 		}
 		return rec, true, true
 	case errors.Is(err, types.ErrorStatusNotFound):
-		return keycache.View{}, false, true
+		return keyrecord.View{}, false, true
 	default:
 		proxywasm.LogErrorf("keygate: reading shared data: %v", err)
-		return keycache.View{}, false, false
+		return keyrecord.View{}, false, false
 	}
 }
 

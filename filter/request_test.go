@@ -8,7 +8,7 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 	"github.com/tidwall/gjson"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 const testConfig = `{
@@ -33,8 +33,8 @@ func seedKeys(t *testing.T) testKeys {
 		disabled: newKey(t), expired: newKey(t), oldEpoch: newKey(t), deleted: newKey(t),
 		quota: newKey(t), limited: newKey(t), unknown: newKey(t), badRate: newKey(t),
 	}
-	base := func(id string) keycache.Record {
-		return keycache.Record{ID: id, Owner: "acme", Status: keycache.StatusActive, Epoch: 2,
+	base := func(id string) keyrecord.Record {
+		return keyrecord.Record{ID: id, Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2,
 			Hosts: []string{"api.example.com"}, Scopes: []string{"read"}}
 	}
 	seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
@@ -46,10 +46,10 @@ func seedKeys(t *testing.T) testKeys {
 	r.Scopes = []string{"read", "admin"}
 	seedRecord(t, k.admin, r)
 	r = base("key_revoked")
-	r.Status = keycache.StatusRevoked
+	r.Status = keyrecord.StatusRevoked
 	seedRecord(t, k.revoked, r)
 	r = base("key_disabled")
-	r.Status = keycache.StatusDisabled
+	r.Status = keyrecord.StatusDisabled
 	seedRecord(t, k.disabled, r)
 	r = base("key_expired")
 	r.ExpiresAt = fakeEpochS - 10
@@ -58,10 +58,10 @@ func seedKeys(t *testing.T) testKeys {
 	r.Epoch = 1
 	seedRecord(t, k.oldEpoch, r)
 	r = base("key_deleted")
-	r.Status = keycache.StatusDeleted
+	r.Status = keyrecord.StatusDeleted
 	seedRecord(t, k.deleted, r)
 	r = base("key_quota")
-	r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 100, keycache.QuotaDay, fakeEpochS+86400
+	r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 100, keyrecord.QuotaDay, fakeEpochS+86400
 	seedRecord(t, k.quota, r)
 	r = base("key_limited")
 	r.ExpiresAt = fakeEpochS + 86400

@@ -11,7 +11,8 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 	"github.com/tidwall/gjson"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 const (
@@ -495,18 +496,18 @@ func (s *syncer) applyPage(body []byte) error {
 	}
 	var firstErr error
 	root.Get("upserts").ForEach(func(_, item gjson.Result) bool {
-		h, rec, err := keycache.DecodeUpsert(item, epoch)
+		h, rec, err := keyrecord.DecodeUpsert(item, epoch)
 		if err != nil {
 			// Fail closed for that key: a record we cannot read might be a
 			// revocation. Tombstone it when we know its hash.
-			if h == (keycache.Hash{}) {
+			if h == (apikey.Hash{}) {
 				if firstErr == nil {
 					firstErr = err
 				}
 				return true
 			}
 			proxywasm.LogErrorf("keygate: sync: refusing key %s…: %v", h.String()[:8], err)
-			rec = keycache.Record{ID: "invalid", Status: keycache.StatusDeleted, Epoch: epoch}
+			rec = keyrecord.Record{ID: "invalid", Status: keyrecord.StatusDeleted, Epoch: epoch}
 		}
 		if err := s.writeRecord(h, &rec); err != nil && firstErr == nil {
 			firstErr = err
@@ -514,14 +515,14 @@ func (s *syncer) applyPage(body []byte) error {
 		return true
 	})
 	root.Get("deletes").ForEach(func(_, item gjson.Result) bool {
-		h, err := keycache.ParseHash(item.Str)
+		h, err := apikey.ParseHash(item.Str)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = errors.New("response.deletes: want 64-hex hashes")
 			}
 			return true
 		}
-		rec := keycache.Record{ID: "deleted", Status: keycache.StatusDeleted, Epoch: epoch}
+		rec := keyrecord.Record{ID: "deleted", Status: keyrecord.StatusDeleted, Epoch: epoch}
 		if err := s.writeRecord(h, &rec); err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -580,7 +581,7 @@ func isCursor(c string) bool {
 	return len(c) <= 1024
 }
 
-func (s *syncer) writeRecord(h keycache.Hash, rec *keycache.Record) error {
+func (s *syncer) writeRecord(h apikey.Hash, rec *keyrecord.Record) error {
 	var err error
 	s.recBuf, err = rec.Append(s.recBuf[:0])
 	if err != nil {
@@ -662,7 +663,7 @@ func (s *syncer) merge(msg []byte) {
 
 // usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>":
 // a minute of 1 to 12 digits without a leading zero, an outcome of [a-z_], a key id and a host of
-// at most keycache.MaxStringLen and 255 bytes without control characters.
+// at most keyrecord.MaxStringLen and 255 bytes without control characters.
 func usageLinePrefix(p []byte) bool {
 	field, start := 0, 0
 	for i := 0; i <= len(p); i++ {
@@ -693,7 +694,7 @@ func usageLinePrefix(p []byte) bool {
 				}
 			}
 		case 2:
-			if len(f) > keycache.MaxStringLen {
+			if len(f) > keyrecord.MaxStringLen {
 				return false
 			}
 		case 3:
@@ -1046,7 +1047,7 @@ func (s *syncer) applyShares(body []byte) error {
 	var firstErr error
 	seen := make(map[string]bool, len(s.shareIDs))
 	shares.ForEach(func(k, v gjson.Result) bool {
-		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || k.Str == "" || len(k.Str) > keycache.MaxStringLen {
+		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || k.Str == "" || len(k.Str) > keyrecord.MaxStringLen {
 			firstErr = errors.New("shares: want key id -> number in (0, 1]")
 			return false
 		}

@@ -11,7 +11,8 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 	"github.com/tidwall/gjson"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // The keys behind the hashes in testdata/sync_*.json.
@@ -108,14 +109,14 @@ func recorded(t *testing.T, name string) []byte {
 	return b
 }
 
-func readRecord(t *testing.T, key string) (keycache.Record, bool) {
+func readRecord(t *testing.T, key string) (keyrecord.Record, bool) {
 	t.Helper()
-	h := keycache.HashKey(key)
+	h := apikey.HashKey(key)
 	b, _, err := proxywasm.GetSharedData(string(append([]byte{recordTag}, h[:]...)))
 	if err != nil {
-		return keycache.Record{}, false
+		return keyrecord.Record{}, false
 	}
-	v, err := keycache.Parse(b)
+	v, err := keyrecord.Parse(b)
 	if err != nil {
 		t.Fatalf("stored record does not parse: %v", err)
 	}
@@ -135,9 +136,9 @@ func readState(t *testing.T) syncState {
 }
 
 // live reports whether the record for key is served (epoch, status).
-func live(t *testing.T, key string) (keycache.Record, bool) {
+func live(t *testing.T, key string) (keyrecord.Record, bool) {
 	r, ok := readRecord(t, key)
-	return r, ok && r.Epoch >= readState(t).epoch && r.Status != keycache.StatusDeleted
+	return r, ok && r.Epoch >= readState(t).epoch && r.Status != keyrecord.StatusDeleted
 }
 
 func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
@@ -158,7 +159,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		if r, ok := live(t, syncKeyA); !ok || r.ID != "key_a" || r.RateLimit != 100 || r.RateBurst != 10 {
 			t.Fatalf("key a after page 1: %+v %v", r, ok)
 		}
-		if r, _ := readRecord(t, syncKeyB); r.Status != keycache.StatusRevoked {
+		if r, _ := readRecord(t, syncKeyB); r.Status != keyrecord.StatusRevoked {
 			t.Fatalf("key b status %v", r.Status)
 		}
 		if st := readState(t); st.version != 0 {
@@ -189,7 +190,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		if st.version != 42 || st.epoch != 1 || st.lastSyncMS == 0 {
 			t.Fatalf("state after snapshot %+v", st)
 		}
-		if r, ok := live(t, syncKeyC); !ok || r.Owner != "globex" || !r.HasQuota || r.QuotaPeriod != keycache.QuotaMonth {
+		if r, ok := live(t, syncKeyC); !ok || r.Owner != "globex" || !r.HasQuota || r.QuotaPeriod != keyrecord.QuotaMonth {
 			t.Fatalf("key c %+v", r)
 		}
 
@@ -199,7 +200,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		}
 		h.answer(c, "200", recorded(t, "sync_delta.json"))
 		genMoved("delta")
-		if r, _ := readRecord(t, syncKeyA); r.Status != keycache.StatusRevoked {
+		if r, _ := readRecord(t, syncKeyA); r.Status != keyrecord.StatusRevoked {
 			t.Errorf("revocation not applied: %+v", r)
 		}
 		if _, ok := live(t, syncKeyC); ok {
@@ -227,7 +228,7 @@ func TestSyncPagesDeltasAndSnapshots(t *testing.T) {
 		if _, ok := live(t, syncKeyA); ok {
 			t.Error("key a survived a snapshot without it")
 		}
-		if r, ok := live(t, syncKeyB); !ok || r.Status != keycache.StatusActive {
+		if r, ok := live(t, syncKeyB); !ok || r.Status != keyrecord.StatusActive {
 			t.Errorf("key b after re-snapshot: %+v %v", r, ok)
 		}
 	})

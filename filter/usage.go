@@ -5,7 +5,7 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 // usageCounter aggregates one worker VM's request counts per (minute,
@@ -131,7 +131,7 @@ func appendField(b, s []byte) []byte {
 // appendHost appends the authority's host, lower-cased, without port and
 // trailing dot; nothing when it is not a plausible host name or literal.
 func appendHost(b []byte, authority string) []byte {
-	host, _, ok := keycache.SplitAuthority(authority)
+	host, _, ok := keyrecord.SplitAuthority(authority)
 	if !ok || len(host) > 255 {
 		return b
 	}

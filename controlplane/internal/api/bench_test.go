@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/store"
-	"github.com/keygate/keygate/keycache"
 )
 
 // benchClient is an HTTP client that keeps a connection per worker.
@@ -140,7 +140,7 @@ func BenchmarkSyncSnapshot(b *testing.B) {
 	for i := range n {
 		rand.Read(rnd[:])
 		k := &store.Key{
-			ID: fmt.Sprintf("key_bench%011d", i), Hash: keycache.HashKey(fmt.Sprintf("ak_%x", rnd)),
+			ID: fmt.Sprintf("key_bench%011d", i), Hash: apikey.HashKey(fmt.Sprintf("ak_%x", rnd)),
 			Owner: "acme", Status: store.StatusActive,
 			Hosts: []string{"api.example.com", "*.example.com"}, Scopes: []string{"read", "write"},
 			Rate: &store.Rate{Limit: 100, PeriodMS: 1000, Burst: 10},

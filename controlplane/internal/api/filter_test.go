@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -61,7 +61,7 @@ func TestSync(t *testing.T) {
 	}
 	for id, r := range recs {
 		k := keys[id]
-		if r.Hash != keycache.HashKey(k.Key).String() || r.Owner != k.Owner || r.Status != "active" ||
+		if r.Hash != apikey.HashKey(k.Key).String() || r.Owner != k.Owner || r.Status != "active" ||
 			r.ExpiresAt != t0.Add(time.Hour).Unix() || r.Rate.Limit != 10 || r.Rate.PeriodMS != 1000 || r.Rate.Burst != 5 ||
 			r.Quota.Limit != 100 || r.Quota.Period != "day" || r.Quota.ExhaustedUntil != 0 || r.Hosts[0] != "a.com" {
 			t.Fatalf("record %+v for %+v", r, k)

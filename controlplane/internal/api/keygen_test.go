@@ -6,16 +6,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // TestKeyLength: a server configured with the shortest and the longest
 // key length issues keys of that length from create and rotate (with and
 // without Idempotency-Key), each passing the filter's CheckKey.
 func TestKeyLength(t *testing.T) {
-	for _, n := range []int{keycache.MinBodyLen, keycache.MaxBodyLen} {
+	for _, n := range []int{apikey.MinBodyLen, apikey.MaxBodyLen} {
 		e := newEnvWith(t, sqliteOpener, func(c *Config) { c.KeyLength = n })
-		want := len("ak_") + n + keycache.ChecksumLen
+		want := len("ak_") + n + apikey.ChecksumLen
 		k := e.createKey(map[string]any{"name": "a"})
 		r1 := e.admin("POST", "/v1/keys/"+k.ID+"/rotate", map[string]any{})
 		var succ keyJSON
@@ -28,12 +28,12 @@ func TestKeyLength(t *testing.T) {
 			t.Fatalf("rotate: %d %s / %d %s", r1.status, r1.body, r2.status, r2.body)
 		}
 		for _, key := range []string{k.Key, succ.Key, idem.Key} {
-			if len(key) != want || keycache.CheckKey(key, "ak") != nil {
-				t.Fatalf("length %d: key of %d characters (CheckKey %v)", n, len(key), keycache.CheckKey(key, "ak"))
+			if len(key) != want || apikey.CheckKey(key, "ak") != nil {
+				t.Fatalf("length %d: key of %d characters (CheckKey %v)", n, len(key), apikey.CheckKey(key, "ak"))
 			}
 		}
 	}
-	for _, n := range []int{keycache.MinBodyLen - 1, keycache.MaxBodyLen + 1} {
+	for _, n := range []int{apikey.MinBodyLen - 1, apikey.MaxBodyLen + 1} {
 		if _, err := New(Config{Store: sqliteOpener(t, time.Now), AdminCredential: HashCredential(adminToken),
 			FilterCredential: HashCredential(filterToken), KeyLength: n}); err == nil {
 			t.Errorf("length %d accepted", n)
@@ -49,11 +49,11 @@ func TestKeyWords(t *testing.T) {
 	for c := 'a'; c <= 'z'; c++ {
 		list = append(list, strings.Repeat(string(c), 3))
 	}
-	words, err := keycache.NewWords(list)
+	words, err := apikey.NewWords(list)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := words.RejectRate(keycache.DefaultBodyLen); r < 0.05 {
+	if r := words.RejectRate(apikey.DefaultBodyLen); r < 0.05 {
 		t.Fatalf("test list rejects only %.3f", r)
 	}
 	e := newEnvWith(t, sqliteOpener, func(c *Config) { c.KeyWords = words })

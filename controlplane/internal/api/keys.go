@@ -15,9 +15,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/controlplane/internal/store"
-	"github.com/keygate/keygate/keycache"
 )
 
 // keyJSON is a key as the admin API shows it: never its hash, and the key
@@ -274,7 +274,7 @@ func (s *Server) issue(ctx context.Context, k *store.Key) (string, *problem) {
 		if err != nil {
 			return "", internalError(err)
 		}
-		k.ID, k.Hash = id, keycache.HashKey(secret)
+		k.ID, k.Hash = id, apikey.HashKey(secret)
 		err = s.store.CreateKey(ctx, k)
 		if err == nil {
 			return secret, nil
@@ -613,7 +613,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 				if err != nil {
 					return nil, time.Time{}, err
 				}
-				h := keycache.HashKey(again)
+				h := apikey.HashKey(again)
 				if subtle.ConstantTimeCompare(h[:], succ.Hash[:]) == 1 {
 					secret = again
 					return nil, time.Time{}, replayed{succ}
@@ -649,7 +649,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 		if secret, err = newSecret(nk.ID); err != nil {
 			return nil, time.Time{}, err
 		}
-		nk.Hash = keycache.HashKey(secret)
+		nk.Hash = apikey.HashKey(secret)
 		return nk, now.Add(time.Duration(grace) * time.Second), nil
 	}
 	var (

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/store"
-	"github.com/keygate/keygate/keycache"
 )
 
 var idPattern = regexp.MustCompile(`^key_[0-9A-Za-z]{20}$`)
@@ -61,7 +61,7 @@ func TestCreateKey(t *testing.T) {
 	if r.header.Get("Location") != "/v1/keys/"+k.ID {
 		t.Errorf("Location %q", r.header.Get("Location"))
 	}
-	if err := keycache.CheckKey(k.Key, "ak"); err != nil {
+	if err := apikey.CheckKey(k.Key, "ak"); err != nil {
 		t.Errorf("key %q: %v", k.Key, err)
 	}
 	if k.Status != "active" || k.Name != "billing prod" || k.Owner != "acme" || len(k.Hosts) != 5 ||
@@ -81,7 +81,7 @@ func TestCreateKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stored.Hash != keycache.HashKey(k.Key) {
+	if stored.Hash != apikey.HashKey(k.Key) {
 		t.Error("stored hash is not SHA-256 of the key")
 	}
 
@@ -110,7 +110,7 @@ func TestCreateKey(t *testing.T) {
 // assertNoSecret fails when body holds the key or any form of its hash.
 func assertNoSecret(t testing.TB, body []byte, key string) {
 	t.Helper()
-	h := keycache.HashKey(key)
+	h := apikey.HashKey(key)
 	for _, s := range []string{key, h.String(), strings.ToUpper(h.String()), key[3:20]} {
 		if strings.Contains(string(body), s) {
 			t.Fatalf("response contains a secret (%.8s...): %s", s, body)
@@ -397,7 +397,7 @@ func TestRotateKey(t *testing.T) {
 	}
 	var nk keyJSON
 	r.json(t, &nk)
-	if nk.ID == old.ID || nk.Key == "" || nk.Key == old.Key || keycache.CheckKey(nk.Key, "ak") != nil {
+	if nk.ID == old.ID || nk.Key == "" || nk.Key == old.Key || apikey.CheckKey(nk.Key, "ak") != nil {
 		t.Fatalf("new key %+v", nk)
 	}
 	if nk.Name != "a" || nk.Owner != "o" || nk.Hosts[0] != "a.com" || nk.Scopes[0] != "r" || nk.Rate.Limit != 3 ||
@@ -421,7 +421,7 @@ func TestRotateKey(t *testing.T) {
 		byID[u.ID] = u
 	}
 	if byID[old.ID].ExpiresAt != graceEnd.Unix() || byID[nk.ID].ExpiresAt != 0 ||
-		byID[nk.ID].Hash != keycache.HashKey(nk.Key).String() {
+		byID[nk.ID].Hash != apikey.HashKey(nk.Key).String() {
 		t.Fatalf("sync %+v", byID)
 	}
 	// After the grace the old key is expired and cannot be rotated again.
@@ -471,7 +471,7 @@ func TestDeleteKey(t *testing.T) {
 	e.admin("GET", "/v1/keys/"+k.ID, nil).problem(t, 404, "not_found")
 	e.admin("DELETE", "/v1/keys/"+k.ID, nil).problem(t, 404, "not_found")
 	d := e.syncPage("since=" + itoa(v))
-	if d.Snapshot || len(d.Deletes) != 1 || d.Deletes[0] != keycache.HashKey(k.Key).String() {
+	if d.Snapshot || len(d.Deletes) != 1 || d.Deletes[0] != apikey.HashKey(k.Key).String() {
 		t.Fatalf("delta %+v", d)
 	}
 }

@@ -21,10 +21,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/apikey/wordlist"
 	"github.com/keygate/keygate/controlplane"
 	"github.com/keygate/keygate/controlplane/internal/store"
-	"github.com/keygate/keygate/keycache"
-	"github.com/keygate/keygate/keycache/wordlist"
 )
 
 // Config configures a Server.
@@ -39,14 +39,14 @@ type Config struct {
 	// client and filter uses the new ones.
 	PreviousAdminCredential  [sha256.Size]byte
 	PreviousFilterCredential [sha256.Size]byte
-	// KeyPrefix prefixes new keys; "" means keycache.DefaultPrefix.
+	// KeyPrefix prefixes new keys; "" means apikey.DefaultPrefix.
 	KeyPrefix string
 	// KeyLength is the number of random Base62 characters of new keys,
-	// keycache.MinBodyLen to MaxBodyLen; 0 means keycache.DefaultBodyLen.
+	// apikey.MinBodyLen to MaxBodyLen; 0 means apikey.DefaultBodyLen.
 	KeyLength int
 	// KeyWords are the words new keys must not spell; nil means the
-	// shipped list (keycache/wordlist).
-	KeyWords *keycache.Words
+	// shipped list (apikey/wordlist).
+	KeyWords *apikey.Words
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock (expiry, rotation, usage windows); nil means time.Now.
@@ -95,7 +95,7 @@ type Server struct {
 	now         func() time.Time
 	rand        io.Reader
 	prefix      string
-	keygen      keycache.Generator
+	keygen      apikey.Generator
 	adminHash   credentials
 	filterHash  credentials
 	metrics     *metrics
@@ -166,17 +166,17 @@ func New(cfg Config) (*Server, error) {
 		s.usageRetention = store.DefaultUsageRetention
 	}
 	if s.prefix == "" {
-		s.prefix = keycache.DefaultPrefix
+		s.prefix = apikey.DefaultPrefix
 	}
-	if !keycache.ValidPrefix(s.prefix) {
-		return nil, fmt.Errorf("api: %w", keycache.ErrBadPrefix)
+	if !apikey.ValidPrefix(s.prefix) {
+		return nil, fmt.Errorf("api: %w", apikey.ErrBadPrefix)
 	}
-	s.keygen = keycache.Generator{Prefix: s.prefix, BodyLen: cfg.KeyLength, Words: cfg.KeyWords}
+	s.keygen = apikey.Generator{Prefix: s.prefix, BodyLen: cfg.KeyLength, Words: cfg.KeyWords}
 	if s.keygen.BodyLen == 0 {
-		s.keygen.BodyLen = keycache.DefaultBodyLen
+		s.keygen.BodyLen = apikey.DefaultBodyLen
 	}
-	if !keycache.ValidBodyLen(s.keygen.BodyLen) {
-		return nil, fmt.Errorf("api: %w", keycache.ErrBadBodyLen)
+	if !apikey.ValidBodyLen(s.keygen.BodyLen) {
+		return nil, fmt.Errorf("api: %w", apikey.ErrBadBodyLen)
 	}
 	if s.keygen.Words == nil {
 		words, err := wordlist.Default()

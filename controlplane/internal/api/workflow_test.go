@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 type auditPage struct {
@@ -52,7 +52,7 @@ func TestWorkflow(t *testing.T) {
 			got[u.ID] = u
 		}
 		if d.Snapshot || len(got) != 3 || got[k1.ID].Hosts[0] != "b.example.com" || got[k2.ID].Status != "disabled" ||
-			got[k1.ID].ExpiresAt != t0.Add(time.Minute).Unix() || got[k3.ID].Hash != keycache.HashKey(k3.Key).String() {
+			got[k1.ID].ExpiresAt != t0.Add(time.Minute).Unix() || got[k3.ID].Hash != apikey.HashKey(k3.Key).String() {
 			t.Fatalf("delta %+v", d)
 		}
 		// Usage exactly once.
@@ -72,7 +72,7 @@ func TestWorkflow(t *testing.T) {
 		call("POST", "/v1/keys/"+k3.ID+"/revoke", nil, 200)
 		call("DELETE", "/v1/keys/"+k2.ID, nil, 204)
 		d = e.syncPage("since=" + itoa(d.Version))
-		if len(d.Deletes) != 1 || d.Deletes[0] != keycache.HashKey(k2.Key).String() || len(d.Upserts) != 1 || d.Upserts[0].Status != "revoked" {
+		if len(d.Deletes) != 1 || d.Deletes[0] != apikey.HashKey(k2.Key).String() || len(d.Upserts) != 1 || d.Upserts[0].Status != "revoked" {
 			t.Fatalf("delta 2 %+v", d)
 		}
 

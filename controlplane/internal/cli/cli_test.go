@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/api"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
 )
 
 const (
@@ -69,7 +69,7 @@ func TestKeysCLI(t *testing.T) {
 		"--quota", "1000/day", "--expires", "720h", "--metadata", `{"plan":"gold"}`)
 	key := regexp.MustCompile(`(?m)^KEY\s+(ak_\S+)$`).FindStringSubmatch(out)
 	id := regexp.MustCompile(`(?m)^ID\s+(key_\S+)$`).FindStringSubmatch(out)
-	if key == nil || id == nil || keycache.CheckKey(key[1], "ak") != nil {
+	if key == nil || id == nil || apikey.CheckKey(key[1], "ak") != nil {
 		t.Fatalf("create output:\n%s", out)
 	}
 	for _, want := range []string{"billing", "acme", "api.example.com, *.example.com, admin.example.com", "100 per 1m0s, burst 5", "1000 per day", `{"plan":"gold"}`} {
@@ -113,7 +113,7 @@ func TestKeysCLI(t *testing.T) {
 	}
 
 	out = ok("keys", "show", id[1])
-	if !strings.Contains(out, "USAGE 24H") || strings.Contains(out, key[1]) || strings.Contains(out, keycache.HashKey(key[1]).String()) {
+	if !strings.Contains(out, "USAGE 24H") || strings.Contains(out, key[1]) || strings.Contains(out, apikey.HashKey(key[1]).String()) {
 		t.Fatalf("show:\n%s", out)
 	}
 	out = ok("keys", "update", id[1], "--name", "renamed", "--clear-rate", "--clear-metadata")

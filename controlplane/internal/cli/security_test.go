@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
 )
 
 // fleetDenied reads the fleet's refused requests per day over the last
@@ -91,7 +91,7 @@ func TestServePrunesUsage(t *testing.T) {
 // 128 bits; the error names the variable and never shows the value.
 func TestServeWeakCredentials(t *testing.T) {
 	dir := t.TempDir()
-	genAdmin, err := keycache.NewKey("kgadmin", rand.Reader)
+	genAdmin, err := apikey.NewKey("kgadmin", rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}

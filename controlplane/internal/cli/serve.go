@@ -16,10 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/api"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/controlplane/internal/ui"
-	"github.com/keygate/keygate/keycache"
 )
 
 // Settings that hold the SHA-256 (hex) of generated credentials.
@@ -63,7 +63,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	cfg := serveConfig{
 		listen: envOr(env, "KEYGATE_LISTEN", "127.0.0.1:8081"),
 		store:  envOr(env, "KEYGATE_STORE", "sqlite:./data/keygate.db"),
-		prefix: envOr(env, "KEYGATE_KEY_PREFIX", keycache.DefaultPrefix),
+		prefix: envOr(env, "KEYGATE_KEY_PREFIX", apikey.DefaultPrefix),
 	}
 	var err error
 	if cfg.shareWindow, err = envDuration(env, "KEYGATE_SHARE_WINDOW", store.DefaultShareWindow); err != nil {
@@ -81,7 +81,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
 		return err
 	}
-	if cfg.keyLength, err = envInt(env, "KEYGATE_KEY_LENGTH", keycache.DefaultBodyLen); err != nil {
+	if cfg.keyLength, err = envInt(env, "KEYGATE_KEY_LENGTH", apikey.DefaultBodyLen); err != nil {
 		return err
 	}
 	cfg.usageRetention = store.DefaultUsageRetention
@@ -99,7 +99,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.StringVar(&cfg.prefix, "key-prefix", cfg.prefix, "prefix of new keys, 1-16 of [a-z0-9] (KEYGATE_KEY_PREFIX)")
 	fs.IntVar(&cfg.keyLength, "key-length", cfg.keyLength, fmt.Sprintf(
 		"random Base62 characters of new keys, %d-%d: 16 to 64 bytes of entropy; filters accept every length (KEYGATE_KEY_LENGTH)",
-		keycache.MinBodyLen, keycache.MaxBodyLen))
+		apikey.MinBodyLen, apikey.MaxBodyLen))
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&cfg.retention, "retention", 7*24*time.Hour,
 		"how long the change log and usage batch identities are kept")
@@ -127,11 +127,11 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	} else if len(pos) > 0 {
 		return usagef("serve takes no arguments")
 	}
-	if !keycache.ValidPrefix(cfg.prefix) {
-		return usagef("--key-prefix: %v", keycache.ErrBadPrefix)
+	if !apikey.ValidPrefix(cfg.prefix) {
+		return usagef("--key-prefix: %v", apikey.ErrBadPrefix)
 	}
-	if !keycache.ValidBodyLen(cfg.keyLength) {
-		return usagef("--key-length: %v", keycache.ErrBadBodyLen)
+	if !apikey.ValidBodyLen(cfg.keyLength) {
+		return usagef("--key-length: %v", apikey.ErrBadBodyLen)
 	}
 	if cfg.retention < time.Hour {
 		return usagef("--retention must be at least 1h")
@@ -318,7 +318,7 @@ func credential(ctx context.Context, st store.Store, what, setting, fromEnv stri
 		if !errors.Is(err, store.ErrNotFound) {
 			return [32]byte{}, fmt.Errorf("read %s credential: %w", what, err)
 		}
-		token, err := keycache.NewKey("kg"+what, rand.Reader)
+		token, err := apikey.NewKey("kg"+what, rand.Reader)
 		if err != nil {
 			return [32]byte{}, err
 		}
@@ -352,7 +352,7 @@ func previousCredential(fromEnv string) [32]byte {
 // with prefix "kg"+role) or have an estimated minCredentialBits bits of
 // entropy. The error names the variable, never the value.
 func checkCredential(name, role, v string) error {
-	if v == "" || keycache.CheckKey(v, "kg"+role) == nil {
+	if v == "" || apikey.CheckKey(v, "kg"+role) == nil {
 		return nil
 	}
 	bits, ok := credentialBits(v)

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // Cursors are opaque to clients: base64url of "<kind>:<fields...>" with a
@@ -89,8 +89,8 @@ type syncCursor struct {
 	snapshot bool
 	since    int64
 	upto     int64
-	last     int64         // delta: last version sent
-	hash     keycache.Hash // snapshot: last hash sent
+	last     int64       // delta: last version sent
+	hash     apikey.Hash // snapshot: last hash sent
 }
 
 func (c syncCursor) encode() string {
@@ -119,7 +119,7 @@ func decodeSyncCursor(s string) (syncCursor, error) {
 	if err != nil {
 		return syncCursor{}, err
 	}
-	h, err := keycache.ParseHash(f[2])
+	h, err := apikey.ParseHash(f[2])
 	if err != nil {
 		return syncCursor{}, fmt.Errorf("store: %w", ErrBadCursor)
 	}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // Limits of the store's own validation (the API validates more strictly).
@@ -129,7 +129,7 @@ func keyValues(k *Key) ([]any, error) {
 	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
 	}
-	if k.Hash == (keycache.Hash{}) {
+	if k.Hash == (apikey.Hash{}) {
 		return nil, &FieldError{Field: "hash", Message: "must be set"}
 	}
 	switch k.Status {

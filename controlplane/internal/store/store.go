@@ -10,7 +10,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // Errors every implementation returns (wrapped or as is).
@@ -60,7 +60,7 @@ type Quota struct {
 // itself is never stored.
 type Key struct {
 	ID        string
-	Hash      keycache.Hash
+	Hash      apikey.Hash
 	Name      string
 	Owner     string
 	Status    string
@@ -134,7 +134,7 @@ type AuditFilter struct {
 // Change is one entry of a sync response: an upsert (Key != nil) or a delete
 // (Key == nil, Hash set).
 type Change struct {
-	Hash keycache.Hash
+	Hash apikey.Hash
 	Key  *Key
 	// Budget is the key's rate budget: the id of its rotation lineage's
 	// first key, Key.ID for a key never rotated ("" for a delete). The

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 // runSuite is the one behavioural test suite every Store implementation
@@ -76,13 +76,13 @@ var keySeq atomic.Int64
 // newTestKey returns a key record for a fresh random key.
 func newTestKey(t testing.TB) *Key {
 	t.Helper()
-	secret, err := keycache.NewKey("ak", rand.Reader)
+	secret, err := apikey.NewKey("ak", rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &Key{
 		ID:     fmt.Sprintf("key_%06d_%s", keySeq.Add(1), secret[3:11]),
-		Hash:   keycache.HashKey(secret),
+		Hash:   apikey.HashKey(secret),
 		Name:   "test key",
 		Owner:  "acme",
 		Status: StatusActive,
@@ -126,7 +126,7 @@ func testKeyCRUD(t *testing.T, open func(t testing.TB) Store) {
 	}
 
 	// A key without optional parts reads back with empty lists, nil pointers.
-	bare := &Key{ID: "key_bare", Hash: keycache.HashKey("bare"), CreatedAt: time.Unix(1700000000, 0)}
+	bare := &Key{ID: "key_bare", Hash: apikey.HashKey("bare"), CreatedAt: time.Unix(1700000000, 0)}
 	mustCreate(t, s, bare)
 	got, err = s.GetKey(ctx, "key_bare")
 	if err != nil {
@@ -191,7 +191,7 @@ func testKeyConflicts(t *testing.T, open func(t testing.TB) Store) {
 	// Invalid records are refused with ErrInvalid.
 	for _, bad := range []func(k *Key){
 		func(k *Key) { k.ID = "" },
-		func(k *Key) { k.Hash = keycache.Hash{} },
+		func(k *Key) { k.Hash = apikey.Hash{} },
 		func(k *Key) { k.Status = "paused" },
 		func(k *Key) { k.Metadata = json.RawMessage(`[1]`) },
 		func(k *Key) { k.Quota = &Quota{Limit: 1, Period: "week"} },
@@ -360,7 +360,7 @@ func testRotateKey(t *testing.T, open func(t testing.TB) Store) {
 	if page.Snapshot || page.Version != v0+2 || len(page.Changes) != 2 {
 		t.Fatalf("delta after rotate: %+v", page)
 	}
-	seen := map[keycache.Hash]*Key{}
+	seen := map[apikey.Hash]*Key{}
 	for _, c := range page.Changes {
 		seen[c.Hash] = c.Key
 	}
@@ -484,7 +484,7 @@ func testSyncSnapshotPaging(t *testing.T, open func(t testing.TB) Store) {
 	if p, err := s.Sync(ctx, 0, "", 0); err != nil || !p.Snapshot || p.More || len(p.Changes) != 0 || p.Version != 0 {
 		t.Fatalf("empty store snapshot: %+v, %v", p, err)
 	}
-	want := map[keycache.Hash]string{}
+	want := map[apikey.Hash]string{}
 	for i := range 11 {
 		k := newTestKey(t)
 		if i == 3 {
@@ -498,8 +498,8 @@ func testSyncSnapshotPaging(t *testing.T, open func(t testing.TB) Store) {
 	if len(pages) != 4 {
 		t.Fatalf("%d pages for 11 keys by 3", len(pages))
 	}
-	got := map[keycache.Hash]string{}
-	var prev keycache.Hash
+	got := map[apikey.Hash]string{}
+	var prev apikey.Hash
 	for i, p := range pages {
 		if !p.Snapshot || p.Version != v {
 			t.Fatalf("page %d: snapshot=%v version=%d, want true %d", i, p.Snapshot, p.Version, v)
@@ -571,7 +571,7 @@ func testSyncDelta(t *testing.T, open func(t testing.TB) Store) {
 		t.Fatalf("version %d after 8 changes from %d", v1, v0)
 	}
 	type entry struct {
-		hash   keycache.Hash
+		hash   apikey.Hash
 		status string // "" = delete
 	}
 	// In order of each hash's latest change.
@@ -1109,7 +1109,7 @@ func testSyncHammer(t *testing.T, open func(t testing.TB) Store) {
 		}()
 	}
 	// The reader's copy: hash -> status.
-	copyOf := map[keycache.Hash]string{}
+	copyOf := map[apikey.Hash]string{}
 	var since int64
 	apply := func(pages []*SyncPage) {
 		if pages[0].Snapshot {
@@ -1151,7 +1151,7 @@ func testSyncHammer(t *testing.T, open func(t testing.TB) Store) {
 	if since != final {
 		t.Fatalf("reader at %d, database at %d", since, final)
 	}
-	want := map[keycache.Hash]string{}
+	want := map[apikey.Hash]string{}
 	for _, p := range syncAll(t, reader, 0, 0) {
 		for _, c := range p.Changes {
 			want[c.Hash] = c.Key.Status

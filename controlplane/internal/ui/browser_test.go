@@ -18,10 +18,10 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/api"
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/controlplane/internal/ui"
-	"github.com/keygate/keygate/keycache"
 )
 
 const (
@@ -300,14 +300,14 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("new-key")))
 	secret := eval[string](t, ctx, `document.getElementById("new-key").value`)
 	keyID := strings.TrimSpace(text(t, ctx, "#key-id"))
-	if err := keycache.CheckKey(secret, keycache.DefaultPrefix); err != nil {
+	if err := apikey.CheckKey(secret, apikey.DefaultPrefix); err != nil {
 		t.Fatalf("the shown key %q is not a key: %v", secret, err)
 	}
 	k, err := st.GetKey(context.Background(), keyID)
 	if err != nil {
 		t.Fatalf("the created key %q is not stored: %v", keyID, err)
 	}
-	if k.Hash != keycache.HashKey(secret) || k.Owner != "acme" || k.Name != "checkout service" ||
+	if k.Hash != apikey.HashKey(secret) || k.Owner != "acme" || k.Name != "checkout service" ||
 		strings.Join(k.Hosts, ",") != "api.example.com,*.shop.example.com" || k.Rate == nil || k.Rate.Limit != 100 ||
 		k.Rate.Burst != 99 { // burst left empty: the whole limit at once
 
@@ -520,7 +520,7 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.Poll[chromedp.Void](`document.querySelector("#dialog [role=status]").textContent !== ""`, chromedp.WithPollingTimeout(5*time.Second)))
 	rotated := eval[string](t, ctx, `document.getElementById("new-key").value`)
 	newID := strings.TrimSpace(text(t, ctx, "#key-id"))
-	if nk, err := st.GetKey(context.Background(), newID); err != nil || newID == keyID || nk.Hash != keycache.HashKey(rotated) || nk.Owner != "acme" {
+	if nk, err := st.GetKey(context.Background(), newID); err != nil || newID == keyID || nk.Hash != apikey.HashKey(rotated) || nk.Owner != "acme" {
 		t.Errorf("rotation: new key %q (%v): %+v", newID, err, nk)
 	}
 	if old, err := st.GetKey(context.Background(), keyID); err != nil || old.GraceEndsAt == nil || old.SuccessorID != newID ||

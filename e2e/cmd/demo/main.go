@@ -32,8 +32,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/e2e/internal/host"
-	"github.com/keygate/keygate/keycache"
 )
 
 func main() {
@@ -128,10 +128,10 @@ func (d *demo) start(ctx context.Context) error {
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return err
 	}
-	if d.adminToken, err = keycache.NewKey("kgadmin", rand.Reader); err != nil {
+	if d.adminToken, err = apikey.NewKey("kgadmin", rand.Reader); err != nil {
 		return err
 	}
-	if d.filterToken, err = keycache.NewKey("kgfilter", rand.Reader); err != nil {
+	if d.filterToken, err = apikey.NewKey("kgfilter", rand.Reader); err != nil {
 		return err
 	}
 

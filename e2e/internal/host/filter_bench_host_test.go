@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 
 	"github.com/keygate/keygate/internal/testkit"
@@ -175,7 +175,7 @@ func BenchmarkHostThroughput(b *testing.B) {
 				b.Fatalf("%s: valid key: status %d: %s\nhost log:\n%s", d.name, status, body, h.log.String())
 			}
 			if d.checksKeys {
-				unknown, err := keycache.NewKey("ak", rand.Reader)
+				unknown, err := apikey.NewKey("ak", rand.Reader)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -26,9 +26,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/shareddata"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/keyrecord"
 )
 
 const (
@@ -54,15 +55,15 @@ const keygateConfig = `{"max_staleness_ms": 3600000}`
 
 // newBenchKey makes the valid key (prefix "ak") every benchmark request
 // carries, once per process.
-var newBenchKey = sync.OnceValues(func() (string, error) { return keycache.NewKey("ak", rand.Reader) })
+var newBenchKey = sync.OnceValues(func() (string, error) { return apikey.NewKey("ak", rand.Reader) })
 
 // benchRecord is the record of the benchmark key: active, allowed on the
 // request's host, with a rate limit far above any rate a benchmark reaches,
 // so every request takes the full path (record lookup, host match, limiter
 // compare-and-swap) and is admitted.
-func benchRecord() keycache.Record {
-	return keycache.Record{
-		ID: benchKeyID, Owner: "acme", Status: keycache.StatusActive, Epoch: benchEpoch,
+func benchRecord() keyrecord.Record {
+	return keyrecord.Record{
+		ID: benchKeyID, Owner: "acme", Status: keyrecord.StatusActive, Epoch: benchEpoch,
 		HasRate: true, RateLimit: 1_000_000, RatePeriodMS: 1000, RateBurst: 1_000_000,
 		Hosts:  []string{"*.example.org", "api.example.com"},
 		Scopes: []string{"orders:read", "orders:write"},
@@ -85,7 +86,7 @@ func seedKeys(sd *shareddata.Store, key string, n int, now time.Time) error {
 	}
 	var name [1 + sha256.Size]byte
 	name[0] = 'k'
-	put := func(hash [sha256.Size]byte, rec *keycache.Record, buf []byte) ([]byte, error) {
+	put := func(hash [sha256.Size]byte, rec *keyrecord.Record, buf []byte) ([]byte, error) {
 		buf, err := rec.Append(buf[:0])
 		if err != nil {
 			return buf, err
@@ -100,15 +101,15 @@ func seedKeys(sd *shareddata.Store, key string, n int, now time.Time) error {
 	}
 	hosts := [][]string{{"api.example.com"}, {"*.example.com", "example.com"}, {"shop.example.net:8443"}}
 	for i := 1; i < n; i++ {
-		rec := keycache.Record{
-			ID: "key_" + strconv.Itoa(i), Owner: "owner-" + strconv.Itoa(i%97), Status: keycache.StatusActive,
+		rec := keyrecord.Record{
+			ID: "key_" + strconv.Itoa(i), Owner: "owner-" + strconv.Itoa(i%97), Status: keyrecord.StatusActive,
 			Epoch: benchEpoch, Hosts: hosts[i%len(hosts)], Scopes: []string{"orders:read"},
 		}
 		if i%2 == 0 {
 			rec.HasRate, rec.RateLimit, rec.RatePeriodMS, rec.RateBurst = true, 100, 1000, 10
 		}
 		if i%5 == 0 {
-			rec.HasQuota, rec.QuotaLimit, rec.QuotaPeriod = true, 10000, keycache.QuotaDay
+			rec.HasQuota, rec.QuotaLimit, rec.QuotaPeriod = true, 10000, keyrecord.QuotaDay
 		}
 		// Any 32 distinct bytes do: only the benchmark key is ever presented.
 		if buf, err = put(sha256.Sum256([]byte("seed-key-"+strconv.Itoa(i))), &rec, buf); err != nil {
@@ -322,7 +323,7 @@ func (r *filterRig) check() error {
 // every request misses the cache and takes the slow path (SHA-256, record
 // read and parse, limiter read and compare-and-swap).
 func (r *filterRig) withKeysInTurn(n int) error {
-	return r.withKeysInTurnLen(n, keycache.DefaultBodyLen)
+	return r.withKeysInTurnLen(n, apikey.DefaultBodyLen)
 }
 
 // withKeysInTurnLen is withKeysInTurn with keys of bodyLen random
@@ -331,7 +332,7 @@ func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 	sd := r.h.SharedData()
 	var buf []byte
 	for i := 0; i < n; i++ {
-		key, err := keycache.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
+		key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
 		if err != nil {
 			return err
 		}

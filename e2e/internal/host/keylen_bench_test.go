@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/internal/testkit"
-	"github.com/keygate/keygate/keycache"
 )
 
 // cookieConfig is keygateConfig with a cookie source next to the defaults.
@@ -25,7 +25,7 @@ const cookieConfig = `{"max_staleness_ms": 3600000,
 // characters and makes the rig present it (in a cookie among others when
 // cookie is set), then checks one request.
 func (r *filterRig) useKey(bodyLen int, cookie bool) error {
-	key, err := keycache.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
+	key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ type keyLenDesign struct {
 func BenchmarkFilterKeyLength(b *testing.B) {
 	filter, pass := testkit.FilterWasm(b), testkit.PassthroughWasm(b)
 	var designs []*keyLenDesign
-	for _, n := range []int{keycache.MinBodyLen, keycache.DefaultBodyLen, keycache.MaxBodyLen} {
+	for _, n := range []int{apikey.MinBodyLen, apikey.DefaultBodyLen, apikey.MaxBodyLen} {
 		designs = append(designs,
 			&keyLenDesign{label: fmt.Sprintf("b%d", n), bodyLen: n},
 			&keyLenDesign{label: fmt.Sprintf("b%d-miss", n), bodyLen: n, inTurn: 6_000})
@@ -144,7 +144,7 @@ func TestFilterAllocsKeyLengthAndCookie(t *testing.T) {
 	for _, c := range []struct {
 		bodyLen int
 		cookie  bool
-	}{{keycache.MinBodyLen, false}, {keycache.MaxBodyLen, false}, {keycache.MinBodyLen, true}, {keycache.MaxBodyLen, true}} {
+	}{{apikey.MinBodyLen, false}, {apikey.MaxBodyLen, false}, {apikey.MinBodyLen, true}, {apikey.MaxBodyLen, true}} {
 		name := fmt.Sprintf("body %d, cookie %v", c.bodyLen, c.cookie)
 		r, err := newFilterRigWith(rigKeygate, testkit.FilterWasm(t), testkit.PassthroughWasm(t), 1_000, cookieConfig, t.Cleanup)
 		if err == nil {

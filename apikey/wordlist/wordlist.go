@@ -6,13 +6,13 @@ package wordlist
 import (
 	_ "embed"
 
-	"github.com/keygate/keygate/keycache"
+	"github.com/keygate/keygate/apikey"
 )
 
 //go:embed words.txt
 var text string
 
 // Default returns the shipped list, compiled (a test holds it valid).
-func Default() (*keycache.Words, error) {
-	return keycache.ParseWords(text)
+func Default() (*apikey.Words, error) {
+	return apikey.ParseWords(text)
 }

@@ -1,8 +1,10 @@
-package keycache
+package keyrecord
 
 import (
 	"reflect"
 	"testing"
+
+	"github.com/keygate/keygate/apikey"
 
 	"github.com/tidwall/gjson"
 )
@@ -143,7 +145,7 @@ func FuzzParse(f *testing.F) {
 }
 
 func TestDecodeUpsert(t *testing.T) {
-	hash := HashKey("ak_x").String()
+	hash := apikey.HashKey("ak_x").String()
 	good := `{"hash":"` + hash + `","id":"key_1","owner":"acme","status":"active","expires_at":0,
 	  "hosts":["api.example.com"],"scopes":["read"],"rate":{"limit":10,"period_ms":1000,"burst":5},
 	  "quota":{"limit":100,"period":"day","exhausted_until":0},"future_field":{"x":1}}`
@@ -185,7 +187,7 @@ func TestDecodeUpsert(t *testing.T) {
 }
 
 func FuzzDecodeUpsert(f *testing.F) {
-	f.Add(`{"hash":"` + HashKey("k").String() + `","id":"k","status":"active","hosts":["a"]}`)
+	f.Add(`{"hash":"` + apikey.HashKey("k").String() + `","id":"k","status":"active","hosts":["a"]}`)
 	f.Add(`{`)
 	f.Fuzz(func(t *testing.T, in string) {
 		_, r, err := DecodeUpsert(gjson.Parse(in), 1)

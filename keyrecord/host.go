@@ -1,4 +1,4 @@
-package keycache
+package keyrecord
 
 // Host patterns (a key's allowed hosts) and how they match a request's
 // :authority. Matching is ASCII case-insensitive, ignores one trailing dot on

@@ -1,8 +1,10 @@
-package keycache
+package keyrecord
 
 import (
 	"errors"
 	"math"
+
+	"github.com/keygate/keygate/apikey"
 
 	"github.com/tidwall/gjson"
 )
@@ -10,18 +12,18 @@ import (
 // DecodeUpsert turns one element of a sync response's "upserts" array
 // (docs/wire.md) into the key hash and the record to store. Any JSON gives a
 // record or an error naming the member, never a panic.
-func DecodeUpsert(obj gjson.Result, epoch uint32) (Hash, Record, error) {
+func DecodeUpsert(obj gjson.Result, epoch uint32) (apikey.Hash, Record, error) {
 	var r Record
 	if !obj.IsObject() {
-		return Hash{}, r, errors.New("upsert is not an object")
+		return apikey.Hash{}, r, errors.New("upsert is not an object")
 	}
 	hashField := obj.Get("hash")
 	if hashField.Type != gjson.String {
-		return Hash{}, r, errors.New("upsert.hash: want a string")
+		return apikey.Hash{}, r, errors.New("upsert.hash: want a string")
 	}
-	h, err := ParseHash(hashField.Str)
+	h, err := apikey.ParseHash(hashField.Str)
 	if err != nil {
-		return Hash{}, r, errors.New("upsert.hash: want 64 hex characters")
+		return apikey.Hash{}, r, errors.New("upsert.hash: want 64 hex characters")
 	}
 	if r.ID, err = str(obj, "id", true); err != nil {
 		return h, r, err

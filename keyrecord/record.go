@@ -1,4 +1,4 @@
-package keycache
+package keyrecord
 
 import (
 	"encoding/binary"
@@ -54,8 +54,8 @@ type Record struct {
 	// budget of every key never rotated, and costs no bytes in the record.
 	Budget string
 	Status Status
-	// Epoch is the sync generation the record was written in (see the
-	// filter's RATIONALE.md: snapshots bump the epoch).
+	// Epoch is the sync generation the record was written in (RATIONALE.md,
+	// "Why epochs ...": every snapshot takes a new one).
 	Epoch     uint32
 	ExpiresAt int64 // unix seconds, 0 = never
 
@@ -89,18 +89,18 @@ const (
 )
 
 // ErrRecord is returned for bytes that are not a valid record.
-var ErrRecord = errors.New("keycache: malformed record")
+var ErrRecord = errors.New("keyrecord: malformed record")
 
 // Append encodes r and appends it to dst.
 func (r *Record) Append(dst []byte) ([]byte, error) {
 	if r.Status < StatusActive || r.Status > StatusDeleted {
-		return dst, errors.New("keycache: bad status")
+		return dst, errors.New("keyrecord: bad status")
 	}
 	if len(r.ID) > MaxStringLen || len(r.Owner) > MaxStringLen || len(r.Budget) > MaxStringLen {
-		return dst, errors.New("keycache: id, owner or budget too long")
+		return dst, errors.New("keyrecord: id, owner or budget too long")
 	}
 	if len(r.Hosts) > MaxListLen || len(r.Scopes) > MaxListLen {
-		return dst, errors.New("keycache: too many hosts or scopes")
+		return dst, errors.New("keyrecord: too many hosts or scopes")
 	}
 	var h [headerLen]byte
 	h[offVersion] = FormatVersion
@@ -127,7 +127,7 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(list)))
 		for _, s := range list {
 			if len(s) > MaxStringLen {
-				return dst, errors.New("keycache: host or scope too long")
+				return dst, errors.New("keyrecord: host or scope too long")
 			}
 			dst = appendString(dst, s)
 		}

@@ -1,4 +1,4 @@
-package keycache
+package apikey
 
 import "encoding/binary"
 
