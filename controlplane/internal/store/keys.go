@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -37,7 +37,8 @@ type rowScanner interface {
 type keyRow struct {
 	id, name, owner, status, hosts, scopes sql.NullString
 	quotaPeriod, metadata                  sql.NullString
-	predecessor, successor                 sql.NullString
+	predecessor, successor, plan           sql.NullString
+	own                                    sql.NullInt64
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
 	hash                                   []byte
@@ -48,7 +49,7 @@ type keyRow struct {
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
 		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
-		&r.predecessor, &r.successor, &r.graceEnds}
+		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -87,6 +88,10 @@ func (r *keyRow) key() (*Key, error) {
 	k.QuotaExhaustedUntil = fromNullMicro(r.exhausted)
 	k.GraceEndsAt = fromNullMicro(r.graceEnds)
 	k.PredecessorID, k.SuccessorID = r.predecessor.String, r.successor.String
+	k.PlanID, k.Own = r.plan.String, OwnAll
+	if r.own.Valid {
+		k.Own = Own(r.own.Int64) & OwnAll
+	}
 	k.CreatedAt = fromMicro(r.created.Int64)
 	k.UpdatedAt = fromMicro(r.updated.Int64)
 	return k, nil
@@ -124,7 +129,8 @@ func truncTimePtr(t *time.Time) *time.Time {
 // keyValues validates k and returns the stored forms of its mutable
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
-// quota_exhausted_until, predecessor_id, successor_id, grace_ends_at.
+// quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
+// plan_id, own_limits.
 func keyValues(k *Key) ([]any, error) {
 	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
@@ -165,7 +171,8 @@ func keyValues(k *Key) ([]any, error) {
 	}
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
 		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
-		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt)}, nil
+		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt),
+		nullString(k.PlanID), int64(k.Own)}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -261,8 +268,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
 		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-		created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`, args...)
+		plan_id, own_limits, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -278,12 +285,20 @@ func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 	s.normalizeNew(k)
 	// Lineage fields come from RotateKey only.
 	k.PredecessorID, k.SuccessorID, k.GraceEndsAt = "", "", nil
-	if k.Quota != nil && k.Quota.Limit <= 0 && k.QuotaExhaustedUntil == nil {
-		if _, end, err := QuotaPeriod(k.Quota.Period, s.now()); err == nil {
-			k.QuotaExhaustedUntil = &end
+	exhausted := k.QuotaExhaustedUntil
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := s.applyPlan(ctx, tx, k); err != nil {
+			return err
 		}
-	}
-	if err := s.writeTx(ctx, func(tx *sql.Tx) error { return s.insertKey(ctx, tx, k) }); err != nil {
+		k.QuotaExhaustedUntil = exhausted
+		if k.Quota != nil && k.Quota.Limit <= 0 && k.QuotaExhaustedUntil == nil {
+			if _, end, err := QuotaPeriod(k.Quota.Period, s.now()); err == nil {
+				k.QuotaExhaustedUntil = &end
+			}
+		}
+		return s.insertKey(ctx, tx, k)
+	})
+	if err != nil {
 		return err
 	}
 	s.notify()
@@ -328,7 +343,7 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
 		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
-		grace_ends_at = $16, updated_at = $17 WHERE id = $18`, args...)
+		grace_ends_at = $16, plan_id = $17, own_limits = $18, updated_at = $19 WHERE id = $20`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}
@@ -372,6 +387,9 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		}
 		k.UpdatedAt = truncTime(k.UpdatedAt)
 		k.ExpiresAt = truncTimePtr(k.ExpiresAt)
+		if err := s.applyPlan(ctx, tx, k); err != nil {
+			return err
+		}
 		if !sameQuota(k.Quota, orig.Quota) {
 			// A new limit or period: exhausted or not follows from the
 			// period's usage, so raising the limit lifts the exhaustion.
@@ -457,6 +475,9 @@ func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn RotateFunc) (
 		nk.ExpiresAt = truncTimePtr(k.ExpiresAt)
 		nk.PredecessorID, nk.SuccessorID, nk.GraceEndsAt = k.ID, "", nil
 		nk.QuotaExhaustedUntil = nil
+		if err := s.applyPlan(ctx, tx, nk); err != nil {
+			return err
+		}
 		if nk.Quota != nil {
 			// The lineage's usage so far counts against the new key too.
 			if err := settleQuotaOf(ctx, tx, nk, k.ID, s.now()); err != nil {
@@ -540,6 +561,9 @@ func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, 
 	}
 	if f.Status != "" {
 		where = append(where, "status = "+arg(f.Status))
+	}
+	if f.Plan != "" {
+		where = append(where, "plan_id = "+arg(f.Plan))
 	}
 	if f.Cursor != "" {
 		c, err := decodeKeysCursor(f.Cursor)

@@ -85,7 +85,25 @@ type Key struct {
 	// period), and kept consistent by UpdateKey when the quota changes; nil
 	// if never exhausted. A time in the past means not exhausted any more.
 	QuotaExhaustedUntil *time.Time
+	// PlanID is the key's plan, "" for none. Own says which of Rate, Quota
+	// and Scopes are the key's own values (overrides); the store fills the
+	// others from the plan whenever the key or its plan is written, so
+	// Rate, Quota and Scopes always hold the key's effective limits. A key
+	// without a plan owns them all.
+	PlanID string
+	Own    Own
 }
+
+// Own is a set of a key's limit fields (Key.Own).
+type Own uint8
+
+// The limit fields a key may own or take from its plan.
+const (
+	OwnRate Own = 1 << iota
+	OwnQuota
+	OwnScopes
+	OwnAll = OwnRate | OwnQuota | OwnScopes
+)
 
 // EffectiveExpiry is when the key stops working: the earlier of its own
 // expiry and the end of its rotation's grace period; nil if neither.
@@ -110,6 +128,7 @@ type RotateFunc func(old, successor *Key) (newKey *Key, graceEnd time.Time, err 
 type ListFilter struct {
 	Owner  string
 	Status string
+	Plan   string
 	Cursor string
 	Limit  int
 }
@@ -232,6 +251,15 @@ type Store interface {
 	// row means a concurrent revoke, update or rotation is either seen by
 	// fn or waits for this one.
 	RotateKey(ctx context.Context, oldID string, fn RotateFunc) (old, newKey *Key, err error)
+
+	// Plans (plans.go). DeletePlan fails with a *PlanInUseError
+	// (ErrConflict) while keys reference the plan; a key naming an unknown
+	// plan fails with a FieldError on plan_id.
+	CreatePlan(ctx context.Context, p *Plan) error // ErrConflict on a duplicate id
+	GetPlan(ctx context.Context, id string) (*Plan, error)
+	ListPlans(ctx context.Context) ([]*Plan, error)
+	UpdatePlan(ctx context.Context, id string, fn func(*Plan) error) (*Plan, error)
+	DeletePlan(ctx context.Context, id string) error
 
 	// Audit.
 	AppendAudit(ctx context.Context, e *AuditEntry) error

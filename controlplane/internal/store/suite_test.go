@@ -59,6 +59,7 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"RegistrationBound", testRegistrationBound},
 		{"SharesPerInstance", testSharesPerInstance},
 		{"LineageBudget", testLineageBudget},
+		{"Plans", testPlans},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

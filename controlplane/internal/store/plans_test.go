@@ -1,0 +1,151 @@
+package store
+
+import (
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+)
+
+func mustPlan(t testing.TB, s Store, p *Plan) *Plan {
+	t.Helper()
+	if err := s.CreatePlan(testCtx(t), p); err != nil {
+		t.Fatalf("CreatePlan(%s): %v", p.ID, err)
+	}
+	return p
+}
+
+func testPlans(t *testing.T, open func(t testing.TB) Store) {
+	c := newFakeClock(time.Date(2025, 6, 30, 12, 0, 0, 0, time.UTC))
+	s := withClock(open(t), c)
+	ctx := testCtx(t)
+	pro := mustPlan(t, s, &Plan{ID: "pro", Name: "Pro", Rate: &Rate{Limit: 100, PeriodMS: 1000, Burst: 99},
+		Quota: &Quota{Limit: 1000, Period: "day"}, Scopes: []string{"read", "write"}})
+	if err := s.CreatePlan(ctx, &Plan{ID: "pro", Name: "again"}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate plan: %v", err)
+	}
+	got, err := s.GetPlan(ctx, "pro")
+	if err != nil || !reflect.DeepEqual(got, pro) {
+		t.Fatalf("GetPlan:\n got %+v, %v\nwant %+v", got, err, pro)
+	}
+
+	// A key on the plan takes every limit it does not own from the plan.
+	plain := newTestKey(t)
+	plain.PlanID, plain.Own = "pro", 0
+	mustCreate(t, s, plain)
+	if !reflect.DeepEqual(plain.Rate, pro.Rate) || !reflect.DeepEqual(plain.Quota, pro.Quota) || !slices.Equal(plain.Scopes, pro.Scopes) {
+		t.Fatalf("key on plan: rate %+v quota %+v scopes %v", plain.Rate, plain.Quota, plain.Scopes)
+	}
+	own := newTestKey(t)
+	own.PlanID, own.Own = "pro", OwnRate|OwnScopes
+	own.Rate, own.Scopes = &Rate{Limit: 5, PeriodMS: 1000, Burst: 0}, []string{"admin"}
+	mustCreate(t, s, own)
+	solo := mustCreate(t, s, newTestKey(t)) // no plan
+	if solo.Own != OwnAll {
+		t.Fatalf("a key without a plan owns %b", solo.Own)
+	}
+	if got, _ := s.GetKey(ctx, own.ID); got.PlanID != "pro" || got.Own != OwnRate|OwnScopes || got.Rate.Limit != 5 ||
+		!reflect.DeepEqual(got.Quota, pro.Quota) {
+		t.Fatalf("key with overrides reads back %+v", got)
+	}
+	bad := newTestKey(t)
+	bad.PlanID = "nope"
+	var fe *FieldError
+	if err := s.CreateKey(ctx, bad); !errors.As(err, &fe) || fe.Field != "plan_id" {
+		t.Fatalf("unknown plan: %v", err)
+	}
+	if keys, _, err := s.ListKeys(ctx, ListFilter{Plan: "pro"}); err != nil || len(keys) != 2 {
+		t.Fatalf("ListKeys(plan) = %d keys, %v", len(keys), err)
+	}
+
+	// Some usage: plain has used 600 of its day.
+	n := &node{name: "a"}
+	n.batch(t, s, allowed(plain.ID, c.now(), 600))
+
+	// A rate change reaches the keys that take it, as one change each.
+	v0, _ := s.CurrentVersion(ctx)
+	pro, err = s.UpdatePlan(ctx, "pro", func(p *Plan) error { p.Rate = &Rate{Limit: 200, PeriodMS: 1000, Burst: 10}; return nil })
+	if err != nil || pro.Keys != 2 {
+		t.Fatalf("UpdatePlan: %+v, %v", pro, err)
+	}
+	v1, _ := s.CurrentVersion(ctx)
+	if v1 != v0+1 {
+		t.Fatalf("rate change moved the version by %d, want 1 (one key takes the rate)", v1-v0)
+	}
+	p, err := s.Sync(ctx, v0, "", 0)
+	if err != nil || len(p.Changes) != 1 || p.Changes[0].Key == nil || p.Changes[0].Key.ID != plain.ID ||
+		p.Changes[0].Key.Rate.Limit != 200 || p.Changes[0].Key.UpdatedAt != plain.UpdatedAt {
+		t.Fatalf("delta after the rate change: %+v, %v", p, err)
+	}
+	if got, _ := s.GetKey(ctx, own.ID); got.Rate.Limit != 5 {
+		t.Fatalf("an owned rate followed the plan: %+v", got.Rate)
+	}
+
+	// A quota change reaches both and settles exhaustion from the usage.
+	if _, err := s.UpdatePlan(ctx, "pro", func(p *Plan) error { p.Quota = &Quota{Limit: 500, Period: "day"}; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := s.CurrentVersion(ctx)
+	pages := syncAll(t, s, v1, 1)
+	var ids []string
+	for _, pg := range pages {
+		for _, ch := range pg.Changes {
+			ids = append(ids, ch.Key.ID)
+			if ch.Key.Quota.Limit != 500 {
+				t.Fatalf("delta quota %+v", ch.Key.Quota)
+			}
+		}
+	}
+	if v2 != v1+2 || len(ids) != 2 {
+		t.Fatalf("quota change: version +%d, delta %v", v2-v1, ids)
+	}
+	july := time.Date(2025, 7, 1, 0, 0, 0, 0, time.UTC)
+	if got := exhaustedAt(t, s, plain.ID); !got.Equal(july) {
+		t.Fatalf("plain (600 used of 500) exhausted until %v", got)
+	}
+	if got := exhaustedAt(t, s, own.ID); !got.IsZero() {
+		t.Fatalf("own (0 used) exhausted until %v", got)
+	}
+	// Raising it again lifts the exhaustion.
+	if _, err := s.UpdatePlan(ctx, "pro", func(p *Plan) error { p.Quota.Limit = 5000; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := exhaustedAt(t, s, plain.ID); !got.IsZero() {
+		t.Fatalf("raised quota still exhausted until %v", got)
+	}
+	// A name change sends nothing.
+	v3, _ := s.CurrentVersion(ctx)
+	if _, err := s.UpdatePlan(ctx, "pro", func(p *Plan) error { p.Name = "Professional"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.CurrentVersion(ctx); v != v3 {
+		t.Fatalf("a rename moved the version by %d", v-v3)
+	}
+
+	// In use: not deleted, the error counts the keys.
+	var inUse *PlanInUseError
+	if err := s.DeletePlan(ctx, "pro"); !errors.As(err, &inUse) || inUse.Keys != 2 || !errors.Is(err, ErrConflict) {
+		t.Fatalf("DeletePlan in use: %v", err)
+	}
+	// A key leaving its plan keeps its effective limits as its own.
+	left, err := s.UpdateKey(ctx, plain.ID, func(k *Key) error { k.PlanID = ""; return nil })
+	if err != nil || left.Own != OwnAll || left.Rate.Limit != 200 || left.Quota.Limit != 5000 {
+		t.Fatalf("key leaving the plan: %+v, %v", left, err)
+	}
+	if err := s.DeleteKey(ctx, own.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePlan(ctx, "pro"); err != nil {
+		t.Fatalf("DeletePlan unused: %v", err)
+	}
+	if err := s.DeletePlan(ctx, "pro"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("DeletePlan twice: %v", err)
+	}
+	if _, err := s.UpdatePlan(ctx, "pro", func(*Plan) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("UpdatePlan deleted: %v", err)
+	}
+	if plans, err := s.ListPlans(ctx); err != nil || len(plans) != 0 {
+		t.Fatalf("ListPlans = %v, %v", plans, err)
+	}
+}
