@@ -10,8 +10,10 @@ import (
 	"github.com/keygate/keygate/controlplane/internal/store"
 )
 
-// codePlanInUse refuses to delete a plan that keys still reference (409).
-const codePlanInUse = "plan_in_use"
+const (
+	// codePlanInUse refuses to delete a plan that keys still reference (409).
+	codePlanInUse = "plan_in_use"
+)
 
 // planJSON is a plan as the admin API shows it.
 type planJSON struct {
