@@ -32,6 +32,8 @@ type syncRecord struct {
 	Scopes    []string    `json:"scopes"`
 	Rate      *store.Rate `json:"rate,omitempty"`
 	Quota     *syncQuota  `json:"quota,omitempty"`
+	// Limits are the key's named rate limits, by name (absent: none).
+	Limits []store.NamedRate `json:"limits,omitempty"`
 }
 
 type syncQuota struct {
@@ -82,7 +84,7 @@ func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
 		rec := syncRecord{
 			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Budget: budget, Status: k.Status,
 			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
-			Rate: k.Rate,
+			Rate: k.Rate, Limits: k.Limits,
 		}
 		if k.Quota != nil {
 			rec.Quota = &syncQuota{Limit: k.Quota.Limit, Period: k.Quota.Period,

@@ -37,6 +37,7 @@ type keyJSON struct {
 	// rate, quota and scopes are the key's own rather than its plan's
 	// (empty without a plan). Rate, Quota and Scopes are always the
 	// effective limits the filters enforce.
+	Limits              limitsJSON      `json:"limits"`
 	PlanID              *string         `json:"plan_id"`
 	Overrides           []string        `json:"overrides"`
 	ExpiresAt           *time.Time      `json:"expires_at"`
@@ -91,7 +92,7 @@ func (s *Server) keyView(k *store.Key) *keyJSON {
 		SuccessorID:   k.SuccessorID,
 		GraceEndsAt:   utcPtr(k.GraceEndsAt),
 	}
-	v.Overrides = ownedFields(k)
+	v.Overrides, v.Limits = ownedFields(k), limitsView(k.Limits)
 	if k.PlanID != "" {
 		v.PlanID = &k.PlanID
 	}
@@ -217,15 +218,16 @@ func checkQuota(fe *fieldErrors, field string, in *quotaIn) *store.Quota {
 }
 
 type createRequest struct {
-	Name      string          `json:"name"`
-	Owner     string          `json:"owner"`
-	Hosts     []string        `json:"hosts"`
-	Scopes    []string        `json:"scopes"`
-	Rate      *rateIn         `json:"rate"`
-	Quota     *quotaIn        `json:"quota"`
-	PlanID    *string         `json:"plan_id"`
-	ExpiresAt *string         `json:"expires_at"`
-	Metadata  json.RawMessage `json:"metadata"`
+	Name      string            `json:"name"`
+	Owner     string            `json:"owner"`
+	Hosts     []string          `json:"hosts"`
+	Scopes    []string          `json:"scopes"`
+	Rate      *rateIn           `json:"rate"`
+	Quota     *quotaIn          `json:"quota"`
+	Limits    map[string]rateIn `json:"limits"`
+	PlanID    *string           `json:"plan_id"`
+	ExpiresAt *string           `json:"expires_at"`
+	Metadata  json.RawMessage   `json:"metadata"`
 }
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
@@ -254,6 +256,7 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 	if req.Quota != nil {
 		k.Quota = checkQuota(&fe, "quota", req.Quota)
 	}
+	k.Limits = checkLimits(&fe, "limits", req.Limits)
 	if req.PlanID != nil {
 		// On a plan, the limits given are overrides; the rest are the plan's.
 		checkPlanRef(&fe, "plan_id", *req.PlanID)
@@ -266,6 +269,9 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 		}
 		if req.Scopes != nil {
 			k.Own |= store.OwnScopes
+		}
+		if req.Limits != nil {
+			k.Own |= store.OwnLimits
 		}
 	}
 	if req.ExpiresAt != nil {
@@ -419,15 +425,16 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) *problem {
 }
 
 type patchRequest struct {
-	Name      optional[string]          `json:"name"`
-	Owner     optional[string]          `json:"owner"`
-	Hosts     optional[[]string]        `json:"hosts"`
-	Scopes    optional[[]string]        `json:"scopes"`
-	Rate      optional[rateIn]          `json:"rate"`
-	Quota     optional[quotaIn]         `json:"quota"`
-	PlanID    optional[string]          `json:"plan_id"`
-	ExpiresAt optional[string]          `json:"expires_at"`
-	Metadata  optional[json.RawMessage] `json:"metadata"`
+	Name      optional[string]            `json:"name"`
+	Owner     optional[string]            `json:"owner"`
+	Hosts     optional[[]string]          `json:"hosts"`
+	Scopes    optional[[]string]          `json:"scopes"`
+	Rate      optional[rateIn]            `json:"rate"`
+	Quota     optional[quotaIn]           `json:"quota"`
+	Limits    optional[map[string]rateIn] `json:"limits"`
+	PlanID    optional[string]            `json:"plan_id"`
+	ExpiresAt optional[string]            `json:"expires_at"`
+	Metadata  optional[json.RawMessage]   `json:"metadata"`
 }
 
 // errUnchanged aborts an UpdateKey that would change nothing.
@@ -475,6 +482,11 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 			quota = checkQuota(&fe, "quota", &req.Quota.Value)
 		}
 	}
+	var limits []store.NamedRate
+	if req.Limits.Set {
+		fields = append(fields, "limits")
+		limits = checkLimits(&fe, "limits", req.Limits.Value)
+	}
 	if req.PlanID.Set {
 		fields = append(fields, "plan_id")
 		if !req.PlanID.Null {
@@ -521,6 +533,9 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 		}
 		if req.Quota.Set {
 			k.Quota = quota
+		}
+		if req.Limits.Set {
+			k.Limits = limits
 		}
 		if req.ExpiresAt.Set {
 			k.ExpiresAt = expiresAt
@@ -677,6 +692,7 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 			Scopes:    slices.Clone(nonNil(old.Scopes)),
 			Rate:      old.Rate,
 			Quota:     old.Quota,
+			Limits:    slices.Clone(old.Limits),
 			PlanID:    old.PlanID,
 			Own:       old.Own,
 			ExpiresAt: old.ExpiresAt, // its own expiry, never the grace end

@@ -22,13 +22,14 @@ type planJSON struct {
 	Rate      *store.Rate  `json:"rate"`
 	Quota     *store.Quota `json:"quota"`
 	Scopes    []string     `json:"scopes"`
+	Limits    limitsJSON   `json:"limits"`
 	Keys      int64        `json:"keys"`
 	CreatedAt time.Time    `json:"created_at"`
 	UpdatedAt time.Time    `json:"updated_at"`
 }
 
 func planView(p *store.Plan) *planJSON {
-	return &planJSON{ID: p.ID, Name: p.Name, Rate: p.Rate, Quota: p.Quota, Scopes: nonNil(p.Scopes), Keys: p.Keys,
+	return &planJSON{ID: p.ID, Name: p.Name, Rate: p.Rate, Quota: p.Quota, Scopes: nonNil(p.Scopes), Limits: limitsView(p.Limits), Keys: p.Keys,
 		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
@@ -54,11 +55,12 @@ func checkPlanRef(fe *fieldErrors, field, id string) {
 }
 
 type planCreateRequest struct {
-	ID     string   `json:"id"`
-	Name   string   `json:"name"`
-	Rate   *rateIn  `json:"rate"`
-	Quota  *quotaIn `json:"quota"`
-	Scopes []string `json:"scopes"`
+	ID     string            `json:"id"`
+	Name   string            `json:"name"`
+	Rate   *rateIn           `json:"rate"`
+	Quota  *quotaIn          `json:"quota"`
+	Scopes []string          `json:"scopes"`
+	Limits map[string]rateIn `json:"limits"`
 }
 
 func (s *Server) createPlan(w http.ResponseWriter, r *http.Request) *problem {
@@ -78,6 +80,7 @@ func (s *Server) createPlan(w http.ResponseWriter, r *http.Request) *problem {
 	if req.Quota != nil {
 		p.Quota = checkQuota(&fe, "quota", req.Quota)
 	}
+	p.Limits = checkLimits(&fe, "limits", req.Limits)
 	if pr := fe.problem(); pr != nil {
 		return pr
 	}
@@ -118,10 +121,11 @@ func (s *Server) getPlan(w http.ResponseWriter, r *http.Request) *problem {
 }
 
 type planPatchRequest struct {
-	Name   optional[string]   `json:"name"`
-	Rate   optional[rateIn]   `json:"rate"`
-	Quota  optional[quotaIn]  `json:"quota"`
-	Scopes optional[[]string] `json:"scopes"`
+	Name   optional[string]            `json:"name"`
+	Rate   optional[rateIn]            `json:"rate"`
+	Quota  optional[quotaIn]           `json:"quota"`
+	Scopes optional[[]string]          `json:"scopes"`
+	Limits optional[map[string]rateIn] `json:"limits"`
 }
 
 // updatePlan changes a plan; every key on it that does not override the
@@ -161,6 +165,11 @@ func (s *Server) updatePlan(w http.ResponseWriter, r *http.Request) *problem {
 		fields = append(fields, "scopes")
 		checkScopes(&fe, "scopes", req.Scopes.Value)
 	}
+	var limits []store.NamedRate
+	if req.Limits.Set {
+		fields = append(fields, "limits")
+		limits = checkLimits(&fe, "limits", req.Limits.Value)
+	}
 	if len(fields) == 0 {
 		fe.add("body", "names no field to update")
 	}
@@ -180,6 +189,9 @@ func (s *Server) updatePlan(w http.ResponseWriter, r *http.Request) *problem {
 		}
 		if req.Scopes.Set {
 			p.Scopes = slices.Clone(nonNil(req.Scopes.Value))
+		}
+		if req.Limits.Set {
+			p.Limits = slices.Clone(limits)
 		}
 		p.UpdatedAt = now
 		return nil
@@ -219,7 +231,7 @@ func ownedFields(k *store.Key) []string {
 	for _, f := range []struct {
 		bit  store.Own
 		name string
-	}{{store.OwnRate, "rate"}, {store.OwnQuota, "quota"}, {store.OwnScopes, "scopes"}} {
+	}{{store.OwnRate, "rate"}, {store.OwnQuota, "quota"}, {store.OwnScopes, "scopes"}, {store.OwnLimits, "limits"}} {
 		if k.Own&f.bit != 0 {
 			out = append(out, f.name)
 		}
@@ -248,7 +260,7 @@ func applyPlanPatch(k *store.Key, req *patchRequest) {
 		set, null bool
 		bit       store.Own
 	}{{req.Rate.Set, req.Rate.Null, store.OwnRate}, {req.Quota.Set, req.Quota.Null, store.OwnQuota},
-		{req.Scopes.Set, req.Scopes.Null, store.OwnScopes}} {
+		{req.Scopes.Set, req.Scopes.Null, store.OwnScopes}, {req.Limits.Set, req.Limits.Null, store.OwnLimits}} {
 		switch {
 		case f.set && f.null:
 			k.Own &^= f.bit
@@ -256,4 +268,64 @@ func applyPlanPatch(k *store.Key, req *patchRequest) {
 			k.Own |= f.bit
 		}
 	}
+}
+
+// limitsJSON shows named rate limits as an object by name.
+type limitsJSON map[string]store.Rate
+
+func limitsView(l []store.NamedRate) limitsJSON {
+	out := make(limitsJSON, len(l))
+	for _, n := range l {
+		out[n.Name] = n.Rate
+	}
+	return out
+}
+
+// reservedLimitName is the RateLimit-Policy item of the unnamed rate limit
+// (docs/config.md), so no named limit may take it.
+const reservedLimitName = "key"
+
+// checkLimits validates named rate limits (an object by name) and returns
+// them sorted by name. Each is checked like a rate, by the filter's own
+// limiter check.
+func checkLimits(fe *fieldErrors, field string, in map[string]rateIn) []store.NamedRate {
+	out := make([]store.NamedRate, 0, len(in))
+	if len(in) > store.MaxLimits {
+		fe.add(field, "at most %d named limits", store.MaxLimits)
+		return out
+	}
+	names := make([]string, 0, len(in))
+	for name := range in {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		f := field + "." + name
+		if !validLimitName(name) {
+			fe.add(f, "a limit name is 1 to 32 characters of a-z 0-9 _ -")
+			continue
+		}
+		if name == reservedLimitName {
+			fe.add(f, "%q names the unnamed rate limit in RateLimit-Policy; choose another name", name)
+			continue
+		}
+		v := in[name]
+		if r := checkRate(fe, f, &v); r != nil {
+			out = append(out, store.NamedRate{Name: name, Rate: *r})
+		}
+	}
+	return out
+}
+
+func validLimitName(s string) bool {
+	if len(s) == 0 || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -173,3 +173,55 @@ func problemFields(p problem) []string {
 	}
 	return out
 }
+
+// TestNamedLimits: named rate limits on plans and keys, checked like a rate
+// (the filter's limiter check included), shown by name, sent in the sync
+// records sorted by name, and re-sent when the plan's limits change.
+func TestNamedLimits(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		r := e.admin("POST", "/v1/plans", map[string]any{"id": "tiered", "limits": map[string]any{
+			"sustained": map[string]any{"limit": 1000, "period": "hour"},
+			"burst":     map[string]any{"limit": 10, "period": "second", "burst": 4}}})
+		if r.status != http.StatusCreated {
+			t.Fatalf("create plan: %d %s", r.status, r.body)
+		}
+		k := e.createKey(map[string]any{"hosts": []string{"a.com"}, "plan_id": "tiered"})
+		if len(k.Limits) != 2 || k.Limits["burst"].Limit != 10 || k.Limits["burst"].Burst != 4 || k.Limits["sustained"].PeriodMS != 3_600_000 {
+			t.Fatalf("key limits: %+v", k.Limits)
+		}
+		own := e.createKey(map[string]any{"hosts": []string{"a.com"}, "plan_id": "tiered",
+			"limits": map[string]any{"burst": map[string]any{"limit": 2, "period": "second"}}})
+		if len(own.Limits) != 1 || !slices.Equal(own.Overrides, []string{"limits"}) {
+			t.Fatalf("key overriding the limits: %+v", own)
+		}
+		recs, version, _ := e.fullSnapshot(100)
+		if l := recs[k.ID].Limits; len(l) != 2 || l[0].Name != "burst" || l[1].Name != "sustained" || l[1].Limit != 1000 {
+			t.Fatalf("sync limits %+v", l)
+		}
+		if raw := string(e.call("GET", "/v1/sync?since=0", filterToken, nil).body); !strings.Contains(raw,
+			`"limits":[{"name":"burst","limit":10,"period_ms":1000,"burst":4},{"name":"sustained","limit":1000,"period_ms":3600000,"burst":999}]`) {
+			t.Fatalf("sync body: %s", raw)
+		}
+		e.admin("PATCH", "/v1/plans/tiered", map[string]any{"limits": map[string]any{"burst": map[string]any{"limit": 20, "period": "second"}}})
+		d := e.syncPage("since=" + itoa(version))
+		if len(d.Upserts) != 1 || d.Upserts[0].ID != k.ID || len(d.Upserts[0].Limits) != 1 || d.Upserts[0].Limits[0].Limit != 20 {
+			t.Fatalf("delta after the limits change: %+v", d)
+		}
+		for _, bad := range []struct {
+			limits map[string]any
+			field  string
+		}{
+			{map[string]any{"Burst": map[string]any{"limit": 1, "period": "second"}}, "limits.Burst"},
+			{map[string]any{"key": map[string]any{"limit": 1, "period": "second"}}, "limits.key"},
+			{map[string]any{"slow": map[string]any{"limit": 1, "period_ms": 86_400_000, "burst": 1_000_000_000}}, "limits.slow.burst"},
+			{map[string]any{"x": map[string]any{"period": "second"}}, "limits.x.limit"},
+		} {
+			p := e.admin("POST", "/v1/keys", map[string]any{"hosts": []string{"a.com"}, "plan_id": "tiered", "limits": bad.limits}).
+				problem(t, 400, "invalid_request")
+			if f := problemFields(p); !slices.Equal(f, []string{bad.field}) {
+				t.Errorf("limits %v: fields %v, want %s", bad.limits, f, bad.field)
+			}
+		}
+	})
+}

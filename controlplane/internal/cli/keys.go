@@ -19,23 +19,24 @@ import (
 
 // keyOut mirrors the API's key representation.
 type keyOut struct {
-	ID        string          `json:"id"`
-	Key       string          `json:"key"`
-	Name      string          `json:"name"`
-	Owner     string          `json:"owner"`
-	Status    string          `json:"status"`
-	Expired   bool            `json:"expired"`
-	Hosts     []string        `json:"hosts"`
-	Scopes    []string        `json:"scopes"`
-	Rate      *rateOut        `json:"rate"`
-	Quota     *quotaOut       `json:"quota"`
-	PlanID    *string         `json:"plan_id"`
-	Overrides []string        `json:"overrides"`
-	ExpiresAt *time.Time      `json:"expires_at"`
-	Metadata  json.RawMessage `json:"metadata"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	LastUsed  *time.Time      `json:"last_used_at"`
+	ID        string             `json:"id"`
+	Key       string             `json:"key"`
+	Name      string             `json:"name"`
+	Owner     string             `json:"owner"`
+	Status    string             `json:"status"`
+	Expired   bool               `json:"expired"`
+	Hosts     []string           `json:"hosts"`
+	Scopes    []string           `json:"scopes"`
+	Rate      *rateOut           `json:"rate"`
+	Quota     *quotaOut          `json:"quota"`
+	Limits    map[string]rateOut `json:"limits"`
+	PlanID    *string            `json:"plan_id"`
+	Overrides []string           `json:"overrides"`
+	ExpiresAt *time.Time         `json:"expires_at"`
+	Metadata  json.RawMessage    `json:"metadata"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
+	LastUsed  *time.Time         `json:"last_used_at"`
 	Usage     *struct {
 		Last24h counts `json:"last_24h"`
 		Last30d counts `json:"last_30d"`
@@ -274,6 +275,7 @@ func printKey(w io.Writer, k *keyOut) {
 		quota = fmt.Sprintf("%d per %s", k.Quota.Limit, k.Quota.Period)
 	}
 	row("QUOTA", quota)
+	row("LIMITS", limitsText(k.Limits))
 	row("PLAN", planText(k))
 	row("EXPIRES", timeText(k.ExpiresAt))
 	if k.GraceEndsAt != nil {
@@ -344,7 +346,8 @@ func timeText(t *time.Time) string {
 type settingsFlags struct {
 	name, owner, rate, quota, expires, metadata stringFlag
 	plan                                        stringFlag
-	clearPlan                                   bool
+	clearPlan, clearLimits                      bool
+	limits                                      limitsFlag
 	burst                                       int64
 	burstSet                                    bool
 	hosts, scopes                               listFlag
@@ -383,8 +386,10 @@ func (sf *settingsFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&sf.quota, "quota", "quota N/day or N/month")
 	fs.Var(&sf.expires, "expires", "expiry: RFC 3339 time or a duration from now (e.g. 720h)")
 	fs.Var(&sf.metadata, "metadata", "metadata JSON object (at most 4 KiB)")
+	fs.Var(&sf.limits, "limit", "named rate limit NAME=N/period (repeatable), e.g. burst=10/second; replaces the key's named limits")
 	fs.Var(&sf.plan, "plan", "plan id: the key takes the plan's rate, quota and scopes except those given with it (overrides)")
 	if update {
+		fs.BoolVar(&sf.clearLimits, "clear-limits", false, "remove the named limits (on a plan: drop the override, take the plan's)")
 		fs.BoolVar(&sf.clearPlan, "clear-plan", false, "take the key off its plan (it keeps its current limits as its own)")
 		fs.BoolVar(&sf.clearHosts, "clear-hosts", false, "remove every host (the key then allows no host)")
 		fs.BoolVar(&sf.clearScopes, "clear-scopes", false, "remove every scope")
@@ -447,6 +452,11 @@ func (sf *settingsFlags) request(update bool) (map[string]any, error) {
 		req["expires_at"] = t.UTC().Format(time.RFC3339)
 	} else if sf.clearExpires {
 		req["expires_at"] = nil
+	}
+	if sf.limits.set {
+		req["limits"] = sf.limits.values
+	} else if sf.clearLimits {
+		req["limits"] = nil
 	}
 	if sf.plan.set {
 		req["plan_id"] = sf.plan.value

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -15,14 +16,15 @@ import (
 
 // planOut mirrors the API's plan representation.
 type planOut struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Rate      *rateOut  `json:"rate"`
-	Quota     *quotaOut `json:"quota"`
-	Scopes    []string  `json:"scopes"`
-	Keys      int64     `json:"keys"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID        string             `json:"id"`
+	Name      string             `json:"name"`
+	Rate      *rateOut           `json:"rate"`
+	Quota     *quotaOut          `json:"quota"`
+	Scopes    []string           `json:"scopes"`
+	Limits    map[string]rateOut `json:"limits"`
+	Keys      int64              `json:"keys"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
 }
 
 // planFlags are the settings of plans create and update.
@@ -34,6 +36,7 @@ type planFlags struct {
 	clearScopes       bool
 	clearRate         bool
 	clearQuota        bool
+	limits            limitsFlag
 }
 
 func (pf *planFlags) register(fs *flag.FlagSet, update bool) {
@@ -41,6 +44,7 @@ func (pf *planFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&pf.rate, "rate", "rate limit of every key on the plan: N/second, N/minute, N/hour or N/<duration>")
 	fs.Var(planBurst{pf}, "burst", "requests allowed at once beyond the first (default with --rate: N-1)")
 	fs.Var(&pf.quota, "quota", "quota N/day or N/month")
+	fs.Var(&pf.limits, "limit", "named rate limit NAME=N/period (repeatable), e.g. burst=10/second; replaces the plan's named limits")
 	fs.Var(&pf.scopes, "scope", "scope the plan's keys carry (repeatable or comma-separated)")
 	if update {
 		fs.BoolVar(&pf.clearScopes, "clear-scopes", false, "the plan's keys carry no scope (unless they override it)")
@@ -90,6 +94,9 @@ func (pf *planFlags) request() (map[string]any, error) {
 		req["quota"] = map[string]any{"limit": limit, "period": period}
 	} else if pf.clearQuota {
 		req["quota"] = nil
+	}
+	if pf.limits.set {
+		req["limits"] = pf.limits.values
 	}
 	if pf.scopes.set {
 		req["scopes"] = pf.scopes.values
@@ -209,6 +216,7 @@ func runPlans(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	row("RATE", rateText(p.Rate))
 	row("QUOTA", quotaText(p.Quota))
 	row("SCOPES", dash(strings.Join(p.Scopes, ", ")))
+	row("LIMITS", limitsText(p.Limits))
 	row("KEYS", strconv.FormatInt(p.Keys, 10))
 	row("CREATED", timeText(&p.CreatedAt))
 	row("UPDATED", timeText(&p.UpdatedAt))
@@ -227,4 +235,46 @@ func quotaText(q *quotaOut) string {
 		return "-"
 	}
 	return fmt.Sprintf("%d per %s", q.Limit, q.Period)
+}
+
+// limitsFlag collects NAME=N/period named limits.
+type limitsFlag struct {
+	values map[string]any
+	set    bool
+}
+
+func (l *limitsFlag) String() string { return "" }
+
+func (l *limitsFlag) Set(v string) error {
+	name, rate, ok := strings.Cut(v, "=")
+	if !ok || name == "" {
+		return usagef("--limit must look like burst=10/second")
+	}
+	r, err := parseRate(rate)
+	if err != nil {
+		return err
+	}
+	if l.values == nil {
+		l.values = map[string]any{}
+	}
+	l.values[name], l.set = r, true
+	return nil
+}
+
+// limitsText lists named limits by name.
+func limitsText(l map[string]rateOut) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	names := make([]string, 0, len(l))
+	for n := range l {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		r := l[n]
+		parts[i] = n + " " + rateText(&r)
+	}
+	return strings.Join(parts, "; ")
 }

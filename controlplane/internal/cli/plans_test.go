@@ -20,8 +20,10 @@ func TestPlansCLI(t *testing.T) {
 		}
 		return out
 	}
-	out := ok("plans", "create", "pro", "--name", "Pro", "--rate", "100/second", "--quota", "100000/month", "--scope", "read,write")
-	for _, want := range []string{"pro", "Pro", "100 per 1s, burst 99", "100000 per month", "read, write"} {
+	out := ok("plans", "create", "pro", "--name", "Pro", "--rate", "100/second", "--quota", "100000/month", "--scope", "read,write",
+		"--limit", "burst=10/second", "--limit", "sustained=1000/hour")
+	for _, want := range []string{"pro", "Pro", "100 per 1s, burst 99", "100000 per month", "read, write",
+		"burst 10 per 1s, burst 9; sustained 1000 per 1h0m0s, burst 999"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plans create lacks %q:\n%s", want, out)
 		}
@@ -29,7 +31,7 @@ func TestPlansCLI(t *testing.T) {
 	out = ok("keys", "create", "--host", "api.example.com", "--plan", "pro", "--rate", "5/second")
 	id := regexp.MustCompile(`(?m)^ID\s+(key_\S+)$`).FindStringSubmatch(out)
 	if id == nil || !regexp.MustCompile(`(?m)^PLAN\s+pro \(overrides: rate\)$`).MatchString(out) ||
-		!strings.Contains(out, "5 per 1s") || !strings.Contains(out, "100000 per month") {
+		!strings.Contains(out, "5 per 1s") || !strings.Contains(out, "100000 per month") || !strings.Contains(out, "burst 10 per 1s") {
 		t.Fatalf("key on plan:\n%s", out)
 	}
 	ok("plans", "update", "pro", "--quota", "5000/day")

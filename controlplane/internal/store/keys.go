@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -37,7 +37,7 @@ type rowScanner interface {
 type keyRow struct {
 	id, name, owner, status, hosts, scopes sql.NullString
 	quotaPeriod, metadata                  sql.NullString
-	predecessor, successor, plan           sql.NullString
+	predecessor, successor, plan, limits   sql.NullString
 	own                                    sql.NullInt64
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
@@ -49,7 +49,7 @@ type keyRow struct {
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
 		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
-		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own}
+		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -88,6 +88,9 @@ func (r *keyRow) key() (*Key, error) {
 	k.QuotaExhaustedUntil = fromNullMicro(r.exhausted)
 	k.GraceEndsAt = fromNullMicro(r.graceEnds)
 	k.PredecessorID, k.SuccessorID = r.predecessor.String, r.successor.String
+	if k.Limits, err = unmarshalLimits(r.limits.String); err != nil {
+		return nil, fmt.Errorf("key %s: limits: %w", k.ID, err)
+	}
 	k.PlanID, k.Own = r.plan.String, OwnAll
 	if r.own.Valid {
 		k.Own = Own(r.own.Int64) & OwnAll
@@ -130,7 +133,7 @@ func truncTimePtr(t *time.Time) *time.Time {
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-// plan_id, own_limits.
+// plan_id, own_limits, limits.
 func keyValues(k *Key) ([]any, error) {
 	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
@@ -162,6 +165,10 @@ func keyValues(k *Key) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits, err := marshalLimits(k.Limits)
+	if err != nil {
+		return nil, err
+	}
 	var rl, rp, rb, ql, qp any
 	if k.Rate != nil {
 		rl, rp, rb = k.Rate.Limit, k.Rate.PeriodMS, k.Rate.Burst
@@ -172,7 +179,7 @@ func keyValues(k *Key) ([]any, error) {
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
 		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
 		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt),
-		nullString(k.PlanID), int64(k.Own)}, nil
+		nullString(k.PlanID), int64(k.Own), limits}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -256,6 +263,9 @@ func (s *sqlStore) normalizeNew(k *Key) {
 	if k.Scopes == nil {
 		k.Scopes = []string{}
 	}
+	if k.Limits == nil {
+		k.Limits = []NamedRate{}
+	}
 }
 
 // insertKey inserts k (already normalised) and logs the change.
@@ -268,8 +278,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
 		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-		plan_id, own_limits, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)`, args...)
+		plan_id, own_limits, limits, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -343,7 +353,7 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
 		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
-		grace_ends_at = $16, plan_id = $17, own_limits = $18, updated_at = $19 WHERE id = $20`, args...)
+		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, updated_at = $20 WHERE id = $21`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}
@@ -405,6 +415,9 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		}
 		if k.Scopes == nil {
 			k.Scopes = []string{}
+		}
+		if k.Limits == nil {
+			k.Limits = []NamedRate{}
 		}
 		if err := s.writeKey(ctx, tx, k); err != nil {
 			return err
@@ -607,4 +620,39 @@ func clampLimit(n int) int {
 		return DefaultListLimit
 	}
 	return min(n, MaxListLimit)
+}
+
+// MaxLimits bounds the named rate limits of a key or plan.
+const MaxLimits = 8
+
+// marshalLimits validates named limits (distinct non-empty names, sorted
+// by name) and encodes them as a JSON array.
+func marshalLimits(l []NamedRate) (string, error) {
+	if len(l) > MaxLimits {
+		return "", &FieldError{Field: "limits", Message: fmt.Sprintf("at most %d named limits", MaxLimits)}
+	}
+	for i, n := range l {
+		if n.Name == "" || len(n.Name) > 64 {
+			return "", &FieldError{Field: "limits", Message: "a limit's name must be 1 to 64 bytes"}
+		}
+		if i > 0 && l[i-1].Name >= n.Name {
+			return "", &FieldError{Field: "limits", Message: "names must be distinct and sorted"}
+		}
+	}
+	if len(l) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(l)
+	return string(b), err
+}
+
+func unmarshalLimits(s string) ([]NamedRate, error) {
+	out := []NamedRate{}
+	if s == "" || s == "[]" {
+		return out, nil
+	}
+	if err := json.Unmarshal([]byte(s), &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

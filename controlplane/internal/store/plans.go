@@ -19,6 +19,8 @@ type Plan struct {
 	Rate   *Rate    // nil: the plan sets no rate limit
 	Quota  *Quota   // nil: no quota
 	Scopes []string // never nil
+	// Limits are the plan's named rate limits, sorted by name (never nil).
+	Limits []NamedRate
 	// Keys is the number of keys on the plan when it was read.
 	Keys      int64
 	CreatedAt time.Time
@@ -42,25 +44,28 @@ func (e *PlanInUseError) Unwrap() error { return ErrConflict }
 // MaxPlans bounds ListPlans: plans are tiers, a handful per deployment.
 const MaxPlans = 1000
 
-const planColumns = `id, name, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, created_at, updated_at,
+const planColumns = `id, name, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, limits, created_at, updated_at,
 	(SELECT COUNT(*) FROM keys k WHERE k.plan_id = plans.id)`
 
 func scanPlan(r rowScanner) (*Plan, error) {
 	var (
 		p                                Plan
-		scopes                           string
+		scopes, limits                   string
 		rateLimit, ratePeriod, rateBurst sql.NullInt64
 		quotaLimit                       sql.NullInt64
 		quotaPeriod                      sql.NullString
 		created, updated                 int64
 	)
 	if err := r.Scan(&p.ID, &p.Name, &scopes, &rateLimit, &ratePeriod, &rateBurst, &quotaLimit, &quotaPeriod,
-		&created, &updated, &p.Keys); err != nil {
+		&limits, &created, &updated, &p.Keys); err != nil {
 		return nil, err
 	}
 	var err error
 	if p.Scopes, err = unmarshalList(scopes); err != nil {
 		return nil, fmt.Errorf("plan %s: scopes: %w", p.ID, err)
+	}
+	if p.Limits, err = unmarshalLimits(limits); err != nil {
+		return nil, fmt.Errorf("plan %s: limits: %w", p.ID, err)
 	}
 	if rateLimit.Valid {
 		p.Rate = &Rate{Limit: rateLimit.Int64, PeriodMS: ratePeriod.Int64, Burst: rateBurst.Int64}
@@ -73,7 +78,8 @@ func scanPlan(r rowScanner) (*Plan, error) {
 }
 
 // planValues validates p and returns its stored columns after id: name,
-// scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period.
+// scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period,
+// limits.
 func planValues(p *Plan) ([]any, error) {
 	if p.ID == "" || len(p.ID) > MaxKeyIDLen {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
@@ -85,6 +91,10 @@ func planValues(p *Plan) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits, err := marshalLimits(p.Limits)
+	if err != nil {
+		return nil, err
+	}
 	var rl, rp, rb, ql, qp any
 	if p.Rate != nil {
 		rl, rp, rb = p.Rate.Limit, p.Rate.PeriodMS, p.Rate.Burst
@@ -92,13 +102,16 @@ func planValues(p *Plan) ([]any, error) {
 	if p.Quota != nil {
 		ql, qp = p.Quota.Limit, p.Quota.Period
 	}
-	return []any{p.Name, scopes, rl, rp, rb, ql, qp}, nil
+	return []any{p.Name, scopes, rl, rp, rb, ql, qp, limits}, nil
 }
 
 // CreatePlan stores a new plan; ErrConflict if its id is taken.
 func (s *sqlStore) CreatePlan(ctx context.Context, p *Plan) error {
 	if p.Scopes == nil {
 		p.Scopes = []string{}
+	}
+	if p.Limits == nil {
+		p.Limits = []NamedRate{}
 	}
 	if p.CreatedAt.IsZero() {
 		p.CreatedAt = s.now()
@@ -116,7 +129,7 @@ func (s *sqlStore) CreatePlan(ctx context.Context, p *Plan) error {
 	args := append(append([]any{p.ID}, vals...), p.CreatedAt.UnixMicro(), p.UpdatedAt.UnixMicro())
 	err = s.writeTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO plans (id, name, scopes, rate_limit, rate_period_ms, rate_burst,
-			quota_limit, quota_period, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, args...)
+			quota_limit, quota_period, limits, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`, args...)
 		return err
 	})
 	if isUniqueViolation(err) {
@@ -194,6 +207,7 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, id string, fn func(*Plan) err
 		}
 		orig := *p
 		orig.Scopes = slices.Clone(p.Scopes)
+		orig.Limits = slices.Clone(p.Limits)
 		if p.Rate != nil { // fn may change them in place
 			r := *p.Rate
 			orig.Rate = &r
@@ -214,6 +228,9 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, id string, fn func(*Plan) err
 		if p.Scopes == nil {
 			p.Scopes = []string{}
 		}
+		if p.Limits == nil {
+			p.Limits = []NamedRate{}
+		}
 		if p.UpdatedAt.Equal(orig.UpdatedAt) {
 			p.UpdatedAt = s.now()
 		}
@@ -223,7 +240,7 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, id string, fn func(*Plan) err
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE plans SET name = $1, scopes = $2, rate_limit = $3, rate_period_ms = $4,
-			rate_burst = $5, quota_limit = $6, quota_period = $7, updated_at = $8 WHERE id = $9`,
+			rate_burst = $5, quota_limit = $6, quota_period = $7, limits = $8, updated_at = $9 WHERE id = $10`,
 			append(vals, p.UpdatedAt.UnixMicro(), p.ID)...); err != nil {
 			return fmt.Errorf("store: update plan: %w", err)
 		}
@@ -236,6 +253,9 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, id string, fn func(*Plan) err
 		}
 		if !slices.Equal(p.Scopes, orig.Scopes) {
 			changed |= OwnScopes
+		}
+		if !slices.Equal(p.Limits, orig.Limits) {
+			changed |= OwnLimits
 		}
 		if changed != 0 {
 			if err := s.resendPlanKeys(ctx, tx, p, changed, vals); err != nil {
@@ -266,7 +286,7 @@ func sameRate(a, b *Rate) bool {
 // by the number of keys at once and the change-log rows are inserted by one
 // INSERT ... SELECT.
 func (s *sqlStore) resendPlanKeys(ctx context.Context, tx *sql.Tx, p *Plan, changed Own, vals []any) error {
-	// vals: name, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period.
+	// vals: name, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, limits.
 	if changed&OwnRate != 0 {
 		if _, err := tx.ExecContext(ctx, `UPDATE keys SET rate_limit = $1, rate_period_ms = $2, rate_burst = $3
 			WHERE plan_id = $4 AND (own_limits & 1) = 0`, vals[2], vals[3], vals[4], p.ID); err != nil {
@@ -276,6 +296,12 @@ func (s *sqlStore) resendPlanKeys(ctx context.Context, tx *sql.Tx, p *Plan, chan
 	if changed&OwnScopes != 0 {
 		if _, err := tx.ExecContext(ctx, `UPDATE keys SET scopes = $1 WHERE plan_id = $2 AND (own_limits & 4) = 0`,
 			vals[1], p.ID); err != nil {
+			return err
+		}
+	}
+	if changed&OwnLimits != 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET limits = $1 WHERE plan_id = $2 AND (own_limits & 8) = 0`,
+			vals[7], p.ID); err != nil {
 			return err
 		}
 	}
@@ -406,6 +432,9 @@ func (s *sqlStore) applyPlan(ctx context.Context, tx *sql.Tx, k *Key) error {
 	}
 	if k.Own&OwnScopes == 0 {
 		k.Scopes = slices.Clone(p.Scopes)
+	}
+	if k.Own&OwnLimits == 0 {
+		k.Limits = slices.Clone(p.Limits)
 	}
 	return nil
 }

@@ -21,7 +21,8 @@ func testPlans(t *testing.T, open func(t testing.TB) Store) {
 	s := withClock(open(t), c)
 	ctx := testCtx(t)
 	pro := mustPlan(t, s, &Plan{ID: "pro", Name: "Pro", Rate: &Rate{Limit: 100, PeriodMS: 1000, Burst: 99},
-		Quota: &Quota{Limit: 1000, Period: "day"}, Scopes: []string{"read", "write"}})
+		Quota: &Quota{Limit: 1000, Period: "day"}, Scopes: []string{"read", "write"},
+		Limits: []NamedRate{{"burst", Rate{10, 1000, 9}}, {"sustained", Rate{1000, 3_600_000, 999}}}})
 	if err := s.CreatePlan(ctx, &Plan{ID: "pro", Name: "again"}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("duplicate plan: %v", err)
 	}
@@ -34,18 +35,21 @@ func testPlans(t *testing.T, open func(t testing.TB) Store) {
 	plain := newTestKey(t)
 	plain.PlanID, plain.Own = "pro", 0
 	mustCreate(t, s, plain)
-	if !reflect.DeepEqual(plain.Rate, pro.Rate) || !reflect.DeepEqual(plain.Quota, pro.Quota) || !slices.Equal(plain.Scopes, pro.Scopes) {
+	if !reflect.DeepEqual(plain.Rate, pro.Rate) || !reflect.DeepEqual(plain.Quota, pro.Quota) || !slices.Equal(plain.Scopes, pro.Scopes) ||
+		!slices.Equal(plain.Limits, pro.Limits) {
 		t.Fatalf("key on plan: rate %+v quota %+v scopes %v", plain.Rate, plain.Quota, plain.Scopes)
 	}
 	own := newTestKey(t)
-	own.PlanID, own.Own = "pro", OwnRate|OwnScopes
+	own.PlanID, own.Own = "pro", OwnRate|OwnScopes|OwnLimits
 	own.Rate, own.Scopes = &Rate{Limit: 5, PeriodMS: 1000, Burst: 0}, []string{"admin"}
+	own.Limits = []NamedRate{{"burst", Rate{2, 1000, 0}}}
 	mustCreate(t, s, own)
 	solo := mustCreate(t, s, newTestKey(t)) // no plan
 	if solo.Own != OwnAll {
 		t.Fatalf("a key without a plan owns %b", solo.Own)
 	}
-	if got, _ := s.GetKey(ctx, own.ID); got.PlanID != "pro" || got.Own != OwnRate|OwnScopes || got.Rate.Limit != 5 ||
+	if got, _ := s.GetKey(ctx, own.ID); got.PlanID != "pro" || got.Own != OwnRate|OwnScopes|OwnLimits || got.Rate.Limit != 5 ||
+		len(got.Limits) != 1 || got.Limits[0].Limit != 2 ||
 		!reflect.DeepEqual(got.Quota, pro.Quota) {
 		t.Fatalf("key with overrides reads back %+v", got)
 	}
@@ -113,6 +117,25 @@ func testPlans(t *testing.T, open func(t testing.TB) Store) {
 	}
 	if got := exhaustedAt(t, s, plain.ID); !got.IsZero() {
 		t.Fatalf("raised quota still exhausted until %v", got)
+	}
+	// Named limits: the key that owns its limits keeps them.
+	v4, _ := s.CurrentVersion(ctx)
+	if _, err := s.UpdatePlan(ctx, "pro", func(p *Plan) error { p.Limits[0].Limit = 20; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.CurrentVersion(ctx); v != v4+1 {
+		t.Fatalf("a limits change moved the version by %d, want 1", v-v4)
+	}
+	if got, _ := s.GetKey(ctx, plain.ID); got.Limits[0].Limit != 20 || got.Limits[1].Name != "sustained" {
+		t.Fatalf("plain's limits after the change: %+v", got.Limits)
+	}
+	if got, _ := s.GetKey(ctx, own.ID); len(got.Limits) != 1 || got.Limits[0].Limit != 2 {
+		t.Fatalf("own's limits after the change: %+v", got.Limits)
+	}
+	bad = newTestKey(t)
+	bad.Limits = []NamedRate{{"b", Rate{1, 1, 0}}, {"a", Rate{1, 1, 0}}}
+	if err := s.CreateKey(ctx, bad); !errors.As(err, &fe) || fe.Field != "limits" {
+		t.Fatalf("unsorted limits: %v", err)
 	}
 	// A name change sends nothing.
 	v3, _ := s.CurrentVersion(ctx)

@@ -50,6 +50,14 @@ type Rate struct {
 	Burst    int64 `json:"burst"`
 }
 
+// NamedRate is one named rate limit of a key or plan (e.g. "burst" 10 per
+// second and "sustained" 1000 per hour): a request takes from every limit
+// that applies to its route.
+type NamedRate struct {
+	Name string `json:"name"`
+	Rate
+}
+
 // Quota is a request budget per UTC day or month.
 type Quota struct {
 	Limit  int64  `json:"limit"`
@@ -59,15 +67,17 @@ type Quota struct {
 // Key is one API key as stored. Hash is the SHA-256 of the key; the key
 // itself is never stored.
 type Key struct {
-	ID        string
-	Hash      apikey.Hash
-	Name      string
-	Owner     string
-	Status    string
-	Hosts     []string
-	Scopes    []string
-	Rate      *Rate
-	Quota     *Quota
+	ID     string
+	Hash   apikey.Hash
+	Name   string
+	Owner  string
+	Status string
+	Hosts  []string
+	Scopes []string
+	Rate   *Rate
+	Quota  *Quota
+	// Limits are the key's named rate limits, sorted by name (never nil).
+	Limits    []NamedRate
 	ExpiresAt *time.Time
 	Metadata  json.RawMessage // a JSON object, or nil
 	CreatedAt time.Time
@@ -85,8 +95,8 @@ type Key struct {
 	// period), and kept consistent by UpdateKey when the quota changes; nil
 	// if never exhausted. A time in the past means not exhausted any more.
 	QuotaExhaustedUntil *time.Time
-	// PlanID is the key's plan, "" for none. Own says which of Rate, Quota
-	// and Scopes are the key's own values (overrides); the store fills the
+	// PlanID is the key's plan, "" for none. Own says which of Rate, Quota,
+	// Scopes and Limits are the key's own values (overrides); the store fills the
 	// others from the plan whenever the key or its plan is written, so
 	// Rate, Quota and Scopes always hold the key's effective limits. A key
 	// without a plan owns them all.
@@ -102,7 +112,8 @@ const (
 	OwnRate Own = 1 << iota
 	OwnQuota
 	OwnScopes
-	OwnAll = OwnRate | OwnQuota | OwnScopes
+	OwnLimits
+	OwnAll = OwnRate | OwnQuota | OwnScopes | OwnLimits
 )
 
 // EffectiveExpiry is when the key stops working: the earlier of its own
