@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
+
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 )
 
 // Validation limits.
@@ -27,7 +29,7 @@ const (
 	maxRateBurst    = 1_000_000_000
 	maxRatePeriodMS = 24 * 60 * 60 * 1000 // one day
 	maxQuotaLimit   = 1_000_000_000_000
-	maxGraceSeconds = 30 * 24 * 60 * 60
+	maxGraceSeconds = int64(lifecycle.MaxGrace / time.Second)
 )
 
 // fieldErrors collects validation errors of one request.
