@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Instances: registration, the instance token, liveness (docs/wire.md,
@@ -19,10 +20,10 @@ import (
 
 // Error codes of the instance protocol.
 const (
-	codeInstanceExists        = "instance_exists"
+	codeInstanceExists        = wire.InstanceExists
 	codeInstanceMismatch      = "instance_mismatch"
-	codeInstanceTokenRequired = "instance_token_required"
-	codeSeqOutOfRange         = "seq_out_of_range"
+	codeInstanceTokenRequired = wire.InstanceTokenRequired
+	codeSeqOutOfRange         = wire.SeqOutOfRange
 	codeTooManyRegistrations  = "too_many_registrations"
 )
 
@@ -238,7 +239,7 @@ func (s *Server) touchSync(r *http.Request) {
 	if inst := requestInstance(r); inst != nil {
 		id = instanceID{inst.Node, inst.Boot}
 	}
-	if id.node == "" || id.boot == "" || len(id.node) > 4*store.MaxNodeLen || len(id.boot) > store.MaxBootLen {
+	if !wire.ValidNode(id.node) || !wire.ValidBoot(id.boot) {
 		return
 	}
 	now := s.now()

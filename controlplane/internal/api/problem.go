@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Stable machine-readable error codes (the "error" member of a problem).
@@ -56,7 +57,7 @@ func (p *problem) Error() string { return p.Code + ": " + p.Detail }
 
 // problemTypeBase prefixes the "type" URI; the rest is the error code.
 // docs/problems.md lists every code.
-const problemTypeBase = "urn:keygate:problem:"
+const problemTypeBase = wire.ProblemTypePrefix
 
 func newProblem(status int, code, detail string) *problem {
 	return &problem{
