@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/controlplane"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // TestOpenAPIAgreesWithServer checks openapi.json against the live server
@@ -89,7 +90,7 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 				seq++
 				m["id"] = id + "-" + strconv.FormatInt(seq, 10)
 			}
-			if id, ok := m["plan_id"].(string); ok && validPlanID(id) {
+			if id, ok := m["plan_id"].(string); ok && wire.ValidPlanID(id) {
 				e.admin("POST", "/v1/plans", map[string]any{"id": id})
 			}
 		}

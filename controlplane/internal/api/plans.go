@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 const (
@@ -33,24 +34,9 @@ func planView(p *store.Plan) *planJSON {
 		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC()}
 }
 
-// validPlanID: 1 to 64 characters of a-z 0-9 _ -, chosen by the operator
-// ("free", "pro-2025"), so that keys and scripts can name plans readably.
-func validPlanID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
 func checkPlanRef(fe *fieldErrors, field, id string) {
-	if !validPlanID(id) {
-		fe.add(field, "must be a plan id: 1 to 64 characters of a-z 0-9 _ -")
+	if !wire.ValidPlanID(id) {
+		fe.add(field, "must be a plan id: 1 to %d characters of a-z 0-9 _ -", wire.MaxPlanIDLen)
 	}
 }
 
@@ -281,17 +267,13 @@ func limitsView(l []store.NamedRate) limitsJSON {
 	return out
 }
 
-// reservedLimitName is the RateLimit-Policy item of the unnamed rate limit
-// (docs/config.md), so no named limit may take it.
-const reservedLimitName = "key"
-
 // checkLimits validates named rate limits (an object by name) and returns
 // them sorted by name. Each is checked like a rate, by the filter's own
 // limiter check.
 func checkLimits(fe *fieldErrors, field string, in map[string]rateIn) []store.NamedRate {
 	out := make([]store.NamedRate, 0, len(in))
-	if len(in) > store.MaxLimits {
-		fe.add(field, "at most %d named limits", store.MaxLimits)
+	if len(in) > wire.MaxLimits {
+		fe.add(field, "at most %d named limits", wire.MaxLimits)
 		return out
 	}
 	names := make([]string, 0, len(in))
@@ -301,12 +283,12 @@ func checkLimits(fe *fieldErrors, field string, in map[string]rateIn) []store.Na
 	slices.Sort(names)
 	for _, name := range names {
 		f := field + "." + name
-		if !validLimitName(name) {
-			fe.add(f, "a limit name is 1 to 32 characters of a-z 0-9 _ -")
+		if name == wire.UnnamedLimit {
+			fe.add(f, "%q names the unnamed rate limit in RateLimit-Policy; choose another name", name)
 			continue
 		}
-		if name == reservedLimitName {
-			fe.add(f, "%q names the unnamed rate limit in RateLimit-Policy; choose another name", name)
+		if !wire.ValidLimitName(name) {
+			fe.add(f, "a limit name is 1 to %d characters of a-z 0-9 _ -", wire.MaxLimitNameLen)
 			continue
 		}
 		v := in[name]
@@ -315,17 +297,4 @@ func checkLimits(fe *fieldErrors, field string, in map[string]rateIn) []store.Na
 		}
 	}
 	return out
-}
-
-func validLimitName(s string) bool {
-	if len(s) == 0 || len(s) > 32 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

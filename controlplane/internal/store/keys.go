@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Limits of the store's own validation (the API validates more strictly).
 const (
-	MaxKeyIDLen = 128
 	// DefaultListLimit and MaxListLimit bound ListKeys and ListAudit pages.
 	DefaultListLimit = 100
 	MaxListLimit     = 1000
@@ -135,8 +135,8 @@ func truncTimePtr(t *time.Time) *time.Time {
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
 // plan_id, own_limits, limits.
 func keyValues(k *Key) ([]any, error) {
-	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
-		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
+	if !wire.ValidKeyID(k.ID) {
+		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
 	}
 	if k.Hash == (apikey.Hash{}) {
 		return nil, &FieldError{Field: "hash", Message: "must be set"}
@@ -622,18 +622,15 @@ func clampLimit(n int) int {
 	return min(n, MaxListLimit)
 }
 
-// MaxLimits bounds the named rate limits of a key or plan.
-const MaxLimits = 8
-
 // marshalLimits validates named limits (distinct non-empty names, sorted
 // by name) and encodes them as a JSON array.
 func marshalLimits(l []NamedRate) (string, error) {
-	if len(l) > MaxLimits {
-		return "", &FieldError{Field: "limits", Message: fmt.Sprintf("at most %d named limits", MaxLimits)}
+	if len(l) > wire.MaxLimits {
+		return "", &FieldError{Field: "limits", Message: fmt.Sprintf("at most %d named limits", wire.MaxLimits)}
 	}
 	for i, n := range l {
-		if n.Name == "" || len(n.Name) > 64 {
-			return "", &FieldError{Field: "limits", Message: "a limit's name must be 1 to 64 bytes"}
+		if !wire.ValidLimitName(n.Name) {
+			return "", &FieldError{Field: "limits", Message: fmt.Sprintf("a limit's name must be 1 to %d characters of [a-z0-9_-], not %q", wire.MaxLimitNameLen, wire.UnnamedLimit)}
 		}
 		if i > 0 && l[i-1].Name >= n.Name {
 			return "", &FieldError{Field: "limits", Message: "names must be distinct and sorted"}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Plan is a named set of limits (a tier) that keys reference. A key on a
@@ -81,8 +83,8 @@ func scanPlan(r rowScanner) (*Plan, error) {
 // scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period,
 // limits.
 func planValues(p *Plan) ([]any, error) {
-	if p.ID == "" || len(p.ID) > MaxKeyIDLen {
-		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
+	if !wire.ValidPlanID(p.ID) {
+		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [a-z0-9_-]", wire.MaxPlanIDLen)}
 	}
 	if p.Quota != nil && p.Quota.Period != "day" && p.Quota.Period != "month" {
 		return nil, &FieldError{Field: "quota.period", Message: "must be day or month"}
