@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 
 	"github.com/tidwall/gjson"
 )
@@ -95,8 +96,63 @@ func DecodeUpsert(obj gjson.Result, epoch uint32) (apikey.Hash, Record, error) {
 			return h, r, err
 		}
 	}
+	if r.Limits, err = limitList(obj.Get("limits")); err != nil {
+		return h, r, err
+	}
 	r.Epoch = epoch
 	return h, r, nil
+}
+
+// limitList reads the "limits" member: named rate limits with distinct
+// valid names (absent or null: none).
+func limitList(v gjson.Result) ([]Limit, error) {
+	if !v.Exists() || v.Type == gjson.Null {
+		return nil, nil
+	}
+	if !v.IsArray() {
+		return nil, errors.New("upsert.limits: want an array")
+	}
+	var out []Limit
+	var err error
+	v.ForEach(func(_, item gjson.Result) bool {
+		if len(out) == wire.MaxLimits {
+			err = errors.New("upsert.limits: too many named limits")
+			return false
+		}
+		if !item.IsObject() {
+			err = errors.New("upsert.limits: want objects")
+			return false
+		}
+		var l Limit
+		name := item.Get("name")
+		if name.Type != gjson.String || !wire.ValidLimitName(name.Str) {
+			err = errors.New("upsert.limits.name: want a limit name")
+			return false
+		}
+		for _, prev := range out {
+			if prev.Name == name.Str {
+				err = errors.New("upsert.limits.name: duplicate")
+				return false
+			}
+		}
+		l.Name = name.Str
+		if l.Limit, err = integer(item.Get("limit"), "upsert.limits.limit", true); err != nil {
+			return false
+		}
+		if l.PeriodMS, err = integer(item.Get("period_ms"), "upsert.limits.period_ms", true); err != nil {
+			return false
+		}
+		if l.PeriodMS == 0 {
+			err = errors.New("upsert.limits.period_ms: must be positive")
+			return false
+		}
+		if l.Burst, err = integer(item.Get("burst"), "upsert.limits.burst", false); err != nil {
+			return false
+		}
+		out = append(out, l)
+		return true
+	})
+	return out, err
 }
 
 func str(obj gjson.Result, name string, required bool) (string, error) {
