@@ -9,6 +9,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/filter/internal/verdict"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // The plugin configuration is JSON. The same .wasm serves two roles:
@@ -530,7 +531,7 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 	var err error
 	v.ForEach(func(i, r gjson.Result) bool {
 		path := "routes[" + itoa(i.Int()) + "]"
-		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "cost", "rate_limit", "anonymous"); err != nil {
+		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "cost", "rate_limit", "anonymous", "limits"); err != nil {
 			return false
 		}
 		var rt route
@@ -570,6 +571,19 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 			return false
 		}
 		rt.rule.NoLimit = !limit
+		if lim := r.Get("limits"); lim.Exists() {
+			switch {
+			case r.Get("cost").Exists():
+				err = bad(path+".limits", "give a cost per limit in limits, or cost for every limit, not both")
+			case !limit:
+				err = bad(path+".limits", "a route without rate limits (rate_limit false) names none")
+			default:
+				rt.rule.Limits, err = parseRouteLimits(lim, path+".limits")
+			}
+			if err != nil {
+				return false
+			}
+		}
 		if a := r.Get("anonymous"); a.Exists() {
 			var allow bool
 			if allow, err = getBool(r, path, "anonymous", false); err != nil {
@@ -581,6 +595,41 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 			}
 		}
 		out = append(out, rt)
+		return true
+	})
+	return out, err
+}
+
+// parseRouteLimits reads a route's "limits": the rate limits that apply on
+// it and a request's cost in each, {"burst": 1, "sustained": 10}; "key"
+// is the key's unnamed rate. An empty object applies none.
+func parseRouteLimits(v gjson.Result, path string) ([]verdict.RouteLimit, error) {
+	if !v.IsObject() {
+		return nil, bad(path, "want an object of limit names to costs")
+	}
+	out := []verdict.RouteLimit{}
+	var err error
+	v.ForEach(func(k, c gjson.Result) bool {
+		name := k.Str
+		if name != wire.UnnamedLimit && !wire.ValidLimitName(name) {
+			err = bad(path, "limit names are \"key\" (the unnamed rate) or 1 to "+itoa(wire.MaxLimitNameLen)+" of a-z 0-9 _ -")
+			return false
+		}
+		for _, prev := range out {
+			if prev.Name == name {
+				err = bad(path+"."+name, "named twice")
+				return false
+			}
+		}
+		if len(out) == verdict.MaxLimits {
+			err = bad(path, "at most "+itoa(verdict.MaxLimits)+" limits")
+			return false
+		}
+		if c.Type != gjson.Number || c.Num != math.Trunc(c.Num) || c.Num < 1 || c.Num > 1000000 {
+			err = bad(path+"."+name, "want a cost from 1 to 1000000")
+			return false
+		}
+		out = append(out, verdict.RouteLimit{Name: name, Cost: int64(c.Num)})
 		return true
 	})
 	return out, err

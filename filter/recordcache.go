@@ -47,6 +47,9 @@ type recordSlot struct {
 	gen     uint64
 	epoch   uint32
 	lease   bucket.Lease // tokens taken ahead for this key from its budget's bucket (bucket.TakeLeased)
+	// named are the leases of the key's first leasedLimits named limits,
+	// by their index in the record.
+	named [leasedLimits]bucket.Lease
 
 	// The control plane's share of the key's budget's rate for this node
 	// (0: none), read at shareAt; see filterRoot.keyShare.
@@ -58,6 +61,12 @@ type recordSlot struct {
 	policyLogAt  int64
 	policyLogged bool
 }
+
+// leasedLimits is how many of a key's named limits (at most
+// wire.MaxLimits) keep a token lease in its slot: two (burst and sustained,
+// say) cost about 180 bytes a slot; a third or fourth named limit takes
+// from shared data on every request.
+const leasedLimits = 2
 
 // recordSlots is the cache's size, a power of two: 4,096 slots of about
 // 200 bytes plus the records they hold, under 2 MB per worker, so that a

@@ -11,6 +11,7 @@ import (
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/filter/internal/verdict"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -22,7 +23,8 @@ type filterRoot struct {
 	usage    *usageCounter
 	limiter  bucket.Limiter
 	recKey   [1 + apikey.HashSize]byte
-	limKey   [1 + keyrecord.MaxStringLen]byte // "r" + budget id (see limiterName)
+	limKey   [1 + keyrecord.MaxStringLen + 1 + wire.MaxLimitNameLen]byte // "r" + budget id [+ 0 + limit name] (see limiterName)
+	scratch  bucket.Lease                                                // the lease of a named limit beyond leasedLimits, always empty
 	shareKey []byte
 	hdrBuf   []byte          // response header values being rendered
 	pathBuf  []byte          // the normalized path of the current request, when not normal as sent
@@ -72,10 +74,19 @@ type stream struct {
 	types.DefaultHttpContext
 	root *filterRoot
 
-	// Rate-limit fields for the response, when the key has a rate.
+	// Rate-limit fields for the response: one per limit the request
+	// passed (or was refused by, the last), in the verdict's order.
 	hasRate bool
-	rate    bucket.Result
-	q, w    int64 // RateLimit-Policy of the key's (fleet-wide) policy
+	rates   [verdict.MaxLimits]rateItem
+	nRates  int
+}
+
+// rateItem is one limit's RateLimit-Policy and RateLimit items.
+type rateItem struct {
+	name    [wire.MaxLimitNameLen]byte // the limit's name; the unnamed rate is wire.UnnamedLimit
+	nameLen uint8
+	res     bucket.Result
+	q, w    int64 // RateLimit-Policy of the limit's (fleet-wide) policy
 }
 
 // maxFreeStreams bounds the streams a worker keeps for reuse.
@@ -568,7 +579,16 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	if share := r.share(slot, l.Budget, &r.state, int64(now)); share < 1 {
 		local = l.Policy.Scaled(share) // this node's part of the fleet-wide rate
 	}
-	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget), &slot.lease, local, l.Cost, int64(now))
+	lease := &slot.lease
+	switch {
+	case l.Name == nil:
+	case l.Index < leasedLimits:
+		lease = &slot.named[l.Index]
+	default:
+		r.scratch = bucket.Lease{} // no lease: every request asks shared data
+		lease = &r.scratch
+	}
+	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget, l.Name), lease, local, l.Cost, int64(now))
 	switch {
 	case err == nil:
 	case errors.Is(err, bucket.ErrBadPolicy):
@@ -583,8 +603,16 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 		proxywasm.LogErrorf("keygate: rate limiter: %v", err)
 		res = bucket.Result{Allowed: true, Limit: l.Policy.Limit}
 	}
-	s.hasRate, s.rate = r.cfg.ratelimitHeaders, res
-	s.q, s.w = l.Policy.QuotaWindow()
+	s.hasRate = r.cfg.ratelimitHeaders
+	it := &s.rates[s.nRates]
+	s.nRates++
+	name := l.Name
+	if name == nil {
+		name = unnamedLimit
+	}
+	it.nameLen = uint8(copy(it.name[:], name))
+	it.res = res
+	it.q, it.w = l.Policy.QuotaWindow()
 	if res.Allowed {
 		return types.ActionContinue, false
 	}
@@ -600,20 +628,28 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	p := problemFor(codeRateLimited)
 	if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
 		h := append(append([][2]string(nil), p.headers...), rl...)
-		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
+		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit \""+bstr(name)+"\" can ever admit."), -1)
 		return types.ActionPause, true
 	}
-	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, "")
+	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, " The key's limit \""+bstr(name)+"\" refused it.")
 	return types.ActionPause, true
 }
 
+// unnamedLimit names the key's unnamed rate in the RateLimit fields.
+var unnamedLimit = []byte(wire.UnnamedLimit)
+
 // limiterName returns the shared-data name of a budget's limiter state:
-// limiterTag + the budget id, built in the root's fixed buffer (the host
-// copies the name), so every key of one rotation lineage takes from one
-// bucket in this Envoy (docs/lifecycle.md).
-func (r *filterRoot) limiterName(budget []byte) string {
-	n := copy(r.limKey[1:], budget) // a record's strings fit: MaxStringLen
-	return bstr(r.limKey[:1+n])
+// limiterTag + the budget id, and for a named limit a zero byte and its
+// name, built in the root's fixed buffer (the host copies the name), so
+// every key of one rotation lineage takes from one bucket per limit in
+// this Envoy (docs/lifecycle.md).
+func (r *filterRoot) limiterName(budget, limit []byte) string {
+	n := 1 + copy(r.limKey[1:1+keyrecord.MaxStringLen], budget) // a record's strings fit: MaxStringLen
+	if limit != nil {
+		r.limKey[n] = 0
+		n += 1 + copy(r.limKey[n+1:], limit)
+	}
+	return bstr(r.limKey[:n])
 }
 
 // share returns this node's share of the key's budget's rate: the control
@@ -749,20 +785,40 @@ func (s *stream) rateHeaders() [][2]string {
 	}
 }
 
-// appendPolicy appends the RateLimit-Policy value: `"key";q=<quota>;w=<window s>`.
+// appendPolicy appends the RateLimit-Policy value, one item per limit the
+// request took from: `"key";q=<quota>;w=<window s>, "burst";q=...`.
 func (s *stream) appendPolicy(b []byte) []byte {
-	b = append(b, `"key";q=`...)
-	b = appendInt(b, s.q)
-	b = append(b, ";w="...)
-	return appendInt(b, s.w)
+	for i := 0; i < s.nRates; i++ {
+		it := &s.rates[i]
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, it.name[:it.nameLen]...)
+		b = append(b, `";q=`...)
+		b = appendInt(b, it.q)
+		b = append(b, ";w="...)
+		b = appendInt(b, it.w)
+	}
+	return b
 }
 
-// appendRateLimit appends the RateLimit value: `"key";r=<remaining>;t=<reset s>`.
+// appendRateLimit appends the RateLimit value, one item per limit in the
+// order of RateLimit-Policy: `"key";r=<remaining>;t=<reset s>, ...`.
 func (s *stream) appendRateLimit(b []byte) []byte {
-	b = append(b, `"key";r=`...)
-	b = appendInt(b, s.rate.Remaining)
-	b = append(b, ";t="...)
-	return appendInt(b, bucket.CeilSeconds(s.rate.WindowNanos()))
+	for i := 0; i < s.nRates; i++ {
+		it := &s.rates[i]
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, it.name[:it.nameLen]...)
+		b = append(b, `";r=`...)
+		b = appendInt(b, it.res.Remaining)
+		b = append(b, ";t="...)
+		b = appendInt(b, bucket.CeilSeconds(it.res.WindowNanos()))
+	}
+	return b
 }
 
 func (s *stream) removeIdentityHeaders() {

@@ -59,7 +59,7 @@ const (
 	MaxPlanIDLen = 64
 	// MaxLimits bounds a key's or plan's named rate limits; MaxLimitNameLen
 	// each one's name, of [a-z0-9_-].
-	MaxLimits       = 8
+	MaxLimits       = 4
 	MaxLimitNameLen = 32
 
 	// MaxProblemCodeLen bounds a problem's "error" code the filter reads.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/bucket"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -66,8 +67,51 @@ const (
 type Route struct {
 	Scopes    []string // scopes the key must all have
 	Cost      int64    // tokens a request takes from each rate limit
-	NoLimit   bool     // the key's rate limit does not apply
+	NoLimit   bool     // the key's rate limits do not apply
 	Anonymous Anonymous
+	// Limits, when not nil, are the only rate limits of a key that apply
+	// on the route, each with its own cost (Cost is then unused): the
+	// unnamed rate as wire.UnnamedLimit ("key"), named limits by name. A
+	// limit the key does not have is skipped.
+	Limits []RouteLimit
+}
+
+// RouteLimit is a rate limit a route names and the tokens a request takes
+// from it.
+type RouteLimit struct {
+	Name string
+	Cost int64
+}
+
+// cost returns the tokens a request on the route takes from the limit
+// called name, ok false when the limit does not apply on the route.
+func (rt *Route) cost(name []byte) (cost int64, ok bool) {
+	if rt.Limits == nil {
+		return rt.Cost, true
+	}
+	for i := range rt.Limits {
+		if equal(name, rt.Limits[i].Name) {
+			return rt.Limits[i].Cost, true
+		}
+	}
+	return 0, false
+}
+
+// unnamed is the name under which a route lists the key's unnamed rate.
+var unnamed = []byte(wire.UnnamedLimit)
+
+// equal reports whether b holds s, without converting (TinyGo allocates
+// string(b)).
+func equal(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		if b[i] != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Policy is the filter's configuration as far as the decision needs it.
@@ -108,8 +152,9 @@ type Record struct {
 	View  keyrecord.View
 }
 
-// MaxLimits is how many rate limits one request may have to pass.
-const MaxLimits = 4
+// MaxLimits is how many rate limits one request may have to pass: the
+// key's unnamed rate and its named limits.
+const MaxLimits = 1 + wire.MaxLimits
 
 // Limit is one rate limit an allowed request must still pass, in the
 // limiter the caller runs (it reads and writes shared data).
@@ -117,6 +162,13 @@ type Limit struct {
 	// Budget names the bucket: the key's rate budget id (a slice of the
 	// record, valid while the record is).
 	Budget []byte
+	// Name is the named limit's name (a slice of the record), nil for the
+	// key's unnamed rate. The bucket of a named limit is its budget's and
+	// its name's.
+	Name []byte
+	// Index is the named limit's position in the record (-1 for the
+	// unnamed rate): the caller keeps a token lease per limit by it.
+	Index int
 	// Policy is the limit's fleet-wide policy; an invalid one must refuse
 	// the request (bucket.ErrBadPolicy), never admit it.
 	Policy bucket.Policy
@@ -231,13 +283,33 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 		v.Outcome, v.QuotaResetS = QuotaExceeded, until
 		return
 	}
-	if limit, periodMS, burst, ok := r.Rate(); ok && !q.Route.NoLimit {
-		p := bucket.Policy{Limit: limit, PeriodNanos: periodMS * int64(time.Millisecond), Burst: burst}
-		if periodMS > maxPeriodMS || periodMS < 0 { // overflowed nanoseconds: no valid policy
-			p.PeriodNanos = -1
-		}
-		v.add(Limit{Budget: r.Budget(), Policy: p, Cost: q.Route.Cost})
+	if q.Route.NoLimit {
+		return
 	}
+	if limit, periodMS, burst, ok := r.Rate(); ok {
+		if cost, on := q.Route.cost(unnamed); on {
+			v.add(Limit{Budget: r.Budget(), Index: -1, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+	it := r.Limits()
+	for i := 0; v.NumLimits < MaxLimits; i++ {
+		name, limit, periodMS, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		if cost, on := q.Route.cost(name); on {
+			v.add(Limit{Budget: r.Budget(), Name: name, Index: i, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+}
+
+// policy is the limiter policy of a record's limit.
+func policy(limit, periodMS, burst int64) bucket.Policy {
+	p := bucket.Policy{Limit: limit, PeriodNanos: periodMS * int64(time.Millisecond), Burst: burst}
+	if periodMS > maxPeriodMS || periodMS < 0 { // overflowed nanoseconds: no valid policy
+		p.PeriodNanos = -1
+	}
+	return p
 }
 
 // add appends a limit to an Allowed verdict.

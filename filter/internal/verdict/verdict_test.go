@@ -26,6 +26,9 @@ var (
 	free      = Route{Cost: 1, NoLimit: true}
 	public    = Route{Cost: 1, Anonymous: AnonymousAllow}
 	private   = Route{Cost: 1, Anonymous: AnonymousDeny}
+	burstOnly = Route{Cost: 1, Limits: []RouteLimit{{"burst", 3}}}
+	keyAndSus = Route{Cost: 1, Limits: []RouteLimit{{"sustained", 5}, {"key", 2}}}
+	noneNamed = Route{Cost: 1, Limits: []RouteLimit{}}
 	fresh     = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 1000}
 	staleSync = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60001}
 	edgeSync  = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60000} // exactly MaxStaleness old: fresh
@@ -36,6 +39,13 @@ var (
 func active() keyrecord.Record {
 	return keyrecord.Record{ID: "key_a", Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2,
 		Hosts: []string{"api.example.com", "*.example.org"}, Scopes: []string{"read"}}
+}
+
+// named gives a record the named limits burst (10/s) and sustained
+// (1000/h).
+func named(r *keyrecord.Record) {
+	r.Limits = []keyrecord.Limit{{Name: "burst", Limit: 10, PeriodMS: 1000, Burst: 9},
+		{Name: "sustained", Limit: 1000, PeriodMS: 3_600_000, Burst: 999}}
 }
 
 func record(t testing.TB, edit func(r *keyrecord.Record)) *Record {
@@ -143,6 +153,31 @@ func decideCases(t testing.TB) []decideCase {
 			rec: record(t, func(r *keyrecord.Record) { rated(r); r.Budget = "key_root" }), outcome: Allowed, identified: true,
 			limits: []Limit{{Budget: []byte("key_root"), Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 1}}},
 		{name: "route without rate limit", req: keyed(&free, &closed, fresh), rec: record(t, rated), outcome: Allowed, identified: true},
+		{name: "named limits after the unnamed rate, in the record's order", req: keyed(&heavy, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Index: -1, Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 1000},
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1000},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1000}}},
+		{name: "named limits without an unnamed rate", req: keyed(&plain, &closed, fresh),
+			rec: record(t, named), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1}}},
+		{name: "a route naming one limit takes only from it, at its cost", req: keyed(&burstOnly, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 3}}},
+		{name: "a route naming the unnamed rate as key, each limit its cost", req: keyed(&keyAndSus, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Index: -1, Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 2},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 5}}},
+		{name: "a route naming a limit the key lacks", req: keyed(&burstOnly, &closed, fresh),
+			rec: record(t, rated), outcome: Allowed, identified: true},
+		{name: "a route naming no limit", req: keyed(&noneNamed, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true},
+		{name: "a route without rate limits skips named ones too", req: keyed(&free, &closed, fresh),
+			rec: record(t, named), outcome: Allowed, identified: true},
 		{name: "period whose nanoseconds overflow", req: keyed(&plain, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) { rated(r); r.RatePeriodMS = maxPeriodMS + 1 }), outcome: Allowed, identified: true,
 			limits: []Limit{{Budget: []byte("key_a"), Policy: bucket.Policy{Limit: 2, PeriodNanos: -1, Burst: 3}, Cost: 1}}},
@@ -170,7 +205,11 @@ func testDecide(t *testing.T) {
 		}
 		for i, want := range c.limits {
 			got := v.Limits[i]
-			if string(got.Budget) != string(want.Budget) || got.Policy != want.Policy || got.Cost != want.Cost {
+			if want.Name == nil && want.Index == 0 {
+				want.Index = -1 // the rows of the unnamed rate leave it out
+			}
+			if string(got.Budget) != string(want.Budget) || got.Policy != want.Policy || got.Cost != want.Cost ||
+				string(got.Name) != string(want.Name) || (got.Name == nil) != (want.Name == nil) || got.Index != want.Index {
 				t.Errorf("%s: limit %d = {%s %+v %d}, want {%s %+v %d}", c.name, i, got.Budget, got.Policy, got.Cost, want.Budget, want.Policy, want.Cost)
 			}
 		}

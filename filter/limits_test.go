@@ -1,0 +1,99 @@
+package filter
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/keygate/keygate/keyrecord"
+)
+
+// limitsConfig has a route that takes from every limit at cost 1, one that
+// names the limits it uses with a cost each, and one that names only the
+// sustained limit.
+const limitsConfig = `{
+  "key_sources": [{"type":"header","name":"x-api-key"}],
+  "routes": [
+    {"path_prefix":"/bulk","limits":{"key":1,"sustained":5}},
+    {"path_prefix":"/slow","limits":{"sustained":1}}
+  ]
+}`
+
+// TestNamedLimits: a key with an unnamed rate and two named limits. Every
+// request takes from each limit that applies; the RateLimit fields list one
+// item per limit; the 429 names the limit that refused; a route that names
+// its limits takes only from those, at its costs.
+func TestNamedLimits(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		key := newKey(t)
+		host := emulator(t, vm(), limitsConfig, func() {
+			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+			seedRecord(t, key, keyrecord.Record{ID: "key_named", Status: keyrecord.StatusActive, Epoch: 2,
+				Hosts: []string{"api.example.com"}, ExpiresAt: fakeEpochS + 86400,
+				HasRate: true, RateLimit: 100, RatePeriodMS: 60000, RateBurst: 99,
+				Limits: []keyrecord.Limit{{Name: "burst", Limit: 3, PeriodMS: 1000, Burst: 2},
+					{Name: "sustained", Limit: 10, PeriodMS: 3_600_000, Burst: 9}}})
+		})
+		send := func(path string) (status uint32, body string, hdr [][2]string) {
+			t.Helper()
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get(path, "x-api-key", key), true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				return resp.StatusCode, string(resp.Data), resp.Headers
+			}
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+			return 200, "", host.GetCurrentResponseHeaders(id)
+		}
+		// burst (3 at once) refuses the fourth request; the others took one
+		// token from every limit.
+		for i := 0; i < 3; i++ {
+			status, body, hdr := send("/v1/x")
+			if status != 200 {
+				t.Fatalf("request %d: %d %s", i, status, body)
+			}
+			if p, _ := header(hdr, "ratelimit-policy"); p != `"key";q=100;w=60, "burst";q=3;w=1, "sustained";q=10;w=3600` {
+				t.Fatalf("ratelimit-policy %q", p)
+			}
+			if i == 2 {
+				if rl, _ := header(hdr, "ratelimit"); !strings.HasPrefix(rl, `"key";r=97;`) || !strings.Contains(rl, `, "burst";r=0;`) ||
+					!strings.Contains(rl, `, "sustained";r=7;`) {
+					t.Fatalf("ratelimit %q", rl)
+				}
+			}
+		}
+		status, body, hdr := send("/v1/x")
+		if status != 429 || !strings.Contains(body, `The key's limit \"burst\" refused it.`) {
+			t.Fatalf("fourth request: %d %s", status, body)
+		}
+		checkProblemCode(t, body, codeRateLimited)
+		if p, _ := header(hdr, "ratelimit-policy"); p != `"key";q=100;w=60, "burst";q=3;w=1` {
+			t.Fatalf("ratelimit-policy on the 429 %q: the limits up to the one that refused", p)
+		}
+		// /slow takes only from sustained: burst is empty but does not apply.
+		status, body, hdr = send("/slow/x")
+		if p, _ := header(hdr, "ratelimit-policy"); status != 200 || p != `"sustained";q=10;w=3600` {
+			t.Fatalf("/slow: %d %s, policy %q", status, body, p)
+		}
+		// /bulk takes 1 from the unnamed rate and 5 from sustained (4 used:
+		// the three admitted requests and /slow; the refused one stopped at
+		// burst, before sustained); it skips burst.
+		status, body, hdr = send("/bulk/x")
+		if p, _ := header(hdr, "ratelimit-policy"); status != 200 || p != `"key";q=100;w=60, "sustained";q=10;w=3600` {
+			t.Fatalf("/bulk: %d %s, policy %q", status, body, p)
+		}
+		// sustained has 1 of 10 left: another /bulk (cost 5) is refused by it.
+		status, body, _ = send("/bulk/x")
+		if status != 429 || !strings.Contains(body, `The key's limit \"sustained\" refused it.`) {
+			t.Fatalf("/bulk over sustained: %d %s", status, body)
+		}
+	})
+}
+
+// checkProblemCode checks the "error" member of a problem body.
+func checkProblemCode(t *testing.T, body, code string) {
+	t.Helper()
+	if !strings.Contains(body, `"error":"`+code+`"`) {
+		t.Fatalf("problem %s, want code %s", body, code)
+	}
+}
