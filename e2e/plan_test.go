@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,4 +153,62 @@ func (f *fleet) changePlan(tb testing.TB, keys []apiKey, own apiKey, limit int64
 		tb.FailNow()
 	}
 	return lat
+}
+
+// TestNamedLimitsThroughHTTP: a plan with two named limits, a key on it, a
+// host whose routes name limits and costs. Every request takes from each
+// limit that applies; the RateLimit fields list each; the 429 names the
+// limit that refused. The periods are long (an hour, a day) so that no
+// token refills while the test runs, whatever the machine's load.
+func TestNamedLimitsThroughHTTP(t *testing.T) {
+	cp := startControlPlane(t)
+	cp.call("POST", "/v1/plans", map[string]any{"id": "tiered", "limits": map[string]any{
+		"burst":     map[string]any{"limit": 3, "period": "hour"},
+		"sustained": map[string]any{"limit": 10, "period_ms": 86_400_000},
+	}}, http.StatusCreated, nil)
+	k := cp.createKey(map[string]any{"plan_id": "tiered"})
+	p := startHost(t, cp, startUpstream(t), hostOptions{filter: map[string]any{"routes": []any{
+		map[string]any{"path_prefix": "/v1/bulk", "limits": map[string]any{"sustained": 5}},
+		map[string]any{"path_prefix": "/", "cost": 1},
+	}}})
+	eventually(t, 5*time.Second, "the host knows the key", func() (bool, string) {
+		r := p.get(k.Key, nil)
+		return r.status == 200, r.String()
+	})
+	// That was the first of burst's 3.
+	for i := 2; i <= 3; i++ {
+		r := p.get(k.Key, nil)
+		if r.status != 200 {
+			t.Fatalf("request %d: %s %s", i, r, r.body)
+		}
+		if got := r.header.Get("RateLimit-Policy"); got != `"burst";q=3;w=3600, "sustained";q=10;w=86400` {
+			t.Fatalf("RateLimit-Policy %q", got)
+		}
+		if i == 3 {
+			if got := r.header.Get("RateLimit"); !strings.HasPrefix(got, `"burst";r=0;`) || !strings.Contains(got, `, "sustained";r=7;`) {
+				t.Fatalf("RateLimit %q", got)
+			}
+		}
+	}
+	r := p.get(k.Key, nil)
+	if r.code != "rate_limited" || !strings.Contains(string(r.body), `limit \"burst\" refused`) || r.header.Get("Retry-After") == "" {
+		t.Fatalf("fourth request: %s %s", r, r.body)
+	}
+	bulk := func() result {
+		req, err := http.NewRequest("GET", p.base+"/v1/bulk/export", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = apiHost
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		return p.do(req)
+	}
+	// /v1/bulk takes 5 from sustained only (3 used): admitted although
+	// burst is empty, then refused by sustained.
+	if r := bulk(); r.status != 200 || r.header.Get("RateLimit-Policy") != `"sustained";q=10;w=86400` {
+		t.Fatalf("bulk: %s, RateLimit-Policy %q", r, r.header.Get("RateLimit-Policy"))
+	}
+	if r := bulk(); r.code != "rate_limited" || !strings.Contains(string(r.body), `limit \"sustained\" refused`) {
+		t.Fatalf("second bulk: %s %s", r, r.body)
+	}
 }
