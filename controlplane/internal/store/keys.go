@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits, limits_rate`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -39,6 +39,7 @@ type keyRow struct {
 	quotaPeriod, metadata                  sql.NullString
 	predecessor, successor, plan, limits   sql.NullString
 	own                                    sql.NullInt64
+	limitsRate                             sql.NullFloat64
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
 	hash                                   []byte
@@ -49,7 +50,7 @@ type keyRow struct {
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
 		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
-		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits}
+		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits, &r.limitsRate}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -133,7 +134,7 @@ func truncTimePtr(t *time.Time) *time.Time {
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-// plan_id, own_limits, limits.
+// plan_id, own_limits, limits, limits_rate.
 func keyValues(k *Key) ([]any, error) {
 	if !wire.ValidKeyID(k.ID) {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
@@ -179,7 +180,7 @@ func keyValues(k *Key) ([]any, error) {
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
 		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
 		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt),
-		nullString(k.PlanID), int64(k.Own), limits}, nil
+		nullString(k.PlanID), int64(k.Own), limits, limitsRate(k.Limits)}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -278,8 +279,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
 		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-		plan_id, own_limits, limits, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`, args...)
+		plan_id, own_limits, limits, limits_rate, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -353,7 +354,7 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
 		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
-		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, updated_at = $20 WHERE id = $21`, args...)
+		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, limits_rate = $20, updated_at = $21 WHERE id = $22`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}
@@ -641,6 +642,24 @@ func marshalLimits(l []NamedRate) (string, error) {
 	}
 	b, err := json.Marshal(l)
 	return string(b), err
+}
+
+// limitsRate is the tightest of named limits in requests per second, the
+// rate the fleet shares weigh a key's demand against (nil for none).
+func limitsRate(l []NamedRate) any {
+	var tight float64
+	for i, n := range l {
+		if n.PeriodMS <= 0 {
+			continue
+		}
+		if r := float64(n.Limit) * 1000 / float64(n.PeriodMS); i == 0 || r < tight {
+			tight = r
+		}
+	}
+	if len(l) == 0 {
+		return nil
+	}
+	return tight
 }
 
 func unmarshalLimits(s string) ([]NamedRate, error) {

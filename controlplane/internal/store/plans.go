@@ -302,8 +302,8 @@ func (s *sqlStore) resendPlanKeys(ctx context.Context, tx *sql.Tx, p *Plan, chan
 		}
 	}
 	if changed&OwnLimits != 0 {
-		if _, err := tx.ExecContext(ctx, `UPDATE keys SET limits = $1 WHERE plan_id = $2 AND (own_limits & 8) = 0`,
-			vals[7], p.ID); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET limits = $1, limits_rate = $2 WHERE plan_id = $3 AND (own_limits & 8) = 0`,
+			vals[7], limitsRate(p.Limits), p.ID); err != nil {
 			return err
 		}
 	}

@@ -172,3 +172,29 @@ func testPlans(t *testing.T, open func(t testing.TB) Store) {
 		t.Fatalf("ListPlans = %v, %v", plans, err)
 	}
 }
+
+// testSharesNamedLimits: a key whose only rate limits are named ones is
+// rate-limited: the fleet divides it by demand like any other (the shares
+// apply to each of its limits), while a key without any limit gets none.
+func testSharesNamedLimits(t *testing.T, open func(t testing.TB) Store) {
+	c := newFakeClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
+	s := withClock(open(t), c)
+	k := newTestKey(t)
+	k.Limits = []NamedRate{{"burst", Rate{100, 1000, 99}}}
+	mustCreate(t, s, k)
+	unlimited := mustCreate(t, s, newTestKey(t))
+	nodes := []*node{{name: "a"}, {name: "b"}}
+	for range 3 {
+		for i, n := range nodes {
+			n.batch(t, s, append(demandCounts(k.ID, c.now().Truncate(time.Minute), []int64{150, 50}[i], 50),
+				demandCounts(unlimited.ID, c.now().Truncate(time.Minute), 10, 10)...)...)
+			c.advance(time.Second)
+		}
+	}
+	for i, want := range []float64{0.75, 0.25} {
+		sh := mustShares(t, s, nodes[i].name)
+		if len(sh.Keys) != 1 || !near(sh.Keys[k.ID], want) {
+			t.Errorf("%s: shares %v, want %s: %.2f", nodes[i].name, sh.Keys, k.ID, want)
+		}
+	}
+}

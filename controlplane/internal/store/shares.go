@@ -198,6 +198,7 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, error) {
 	now := s.now().UnixMicro()
 	cutoff := now - s.shareWindow.Microseconds()
+	const noRateCap = "1e15" // no limit of this kind
 	type budgetDemand struct {
 		id         string
 		limit      float64 // requests per second
@@ -211,7 +212,10 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 	// over the budget's keys (its rotation lineage: key_lineage, or the key
 	// alone) of their current demand rates, and its rate L the highest of
 	// those keys' rates (a rotation copies the rate, so they normally agree).
-	// The node's demand counts at most DemandCap times L.
+	// The node's demand counts at most DemandCap times L. A key with named
+	// limits (docs/config.md) is rate-limited too, and its node shares apply
+	// to each of its limits alike: L is then its tightest limit, unnamed or
+	// named (limits_rate), the one that binds first.
 	fresh := fmt.Sprintf(`d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d`, staleNum, staleDen)
 	capped := fmt.Sprintf(s.least()+`(r, l * %d)`, DemandCap)
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
@@ -224,12 +228,17 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 				SELECT COALESCE(kl.lineage_id, d.key_id) AS budget, d.node AS node, d.boot AS boot,
 					SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
 						ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
-					MAX(CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms) AS l
+					MAX(`+s.least()+`(
+						CASE WHEN k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
+							THEN CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms
+							ELSE CAST(`+noRateCap+` AS DOUBLE PRECISION) END,
+						COALESCE(k.limits_rate, CAST(`+noRateCap+` AS DOUBLE PRECISION)))) AS l
 				FROM share_instance_demand d
 				JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
 				JOIN keys k ON k.id = d.key_id
 				LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
-				WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
+				WHERE d.at >= $2 AND nd.last_at >= $2
+				  AND ((k.rate_limit IS NOT NULL AND k.rate_period_ms > 0) OR k.limits <> '[]')
 				GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
 			), per_budget AS (
 				SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node

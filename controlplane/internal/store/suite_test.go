@@ -60,6 +60,7 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"SharesPerInstance", testSharesPerInstance},
 		{"LineageBudget", testLineageBudget},
 		{"Plans", testPlans},
+		{"SharesNamedLimits", testSharesNamedLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

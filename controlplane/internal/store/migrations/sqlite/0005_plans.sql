@@ -25,6 +25,9 @@ CREATE TABLE plans (
 -- plan changes, so every reader of the keys table (sync, quotas, shares)
 -- sees the effective limits. A key without a plan owns all of them (15).
 ALTER TABLE keys ADD COLUMN limits TEXT NOT NULL DEFAULT '[]';
+-- limits_rate: the tightest named limit in requests per second, NULL for
+-- none (the fleet shares' rate for a key without an unnamed rate).
+ALTER TABLE keys ADD COLUMN limits_rate REAL;
 ALTER TABLE keys ADD COLUMN plan_id TEXT;
 ALTER TABLE keys ADD COLUMN own_limits INTEGER NOT NULL DEFAULT 15;
 CREATE INDEX keys_plan ON keys (plan_id, id) WHERE plan_id IS NOT NULL;
