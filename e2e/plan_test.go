@@ -212,3 +212,40 @@ func TestNamedLimitsThroughHTTP(t *testing.T) {
 		t.Fatalf("second bulk: %s %s", r, r.body)
 	}
 }
+
+// TestScopesAnyOfThroughHTTP: a route needing any of two scopes admits a
+// key with either and refuses one with neither, with a 403 that names them.
+func TestScopesAnyOfThroughHTTP(t *testing.T) {
+	cp := startControlPlane(t)
+	reader := cp.createKey(map[string]any{"scopes": []string{"billing:read"}})
+	admin := cp.createKey(map[string]any{"scopes": []string{"billing:admin", "read"}})
+	other := cp.createKey(map[string]any{"scopes": []string{"read"}})
+	p := startHost(t, cp, startUpstream(t), hostOptions{filter: map[string]any{"routes": []any{
+		map[string]any{"path_prefix": "/v1/billing", "scopes_any": []string{"billing:read", "billing:admin"}},
+		map[string]any{"path_prefix": "/"},
+	}}})
+	billing := func(key string) result {
+		req, err := http.NewRequest("GET", p.base+"/v1/billing/invoices", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = apiHost
+		req.Header.Set("Authorization", "Bearer "+key)
+		return p.do(req)
+	}
+	for _, k := range []apiKey{reader, admin} {
+		eventually(t, 5*time.Second, "key "+k.ID+" admitted on /v1/billing", func() (bool, string) {
+			r := billing(k.Key)
+			return r.status == 200, r.String()
+		})
+	}
+	eventually(t, 5*time.Second, "key without either scope known", func() (bool, string) {
+		r := p.get(other.Key, nil)
+		return r.status == 200, r.String()
+	})
+	r := billing(other.Key)
+	if r.status != 403 || r.code != "insufficient_scope" ||
+		!strings.Contains(string(r.body), "at least one of the scopes billing:read, billing:admin") {
+		t.Fatalf("key without either scope: %s %s", r, r.body)
+	}
+}

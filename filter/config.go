@@ -42,6 +42,9 @@ type route struct {
 	pathExact  string
 	methods    []string // empty: any
 	rule       verdict.Route
+	// scopeBody is the route's insufficient_scope response body, naming
+	// the scopes it needs (built once, at configuration).
+	scopeBody []byte
 }
 
 // filterConfig is the HTTP filter role's configuration.
@@ -531,7 +534,7 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 	var err error
 	v.ForEach(func(i, r gjson.Result) bool {
 		path := "routes[" + itoa(i.Int()) + "]"
-		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "cost", "rate_limit", "anonymous", "limits"); err != nil {
+		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "scopes_any", "cost", "rate_limit", "anonymous", "limits"); err != nil {
 			return false
 		}
 		var rt route
@@ -563,6 +566,10 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		if rt.rule.Scopes, err = getStrings(r, path, "scopes", scopeName); err != nil {
 			return false
 		}
+		if rt.rule.ScopesAny, err = getStrings(r, path, "scopes_any", scopeName); err != nil {
+			return false
+		}
+		rt.scopeBody = problemBody(problemFor(codeInsufficient), scopesNeeded(rt.rule.Scopes, rt.rule.ScopesAny))
 		if rt.rule.Cost, err = getInt(r, path, "cost", 1, 1, 1000000); err != nil {
 			return false
 		}
@@ -598,6 +605,22 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		return true
 	})
 	return out, err
+}
+
+// scopesNeeded is the insufficient_scope detail of a route: the scopes it
+// needs, all of Scopes and one of ScopesAny.
+func scopesNeeded(all, anyOf []string) string {
+	s := " This route needs"
+	if len(all) > 0 {
+		s += " all of the scopes " + strings.Join(all, ", ")
+		if len(anyOf) > 0 {
+			s += ", and"
+		}
+	}
+	if len(anyOf) > 0 {
+		s += " at least one of the scopes " + strings.Join(anyOf, ", ")
+	}
+	return s + "."
 }
 
 // parseRouteLimits reads a route's "limits": the rate limits that apply on

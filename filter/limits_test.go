@@ -97,3 +97,49 @@ func checkProblemCode(t *testing.T, body, code string) {
 		t.Fatalf("problem %s, want code %s", body, code)
 	}
 }
+
+// TestScopesAnyOf: a route needing any of a set of scopes admits a key with
+// one of them and refuses one with none, and its 403 names the scopes the
+// route needs (all of, any of).
+func TestScopesAnyOf(t *testing.T) {
+	const config = `{
+  "key_sources": [{"type":"header","name":"x-api-key"}],
+  "routes": [
+    {"path_prefix":"/billing","scopes":["read"],"scopes_any":["billing:read","billing:admin"]},
+    {"path_prefix":"/admin","scopes":["admin","read"]}
+  ]
+}`
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		reader, admin, plain := newKey(t), newKey(t), newKey(t)
+		host := emulator(t, vm(), config, func() {
+			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+			for key, scopes := range map[string][]string{reader: {"read", "billing:read"}, admin: {"read", "billing:admin"}, plain: {"read"}} {
+				seedRecord(t, key, keyrecord.Record{ID: "key_x", Status: keyrecord.StatusActive, Epoch: 2,
+					Hosts: []string{"api.example.com"}, Scopes: scopes})
+			}
+		})
+		send := func(path, key string) (uint32, string) {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get(path, "x-api-key", key), true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				return resp.StatusCode, string(resp.Data)
+			}
+			return 200, ""
+		}
+		for _, key := range []string{reader, admin} {
+			if status, body := send("/billing/invoices", key); status != 200 {
+				t.Fatalf("key with one of the scopes: %d %s", status, body)
+			}
+		}
+		status, body := send("/billing/invoices", plain)
+		if status != 403 || !strings.Contains(body,
+			`This route needs all of the scopes read, and at least one of the scopes billing:read, billing:admin.`) {
+			t.Fatalf("key with none of them: %d %s", status, body)
+		}
+		checkProblemCode(t, body, codeInsufficient)
+		status, body = send("/admin/x", plain)
+		if status != 403 || !strings.Contains(body, `This route needs all of the scopes admin, read.`) {
+			t.Fatalf("admin route: %d %s", status, body)
+		}
+	})
+}

@@ -25,6 +25,7 @@ type filterRoot struct {
 	recKey   [1 + apikey.HashSize]byte
 	limKey   [1 + keyrecord.MaxStringLen + 1 + wire.MaxLimitNameLen]byte // "r" + budget id [+ 0 + limit name] (see limiterName)
 	scratch  bucket.Lease                                                // the lease of a named limit beyond leasedLimits, always empty
+	route    *route                                                      // the request's matched route (prepare)
 	shareKey []byte
 	hdrBuf   []byte          // response header values being rendered
 	pathBuf  []byte          // the normalized path of the current request, when not normal as sent
@@ -488,6 +489,15 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		s.scrub(sc)
 		sendRetry(problemFor(codeQuotaExceeded), v.RetryAfterS(now), nil, " The quota resets at "+itoa(v.QuotaResetS)+" (unix seconds).")
 		return types.ActionPause
+	case verdict.InsufficientScope:
+		s.count(codeInsufficient, id, int64(now), sc.authority)
+		p := problemFor(codeInsufficient)
+		body := r.route.scopeBody
+		if body == nil {
+			body = p.body
+		}
+		_ = proxywasm.SendHttpResponse(p.status, p.headers, body, -1)
+		return types.ActionPause
 	default:
 		return s.refuse(outcomeCodes[v.Outcome], id, int64(now), sc.authority)
 	}
@@ -555,6 +565,7 @@ func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNa
 		rt = &defaultRoute
 	}
 	q.Route = &rt.rule
+	r.route = rt
 	if !sc.present || sc.ambiguous {
 		return path, nil, false, tag
 	}
@@ -731,13 +742,19 @@ func (r *filterRoot) readRecord(rec *verdict.Record, h *apikey.Hash) bool {
 
 // refuse counts the refusal and ends the stream with its problem response.
 func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
+	s.count(code, keyID, now, authority)
+	sendProblem(problemFor(code))
+	return types.ActionPause
+}
+
+// count counts a refusal, names its key for the access log and scrubs the
+// request, before the caller sends the refusal.
+func (s *stream) count(code string, keyID []byte, now int64, authority string) {
 	s.root.usage.add(now, code, keyID, authority)
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}
 	s.scrub(&s.root.scanned)
-	sendProblem(problemFor(code))
-	return types.ActionPause
 }
 
 // unenforceable refuses a request of a key whose rate policy the limiter

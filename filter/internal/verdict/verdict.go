@@ -66,6 +66,7 @@ const (
 // Route is what the matched route asks of a request.
 type Route struct {
 	Scopes    []string // scopes the key must all have
+	ScopesAny []string // when not empty, the key must have at least one of these too
 	Cost      int64    // tokens a request takes from each rate limit
 	NoLimit   bool     // the key's rate limits do not apply
 	Anonymous Anonymous
@@ -279,6 +280,10 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 			return
 		}
 	}
+	if len(q.Route.ScopesAny) > 0 && !hasAny(r, q.Route.ScopesAny) {
+		v.Outcome = InsufficientScope
+		return
+	}
 	if _, _, until, ok := r.Quota(); ok && until > now.Seconds() {
 		v.Outcome, v.QuotaResetS = QuotaExceeded, until
 		return
@@ -310,6 +315,16 @@ func policy(limit, periodMS, burst int64) bucket.Policy {
 		p.PeriodNanos = -1
 	}
 	return p
+}
+
+// hasAny reports whether the key has at least one of scopes.
+func hasAny(r keyrecord.View, scopes []string) bool {
+	for _, scope := range scopes {
+		if r.HasScope(scope) {
+			return true
+		}
+	}
+	return false
 }
 
 // add appends a limit to an Allowed verdict.

@@ -29,6 +29,8 @@ var (
 	burstOnly = Route{Cost: 1, Limits: []RouteLimit{{"burst", 3}}}
 	keyAndSus = Route{Cost: 1, Limits: []RouteLimit{{"sustained", 5}, {"key", 2}}}
 	noneNamed = Route{Cost: 1, Limits: []RouteLimit{}}
+	billing   = Route{Cost: 1, ScopesAny: []string{"billing:read", "billing:admin"}}
+	both      = Route{Cost: 1, Scopes: []string{"read"}, ScopesAny: []string{"billing:read", "billing:admin"}}
 	fresh     = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 1000}
 	staleSync = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60001}
 	edgeSync  = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60000} // exactly MaxStaleness old: fresh
@@ -137,6 +139,15 @@ func decideCases(t testing.TB) []decideCase {
 		{name: "missing scope", req: keyed(&admin, &closed, fresh), rec: record(t, nil), outcome: InsufficientScope, identified: true},
 		{name: "all scopes", req: keyed(&admin, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"admin", "read"} }), outcome: Allowed, identified: true},
+		{name: "any of: none of them", req: keyed(&billing, &closed, fresh), rec: record(t, nil), outcome: InsufficientScope, identified: true},
+		{name: "any of: the second", req: keyed(&billing, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"billing:admin"} }), outcome: Allowed, identified: true},
+		{name: "all of and any of: any of missing", req: keyed(&both, &closed, fresh), rec: record(t, nil),
+			outcome: InsufficientScope, identified: true},
+		{name: "all of and any of: all of missing", req: keyed(&both, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"billing:read"} }), outcome: InsufficientScope, identified: true},
+		{name: "all of and any of: both met", req: keyed(&both, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"read", "billing:read"} }), outcome: Allowed, identified: true},
 		{name: "quota exhausted", req: keyed(&plain, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) {
 				r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 10, keyrecord.QuotaDay, nowS+90
