@@ -36,3 +36,23 @@ func (h *Host) FailQueueConsumerAfterTick(vmID, name string) (string, error) {
 	in.failAfterTick = true
 	return in.name, nil
 }
+
+// QueueConsumer names the VM that consumes the shared queue name of vmID
+// (the one that registered it last) and reports whether it is alive. Tests
+// use it to tell which VM holds keygate's sync lease: the holder registers
+// keygate/usage when it starts syncing.
+func (h *Host) QueueConsumer(vmID, name string) (vm string, alive bool, err error) {
+	h.queues.mu.Lock()
+	sq := h.queues.byName[[2]string{vmID, name}]
+	var in *instance
+	if sq != nil {
+		in = sq.consumer
+	}
+	h.queues.mu.Unlock()
+	if in == nil {
+		return "", false, fmt.Errorf("host: no consumer of queue %q in vm_id %q", name, vmID)
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.name, !in.dead, nil
+}
