@@ -31,8 +31,8 @@ import (
 	"github.com/keygate/keygate/internal/testkit"
 )
 
-// filterToken is the placeholder envoy.yaml carries for the sync service's
-// credential.
+// filterToken is the placeholder envoy.yaml carries for the fleet
+// credential, in the sync service's and the filter's sync settings.
 const filterToken = "REPLACE_WITH_FILTER_TOKEN"
 
 // apiHost is the :authority the test keys are issued for.
