@@ -66,7 +66,7 @@ type filterConfig struct {
 	allowAnonymous   bool
 	flushPeriodMS    uint32
 	vmID             string
-	// vmIDSet: vm_id was given; filter-only mode otherwise asks Envoy for
+	// vmIDSet: vm_id was given; a filter with "sync" otherwise asks Envoy for
 	// the plugin's vm_id (property plugin_vm_id).
 	vmIDSet bool
 

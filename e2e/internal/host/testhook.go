@@ -16,7 +16,8 @@ var errFailedByTest = errors.New("trap injected by the test after on_tick")
 // wasm_host.vm_failed counts it, and a worker VM is reloaded under
 // FAIL_RELOAD. No other call into the VM runs between that on_tick and the
 // failure. It returns the VM's name. Tests use it to kill keygate's
-// filter-only sync lease holder (the worker that registered keygate/usage).
+// sync lease holder (the VM that registered keygate/usage last: the sync
+// service or a worker).
 func (h *Host) FailQueueConsumerAfterTick(vmID, name string) (string, error) {
 	h.queues.mu.Lock()
 	sq := h.queues.byName[[2]string{vmID, name}]
