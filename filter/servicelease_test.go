@@ -132,3 +132,31 @@ func TestSyncServiceStandbyAndTakeover(t *testing.T) {
 		}
 	})
 }
+
+// TestTakeoverFromOtherNodeWarns: a candidate whose sync settings name
+// another node than the stored instance's (node_id set differently in the
+// service and the filter) registers its own instance and says, in a
+// warning, that the other node's unacknowledged batch is not resent.
+func TestTakeoverFromOtherNodeWarns(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		batch := []byte(`{"node":"node-b","boot":"00112233aabbccdd","seq":3,"counts":[]}`)
+		host := emulator(t, vm(), syncTestConfig, func() {
+			r := instanceRecord{node: "node-b", boot: "00112233aabbccdd", token: "kgi_" + strings.Repeat("F", 43), seq: 3, inflight: batch}
+			if err := setShared(instanceKey, r.encode()); err != nil {
+				t.Fatal(err)
+			}
+		})
+		h := &syncHarness{t: t, host: host}
+		h.register()
+		warned := false
+		for _, l := range host.GetWarnLogs() {
+			warned = warned || strings.Contains(l, `from node "node-b" as node "node-a"`) && strings.Contains(l, "batch 3 is not resent")
+		}
+		if !warned {
+			t.Fatalf("no warning about the other node's instance: %q", host.GetWarnLogs())
+		}
+		if r := readInstance(t); r.node != "node-a" || r.boot == "00112233aabbccdd" {
+			t.Fatalf("instance record %+v, want this node's new instance", r)
+		}
+	})
+}

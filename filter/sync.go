@@ -208,10 +208,18 @@ func (s *syncer) resume() bool {
 		return false
 	}
 	r, ok := decodeInstance(b)
-	if !ok || r.node != s.node {
-		if !ok {
-			proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+	if !ok {
+		proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+		return false
+	}
+	if r.node != s.node {
+		// The candidates' sync settings differ (node_id): the batch in
+		// flight belongs to the other node's instance.
+		what := ""
+		if r.inflight != nil {
+			what = "; its unacknowledged batch " + strconv.FormatInt(r.seq, 10) + " is not resent"
 		}
+		proxywasm.LogWarnf("keygate: took over the sync lease from node %q as node %q (give every candidate the same node_id); registering a new instance%s", r.node, s.node, what)
 		return false
 	}
 	s.boot, s.token, s.seq, s.legacy = r.boot, r.token, r.seq, r.legacy
