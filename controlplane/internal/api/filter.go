@@ -33,6 +33,9 @@ type syncRecord struct {
 	Quota     *syncQuota  `json:"quota,omitempty"`
 	// Limits are the key's named rate limits, by name (absent: none).
 	Limits []store.NamedRate `json:"limits,omitempty"`
+	// OwnerLimits are the named rate limits of the key's owner, shared by
+	// all its keys (absent: none).
+	OwnerLimits []store.NamedRate `json:"owner_limits,omitempty"`
 }
 
 type syncQuota struct {
@@ -83,7 +86,7 @@ func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
 		rec := syncRecord{
 			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Budget: budget, Status: k.Status,
 			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
-			Rate: k.Rate, Limits: k.Limits,
+			Rate: k.Rate, Limits: k.Limits, OwnerLimits: k.OwnerLimits,
 		}
 		if k.Quota != nil {
 			rec.Quota = &syncQuota{Limit: k.Quota.Limit, Period: k.Quota.Period,

@@ -31,6 +31,7 @@ type keyJSON struct {
 	// (empty without a plan). Rate, Quota and Scopes are always the
 	// effective limits the filters enforce.
 	Limits              limitsJSON      `json:"limits"`
+	OwnerLimits         limitsJSON      `json:"owner_limits"`
 	PlanID              *string         `json:"plan_id"`
 	Overrides           []string        `json:"overrides"`
 	ExpiresAt           *time.Time      `json:"expires_at"`
@@ -85,7 +86,7 @@ func (s *Server) keyView(k *store.Key) *keyJSON {
 		SuccessorID:   k.SuccessorID,
 		GraceEndsAt:   utcPtr(k.GraceEndsAt),
 	}
-	v.Overrides, v.Limits = ownedFields(k), limitsView(k.Limits)
+	v.Overrides, v.Limits, v.OwnerLimits = ownedFields(k), limitsView(k.Limits), limitsView(k.OwnerLimits)
 	if k.PlanID != "" {
 		v.PlanID = &k.PlanID
 	}

@@ -298,3 +298,69 @@ func checkLimits(fe *fieldErrors, field string, in map[string]rateIn) []store.Na
 	}
 	return out
 }
+
+// ownerLimitsJSON is an owner's limits as the admin API shows them.
+type ownerLimitsJSON struct {
+	Owner  string     `json:"owner"`
+	Limits limitsJSON `json:"limits"`
+	Keys   int64      `json:"keys"`
+}
+
+func (s *Server) getOwnerLimits(w http.ResponseWriter, r *http.Request) *problem {
+	owner := r.PathValue("owner")
+	if p := checkOwnerRef(owner); p != nil {
+		return p
+	}
+	limits, n, err := s.store.GetOwnerLimits(r.Context(), owner)
+	if err != nil {
+		return fromStoreError(err, "owner")
+	}
+	s.writeJSON(w, r, http.StatusOK, &ownerLimitsJSON{Owner: owner, Limits: limitsView(limits), Keys: n})
+	return nil
+}
+
+// setOwnerLimits replaces the named limits shared by all of an owner's
+// keys (an empty object removes them); every key of the owner is re-sent
+// to the filters.
+func (s *Server) setOwnerLimits(w http.ResponseWriter, r *http.Request) *problem {
+	owner := r.PathValue("owner")
+	if p := checkOwnerRef(owner); p != nil {
+		return p
+	}
+	var req struct {
+		Limits *map[string]rateIn `json:"limits"`
+	}
+	if p := decodeJSON(w, r, maxAdminBody, &req, false); p != nil {
+		return p
+	}
+	var fe fieldErrors
+	if req.Limits == nil {
+		fe.add("limits", "is required (an empty object removes the owner's limits)")
+	}
+	var limits []store.NamedRate
+	if req.Limits != nil {
+		limits = checkLimits(&fe, "limits", *req.Limits)
+	}
+	if p := fe.problem(); p != nil {
+		return p
+	}
+	n, err := s.store.SetOwnerLimits(r.Context(), owner, limits)
+	if err != nil {
+		return fromStoreError(err, "owner")
+	}
+	names := make([]string, 0, len(limits))
+	for _, l := range limits {
+		names = append(names, l.Name)
+	}
+	s.audit(r.Context(), "owner.limits", "", map[string]any{"owner": owner, "limits": names, "keys": n})
+	s.writeJSON(w, r, http.StatusOK, &ownerLimitsJSON{Owner: owner, Limits: limitsView(limits), Keys: n})
+	return nil
+}
+
+// checkOwnerRef validates an owner named in a path.
+func checkOwnerRef(owner string) *problem {
+	if owner == "" || !wire.ValidOwner(owner) {
+		return invalid(FieldError{Field: "owner", Message: "must be a key owner: 1 to 200 characters of printable UTF-8"})
+	}
+	return nil
+}

@@ -225,3 +225,52 @@ func TestNamedLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestOwnerLimits: an owner's limits through REST: set, shown on every key
+// of the owner and sent in their sync records, audited, removed.
+func TestOwnerLimits(t *testing.T) {
+	backends(t, func(t *testing.T, open opener) {
+		e := newEnv(t, open)
+		a := e.createKey(map[string]any{"hosts": []string{"a.com"}, "owner": "acme corp"})
+		b := e.createKey(map[string]any{"hosts": []string{"a.com"}, "owner": "acme corp"})
+		_, version, _ := e.fullSnapshot(100)
+		r := e.admin("PUT", "/v1/owners/acme%20corp/limits", map[string]any{"limits": map[string]any{
+			"sustained": map[string]any{"limit": 100, "period": "second"}}})
+		var out struct {
+			Owner  string                    `json:"owner"`
+			Keys   int64                     `json:"keys"`
+			Limits map[string]map[string]any `json:"limits"`
+		}
+		r.json(t, &out)
+		if r.status != 200 || out.Owner != "acme corp" || out.Keys != 2 || out.Limits["sustained"]["limit"] != 100.0 {
+			t.Fatalf("set owner limits: %d %s", r.status, r.body)
+		}
+		d := e.syncPage("since=" + itoa(version))
+		if len(d.Upserts) != 2 || len(d.Upserts[0].OwnerLimits) != 1 || d.Upserts[0].OwnerLimits[0].Name != "sustained" {
+			t.Fatalf("delta: %+v", d)
+		}
+		var k keyJSON
+		e.admin("GET", "/v1/keys/"+a.ID, nil).json(t, &k)
+		if k.OwnerLimits["sustained"].Limit != 100 {
+			t.Fatalf("key view: %+v", k.OwnerLimits)
+		}
+		e.admin("GET", "/v1/owners/acme%20corp/limits", nil).json(t, &out)
+		if out.Keys != 2 || len(out.Limits) != 1 {
+			t.Fatalf("get: %+v", out)
+		}
+		p := e.admin("PUT", "/v1/owners/acme/limits", map[string]any{"limits": map[string]any{"key": map[string]any{"limit": 1, "period": "second"}}}).
+			problem(t, 400, "invalid_request")
+		if f := problemFields(p); !slices.Equal(f, []string{"limits.key"}) {
+			t.Fatalf("reserved name: %v", f)
+		}
+		e.admin("PUT", "/v1/owners/acme/limits", map[string]any{}).problem(t, 400, "invalid_request")
+		if r := e.admin("PUT", "/v1/owners/acme%20corp/limits", map[string]any{"limits": map[string]any{}}); r.status != 200 {
+			t.Fatalf("remove: %d %s", r.status, r.body)
+		}
+		k = keyJSON{}
+		e.admin("GET", "/v1/keys/"+b.ID, nil).json(t, &k)
+		if len(k.OwnerLimits) != 0 {
+			t.Fatalf("after removal: %+v", k.OwnerLimits)
+		}
+	})
+}

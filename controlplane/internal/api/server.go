@@ -250,6 +250,8 @@ func (s *Server) routes() []Route {
 		{"POST", "/v1/keys/{id}/enable", authAdmin, s.setStatus(store.StatusActive)},
 		{"POST", "/v1/keys/{id}/rotate", authAdmin, s.rotateKey},
 		{"GET", "/v1/keys/{id}/usage", authAdmin, s.keyUsage},
+		{"GET", "/v1/owners/{owner}/limits", authAdmin, s.getOwnerLimits},
+		{"PUT", "/v1/owners/{owner}/limits", authAdmin, s.setOwnerLimits},
 		{"POST", "/v1/plans", authAdmin, s.createPlan},
 		{"GET", "/v1/plans", authAdmin, s.listPlans},
 		{"GET", "/v1/plans/{id}", authAdmin, s.getPlan},

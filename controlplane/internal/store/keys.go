@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits, limits_rate`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits, limits_rate, owner_limits`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -40,6 +40,7 @@ type keyRow struct {
 	predecessor, successor, plan, limits   sql.NullString
 	own                                    sql.NullInt64
 	limitsRate                             sql.NullFloat64
+	ownerLimits                            sql.NullString
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
 	hash                                   []byte
@@ -50,7 +51,7 @@ type keyRow struct {
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
 		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
-		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits, &r.limitsRate}
+		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits, &r.limitsRate, &r.ownerLimits}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -91,6 +92,9 @@ func (r *keyRow) key() (*Key, error) {
 	k.PredecessorID, k.SuccessorID = r.predecessor.String, r.successor.String
 	if k.Limits, err = unmarshalLimits(r.limits.String); err != nil {
 		return nil, fmt.Errorf("key %s: limits: %w", k.ID, err)
+	}
+	if k.OwnerLimits, err = unmarshalLimits(r.ownerLimits.String); err != nil {
+		return nil, fmt.Errorf("key %s: owner limits: %w", k.ID, err)
 	}
 	k.PlanID, k.Own = r.plan.String, OwnAll
 	if r.own.Valid {
@@ -134,7 +138,7 @@ func truncTimePtr(t *time.Time) *time.Time {
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-// plan_id, own_limits, limits, limits_rate.
+// plan_id, own_limits, limits, limits_rate, owner_limits, owner_limits_rate.
 func keyValues(k *Key) ([]any, error) {
 	if !wire.ValidKeyID(k.ID) {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
@@ -170,6 +174,10 @@ func keyValues(k *Key) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	ownerLimits, err := marshalLimits(k.OwnerLimits)
+	if err != nil {
+		return nil, err
+	}
 	var rl, rp, rb, ql, qp any
 	if k.Rate != nil {
 		rl, rp, rb = k.Rate.Limit, k.Rate.PeriodMS, k.Rate.Burst
@@ -180,7 +188,7 @@ func keyValues(k *Key) ([]any, error) {
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
 		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
 		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt),
-		nullString(k.PlanID), int64(k.Own), limits, limitsRate(k.Limits)}, nil
+		nullString(k.PlanID), int64(k.Own), limits, limitsRate(k.Limits), ownerLimits, limitsRate(k.OwnerLimits)}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -279,8 +287,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
 		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-		plan_id, own_limits, limits, limits_rate, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`, args...)
+		plan_id, own_limits, limits, limits_rate, owner_limits, owner_limits_rate, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -354,7 +362,7 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
 		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
-		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, limits_rate = $20, updated_at = $21 WHERE id = $22`, args...)
+		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, limits_rate = $20, owner_limits = $21, owner_limits_rate = $22, updated_at = $23 WHERE id = $24`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}

@@ -324,24 +324,7 @@ func (s *sqlStore) resendPlanKeys(ctx context.Context, tx *sql.Tx, p *Plan, chan
 		p.ID, mask).Scan(&n); err != nil {
 		return err
 	}
-	if n == 0 {
-		return nil
-	}
-	var top int64
-	if err := tx.QueryRowContext(ctx, `UPDATE sync_state SET version = version + $1 WHERE id = 1 RETURNING version`, n).Scan(&top); err != nil {
-		return fmt.Errorf("bump version: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO change_log (version, hash, key_id, at)
-		SELECT $1 + ROW_NUMBER() OVER (ORDER BY id), hash, id, $2 FROM keys
-		WHERE plan_id = $3 AND (own_limits & $4) <> $4`, top-n, s.now().UnixMicro(), p.ID, mask); err != nil {
-		return fmt.Errorf("append changes: %w", err)
-	}
-	if s.channel != "" {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_notify($1, '')`, s.channel); err != nil {
-			return fmt.Errorf("notify change: %w", err)
-		}
-	}
-	return nil
+	return s.appendChanges(ctx, tx, n, `plan_id = $3 AND (own_limits & $4) <> $4`, p.ID, mask)
 }
 
 // settlePlanQuotas marks the keys that take the plan's new quota exhausted
@@ -404,8 +387,12 @@ func (s *sqlStore) DeletePlan(ctx context.Context, id string) error {
 
 // applyPlan fills the fields k does not own from its plan, read (and, on
 // PostgreSQL, share-locked) in tx; a key without a plan owns every field.
+// It also fills the key's owner limits (applyOwner).
 // An unknown plan is a FieldError on plan_id.
 func (s *sqlStore) applyPlan(ctx context.Context, tx *sql.Tx, k *Key) error {
+	if err := s.applyOwner(ctx, tx, k); err != nil {
+		return err
+	}
 	if k.PlanID == "" {
 		k.Own = OwnAll
 		return nil

@@ -198,3 +198,74 @@ func testSharesNamedLimits(t *testing.T, open func(t testing.TB) Store) {
 		}
 	}
 }
+
+// testOwnerLimits: an owner's limits are written into all the owner's keys
+// (present and future) with one change each, and the fleet shares divide
+// the owner's budget by the demand of all its keys.
+func testOwnerLimits(t *testing.T, open func(t testing.TB) Store) {
+	c := newFakeClock(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
+	s := withClock(open(t), c)
+	ctx := testCtx(t)
+	a1, a2 := mustCreate(t, s, newTestKey(t)), mustCreate(t, s, newTestKey(t)) // owner acme
+	other := newTestKey(t)
+	other.Owner = "globex"
+	mustCreate(t, s, other)
+	v0, _ := s.CurrentVersion(ctx)
+	limits := []NamedRate{{"sustained", Rate{100, 1000, 99}}}
+	if n, err := s.SetOwnerLimits(ctx, "acme", limits); err != nil || n != 2 {
+		t.Fatalf("SetOwnerLimits: %d keys, %v", n, err)
+	}
+	if v, _ := s.CurrentVersion(ctx); v != v0+2 {
+		t.Fatalf("version moved by %d, want 2", v-v0)
+	}
+	p, err := s.Sync(ctx, v0, "", 0)
+	if err != nil || len(p.Changes) != 2 {
+		t.Fatalf("delta: %+v, %v", p, err)
+	}
+	for _, ch := range p.Changes {
+		if !slices.Equal(ch.Key.OwnerLimits, limits) || ch.Key.Owner != "acme" {
+			t.Fatalf("delta key %+v", ch.Key)
+		}
+	}
+	a3 := mustCreate(t, s, newTestKey(t))
+	if !slices.Equal(a3.OwnerLimits, limits) {
+		t.Fatalf("a new key of the owner: %+v", a3.OwnerLimits)
+	}
+	if got, n, err := s.GetOwnerLimits(ctx, "acme"); err != nil || n != 3 || !slices.Equal(got, limits) {
+		t.Fatalf("GetOwnerLimits: %v %d %v", got, n, err)
+	}
+	moved, err := s.UpdateKey(ctx, a3.ID, func(k *Key) error { k.Owner = "globex"; return nil })
+	if err != nil || len(moved.OwnerLimits) != 0 {
+		t.Fatalf("a key moved to another owner keeps %v, %v", moved.OwnerLimits, err)
+	}
+	if got, _ := s.GetKey(ctx, other.ID); len(got.OwnerLimits) != 0 {
+		t.Fatalf("another owner's key got %v", got.OwnerLimits)
+	}
+	// Two nodes, demand 3:1 spread over acme's two keys: the owner's budget
+	// is shared 0.75 / 0.25; the keys themselves have no limit of their own.
+	nodes := []*node{{name: "a"}, {name: "b"}}
+	for range 3 {
+		nodes[0].batch(t, s, append(demandCounts(a1.ID, c.now().Truncate(time.Minute), 100, 100),
+			demandCounts(a2.ID, c.now().Truncate(time.Minute), 50, 50)...)...)
+		c.advance(time.Second)
+		nodes[1].batch(t, s, demandCounts(a2.ID, c.now().Truncate(time.Minute), 50, 50)...)
+		c.advance(time.Second)
+	}
+	for i, want := range []float64{0.75, 0.25} {
+		sh := mustShares(t, s, nodes[i].name)
+		if len(sh.Keys) != 1 || !near(sh.Keys[OwnerBudget("acme")], want) {
+			t.Errorf("%s: shares %v, want %s: %.2f", nodes[i].name, sh.Keys, OwnerBudget("acme"), want)
+		}
+	}
+	// Removing them re-sends the keys without.
+	if n, err := s.SetOwnerLimits(ctx, "acme", nil); err != nil || n != 2 {
+		t.Fatalf("remove: %d, %v", n, err)
+	}
+	if got, _ := s.GetKey(ctx, a1.ID); len(got.OwnerLimits) != 0 {
+		t.Fatalf("after removal: %v", got.OwnerLimits)
+	}
+	var fe *FieldError
+	if _, err := s.SetOwnerLimits(ctx, "", limits); !errors.As(err, &fe) || fe.Field != "owner" {
+		t.Fatalf("empty owner: %v", err)
+	}
+}

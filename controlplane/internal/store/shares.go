@@ -199,11 +199,6 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 	now := s.now().UnixMicro()
 	cutoff := now - s.shareWindow.Microseconds()
 	const noRateCap = "1e15" // no limit of this kind
-	type budgetDemand struct {
-		id         string
-		limit      float64 // requests per second
-		total, own float64
-	}
 	var (
 		active, self int64
 		rows         []budgetDemand
@@ -224,44 +219,23 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 			FROM share_instances WHERE last_at >= $1`, cutoff, node, boot).Scan(&active, &self); err != nil {
 			return err
 		}
-		rs, err := tx.QueryContext(ctx, `WITH per_node AS (
-				SELECT COALESCE(kl.lineage_id, d.key_id) AS budget, d.node AS node, d.boot AS boot,
-					SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
-						ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
-					MAX(`+s.least()+`(
+		// Key budgets, then owner budgets (OwnerBudget): an owner's demand
+		// from a node is the sum over all the owner's keys.
+		for _, b := range []struct{ budget, l, where, group string }{
+			{`COALESCE(kl.lineage_id, d.key_id)`, s.least() + `(
 						CASE WHEN k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
 							THEN CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms
-							ELSE CAST(`+noRateCap+` AS DOUBLE PRECISION) END,
-						COALESCE(k.limits_rate, CAST(`+noRateCap+` AS DOUBLE PRECISION)))) AS l
-				FROM share_instance_demand d
-				JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
-				JOIN keys k ON k.id = d.key_id
-				LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
-				WHERE d.at >= $2 AND nd.last_at >= $2
-				  AND ((k.rate_limit IS NOT NULL AND k.rate_period_ms > 0) OR k.limits <> '[]')
-				GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
-			), per_budget AS (
-				SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node
-			)
-			SELECT budget, MAX(l), SUM(`+capped+`),
-				SUM(CASE WHEN node = $3 AND boot = $4 THEN `+capped+` ELSE CAST(0 AS DOUBLE PRECISION) END)
-			FROM per_budget GROUP BY budget`, now, cutoff, node, boot)
-		if err != nil {
-			return err
-		}
-		defer rs.Close()
-		for rs.Next() {
-			var (
-				bd         budgetDemand
-				total, own sql.NullFloat64
-			)
-			if err := rs.Scan(&bd.id, &bd.limit, &total, &own); err != nil {
+							ELSE CAST(` + noRateCap + ` AS DOUBLE PRECISION) END,
+						COALESCE(k.limits_rate, CAST(` + noRateCap + ` AS DOUBLE PRECISION)))`,
+				`((k.rate_limit IS NOT NULL AND k.rate_period_ms > 0) OR k.limits <> '[]')`, `COALESCE(kl.lineage_id, d.key_id)`},
+			{`'` + ownerBudgetPrefix + `' || k.owner`, `COALESCE(k.owner_limits_rate, CAST(` + noRateCap + ` AS DOUBLE PRECISION))`,
+				`k.owner_limits <> '[]'`, `k.owner`},
+		} {
+			if err := s.budgetDemand(ctx, tx, &rows, b.budget, b.l, b.where, b.group, fresh, capped, now, cutoff, node, boot); err != nil {
 				return err
 			}
-			bd.total, bd.own = total.Float64, own.Float64
-			rows = append(rows, bd)
 		}
-		return rs.Err()
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: shares: %w", err)
@@ -298,4 +272,59 @@ func share(n int, own, total, limit float64) float64 {
 func roundShare(v float64) float64 {
 	v = math.Round(v*1e6) / 1e6
 	return min(max(v, 1e-6), 1)
+}
+
+// ownerBudgetPrefix names an owner's budget in Shares.Keys: "owner:" and
+// the owner, which no key id (of [A-Za-z0-9_-]) can spell.
+const ownerBudgetPrefix = "owner:"
+
+// OwnerBudget is the budget id of an owner's limits in Shares.
+func OwnerBudget(owner string) string { return ownerBudgetPrefix + owner }
+
+// budgetDemand appends to rows each budget's rate L, the fleet's capped
+// demand and this instance's, for the budgets selected by budget (an SQL
+// expression over keys k, key_lineage kl and the demand d), whose rate is
+// the highest of l over their keys, among keys matching where.
+func (s *sqlStore) budgetDemand(ctx context.Context, tx *sql.Tx, rows *[]budgetDemand, budget, l, where, group, fresh, capped string,
+	now, cutoff int64, node, boot string) error {
+	rs, err := tx.QueryContext(ctx, `WITH per_node AS (
+			SELECT `+budget+` AS budget, d.node AS node, d.boot AS boot,
+				SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
+					ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
+				MAX(`+l+`) AS l
+			FROM share_instance_demand d
+			JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
+			JOIN keys k ON k.id = d.key_id
+			LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
+			WHERE d.at >= $2 AND nd.last_at >= $2 AND `+where+`
+			GROUP BY `+group+`, d.node, d.boot
+		), per_budget AS (
+			SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node
+		)
+		SELECT budget, MAX(l), SUM(`+capped+`),
+			SUM(CASE WHEN node = $3 AND boot = $4 THEN `+capped+` ELSE CAST(0 AS DOUBLE PRECISION) END)
+		FROM per_budget GROUP BY budget`, now, cutoff, node, boot)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var (
+			bd         budgetDemand
+			total, own sql.NullFloat64
+		)
+		if err := rs.Scan(&bd.id, &bd.limit, &total, &own); err != nil {
+			return err
+		}
+		bd.total, bd.own = total.Float64, own.Float64
+		*rows = append(*rows, bd)
+	}
+	return rs.Err()
+}
+
+// budgetDemand is one budget's row of Shares.
+type budgetDemand struct {
+	id         string
+	limit      float64 // requests per second
+	total, own float64
 }

@@ -102,6 +102,10 @@ type Key struct {
 	// without a plan owns them all.
 	PlanID string
 	Own    Own
+	// OwnerLimits are the named rate limits of the key's owner, shared by
+	// all the owner's keys (SetOwnerLimits); the store fills them in
+	// whenever the key is written, from its Owner.
+	OwnerLimits []NamedRate
 }
 
 // Own is a set of a key's limit fields (Key.Own).
@@ -271,6 +275,13 @@ type Store interface {
 	ListPlans(ctx context.Context) ([]*Plan, error)
 	UpdatePlan(ctx context.Context, id string, fn func(*Plan) error) (*Plan, error)
 	DeletePlan(ctx context.Context, id string) error
+
+	// Owner limits (owners.go). SetOwnerLimits replaces an owner's named
+	// limits (none: removes them), rewrites them into every key of the
+	// owner and logs one change per key, so the filters receive them;
+	// it returns the number of keys.
+	SetOwnerLimits(ctx context.Context, owner string, limits []NamedRate) (keys int64, err error)
+	GetOwnerLimits(ctx context.Context, owner string) (limits []NamedRate, keys int64, err error)
 
 	// Audit.
 	AppendAudit(ctx context.Context, e *AuditEntry) error

@@ -61,6 +61,7 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"LineageBudget", testLineageBudget},
 		{"Plans", testPlans},
 		{"SharesNamedLimits", testSharesNamedLimits},
+		{"OwnerLimits", testOwnerLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
