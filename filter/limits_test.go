@@ -143,3 +143,50 @@ func TestScopesAnyOf(t *testing.T) {
 		}
 	})
 }
+
+// TestOwnerLimits: two keys of one owner take from the owner's bucket
+// together; the RateLimit fields name the owner's limit "owner.<name>";
+// the 429 says it was the owner's limit; a key of another owner is not
+// affected.
+func TestOwnerLimits(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		k1, k2, other := newKey(t), newKey(t), newKey(t)
+		owned := []keyrecord.Limit{{Name: "sustained", Limit: 3, PeriodMS: 3_600_000, Burst: 2}}
+		host := emulator(t, vm(), `{"key_sources":[{"type":"header","name":"x-api-key"}]}`, func() {
+			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+			for key, r := range map[string]keyrecord.Record{
+				k1:    {ID: "key_one", Owner: "acme", OwnerLimits: owned},
+				k2:    {ID: "key_two", Owner: "acme", OwnerLimits: owned},
+				other: {ID: "key_other", Owner: "globex", OwnerLimits: owned},
+			} {
+				r.Status, r.Epoch, r.Hosts = keyrecord.StatusActive, 2, []string{"api.example.com"}
+				seedRecord(t, key, r)
+			}
+		})
+		send := func(key string) (uint32, string, [][2]string) {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", key), true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				return resp.StatusCode, string(resp.Data), resp.Headers
+			}
+			host.CallOnResponseHeaders(id, [][2]string{{":status", "200"}}, false)
+			return 200, "", host.GetCurrentResponseHeaders(id)
+		}
+		for i, key := range []string{k1, k2, k1} {
+			status, body, hdr := send(key)
+			if status != 200 {
+				t.Fatalf("request %d: %d %s", i, status, body)
+			}
+			if p, _ := header(hdr, "ratelimit-policy"); p != `"owner.sustained";q=3;w=3600` {
+				t.Fatalf("ratelimit-policy %q", p)
+			}
+		}
+		status, body, _ := send(k2)
+		if status != 429 || !strings.Contains(body, `The owner's limit \"sustained\" refused it.`) {
+			t.Fatalf("fourth request of the owner: %d %s", status, body)
+		}
+		if status, body, _ := send(other); status != 200 {
+			t.Fatalf("another owner's key: %d %s", status, body)
+		}
+	})
+}

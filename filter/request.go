@@ -587,19 +587,21 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	r := s.root
 	authority := r.scanned.authority
 	local := l.Policy
-	if share := r.share(slot, l.Budget, &r.state, int64(now)); share < 1 {
+	if share := r.share(slot, l, &r.state, int64(now)); share < 1 {
 		local = l.Policy.Scaled(share) // this node's part of the fleet-wide rate
 	}
 	lease := &slot.lease
 	switch {
 	case l.Name == nil:
-	case l.Index < leasedLimits:
+	case l.Owner && l.Index < leasedOwnerLimits:
+		lease = &slot.owner[l.Index]
+	case !l.Owner && l.Index < leasedLimits:
 		lease = &slot.named[l.Index]
 	default:
 		r.scratch = bucket.Lease{} // no lease: every request asks shared data
 		lease = &r.scratch
 	}
-	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget, l.Name), lease, local, l.Cost, int64(now))
+	res, err := r.limiter.TakeLeased(r.limiterName(l), lease, local, l.Cost, int64(now))
 	switch {
 	case err == nil:
 	case errors.Is(err, bucket.ErrBadPolicy):
@@ -621,7 +623,11 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	if name == nil {
 		name = unnamedLimit
 	}
-	it.nameLen = uint8(copy(it.name[:], name))
+	n := 0
+	if l.Owner {
+		n = copy(it.name[:], verdict.OwnerPrefix)
+	}
+	it.nameLen = uint8(n + copy(it.name[n:], name))
 	it.res = res
 	it.q, it.w = l.Policy.QuotaWindow()
 	if res.Allowed {
@@ -639,11 +645,27 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	p := problemFor(codeRateLimited)
 	if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
 		h := append(append([][2]string(nil), p.headers...), rl...)
-		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit \""+bstr(name)+"\" can ever admit."), -1)
+		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what "+whose(l)+" limit \""+bstr(name)+"\" can ever admit."), -1)
 		return types.ActionPause, true
 	}
-	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, " The key's limit \""+bstr(name)+"\" refused it.")
+	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, " "+whoseCap(l)+" limit \""+bstr(name)+"\" refused it.")
 	return types.ActionPause, true
+}
+
+// whose names the holder of a limit in a refusal's detail.
+func whose(l *verdict.Limit) string {
+	if l.Owner {
+		return "the owner's"
+	}
+	return "the key's"
+}
+
+// whoseCap is whose at the start of a sentence.
+func whoseCap(l *verdict.Limit) string {
+	if l.Owner {
+		return "The owner's"
+	}
+	return "The key's"
 }
 
 // unnamedLimit names the key's unnamed rate in the RateLimit fields.
@@ -654,21 +676,30 @@ var unnamedLimit = []byte(wire.UnnamedLimit)
 // name, built in the root's fixed buffer (the host copies the name), so
 // every key of one rotation lineage takes from one bucket per limit in
 // this Envoy (docs/lifecycle.md).
-func (r *filterRoot) limiterName(budget, limit []byte) string {
-	n := 1 + copy(r.limKey[1:1+keyrecord.MaxStringLen], budget) // a record's strings fit: MaxStringLen
-	if limit != nil {
+func (r *filterRoot) limiterName(l *verdict.Limit) string {
+	n := 1
+	if l.Owner { // an owner's bucket: 1, which no key id starts with, and the owner
+		r.limKey[n] = 1
+		n++
+	}
+	n += copy(r.limKey[n:n+keyrecord.MaxStringLen], l.Budget) // a record's strings fit: MaxStringLen
+	if l.Name != nil {
 		r.limKey[n] = 0
-		n += 1 + copy(r.limKey[n+1:], limit)
+		n += 1 + copy(r.limKey[n+1:], l.Name)
 	}
 	return bstr(r.limKey[:n])
 }
 
-// share returns this node's share of the key's budget's rate: the control
-// plane's share for the budget when it sent one, else its default share,
-// else 1.
-func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now int64) float64 {
+// share returns this node's share of the limit's budget (the key's, or
+// its owner's): the control plane's share for the budget when it sent one,
+// else its default share, else 1.
+func (r *filterRoot) share(slot *recordSlot, l *verdict.Limit, st *syncState, now int64) float64 {
 	if st.keyShares {
-		if v := r.keyShare(slot, budget, now); v > 0 {
+		c := &slot.keyShare
+		if l.Owner {
+			c = &slot.ownerShare
+		}
+		if v := r.keyShare(c, l, now); v > 0 {
 			return v
 		}
 	}
@@ -683,20 +714,28 @@ func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now i
 // from shared data at most every shareTTL: a share moves at most once per
 // flush period, and a host call on every request for it cost more than the
 // rest of the limiter.
-func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float64 {
-	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < int64(shareTTL) {
-		return slot.share
+func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float64 {
+	if c.ok && now-c.at >= 0 && now-c.at < int64(shareTTL) {
+		return c.share
 	}
 	var v float64
-	r.shareKey = append(append(r.shareKey[:0], shareTag), budget...)
+	r.shareKey = append(r.shareKey[:0], shareTag)
+	if l.Owner {
+		r.shareKey = append(r.shareKey, ownerBudgetPrefix...)
+	}
+	r.shareKey = append(r.shareKey, l.Budget...)
 	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
 		if d, ok := decodeShare(b); ok {
 			v = d
 		}
 	}
-	slot.share, slot.shareAt, slot.shareOK = v, now, true
+	c.share, c.at, c.ok = v, now, true
 	return v
 }
+
+// ownerBudgetPrefix names an owner's budget among the control plane's
+// shares: "owner:" and the owner (no key id has a colon).
+const ownerBudgetPrefix = "owner:"
 
 // readRecordCached fills rec with the record of the slot's key: the
 // slot's copy when it was read under the sync state's gen and epoch, else

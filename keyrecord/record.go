@@ -39,6 +39,7 @@ const (
 	flagRate   = 1 << 0
 	flagQuota  = 1 << 1
 	flagLimits = 1 << 2 // a named-limits section follows the scopes
+	flagOwner  = 1 << 3 // the owner's named limits follow (after the key's)
 )
 
 // Limits of the encoding, checked by Append.
@@ -76,6 +77,9 @@ type Record struct {
 	// Limits are the key's named rate limits (docs/plans.md), in the order
 	// the control plane sent them (by name).
 	Limits []Limit
+	// OwnerLimits are the named rate limits of the key's owner, shared by
+	// all its keys (docs/plans.md).
+	OwnerLimits []Limit
 }
 
 // Limit is one named rate limit of a record.
@@ -116,7 +120,7 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	if len(r.Hosts) > MaxListLen || len(r.Scopes) > MaxListLen {
 		return dst, errors.New("keyrecord: too many hosts or scopes")
 	}
-	if len(r.Limits) > wire.MaxLimits {
+	if len(r.Limits) > wire.MaxLimits || len(r.OwnerLimits) > wire.MaxLimits {
 		return dst, errors.New("keyrecord: too many named limits")
 	}
 	var h [headerLen]byte
@@ -130,6 +134,9 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	}
 	if len(r.Limits) > 0 {
 		h[offFlags] |= flagLimits
+	}
+	if len(r.OwnerLimits) > 0 {
+		h[offFlags] |= flagOwner
 	}
 	h[offQuotaPer] = r.QuotaPeriod
 	binary.LittleEndian.PutUint32(h[offEpoch:], r.Epoch)
@@ -152,9 +159,12 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 			dst = appendString(dst, s)
 		}
 	}
-	if len(r.Limits) > 0 {
-		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(r.Limits)))
-		for _, l := range r.Limits {
+	for _, list := range [2][]Limit{r.Limits, r.OwnerLimits} {
+		if len(list) == 0 {
+			continue
+		}
+		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(list)))
+		for _, l := range list {
 			if l.Name == "" || len(l.Name) > wire.MaxLimitNameLen {
 				return dst, errors.New("keyrecord: bad limit name")
 			}
@@ -181,6 +191,7 @@ type View struct {
 	hosts  int // offset of the hosts list (its count)
 	scopes int // offset of the scopes list (its count)
 	limits int // offset of the named-limits section (its count), 0 for none
+	owner  int // offset of the owner's named limits (its count), 0 for none
 }
 
 // Parse validates b as an encoded record. Any input gives a View or
@@ -222,11 +233,17 @@ func Parse(b []byte) (View, error) {
 			}
 		}
 	}
-	if b[offFlags]&flagLimits != 0 {
+	for _, sec := range [2]struct {
+		flag byte
+		at   *int
+	}{{flagLimits, &v.limits}, {flagOwner, &v.owner}} {
+		if b[offFlags]&sec.flag == 0 {
+			continue
+		}
 		if b[offVersion] == formatV1 || off+2 > len(b) {
 			return View{}, ErrRecord
 		}
-		v.limits = off
+		*sec.at = off
 		n := int(binary.LittleEndian.Uint16(b[off:]))
 		off += 2
 		if n == 0 || n > wire.MaxLimits {
@@ -263,6 +280,15 @@ func (v View) Limits() Limits {
 		return Limits{}
 	}
 	return Limits{b: v.b, off: v.limits + 2, n: int(binary.LittleEndian.Uint16(v.b[v.limits:]))}
+}
+
+// OwnerLimits returns an iterator over the named rate limits of the key's
+// owner.
+func (v View) OwnerLimits() Limits {
+	if v.owner == 0 {
+		return Limits{}
+	}
+	return Limits{b: v.b, off: v.owner + 2, n: int(binary.LittleEndian.Uint16(v.b[v.owner:]))}
 }
 
 // Len returns how many named limits are left.
@@ -438,6 +464,13 @@ func (v View) Record() Record {
 			break
 		}
 		r.Limits = append(r.Limits, Limit{Name: string(name), Limit: limit, PeriodMS: period, Burst: burst})
+	}
+	for it := v.OwnerLimits(); ; {
+		name, limit, period, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		r.OwnerLimits = append(r.OwnerLimits, Limit{Name: string(name), Limit: limit, PeriodMS: period, Burst: burst})
 	}
 	return r
 }

@@ -25,7 +25,11 @@ func TestRecordRoundTrip(t *testing.T) {
 	rotated.ID, rotated.Budget = "key_def", "key_abc"
 	named := sampleRecord()
 	named.Limits = []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 999}}
-	for _, r := range []Record{sampleRecord(), rotated, named, {ID: "k", Status: StatusDeleted}} {
+	owned := named
+	owned.OwnerLimits = []Limit{{"sustained", 5000, 60_000, 4999}}
+	ownerOnly := sampleRecord()
+	ownerOnly.OwnerLimits = owned.OwnerLimits
+	for _, r := range []Record{sampleRecord(), rotated, named, owned, ownerOnly, {ID: "k", Status: StatusDeleted}} {
 		b, err := r.Append(nil)
 		if err != nil {
 			t.Fatal(err)
@@ -218,9 +222,11 @@ func TestDecodeUpsert(t *testing.T) {
 		t.Fatalf("no budget member: budget %q, want the key's own", r.Budget)
 	}
 	_, r, err = DecodeUpsert(gjson.Parse(`{"hash":"`+hash+`","id":"key_1","status":"active",
-	  "limits":[{"name":"burst","limit":10,"period_ms":1000,"burst":9},{"name":"sustained","limit":1000,"period_ms":3600000}]}`), 0)
-	if err != nil || !reflect.DeepEqual(r.Limits, []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 0}}) {
-		t.Fatalf("limits decoded %+v, %v", r.Limits, err)
+	  "limits":[{"name":"burst","limit":10,"period_ms":1000,"burst":9},{"name":"sustained","limit":1000,"period_ms":3600000}],
+	  "owner_limits":[{"name":"sustained","limit":5000,"period_ms":60000,"burst":4999}]}`), 0)
+	if err != nil || !reflect.DeepEqual(r.Limits, []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 0}}) ||
+		!reflect.DeepEqual(r.OwnerLimits, []Limit{{"sustained", 5000, 60000, 4999}}) {
+		t.Fatalf("limits decoded %+v %+v, %v", r.Limits, r.OwnerLimits, err)
 	}
 	for in, want := range map[string]string{`"key_0"`: "key_0", `"key_1"`: "", `""`: ""} {
 		_, r, err := DecodeUpsert(gjson.Parse(`{"hash":"`+hash+`","id":"key_1","status":"active","budget":`+in+`}`), 0)
@@ -246,6 +252,7 @@ func TestDecodeUpsert(t *testing.T) {
 		"limit key":     `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"key","limit":1,"period_ms":1}]}`,
 		"limit dup":     `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"a","limit":1,"period_ms":1},{"name":"a","limit":1,"period_ms":1}]}`,
 		"limit period":  `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"a","limit":1,"period_ms":0}]}`,
+		"owner limit":   `{"hash":"` + hash + `","id":"k","status":"active","owner_limits":[{"name":"a","limit":1}]}`,
 	}
 	for name, in := range bad {
 		if _, _, err := DecodeUpsert(gjson.Parse(in), 0); err == nil {

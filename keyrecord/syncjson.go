@@ -96,7 +96,10 @@ func DecodeUpsert(obj gjson.Result, epoch uint32) (apikey.Hash, Record, error) {
 			return h, r, err
 		}
 	}
-	if r.Limits, err = limitList(obj.Get("limits")); err != nil {
+	if r.Limits, err = limitList(obj.Get("limits"), "upsert.limits"); err != nil {
+		return h, r, err
+	}
+	if r.OwnerLimits, err = limitList(obj.Get("owner_limits"), "upsert.owner_limits"); err != nil {
 		return h, r, err
 	}
 	r.Epoch = epoch
@@ -105,48 +108,48 @@ func DecodeUpsert(obj gjson.Result, epoch uint32) (apikey.Hash, Record, error) {
 
 // limitList reads the "limits" member: named rate limits with distinct
 // valid names (absent or null: none).
-func limitList(v gjson.Result) ([]Limit, error) {
+func limitList(v gjson.Result, field string) ([]Limit, error) {
 	if !v.Exists() || v.Type == gjson.Null {
 		return nil, nil
 	}
 	if !v.IsArray() {
-		return nil, errors.New("upsert.limits: want an array")
+		return nil, errors.New(field + ": want an array")
 	}
 	var out []Limit
 	var err error
 	v.ForEach(func(_, item gjson.Result) bool {
 		if len(out) == wire.MaxLimits {
-			err = errors.New("upsert.limits: too many named limits")
+			err = errors.New(field + ": too many named limits")
 			return false
 		}
 		if !item.IsObject() {
-			err = errors.New("upsert.limits: want objects")
+			err = errors.New(field + ": want objects")
 			return false
 		}
 		var l Limit
 		name := item.Get("name")
 		if name.Type != gjson.String || !wire.ValidLimitName(name.Str) {
-			err = errors.New("upsert.limits.name: want a limit name")
+			err = errors.New(field + ".name: want a limit name")
 			return false
 		}
 		for _, prev := range out {
 			if prev.Name == name.Str {
-				err = errors.New("upsert.limits.name: duplicate")
+				err = errors.New(field + ".name: duplicate")
 				return false
 			}
 		}
 		l.Name = name.Str
-		if l.Limit, err = integer(item.Get("limit"), "upsert.limits.limit", true); err != nil {
+		if l.Limit, err = integer(item.Get("limit"), field+".limit", true); err != nil {
 			return false
 		}
-		if l.PeriodMS, err = integer(item.Get("period_ms"), "upsert.limits.period_ms", true); err != nil {
+		if l.PeriodMS, err = integer(item.Get("period_ms"), field+".period_ms", true); err != nil {
 			return false
 		}
 		if l.PeriodMS == 0 {
-			err = errors.New("upsert.limits.period_ms: must be positive")
+			err = errors.New(field + ".period_ms: must be positive")
 			return false
 		}
-		if l.Burst, err = integer(item.Get("burst"), "upsert.limits.burst", false); err != nil {
+		if l.Burst, err = integer(item.Get("burst"), field+".burst", false); err != nil {
 			return false
 		}
 		out = append(out, l)

@@ -73,7 +73,8 @@ type Route struct {
 	// Limits, when not nil, are the only rate limits of a key that apply
 	// on the route, each with its own cost (Cost is then unused): the
 	// unnamed rate as wire.UnnamedLimit ("key"), named limits by name. A
-	// limit the key does not have is skipped.
+	// limit the key does not have is skipped. The owner's limits are
+	// named "owner." and their name.
 	Limits []RouteLimit
 }
 
@@ -86,17 +87,28 @@ type RouteLimit struct {
 
 // cost returns the tokens a request on the route takes from the limit
 // called name, ok false when the limit does not apply on the route.
-func (rt *Route) cost(name []byte) (cost int64, ok bool) {
+func (rt *Route) cost(name []byte, owner bool) (cost int64, ok bool) {
 	if rt.Limits == nil {
 		return rt.Cost, true
 	}
 	for i := range rt.Limits {
-		if equal(name, rt.Limits[i].Name) {
+		n := rt.Limits[i].Name
+		if owner {
+			if len(n) <= len(OwnerPrefix) || n[:len(OwnerPrefix)] != OwnerPrefix {
+				continue
+			}
+			n = n[len(OwnerPrefix):]
+		}
+		if equal(name, n) {
 			return rt.Limits[i].Cost, true
 		}
 	}
 	return 0, false
 }
+
+// OwnerPrefix prefixes the name of an owner's limit in a route's limits
+// and in the RateLimit fields ("owner.sustained").
+const OwnerPrefix = "owner."
 
 // unnamed is the name under which a route lists the key's unnamed rate.
 var unnamed = []byte(wire.UnnamedLimit)
@@ -154,8 +166,8 @@ type Record struct {
 }
 
 // MaxLimits is how many rate limits one request may have to pass: the
-// key's unnamed rate and its named limits.
-const MaxLimits = 1 + wire.MaxLimits
+// key's unnamed rate, its named limits and its owner's.
+const MaxLimits = 1 + 2*wire.MaxLimits
 
 // Limit is one rate limit an allowed request must still pass, in the
 // limiter the caller runs (it reads and writes shared data).
@@ -170,6 +182,9 @@ type Limit struct {
 	// Index is the named limit's position in the record (-1 for the
 	// unnamed rate): the caller keeps a token lease per limit by it.
 	Index int
+	// Owner: the limit is the key's owner's, shared by all the owner's
+	// keys; Budget is then the owner (a slice of the record).
+	Owner bool
 	// Policy is the limit's fleet-wide policy; an invalid one must refuse
 	// the request (bucket.ErrBadPolicy), never admit it.
 	Policy bucket.Policy
@@ -292,7 +307,7 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 		return
 	}
 	if limit, periodMS, burst, ok := r.Rate(); ok {
-		if cost, on := q.Route.cost(unnamed); on {
+		if cost, on := q.Route.cost(unnamed, false); on {
 			v.add(Limit{Budget: r.Budget(), Index: -1, Policy: policy(limit, periodMS, burst), Cost: cost})
 		}
 	}
@@ -302,8 +317,18 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 		if !ok {
 			break
 		}
-		if cost, on := q.Route.cost(name); on {
+		if cost, on := q.Route.cost(name, false); on {
 			v.add(Limit{Budget: r.Budget(), Name: name, Index: i, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+	it = r.OwnerLimits()
+	for i := 0; v.NumLimits < MaxLimits; i++ {
+		name, limit, periodMS, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		if cost, on := q.Route.cost(name, true); on {
+			v.add(Limit{Budget: r.Owner(), Name: name, Index: i, Owner: true, Policy: policy(limit, periodMS, burst), Cost: cost})
 		}
 	}
 }

@@ -29,6 +29,7 @@ var (
 	burstOnly = Route{Cost: 1, Limits: []RouteLimit{{"burst", 3}}}
 	keyAndSus = Route{Cost: 1, Limits: []RouteLimit{{"sustained", 5}, {"key", 2}}}
 	noneNamed = Route{Cost: 1, Limits: []RouteLimit{}}
+	ownerOnly = Route{Cost: 1, Limits: []RouteLimit{{"owner.sustained", 7}}}
 	billing   = Route{Cost: 1, ScopesAny: []string{"billing:read", "billing:admin"}}
 	both      = Route{Cost: 1, Scopes: []string{"read"}, ScopesAny: []string{"billing:read", "billing:admin"}}
 	fresh     = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 1000}
@@ -183,6 +184,21 @@ func decideCases(t testing.TB) []decideCase {
 			limits: []Limit{
 				{Budget: []byte("key_a"), Index: -1, Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 2},
 				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 5}}},
+		{name: "owner limits after the key's, owner as budget", req: keyed(&plain, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) {
+				named(r)
+				r.OwnerLimits = []keyrecord.Limit{{Name: "sustained", Limit: 50, PeriodMS: 1000, Burst: 49}}
+			}), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1},
+				{Budget: []byte("acme"), Name: []byte("sustained"), Index: 0, Owner: true, Policy: bucket.Policy{Limit: 50, PeriodNanos: 1e9, Burst: 49}, Cost: 1}}},
+		{name: "a route naming the owner's limit", req: keyed(&ownerOnly, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) {
+				named(r)
+				r.OwnerLimits = []keyrecord.Limit{{Name: "sustained", Limit: 50, PeriodMS: 1000, Burst: 49}}
+			}), outcome: Allowed, identified: true,
+			limits: []Limit{{Budget: []byte("acme"), Name: []byte("sustained"), Index: 0, Owner: true, Policy: bucket.Policy{Limit: 50, PeriodNanos: 1e9, Burst: 49}, Cost: 7}}},
 		{name: "a route naming a limit the key lacks", req: keyed(&burstOnly, &closed, fresh),
 			rec: record(t, rated), outcome: Allowed, identified: true},
 		{name: "a route naming no limit", req: keyed(&noneNamed, &closed, fresh),
@@ -220,7 +236,7 @@ func testDecide(t *testing.T) {
 				want.Index = -1 // the rows of the unnamed rate leave it out
 			}
 			if string(got.Budget) != string(want.Budget) || got.Policy != want.Policy || got.Cost != want.Cost ||
-				string(got.Name) != string(want.Name) || (got.Name == nil) != (want.Name == nil) || got.Index != want.Index {
+				string(got.Name) != string(want.Name) || (got.Name == nil) != (want.Name == nil) || got.Index != want.Index || got.Owner != want.Owner {
 				t.Errorf("%s: limit %d = {%s %+v %d}, want {%s %+v %d}", c.name, i, got.Budget, got.Policy, got.Cost, want.Budget, want.Policy, want.Cost)
 			}
 		}
