@@ -312,7 +312,7 @@ var envoyOperators = map[string]int{
 	"DOWNSTREAM_PEER_CERT_V_START": argOptional, "DOWNSTREAM_PEER_CERT_V_END": argOptional,
 	"UPSTREAM_PEER_CERT_V_START": argOptional, "UPSTREAM_PEER_CERT_V_END": argOptional,
 	"GRPC_STATUS": argOptional, "RESPONSE_CODE_DETAILS": argOptional, "PATH": argOptional,
-	"COMMON_DURATION": argRequired,
+	"COMMON_DURATION":       argRequired,
 	"REQUEST_HEADERS_BYTES": argNone, "BYTES_RECEIVED": argNone, "PROTOCOL": argNone, "UPSTREAM_PROTOCOL": argNone,
 	"RESPONSE_CODE": argNone, "CONNECTION_TERMINATION_DETAILS": argNone, "RESPONSE_HEADERS_BYTES": argNone,
 	"RESPONSE_TRAILERS_BYTES": argNone, "BYTES_SENT": argNone, "UPSTREAM_REQUEST_ATTEMPT_COUNT": argNone,
@@ -578,6 +578,7 @@ func TestDeployBootstrapsDeriveFromEnvoyYAML(t *testing.T) {
 	derivedFrom(t, "deploy/compose/envoy.yaml")
 	derivedFrom(t, "deploy/kubernetes/envoy-bootstrap.yaml")
 }
+
 // pluginJSON decodes a plugin's StringValue configuration as a JSON object.
 func pluginJSON(pc *wasmv3.PluginConfig) (map[string]json.RawMessage, error) {
 	var sv wrapperspb.StringValue
