@@ -653,7 +653,7 @@ func TestFilterOnlyEnvoyYAMLValidates(t *testing.T) {
 	if vm := filter.GetVmConfig(); vm.GetVmId() != "" || vm.GetCode().GetLocal().GetFilename() != "build/filter.wasm" {
 		t.Errorf("filter vm_config %v: want the empty vm_id", vm)
 	}
-	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() || filter.GetFailOpen() { //nolint:staticcheck // the deprecated field on purpose
+	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() {
 		t.Errorf("failure policy %v, want envoy.yaml's %v", filter.GetFailurePolicy(), mainFilter.GetFailurePolicy())
 	}
 	// The filter's settings are envoy.yaml's, plus "sync": the sync
