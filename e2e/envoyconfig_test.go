@@ -248,6 +248,25 @@ func checkBootstrap(raw []byte) error {
 		raw, _ := json.Marshal(sc)
 		syncs = append(syncs, raw)
 		plugins = append(plugins, svc.GetConfig())
+		// With both, the workers are lease candidates that take over from
+		// the service: their settings must be the service's (but for
+		// role, and lease_ms and max_staleness_ms, which only one has).
+		if fc["sync"] != nil {
+			var fs map[string]json.RawMessage
+			if err := json.Unmarshal(fc["sync"], &fs); err != nil {
+				return fmt.Errorf("filter sync settings: %w", err)
+			}
+			for _, m := range []map[string]json.RawMessage{fs, sc} {
+				delete(m, "role")
+				delete(m, "lease_ms")
+				delete(m, "max_staleness_ms")
+			}
+			a, _ := json.Marshal(fs)
+			b, _ := json.Marshal(sc)
+			if string(a) != string(b) {
+				return fmt.Errorf("the filter's sync settings %s differ from the sync service's %s", a, b)
+			}
+		}
 	}
 	if len(syncs) == 0 {
 		return errors.New("no sync settings: neither a sync service nor the filter's sync object")
@@ -514,6 +533,7 @@ func TestBootstrapCheck(t *testing.T) {
 		{"sync to a missing cluster", `"cluster":"keygate_controlplane"`, `"cluster":"nowhere"`, false},
 		{"no key id in the log", "key_id: \"%FILTER_STATE(wasm.keygate_key_id:PLAIN)%\"", "key_id: \"-\"", false},
 		{"no health check path", "path: /readyz", "path: /healthz", false},
+		{"the workers' sync unlike the service's", `"long_poll_s":20},"flush_period_ms":2000}}`, `"long_poll_s":20},"flush_period_ms":3000}}`, false},
 		{"node id", "node:\n  cluster: keygate-edge", "node:\n  id: edge-1\n  cluster: keygate-edge", false},
 		{"validation rule", "connect_timeout: 1s", "connect_timeout: -1s", false},
 	} {
@@ -656,13 +676,14 @@ func TestFilterOnlyEnvoyYAMLValidates(t *testing.T) {
 	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() {
 		t.Errorf("failure policy %v, want envoy.yaml's %v", filter.GetFailurePolicy(), mainFilter.GetFailurePolicy())
 	}
-	// The filter's settings are envoy.yaml's, plus "sync": the sync
-	// service's settings without role, plus lease_ms.
+	// The filter's settings are envoy.yaml's filter's; its "sync" is the
+	// sync service's settings without role, plus lease_ms.
 	got := mustPluginJSON(t, filter)
 	want := map[string]string{}
 	for k, v := range mustPluginJSON(t, mainFilter) {
 		want[k] = space.ReplaceAllString(string(v), "")
 	}
+	delete(want, "sync")
 	syncWant := mustPluginJSON(t, mainTyped["envoy.extensions.wasm.v3.WasmService"][0].(*wasmv3.WasmService).GetConfig())
 	delete(syncWant, "role")
 	syncWant["lease_ms"] = json.RawMessage("3000")
