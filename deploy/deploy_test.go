@@ -178,7 +178,7 @@ func selects(sel map[string]string, labels map[string]string) bool {
 	return true
 }
 
-// serveFlags runs the built control plane's `serve -h` and returns its
+// serveHelp runs the built control plane's `serve -h` and returns its
 // help text: the manifests may only use flags and variables it has.
 func serveHelp(t *testing.T) string {
 	t.Helper()
