@@ -19,25 +19,26 @@ import (
 
 // keyOut mirrors the API's key representation.
 type keyOut struct {
-	ID        string             `json:"id"`
-	Key       string             `json:"key"`
-	Name      string             `json:"name"`
-	Owner     string             `json:"owner"`
-	Status    string             `json:"status"`
-	Expired   bool               `json:"expired"`
-	Hosts     []string           `json:"hosts"`
-	Scopes    []string           `json:"scopes"`
-	Rate      *rateOut           `json:"rate"`
-	Quota     *quotaOut          `json:"quota"`
-	Limits    map[string]rateOut `json:"limits"`
-	PlanID    *string            `json:"plan_id"`
-	Overrides []string           `json:"overrides"`
-	ExpiresAt *time.Time         `json:"expires_at"`
-	Metadata  json.RawMessage    `json:"metadata"`
-	CreatedAt time.Time          `json:"created_at"`
-	UpdatedAt time.Time          `json:"updated_at"`
-	LastUsed  *time.Time         `json:"last_used_at"`
-	Usage     *struct {
+	ID          string             `json:"id"`
+	Key         string             `json:"key"`
+	Name        string             `json:"name"`
+	Owner       string             `json:"owner"`
+	Status      string             `json:"status"`
+	Expired     bool               `json:"expired"`
+	Hosts       []string           `json:"hosts"`
+	Scopes      []string           `json:"scopes"`
+	Rate        *rateOut           `json:"rate"`
+	Quota       *quotaOut          `json:"quota"`
+	Limits      map[string]rateOut `json:"limits"`
+	OwnerLimits map[string]rateOut `json:"owner_limits"`
+	PlanID      *string            `json:"plan_id"`
+	Overrides   []string           `json:"overrides"`
+	ExpiresAt   *time.Time         `json:"expires_at"`
+	Metadata    json.RawMessage    `json:"metadata"`
+	CreatedAt   time.Time          `json:"created_at"`
+	UpdatedAt   time.Time          `json:"updated_at"`
+	LastUsed    *time.Time         `json:"last_used_at"`
+	Usage       *struct {
 		Last24h counts `json:"last_24h"`
 		Last30d counts `json:"last_30d"`
 	} `json:"usage"`
@@ -276,6 +277,9 @@ func printKey(w io.Writer, k *keyOut) {
 	}
 	row("QUOTA", quota)
 	row("LIMITS", limitsText(k.Limits))
+	if len(k.OwnerLimits) > 0 {
+		row("OWNER LIMITS", limitsText(k.OwnerLimits))
+	}
 	row("PLAN", planText(k))
 	row("EXPIRES", timeText(k.ExpiresAt))
 	if k.GraceEndsAt != nil {

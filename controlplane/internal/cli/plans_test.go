@@ -59,6 +59,17 @@ func TestPlansCLI(t *testing.T) {
 	if out := ok("plans", "delete", "pro"); !strings.Contains(out, "deleted plan pro") {
 		t.Fatalf("delete: %s", out)
 	}
+	out = ok("owners", "limits", "acme corp", "--limit", "sustained=50/second")
+	if !strings.Contains(out, "acme corp") || !strings.Contains(out, "sustained 50 per 1s") {
+		t.Fatalf("owners limits: %s", out)
+	}
+	ok("keys", "update", id[1], "--owner", "acme corp")
+	if out := ok("keys", "show", id[1]); !regexp.MustCompile(`(?m)^OWNER LIMITS\s+sustained 50 per 1s`).MatchString(out) {
+		t.Fatalf("key of the owner:\n%s", out)
+	}
+	if out := ok("owners", "limits", "acme corp", "--clear-limits"); !strings.Contains(out, "LIMITS  -") {
+		t.Fatalf("clear: %s", out)
+	}
 	if code, _, _ := cmd(t, env, "plans", "frobnicate"); code != 2 {
 		t.Fatalf("unknown subcommand: exit %d", code)
 	}
