@@ -249,3 +249,41 @@ func TestScopesAnyOfThroughHTTP(t *testing.T) {
 		t.Fatalf("key without either scope: %s %s", r, r.body)
 	}
 }
+
+// TestOwnerLimitThroughHTTP: two keys of one owner share the owner's limit
+// through a host; a key of another owner does not; the 429 names the
+// owner's limit; removing the owner's limits lifts it for both keys. (The
+// fleet-wide division of an owner's limit is TestOwnerLimitFleetSimulation,
+// on a fake clock.)
+func TestOwnerLimitThroughHTTP(t *testing.T) {
+	cp := startControlPlane(t)
+	k1 := cp.createKey(map[string]any{"owner": "acme"})
+	k2 := cp.createKey(map[string]any{"owner": "acme"})
+	other := cp.createKey(map[string]any{"owner": "globex"})
+	cp.call("PUT", "/v1/owners/acme/limits", map[string]any{"limits": map[string]any{
+		"sustained": map[string]any{"limit": 3, "period": "hour"}}}, http.StatusOK, nil)
+	p := startHost(t, cp, startUpstream(t), hostOptions{})
+	eventually(t, 5*time.Second, "the host has the owner's limit", func() (bool, string) {
+		r := p.get(k1.Key, nil)
+		return r.header.Get("RateLimit-Policy") == `"owner.sustained";q=3;w=3600`, r.String() + " " + r.header.Get("RateLimit-Policy")
+	})
+	for i, k := range []apiKey{k2, k1} { // the owner's second and third request
+		if r := p.get(k.Key, nil); r.status != 200 {
+			t.Fatalf("request %d: %s %s", i+2, r, r.body)
+		}
+	}
+	r := p.get(k2.Key, nil)
+	if r.code != "rate_limited" || !strings.Contains(string(r.body), `The owner's limit \"sustained\" refused it.`) {
+		t.Fatalf("the owner's fourth request: %s %s", r, r.body)
+	}
+	if r := p.get(other.Key, nil); r.status != 200 {
+		t.Fatalf("another owner's key: %s", r)
+	}
+	cp.call("PUT", "/v1/owners/acme/limits", map[string]any{"limits": map[string]any{}}, http.StatusOK, nil)
+	for _, k := range []apiKey{k1, k2} {
+		eventually(t, 5*time.Second, "key "+k.ID+" admitted without the owner's limit", func() (bool, string) {
+			r := p.get(k.Key, nil)
+			return r.status == 200, r.String()
+		})
+	}
+}
