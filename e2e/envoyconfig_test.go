@@ -186,7 +186,8 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 			t.Errorf("plugin %q vm_config %v", pc.GetName(), vm)
 		}
 	}
-	if filter.GetFailOpen() { //nolint:staticcheck // checking the deprecated field on purpose
+	//lint:ignore SA1019 checking the deprecated field on purpose
+	if filter.GetFailOpen() {
 		t.Error("the filter must not fail open")
 	}
 	if p := filter.GetFailurePolicy(); p != wasmv3.FailurePolicy_FAIL_RELOAD && p != wasmv3.FailurePolicy_FAIL_CLOSED {
@@ -307,7 +308,8 @@ func TestFilterOnlyEnvoyYAMLValidates(t *testing.T) {
 	if vm := filter.GetVmConfig(); vm.GetVmId() != "" || vm.GetCode().GetLocal().GetFilename() != "build/filter.wasm" {
 		t.Errorf("filter vm_config %v: want the empty vm_id", vm)
 	}
-	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() || filter.GetFailOpen() { //nolint:staticcheck // the deprecated field on purpose
+	//lint:ignore SA1019 checking the deprecated field on purpose
+	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() || filter.GetFailOpen() {
 		t.Errorf("failure policy %v, want envoy.yaml's %v", filter.GetFailurePolicy(), mainFilter.GetFailurePolicy())
 	}
 	// The filter's settings are envoy.yaml's, plus "sync": the sync

@@ -403,7 +403,6 @@ type sideBySide struct {
 	inTurn  int // keys presented in turn (withKeysInTurn); 0: the benchmark key
 	rig     *filterRig
 	elapsed time.Duration
-	mallocs uint64 // guest allocations during the timed requests
 }
 
 // filterChunk is how many requests one design serves before the next one
