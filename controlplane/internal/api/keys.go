@@ -3,15 +3,14 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // keyJSON is a key as the admin API shows it: never its hash, and the key
@@ -124,8 +123,8 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 	r := &store.Rate{}
 	if in.Limit == nil {
 		fe.add(field+".limit", "is required")
-	} else if *in.Limit < 1 || *in.Limit > maxRateLimit {
-		fe.add(field+".limit", "must be 1 to %d", maxRateLimit)
+	} else if *in.Limit < 1 || *in.Limit > wire.MaxRateLimit {
+		fe.add(field+".limit", "must be 1 to %d", wire.MaxRateLimit)
 	} else {
 		r.Limit = *in.Limit
 	}
@@ -139,8 +138,8 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 		}
 		r.PeriodMS = ms
 	case in.PeriodMS != nil:
-		if *in.PeriodMS < 1 || *in.PeriodMS > maxRatePeriodMS {
-			fe.add(field+".period_ms", "must be 1 to %d", maxRatePeriodMS)
+		if *in.PeriodMS < 1 || *in.PeriodMS > wire.MaxRatePeriodMS {
+			fe.add(field+".period_ms", "must be 1 to %d", wire.MaxRatePeriodMS)
 		}
 		r.PeriodMS = *in.PeriodMS
 	default:
@@ -151,24 +150,21 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 		if r.Limit > 0 {
 			r.Burst = r.Limit - 1 // N per period: N at once, then refilled
 		}
-	case *in.Burst < 0 || *in.Burst > maxRateBurst:
-		fe.add(field+".burst", "must be 0 to %d", maxRateBurst)
+	case *in.Burst < 0 || *in.Burst > wire.MaxRateBurst:
+		fe.add(field+".burst", "must be 0 to %d", wire.MaxRateBurst)
 	default:
 		r.Burst = *in.Burst
 	}
 	if len(*fe) > n {
 		return nil
 	}
-	// The filter's limiter must be able to enforce what is stored: the same
-	// check it runs (bucket.Policy.Validate), reported on the field it names.
-	p := bucket.Policy{Limit: r.Limit, PeriodNanos: r.PeriodMS * 1_000_000, Burst: r.Burst}
-	var pe *bucket.PolicyError
-	if err := p.Validate(); errors.As(err, &pe) {
-		name := map[string]string{"Limit": "limit", "Burst": "burst", "PeriodNanos": "period_ms"}[pe.Field]
+	// The filter's limiter must be able to enforce what is stored: the one
+	// check of a rate (wire.CheckRate), reported on the field it names.
+	if name, msg := wire.CheckRate(r.Limit, r.PeriodMS, r.Burst); name != "" {
 		if name == "period_ms" && in.Period != "" {
 			name = "period"
 		}
-		fe.add(field+"."+name, "%s", pe.Reason)
+		fe.add(field+"."+name, "%s", msg)
 		return nil
 	}
 	return r
@@ -185,8 +181,8 @@ func checkQuota(fe *fieldErrors, field string, in *quotaIn) *store.Quota {
 	q := &store.Quota{Period: in.Period}
 	if in.Limit == nil {
 		fe.add(field+".limit", "is required")
-	} else if *in.Limit < 0 || *in.Limit > maxQuotaLimit {
-		fe.add(field+".limit", "must be 0 to %d", int64(maxQuotaLimit))
+	} else if *in.Limit < 0 || *in.Limit > wire.MaxQuotaLimit {
+		fe.add(field+".limit", "must be 0 to %d", int64(wire.MaxQuotaLimit))
 	} else {
 		q.Limit = *in.Limit
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Instances: registration, the instance token, liveness (docs/wire.md,
@@ -20,10 +21,10 @@ import (
 
 // Error codes of the instance protocol.
 const (
-	codeInstanceExists        = "instance_exists"
+	codeInstanceExists        = wire.InstanceExists
 	codeInstanceMismatch      = "instance_mismatch"
-	codeInstanceTokenRequired = "instance_token_required"
-	codeSeqOutOfRange         = "seq_out_of_range"
+	codeInstanceTokenRequired = wire.InstanceTokenRequired
+	codeSeqOutOfRange         = wire.SeqOutOfRange
 	codeTooManyRegistrations  = "too_many_registrations"
 )
 
@@ -228,7 +229,7 @@ func (s *Server) touchSync(r *http.Request) {
 	if inst := requestInstance(r); inst != nil {
 		id = instanceID{inst.Node, inst.Boot}
 	}
-	if id.node == "" || id.boot == "" || len(id.node) > 4*store.MaxNodeLen || len(id.boot) > store.MaxBootLen {
+	if !wire.ValidNode(id.node) || !wire.ValidBoot(id.boot) {
 		return
 	}
 	now := s.now()

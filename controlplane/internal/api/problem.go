@@ -10,6 +10,7 @@ import (
 
 	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Stable machine-readable error codes (the "error" member of a problem).
@@ -57,7 +58,7 @@ func (p *problem) Error() string { return p.Code + ": " + p.Detail }
 
 // problemTypeBase prefixes the "type" URI; the rest is the error code.
 // docs/problems.md lists every code.
-const problemTypeBase = "urn:keygate:problem:"
+const problemTypeBase = wire.ProblemTypePrefix
 
 func newProblem(status int, code, detail string) *problem {
 	return &problem{
