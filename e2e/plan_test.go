@@ -63,7 +63,6 @@ func TestPlanChangeReachesEveryHost(t *testing.T) {
 // (which overrides the quota) must be admitted throughout.
 func (f *fleet) changePlan(tb testing.TB, keys []apiKey, own apiKey, limit int64, want string) []time.Duration {
 	tb.Helper()
-	type pair struct{ host, key int }
 	var (
 		mu      sync.Mutex
 		lat     []time.Duration
