@@ -286,3 +286,68 @@ func TestOwnerLimitThroughHTTP(t *testing.T) {
 		})
 	}
 }
+
+// TestClientLimitsThroughHTTP: per-client-address limits through a host,
+// the address taken from X-Forwarded-For with one trusted hop. Unknown
+// keys beyond the address's budget get 429 too_many_bad_keys, and then so
+// does a valid key from that address (a guess learns nothing) while
+// another address is served; anonymous requests beyond the budget get 429
+// client_rate_limited. Usage counts both codes.
+func TestClientLimitsThroughHTTP(t *testing.T) {
+	cp := startControlPlane(t)
+	k := cp.createKey(nil)
+	p := startHost(t, cp, startUpstream(t), hostOptions{filter: map[string]any{
+		"routes": []any{map[string]any{"path_prefix": "/v1/public", "anonymous": true}, map[string]any{"path_prefix": "/"}},
+		"client_limits": map[string]any{"trusted_hops": 1,
+			"anonymous": map[string]any{"limit": 2, "period_ms": 3_600_000},
+			"bad_keys":  map[string]any{"limit": 3, "period_ms": 3_600_000}},
+	}})
+	from := func(addr string) func(*http.Request) {
+		return func(r *http.Request) { r.Header.Set("X-Forwarded-For", "203.0.113.9, "+addr) }
+	}
+	eventually(t, 5*time.Second, "the host knows the key", func() (bool, string) {
+		r := p.get(k.Key, from("198.51.100.1"))
+		return r.status == 200, r.String()
+	})
+	for i := 0; i < 3; i++ {
+		if r := p.get(unknownKey(t), from("198.51.100.7")); r.code != "unknown_key" {
+			t.Fatalf("bad key %d: %s", i, r)
+		}
+	}
+	if r := p.get(unknownKey(t), from("198.51.100.7")); r.code != "too_many_bad_keys" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("fourth bad key: %s", r)
+	}
+	if r := p.get(k.Key, from("198.51.100.7")); r.code != "too_many_bad_keys" {
+		t.Fatalf("valid key from the blocked address: %s", r)
+	}
+	if r := p.get(k.Key, from("198.51.100.8")); r.status != 200 {
+		t.Fatalf("valid key from another address: %s", r)
+	}
+	public := func(addr string) result {
+		req, err := http.NewRequest("GET", p.base+"/v1/public/status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = apiHost
+		from(addr)(req)
+		return p.do(req)
+	}
+	for i := 0; i < 2; i++ {
+		if r := public("198.51.100.20"); r.status != 200 {
+			t.Fatalf("anonymous %d: %s", i, r)
+		}
+	}
+	if r := public("198.51.100.20"); r.code != "client_rate_limited" {
+		t.Fatalf("third anonymous request: %s", r)
+	}
+	eventually(t, 10*time.Second, "usage counts both codes", func() (bool, string) {
+		var s struct {
+			Totals struct {
+				Outcomes map[string]int64 `json:"outcomes"`
+			} `json:"totals"`
+		}
+		cp.call("GET", "/v1/usage/series?step=minute", nil, http.StatusOK, &s)
+		got := s.Totals.Outcomes
+		return got["too_many_bad_keys"] == 2 && got["client_rate_limited"] == 1, fmt.Sprint(got)
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/filter/internal/verdict"
 	"github.com/keygate/keygate/internal/wire"
 )
@@ -83,6 +84,20 @@ type filterConfig struct {
 	// nameLens has bit n set when a header name of length n (n >= 63:
 	// bit 63) may matter to the request scan; see scanLen.
 	nameLens uint64
+
+	// clients limits requests per client address (client_limits), nil
+	// for none.
+	clients *clientLimits
+}
+
+// clientLimits are the per-client-address limits of one Envoy
+// (docs/config.md, "Client limits").
+type clientLimits struct {
+	// trustedHops: the client address is this entry from the right of the
+	// last X-Forwarded-For header (1: the rightmost); 0: the peer address.
+	trustedHops int
+	anonymous   *bucket.Policy // requests without a key on anonymous routes
+	badKeys     *bucket.Policy // requests with unknown, malformed or revoked keys
 }
 
 // scanLen reports whether the scan must look at a header name of length n:
@@ -108,6 +123,9 @@ func (c *filterConfig) indexNames() {
 	}
 	for _, n := range []string{":authority", ":path", ":method", c.idHeaderKeyID, c.idHeaderOwner} {
 		mark(n)
+	}
+	if c.clients != nil && c.clients.trustedHops > 0 {
+		mark("x-forwarded-for")
 	}
 	for i, src := range c.sources {
 		switch src.kind {
@@ -381,10 +399,15 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 	}
 	root := gjson.ParseBytes(data)
 	if err := fields(root, "", "role", "key_sources", "key_prefix", "strip_credential", "identity_headers",
-		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id", "sync"); err != nil {
+		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id", "sync", "client_limits"); err != nil {
 		return nil, err
 	}
 	var err error
+	if v := root.Get("client_limits"); v.Exists() {
+		if c.clients, err = parseClientLimits(v); err != nil {
+			return nil, err
+		}
+	}
 	if v := root.Get("key_sources"); v.Exists() {
 		if c.sources, err = parseSources(v); err != nil {
 			return nil, err
@@ -605,6 +628,58 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		return true
 	})
 	return out, err
+}
+
+// parseClientLimits reads "client_limits": {"trusted_hops": 1,
+// "anonymous": {"limit": 60, "period_ms": 60000}, "bad_keys": {...}}.
+func parseClientLimits(v gjson.Result) (*clientLimits, error) {
+	const path = "client_limits"
+	if err := fields(v, path, "trusted_hops", "anonymous", "bad_keys"); err != nil {
+		return nil, err
+	}
+	cl := &clientLimits{}
+	hops, err := getInt(v, path, "trusted_hops", 0, 0, 16)
+	if err != nil {
+		return nil, err
+	}
+	cl.trustedHops = int(hops)
+	for _, f := range []struct {
+		name string
+		dst  **bucket.Policy
+	}{{"anonymous", &cl.anonymous}, {"bad_keys", &cl.badKeys}} {
+		r := v.Get(f.name)
+		if !r.Exists() {
+			continue
+		}
+		p := path + "." + f.name
+		if err := fields(r, p, "limit", "period_ms", "burst"); err != nil {
+			return nil, err
+		}
+		limit, err := getInt(r, p, "limit", 0, 1, wire.MaxRateLimit)
+		if err != nil {
+			return nil, err
+		}
+		if !r.Get("limit").Exists() || !r.Get("period_ms").Exists() {
+			return nil, bad(p, "want limit and period_ms")
+		}
+		period, err := getInt(r, p, "period_ms", 0, 1, wire.MaxRatePeriodMS)
+		if err != nil {
+			return nil, err
+		}
+		burst, err := getInt(r, p, "burst", limit-1, 0, wire.MaxRateBurst)
+		if err != nil {
+			return nil, err
+		}
+		if member, msg := wire.CheckRate(limit, period, burst); member != "" {
+			return nil, bad(p+"."+member, msg)
+		}
+		pol, _ := wire.RatePolicy(limit, period, burst)
+		*f.dst = &pol
+	}
+	if cl.anonymous == nil && cl.badKeys == nil {
+		return nil, bad(path, "want anonymous, bad_keys or both")
+	}
+	return cl, nil
 }
 
 // scopesNeeded is the insufficient_scope detail of a route: the scopes it

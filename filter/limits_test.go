@@ -190,3 +190,75 @@ func TestOwnerLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestClientLimits: per-client-address limits (the address from
+// X-Forwarded-For with one trusted hop): anonymous requests beyond the
+// client's budget get 429 client_rate_limited; unknown and malformed keys
+// beyond its bad-key budget get 429 too_many_bad_keys, after which even a
+// valid key from that address is refused unread; another address is not
+// affected.
+func TestClientLimits(t *testing.T) {
+	const config = `{
+  "key_sources": [{"type":"header","name":"x-api-key"}],
+  "routes": [{"path_prefix":"/public","anonymous":true}],
+  "client_limits": {"trusted_hops": 1,
+    "anonymous": {"limit": 2, "period_ms": 3600000, "burst": 1},
+    "bad_keys": {"limit": 2, "period_ms": 3600000, "burst": 1}}
+}`
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		good := newKey(t)
+		host := emulator(t, vm(), config, func() {
+			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+			seedRecord(t, good, keyrecord.Record{ID: "key_good", Status: keyrecord.StatusActive, Epoch: 2,
+				Hosts: []string{"api.example.com"}})
+		})
+		send := func(path, key, xff string) (uint32, string, [][2]string) {
+			t.Helper()
+			id := host.InitializeHttpContext()
+			h := get(path, "x-forwarded-for", "10.9.9.9, "+xff)
+			if key != "" {
+				h = append(h, [2]string{"x-api-key", key})
+			}
+			host.CallOnRequestHeaders(id, h, true)
+			if resp := host.GetSentLocalResponse(id); resp != nil {
+				return resp.StatusCode, string(resp.Data), resp.Headers
+			}
+			return 200, "", nil
+		}
+		for i := 0; i < 2; i++ {
+			if status, body, _ := send("/public", "", "192.0.2.1"); status != 200 {
+				t.Fatalf("anonymous %d: %d %s", i, status, body)
+			}
+		}
+		status, body, hdr := send("/public", "", "192.0.2.1")
+		if ra, _ := header(hdr, "retry-after"); status != 429 || ra == "" {
+			t.Fatalf("third anonymous request: %d %s", status, body)
+		}
+		checkProblemCode(t, body, codeClientLimited)
+		if status, _, _ := send("/public", "", "192.0.2.2"); status != 200 {
+			t.Fatalf("another address: %d", status)
+		}
+		// Bad keys: two get their own 401s, the third is 429.
+		for i, bad := range []string{"ak_nope", newKey(t)} {
+			status, body, _ := send("/v1/x", bad, "192.0.2.3")
+			if status != 401 {
+				t.Fatalf("bad key %d: %d %s", i, status, body)
+			}
+		}
+		status, body, _ = send("/v1/x", newKey(t), "192.0.2.3")
+		if status != 429 {
+			t.Fatalf("third bad key: %d %s", status, body)
+		}
+		checkProblemCode(t, body, codeBadKeys)
+		// Out of budget: the valid key from that address is refused unread;
+		// from another address it passes.
+		status, body, _ = send("/v1/x", good, "192.0.2.3")
+		if status != 429 {
+			t.Fatalf("valid key from a blocked address: %d %s", status, body)
+		}
+		checkProblemCode(t, body, codeBadKeys)
+		if status, body, _ := send("/v1/x", good, "192.0.2.4"); status != 200 {
+			t.Fatalf("valid key from another address: %d %s", status, body)
+		}
+	})
+}

@@ -18,24 +18,29 @@ import (
 // filterRoot is one worker VM's filter: configuration, usage counters and
 // buffers reused by every request (a worker VM runs one call at a time).
 type filterRoot struct {
-	cfg      *filterConfig
-	clock    Clock
-	usage    *usageCounter
-	limiter  bucket.Limiter
-	recKey   [1 + apikey.HashSize]byte
-	limKey   [1 + keyrecord.MaxStringLen + 1 + wire.MaxLimitNameLen]byte // "r" + budget id [+ 0 + limit name] (see limiterName)
-	scratch  bucket.Lease                                                // the lease of a named limit beyond leasedLimits, always empty
-	route    *route                                                      // the request's matched route (prepare)
-	shareKey []byte
-	hdrBuf   []byte          // response header values being rendered
-	pathBuf  []byte          // the normalized path of the current request, when not normal as sent
-	scanned  scanned         // the current request's header scan
-	pairs    pairIter        // and its iterator
-	req      verdict.Request // the current request, as the decision sees it
-	rec      verdict.Record  // its key's record
-	verdict  verdict.Verdict // and the decision
-	free     []*stream       // finished streams for reuse (see newStream)
-	records  *recordCache
+	cfg     *filterConfig
+	clock   Clock
+	usage   *usageCounter
+	limiter bucket.Limiter
+	recKey  [1 + apikey.HashSize]byte
+	limKey  [1 + keyrecord.MaxStringLen + 1 + wire.MaxLimitNameLen]byte // "r" + budget id [+ 0 + limit name] (see limiterName)
+	scratch bucket.Lease                                                // the lease of a named limit beyond leasedLimits, always empty
+	// The request's client address (client_limits), "" until read, and the
+	// wait a refusal by a client limit tells.
+	clientAddr  string
+	clientRetry int64
+	cliKey      []byte // "c" + limit kind + client address (see clientLimiterName)
+	route       *route // the request's matched route (prepare)
+	shareKey    []byte
+	hdrBuf      []byte          // response header values being rendered
+	pathBuf     []byte          // the normalized path of the current request, when not normal as sent
+	scanned     scanned         // the current request's header scan
+	pairs       pairIter        // and its iterator
+	req         verdict.Request // the current request, as the decision sees it
+	rec         verdict.Record  // its key's record
+	verdict     verdict.Verdict // and the decision
+	free        []*stream       // finished streams for reuse (see newStream)
+	records     *recordCache
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -134,6 +139,7 @@ type scanned struct {
 	ambiguous               bool   // two sources carried different keys
 	sources                 uint32 // bit i: source i carried the key
 	spoofed                 bool   // the client sent one of our identity headers
+	xff                     string // the last X-Forwarded-For header (client_limits.trusted_hops > 0)
 	hdrs                    []byte // the serialized request headers the views point into
 }
 
@@ -198,6 +204,8 @@ func (s *stream) scanHeaders(hdrs []byte, f *scanned) {
 			f.path = val
 		case ":method":
 			f.method = val
+		case "x-forwarded-for":
+			f.xff = val
 		}
 		if (c.idHeaderKeyID != "" && name == c.idHeaderKeyID) || (c.idHeaderOwner != "" && name == c.idHeaderOwner) {
 			f.spoofed = true
@@ -477,6 +485,11 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	v := &r.verdict
 	verdict.Decide(v, q, rec, now)
+	if cl := r.cfg.clients; cl != nil && (v.ClientLimit != verdict.ClientNone || v.Outcome == verdict.TooManyBadKeys) {
+		if action, done := s.clientLimit(cl, v, now); done {
+			return action
+		}
+	}
 	var id []byte
 	if v.Identified {
 		id = rec.View.ID()
@@ -538,6 +551,7 @@ var outcomeCodes = [verdict.NumOutcomes]string{
 	verdict.HostNotAllowed:    codeHostNotAllowed,
 	verdict.InsufficientScope: codeInsufficient,
 	verdict.QuotaExceeded:     codeQuotaExceeded,
+	verdict.TooManyBadKeys:    codeBadKeys,
 }
 
 // prepare fills q from the scan: the normalized path and its route, the
@@ -549,11 +563,13 @@ var outcomeCodes = [verdict.NumOutcomes]string{
 // value.
 func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNanos) (path string, slot *recordSlot, held bool, tag [2]uint64) {
 	c := r.cfg
+	r.clientAddr, r.clientRetry = "", 0
 	*q = verdict.Request{
-		Ambiguous:  sc.ambiguous,
-		KeyPresent: sc.present,
-		Authority:  sc.authority,
-		Policy:     &c.policy,
+		Ambiguous:    sc.ambiguous,
+		KeyPresent:   sc.present,
+		Authority:    sc.authority,
+		Policy:       &c.policy,
+		ClientLimits: c.clients != nil,
 	}
 	rawPath, _ := splitPath(sc.path)
 	path, q.PathOK = r.matchPath(rawPath)
@@ -568,6 +584,14 @@ func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNa
 	r.route = rt
 	if !sc.present || sc.ambiguous {
 		return path, nil, false, tag
+	}
+	if c.clients != nil && c.clients.badKeys != nil {
+		// A guess from an address out of bad-key budget learns nothing.
+		res, err := r.limiter.Peek(r.clientLimiterName('b', r.client(sc)), *c.clients.badKeys, int64(now))
+		if err == nil && !res.Allowed {
+			q.BadKeysBlocked, r.clientRetry = true, res.RetryAfterNanos
+			return path, nil, false, tag
+		}
 	}
 	if len(sc.key) >= c.minKeyLen && len(sc.key) <= c.maxKeyLen {
 		slot, held, tag = r.records.find(sc.key)
@@ -965,4 +989,97 @@ func (r *filterRoot) loadState(now verdict.UnixNanos) verdict.Sync {
 		r.stateReadAt = int64(now)
 	}
 	return verdict.Sync{Read: r.stateOK, Epoch: r.state.epoch, LastSyncMS: r.state.lastSyncMS}
+}
+
+// client returns the request's client address for client_limits: the
+// trusted_hops-th entry from the right of the last X-Forwarded-For header,
+// else (no such entry, or trusted_hops 0) the peer address without its
+// port. Read once per request.
+func (r *filterRoot) client(sc *scanned) string {
+	if r.clientAddr != "" {
+		return r.clientAddr
+	}
+	if hops := r.cfg.clients.trustedHops; hops > 0 {
+		rest := sc.xff
+		for i := 1; rest != ""; i++ {
+			entry := rest
+			if c := lastIndexByte(rest, ','); c >= 0 {
+				entry, rest = rest[c+1:], rest[:c]
+			} else {
+				rest = ""
+			}
+			if i == hops {
+				if e := trimSpace(entry); e != "" {
+					r.clientAddr = e
+					return e
+				}
+				break
+			}
+		}
+	}
+	r.clientAddr = "-" // no peer address known
+	if b, err := proxywasm.GetProperty([]string{"source", "address"}); err == nil && len(b) > 0 {
+		r.clientAddr = stripPort(string(b))
+	}
+	return r.clientAddr
+}
+
+// stripPort drops the port of "ip:port" or "[ipv6]:port".
+func stripPort(a string) string {
+	if len(a) > 0 && a[0] == '[' {
+		if e := indexByte(a, ']'); e > 0 {
+			return a[1:e]
+		}
+		return a
+	}
+	if c := lastIndexByte(a, ':'); c >= 0 && indexByte(a, ':') == c {
+		return a[:c]
+	}
+	return a
+}
+
+func lastIndexByte(s string, b byte) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+// clientLimiterName is the shared-data name of a client limit's state:
+// "c", the kind ('a' anonymous, 'b' bad keys) and the client address.
+func (r *filterRoot) clientLimiterName(kind byte, addr string) string {
+	r.cliKey = append(append(r.cliKey[:0], 'c', kind), addr...)
+	return bstr(r.cliKey)
+}
+
+// clientLimit runs the per-client-address limit the verdict asks for (this
+// Envoy's buckets: client limits are per Envoy) and, when it refuses,
+// answers 429 with its code and returns done. A bad key within budget
+// keeps its own refusal (done false).
+func (s *stream) clientLimit(cl *clientLimits, v *verdict.Verdict, now verdict.UnixNanos) (types.Action, bool) {
+	r := s.root
+	sc := &r.scanned
+	code, retry := codeBadKeys, r.clientRetry
+	switch {
+	case v.Outcome == verdict.TooManyBadKeys:
+	case v.ClientLimit == verdict.ClientAnonymous && cl.anonymous != nil:
+		res, err := r.limiter.Take(r.clientLimiterName('a', r.client(sc)), *cl.anonymous, 1, int64(now))
+		if err != nil || res.Allowed { // a limiter error admits, as for keys
+			return types.ActionContinue, false
+		}
+		code, retry = codeClientLimited, res.RetryAfterNanos
+	case v.ClientLimit == verdict.ClientBadKey && cl.badKeys != nil:
+		res, err := r.limiter.Take(r.clientLimiterName('b', r.client(sc)), *cl.badKeys, 1, int64(now))
+		if err != nil || res.Allowed {
+			return types.ActionContinue, false
+		}
+		retry = res.RetryAfterNanos
+	default:
+		return types.ActionContinue, false
+	}
+	s.count(code, nil, int64(now), sc.authority)
+	sendRetry(problemFor(code), bucket.CeilSeconds(retry), nil, "")
+	return types.ActionPause, true
 }

@@ -46,6 +46,10 @@ const (
 	HostNotAllowed
 	InsufficientScope
 	QuotaExceeded
+	// TooManyBadKeys: the client address has used up its budget of bad
+	// keys (Request.BadKeysBlocked), so its keyed requests are refused
+	// unread.
+	TooManyBadKeys
 	numOutcomes
 )
 
@@ -153,6 +157,13 @@ type Request struct {
 	// KeyWellFormed: the key passed the length bounds and apikey.CheckKey
 	// (or the worker's record cache vouches that it did).
 	KeyWellFormed bool
+	// BadKeysBlocked: the client address has no bad-key budget left, so a
+	// request with a key is refused before its key is looked at (a guess
+	// must not learn whether it hit).
+	BadKeysBlocked bool
+	// ClientLimits: the filter limits requests per client address
+	// (anonymous ones, and bad keys).
+	ClientLimits bool
 	Authority     string
 	Route         *Route
 	Policy        *Policy
@@ -204,7 +215,23 @@ type Verdict struct {
 	// before it goes upstream, in order.
 	Limits    [MaxLimits]Limit
 	NumLimits int
+	// ClientLimit says which per-client-address limit the request must
+	// still pass (the caller's limiter): ClientAnonymous for a request
+	// admitted without a key, ClientBadKey for a refusal of an unknown,
+	// malformed or revoked key, which passes it by keeping its own
+	// outcome and fails it as TooManyBadKeys.
+	ClientLimit ClientLimit
 }
+
+// ClientLimit is a per-client-address limit (the filter's client_limits).
+type ClientLimit uint8
+
+// The client limits.
+const (
+	ClientNone ClientLimit = iota
+	ClientAnonymous
+	ClientBadKey
+)
 
 // RetryAfterS is, for QuotaExceeded, the seconds until the quota resets.
 func (v *Verdict) RetryAfterS(now UnixNanos) int64 { return v.QuotaResetS - now.Seconds() }
@@ -217,7 +244,7 @@ func (q *Request) Stale(now UnixNanos) bool {
 // WantsRecord reports whether Decide will look at the key's record: the
 // caller reads it from shared data only then.
 func (q *Request) WantsRecord(now UnixNanos) bool {
-	return q.PathOK && !q.Ambiguous && q.KeyPresent && q.KeyWellFormed && (q.Policy.FailOpen || !q.Stale(now))
+	return q.PathOK && !q.Ambiguous && q.KeyPresent && !q.BadKeysBlocked && q.KeyWellFormed && (q.Policy.FailOpen || !q.Stale(now))
 }
 
 // admitsAnonymous reports whether the request's route lets a request
@@ -254,10 +281,16 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	case !q.KeyPresent:
 		if !q.admitsAnonymous() {
 			v.Outcome = MissingKey
+		} else if q.ClientLimits {
+			v.ClientLimit = ClientAnonymous
 		}
+		return
+	case q.BadKeysBlocked:
+		v.Outcome = TooManyBadKeys
 		return
 	case !q.KeyWellFormed:
 		v.Outcome = MalformedKey
+		v.badKey(q)
 		return
 	}
 	stale := q.Stale(now)
@@ -269,6 +302,7 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	if !rec.Found || r.Epoch() < q.Sync.Epoch || r.Status() == keyrecord.StatusDeleted {
 		if !stale { // stale and failing open: admitted unverified
 			v.Outcome = UnknownKey
+			v.badKey(q)
 		}
 		return
 	}
@@ -276,6 +310,7 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	switch r.Status() {
 	case keyrecord.StatusRevoked:
 		v.Outcome = KeyRevoked
+		v.badKey(q)
 		return
 	case keyrecord.StatusDisabled:
 		v.Outcome = KeyDisabled
@@ -340,6 +375,13 @@ func policy(limit, periodMS, burst int64) bucket.Policy {
 		p.PeriodNanos = -1
 	}
 	return p
+}
+
+// badKey marks a refusal that takes from the client's bad-key budget.
+func (v *Verdict) badKey(q *Request) {
+	if q.ClientLimits {
+		v.ClientLimit = ClientBadKey
+	}
 }
 
 // hasAny reports whether the key has at least one of scopes.

@@ -44,6 +44,12 @@ func active() keyrecord.Record {
 		Hosts: []string{"api.example.com", "*.example.org"}, Scopes: []string{"read"}}
 }
 
+// withClients turns on the filter's client limits for q.
+func withClients(q Request) Request {
+	q.ClientLimits = true
+	return q
+}
+
 // named gives a record the named limits burst (10/s) and sustained
 // (1000/h).
 func named(r *keyrecord.Record) {
@@ -80,8 +86,9 @@ type decideCase struct {
 	rec        *Record // nil: none found
 	outcome    Outcome
 	identified bool
-	resetS     int64   // QuotaResetS
-	limits     []Limit // an Allowed verdict's limits (Budget compared as a string)
+	resetS     int64       // QuotaResetS
+	limits     []Limit     // an Allowed verdict's limits (Budget compared as a string)
+	client     ClientLimit // the client limit the caller must run
 }
 
 func decideCases(t testing.TB) []decideCase {
@@ -149,6 +156,18 @@ func decideCases(t testing.TB) []decideCase {
 			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"billing:read"} }), outcome: InsufficientScope, identified: true},
 		{name: "all of and any of: both met", req: keyed(&both, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"read", "billing:read"} }), outcome: Allowed, identified: true},
+		{name: "client limits: anonymous admitted takes from the client's budget", req: withClients(Request{PathOK: true, Route: &public, Policy: &closed, Sync: fresh}),
+			outcome: Allowed, client: ClientAnonymous},
+		{name: "client limits: malformed key takes from the bad-key budget", req: withClients(Request{PathOK: true, KeyPresent: true, Route: &plain, Policy: &closed, Sync: fresh}),
+			outcome: MalformedKey, client: ClientBadKey},
+		{name: "client limits: unknown key", req: withClients(keyed(&plain, &closed, fresh)), outcome: UnknownKey, client: ClientBadKey},
+		{name: "client limits: revoked key", req: withClients(keyed(&plain, &closed, fresh)),
+			rec: record(t, func(r *keyrecord.Record) { r.Status = keyrecord.StatusRevoked }), outcome: KeyRevoked, identified: true, client: ClientBadKey},
+		{name: "client limits: disabled key is no guess", req: withClients(keyed(&plain, &closed, fresh)),
+			rec: record(t, func(r *keyrecord.Record) { r.Status = keyrecord.StatusDisabled }), outcome: KeyDisabled, identified: true},
+		{name: "client limits: good key", req: withClients(keyed(&plain, &closed, fresh)), rec: record(t, nil), outcome: Allowed, identified: true},
+		{name: "client out of bad-key budget: refused unread", req: with(withClients(keyed(&plain, &closed, fresh)), func(q *Request) { q.BadKeysBlocked = true }),
+			rec: &Record{}, outcome: TooManyBadKeys},
 		{name: "quota exhausted", req: keyed(&plain, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) {
 				r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 10, keyrecord.QuotaDay, nowS+90
@@ -219,6 +238,9 @@ func testDecide(t *testing.T) {
 		}
 		var v Verdict
 		Decide(&v, &c.req, rec, now)
+		if v.ClientLimit != c.client {
+			t.Errorf("%s: client limit %d, want %d", c.name, v.ClientLimit, c.client)
+		}
 		if v.Outcome != c.outcome || v.Identified != c.identified || v.QuotaResetS != c.resetS {
 			t.Errorf("%s: outcome %d identified %v reset %d, want %d %v %d", c.name, v.Outcome, v.Identified, v.QuotaResetS, c.outcome, c.identified, c.resetS)
 			continue
