@@ -164,10 +164,10 @@ type Request struct {
 	// ClientLimits: the filter limits requests per client address
 	// (anonymous ones, and bad keys).
 	ClientLimits bool
-	Authority     string
-	Route         *Route
-	Policy        *Policy
-	Sync          Sync
+	Authority    string
+	Route        *Route
+	Policy       *Policy
+	Sync         Sync
 }
 
 // Record is what shared data holds for the request's key.
