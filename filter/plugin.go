@@ -64,6 +64,7 @@ type plugin struct {
 	// and when the worker next hands its counts to the queue (the tick
 	// runs every syncTickMS for the lease).
 	syncCfg       *syncConfig
+	syncStats     *syncStats
 	lease         *lease
 	flushPeriodNs int64
 	nextHandOffNs int64
@@ -87,6 +88,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 			return types.OnPluginStartStatusFailed
 		}
 		p.sync = newSyncer(cfg, p.clock, nil)
+		p.sync.stats = defineSyncStats()
 		if err := p.sync.start(); err != nil {
 			proxywasm.LogCriticalf("keygate: starting sync: %v", err)
 			return types.OnPluginStartStatusFailed
@@ -138,6 +140,7 @@ func (p *plugin) startFilterOnly(cfg *filterConfig) error {
 		}
 	}
 	p.syncCfg = cfg.sync
+	p.syncStats = defineSyncStats()
 	p.lease = newLease(hostStore{}, binary.LittleEndian.Uint64(rnd[:]), cfg.sync.leaseMS)
 	p.flushPeriodNs = int64(cfg.flushPeriodMS) * 1e6
 	p.nextHandOffNs = p.clock() + p.flushPeriodNs
@@ -145,6 +148,9 @@ func (p *plugin) startFilterOnly(cfg *filterConfig) error {
 }
 
 func (p *plugin) OnTick() {
+	if p.filter != nil {
+		p.filter.stats.flush()
+	}
 	switch {
 	case p.filter != nil && p.lease != nil:
 		p.tickFilterOnly()
@@ -174,6 +180,7 @@ func (p *plugin) tickFilterOnly() {
 		// Registering the queue makes this VM its consumer, in place of
 		// the previous holder; the syncer continues what that one stored.
 		s := newSyncer(p.syncCfg, p.clock, p.lease)
+		s.stats = p.syncStats
 		if err := s.start(); err != nil {
 			proxywasm.LogCriticalf("keygate: starting sync in this worker: %v", err)
 			return
@@ -196,6 +203,7 @@ func (p *plugin) OnQueueReady(queueID uint32) {
 func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
 		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
+		p.filter.stats.flush()
 	}
 	if p.lease != nil {
 		if p.sync != nil {

@@ -29,6 +29,7 @@ type filterRoot struct {
 	pairs    pairIter  // and its iterator
 	free     []*stream // finished streams for reuse (see newStream)
 	records  *recordCache
+	stats    *filterStats
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -57,6 +58,7 @@ func newFilterRoot(cfg *filterConfig, clock Clock) (*filterRoot, error) {
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
 		records: records,
+		stats:   defineFilterStats(),
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
@@ -459,6 +461,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !f.present {
 		if rt.anonymous == anonAllow || (rt.anonymous == anonDefault && c.allowAnonymous) {
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
+			r.stats.request(outcomeAllowed, f.sources, c)
 			s.forward(f, path)
 			return types.ActionContinue
 		}
@@ -485,6 +488,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		r.records.claim(slot, tag, f.key)
 	}
 	rec, found, cached := slot.lookup(state.gen, state.epoch)
+	r.stats.hit(statCacheHit, cached && stateOK)
 	if !cached || !stateOK {
 		var ok bool
 		if rec, found, ok = r.readRecord(&slot.hash); ok && stateOK {
@@ -495,6 +499,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	if !known {
 		if stale { // failure mode open: let it through unverified
 			r.usage.add(now, outcomeAllowed, nil, f.authority)
+			r.stats.request(outcomeAllowed, f.sources, c)
 			s.forward(f, path)
 			return types.ActionContinue
 		}
@@ -520,6 +525,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	if _, _, until, ok := rec.Quota(); ok && until > now/1e9 {
 		r.usage.add(now, codeQuotaExceeded, id, f.authority)
+		r.stats.request(codeQuotaExceeded, f.sources, c)
 		_ = setKeyIDProperty(id)
 		s.scrub(f)
 		sendRetry(problemFor(codeQuotaExceeded), until-now/1e9, nil, " The quota resets at "+itoa(until)+" (unix seconds).")
@@ -536,6 +542,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 			local = policy.Scaled(share) // this node's part of the fleet-wide rate
 		}
 		res, err := r.limiter.TakeLeased(r.limiterName(budget), &slot.lease, local, rt.cost, now)
+		r.stats.hit(statLeaseHit, res.Leased)
 		switch {
 		case err == nil:
 		case errors.Is(err, bucket.ErrBadPolicy):
@@ -554,6 +561,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		s.q, s.w = policy.QuotaWindow()
 		if !res.Allowed {
 			r.usage.add(now, codeRateLimited, id, f.authority)
+			r.stats.request(codeRateLimited, f.sources, c)
 			_ = setKeyIDProperty(id)
 			// The refusal carries the fields itself; Envoy runs this filter's
 			// response callbacks on its own local reply too, which must not
@@ -574,6 +582,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	r.usage.add(now, outcomeAllowed, id, f.authority)
+	r.stats.request(outcomeAllowed, f.sources, c)
 	s.forward(f, path)
 	if c.idHeaderKeyID != "" {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderKeyID, bstr(id))
@@ -654,6 +663,7 @@ func (r *filterRoot) readRecord(h *apikey.Hash) (rec keyrecord.View, found, ok b
 // refuse counts the refusal and ends the stream with its problem response.
 func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
 	s.root.usage.add(now, code, keyID, authority)
+	s.root.stats.request(code, s.root.found.sources, s.root.cfg)
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}
