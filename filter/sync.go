@@ -12,13 +12,14 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
 const (
 	syncTickMS      = 100
-	maxBatchCounts  = 10000
-	maxResponseSize = 1 << 20 // Envoy buffers callout bodies; the control plane stays under it
+	maxBatchCounts  = wire.MaxBatchCounts
+	maxResponseSize = wire.MaxSyncBody
 
 	// maxPendingCounts bounds the syncer's backlog of (minute, outcome,
 	// key, host) counts waiting for the control plane: about 150 bytes
@@ -701,10 +702,9 @@ func (s *syncer) merge(msg []byte) {
 			proxywasm.LogErrorf("keygate: malformed usage line dropped")
 			continue
 		}
+		n = min(n, wire.MaxCountN)
 		if c, ok := s.pending[string(line[:tab])]; ok {
-			if c+n > 0 { // never wraps
-				s.pending[string(line[:tab])] = c + n
-			}
+			s.pending[string(line[:tab])] = min(c+n, wire.MaxCountN) // saturates: never past what a batch may carry
 			continue
 		}
 		if len(s.pending) >= maxPendingCounts {
@@ -716,53 +716,32 @@ func (s *syncer) merge(msg []byte) {
 	}
 }
 
-// usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>":
-// a minute of 1 to 12 digits without a leading zero, an outcome of [a-z_], a key id and a host of
-// at most keyrecord.MaxStringLen and 255 bytes without control characters.
+// usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>"
+// whose fields make a count the control plane takes (wire.CheckUsageCount):
+// a minute of 1 to 12 digits without a leading zero, an outcome code, a
+// key id or "", and a usage host.
 func usageLinePrefix(p []byte) bool {
-	field, start := 0, 0
-	for i := 0; i <= len(p); i++ {
-		if i < len(p) && p[i] != '\t' {
-			if p[i] < 0x20 || p[i] == 0x7f {
-				return false
-			}
-			continue
+	tabs := 0
+	for _, c := range p {
+		if c == '\t' {
+			tabs++
 		}
-		f := p[start:i]
-		switch field {
-		case 0:
-			if len(f) == 0 || len(f) > 12 || len(f) > 1 && f[0] == '0' { // a JSON number
-				return false
-			}
-			for _, c := range f {
-				if c < '0' || c > '9' {
-					return false
-				}
-			}
-		case 1:
-			if len(f) == 0 || len(f) > 32 {
-				return false
-			}
-			for _, c := range f {
-				if (c < 'a' || c > 'z') && c != '_' {
-					return false
-				}
-			}
-		case 2:
-			if len(f) > keyrecord.MaxStringLen {
-				return false
-			}
-		case 3:
-			if len(f) > 255 {
-				return false
-			}
-		default:
+	}
+	f := splitTabs(string(p))
+	if tabs != 3 || len(f[0]) == 0 || len(f[0]) > 12 || len(f[0]) > 1 && f[0][0] == '0' {
+		return false
+	}
+	minute := int64(0)
+	for i := 0; i < len(f[0]); i++ {
+		c := f[0][i]
+		if c < '0' || c > '9' {
 			return false
 		}
-		field++
-		start = i + 1
+		minute = minute*10 + int64(c-'0')
 	}
-	return field == 4
+	c := wire.UsageCount{Minute: minute, Outcome: f[1], KeyID: f[2], Host: f[3], N: 1}
+	m, _ := wire.CheckUsageCount(&c)
+	return m == ""
 }
 
 func indexByteB(b []byte, c byte) int {
@@ -823,13 +802,7 @@ func (s *syncer) dispatchUsage() {
 // buildBatch moves up to maxBatchCounts pending counts into a batch body.
 func (s *syncer) buildBatch() []byte {
 	b := make([]byte, 0, 128+min(len(s.pending), maxBatchCounts)*96)
-	b = append(b, `{"node":`...)
-	b = appendJSONString(b, s.node)
-	b = append(b, `,"boot":`...)
-	b = appendJSONString(b, s.boot)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendInt(b, s.seq, 10)
-	b = append(b, `,"counts":[`...)
+	b = wire.AppendUsageHead(b, s.node, s.boot, s.seq)
 	s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 	n := 0
 	for k, v := range s.pending {
@@ -838,26 +811,14 @@ func (s *syncer) buildBatch() []byte {
 		}
 		// k is "<minute>\t<outcome>\t<key id>\t<host>" (usageLinePrefix).
 		f := splitTabs(k)
-		if n > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"key_id":`...)
-		b = appendJSONString(b, f[2])
-		b = append(b, `,"minute":`...)
-		b = append(b, f[0]...)
-		b = append(b, `,"host":`...)
-		b = appendJSONString(b, f[3])
-		b = append(b, `,"outcome":`...)
-		b = appendJSONString(b, f[1])
-		b = append(b, `,"n":`...)
-		b = strconv.AppendInt(b, v, 10)
-		b = append(b, '}')
+		minute, _ := strconv.ParseInt(f[0], 10, 64)
+		b = wire.AppendUsageCount(b, n == 0, &wire.UsageCount{KeyID: f[2], Minute: minute, Host: f[3], Outcome: f[1], N: v})
 		s.inflightKeys = append(s.inflightKeys, k)
 		s.inflightNs = append(s.inflightNs, v)
 		delete(s.pending, k)
 		n++
 	}
-	return append(b, "]}"...)
+	return wire.AppendUsageEnd(b)
 }
 
 func splitTabs(k string) [4]string {
@@ -895,7 +856,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 			s.nextFlushMS = s.nowMS() // a backlog: send the next batch at once
 		}
 		return
-	case status == "400" || status == "413" || status == "409" && problemCode(body) == "seq_out_of_range":
+	case status == "400" || status == "413" || status == "409" && problemCode(body) == wire.SeqOutOfRange:
 		// The control plane will never take this batch; resending would
 		// wedge every later count behind it.
 		proxywasm.LogCriticalf("keygate: usage batch %d refused for good (%s): %s", s.seq, status, snippet(body))
@@ -905,7 +866,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 		s.persist()
 		return
 	case !s.legacy && (status == "401" || status == "403"),
-		s.legacy && status == "403" && problemCode(body) == "instance_token_required":
+		s.legacy && status == "403" && problemCode(body) == wire.InstanceTokenRequired:
 		// The control plane does not know this instance (any more), or
 		// wants instance tokens now: become a new instance and send the
 		// unacknowledged counts under it.
@@ -952,8 +913,7 @@ func (s *syncer) newInstance() error {
 // dispatchRegister registers this instance (node, boot) with the fleet
 // credential; the answer carries the instance token usage needs.
 func (s *syncer) dispatchRegister() {
-	body := append([]byte(`{"node":`), appendJSONString(nil, s.node)...)
-	body = append(append(append(body, `,"boot":`...), appendJSONString(nil, s.boot)...), '}')
+	body := wire.AppendRegistration(nil, s.node, s.boot)
 	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.registerPath, s.cfg.credential),
 		[2]string{"content-type", "application/json"}), body, nil, s.cfg.timeoutMS, s.onRegisterResponse)
 	if err != nil {
@@ -980,7 +940,7 @@ func (s *syncer) onRegisterResponse(numHeaders, bodySize, _ int) {
 			proxywasm.LogInfof("keygate: registered as instance %q/%s", s.node, s.boot)
 			return
 		}
-	case status == "409" && problemCode(body) == "instance_exists":
+	case status == "409" && problemCode(body) == wire.InstanceExists:
 		// Boot ids are never reused: draw another.
 		err = errors.New("instance exists; drawing a new boot id")
 		if berr := s.newBoot(); berr != nil {
@@ -1021,38 +981,19 @@ func (s *syncer) takeToken(body []byte) error {
 		return errors.New("registration answer names another instance")
 	}
 	tok := root.Get("token")
-	if tok.Type != gjson.String || !instanceToken(tok.Str) {
+	if tok.Type != gjson.String || !wire.ValidInstanceToken(tok.Str) {
 		return errors.New("registration answer holds no well-formed instance token")
 	}
 	s.token = tok.Str
 	return nil
 }
 
-// instanceToken reports whether t looks like an instance token: "kgi_" and
-// 43 Base62 characters.
-func instanceToken(t string) bool {
-	if len(t) != 4+43 || t[:4] != "kgi_" {
-		return false
-	}
-	for i := 4; i < len(t); i++ {
-		c := t[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
 // problemCode is the stable "error" member of a problem+json body, or "".
 func problemCode(body []byte) string {
-	if len(body) == 0 || !jsonDepthOK(body) || !gjson.ValidBytes(body) {
+	if !jsonDepthOK(body) {
 		return ""
 	}
-	code := gjson.GetBytes(body, "error")
-	if code.Type != gjson.String || len(code.Str) > 64 {
-		return ""
-	}
-	return code.Str
+	return wire.ProblemCode(body)
 }
 
 // queryEscape percent-encodes s for a query parameter value (all but the
@@ -1144,22 +1085,4 @@ func (s *syncer) applyShares(body []byte) error {
 		return setShared(stateKey, s.state.encode(&buf))
 	}
 	return nil
-}
-
-// appendJSONString appends s as a JSON string; bytes that are not valid
-// UTF-8 become U+FFFD.
-func appendJSONString(b []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b = append(b, '\\', byte(r))
-		case r < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[r>>4], hexDigits[r&15])
-		default:
-			b = append(b, string(r)...)
-		}
-	}
-	return append(b, '"')
 }
