@@ -120,6 +120,10 @@ build_wasm() {
   "${TINYGO[@]}" build -o build/filter.wasm "${flags[@]}" ./filter/cmd/filter
   log "tinygo build build/passthrough.wasm"
   "${TINYGO[@]}" build -o build/passthrough.wasm "${flags[@]}" ./filter/cmd/passthrough
+  # The request decision's tests, compiled like the filter, for their
+  # "wasm" runs (filter/internal/verdict/runboth_test.go).
+  log "tinygo test -c build/verdict_test.wasm"
+  "${TINYGO[@]}" test -c -o build/verdict_test.wasm -no-debug -opt=2 -scheduler=none -target=wasi ./filter/internal/verdict
 }
 
 check_go_line() {
