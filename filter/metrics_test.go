@@ -7,6 +7,7 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -119,4 +120,26 @@ func TestMetricsCacheAndLease(t *testing.T) {
 			t.Errorf("allowed %d, want %d", got, n)
 		}
 	})
+}
+
+// Every outcome the wire knows has a counter of its own, named after it.
+func TestOutcomeStats(t *testing.T) {
+	seen := map[int]string{}
+	for _, code := range wire.Outcomes() {
+		i := outcomeStat(code)
+		if prev, dup := seen[i]; dup {
+			t.Errorf("%s and %s share the counter %s", prev, code, filterStatNames[i])
+		}
+		seen[i] = code
+		want := "requests_refused_" + code + "_total"
+		if code == outcomeAllowed {
+			want = "requests_allowed_total"
+		}
+		if filterStatNames[i] != want {
+			t.Errorf("%s counts in %s, want %s", code, filterStatNames[i], want)
+		}
+	}
+	if len(seen) != statUnenforceable+1 {
+		t.Errorf("%d outcomes, %d outcome counters", len(seen), statUnenforceable+1)
+	}
 }
