@@ -143,3 +143,46 @@ func TestOutcomeStats(t *testing.T) {
 		t.Errorf("%d outcomes, %d outcome counters", len(seen), statUnenforceable+1)
 	}
 }
+
+// The sync service's stats: the records gauge follows snapshots, deltas,
+// tombstones and re-snapshots; good answers and failures are counted;
+// the age gauge is set on the tick.
+func TestSyncStats(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		h := &syncHarness{t: t, host: emulator(t, vm(), syncTestConfig, nil)}
+		gauge := func(name string) uint64 {
+			t.Helper()
+			h.host.Tick() // the syncer sets its gauges on the tick
+			v, err := h.host.GetGaugeMetric(statPrefix + name)
+			if err != nil {
+				t.Fatalf("gauge %s: %v", name, err)
+			}
+			return v
+		}
+		for _, step := range []struct {
+			page    string
+			records uint64
+		}{
+			{"sync_snapshot_1.json", 0}, // a snapshot counts when it completes
+			{"sync_snapshot_2.json", 3}, // a, b (revoked), c
+			{"sync_delta.json", 2},      // a revoked again, c deleted
+			{"sync_bad_record.json", 1}, // b tombstoned
+			{"sync_resnapshot.json", 1}, // b alone, under a new epoch
+		} {
+			h.answer(h.next("/v1/sync"), "200", recorded(t, step.page))
+			if got := gauge("records"); got != step.records {
+				t.Errorf("after %s: records %d, want %d", step.page, got, step.records)
+			}
+		}
+		if n := counter(t, h.host, "sync_success_total"); n != 5 { // a bad record is tombstoned: its page is good
+			t.Errorf("sync_success_total %d, want 5", n)
+		}
+		h.answer(h.next("/v1/sync"), "503", []byte("down"))
+		if n := counter(t, h.host, "sync_failures_total"); n != 1 {
+			t.Errorf("sync_failures_total %d, want 1", n)
+		}
+		if age := gauge("sync_age_seconds"); age > 60 {
+			t.Errorf("sync age %d s", age)
+		}
+	})
+}
