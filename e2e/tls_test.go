@@ -253,6 +253,9 @@ func TestTLSWrongCAFailsClosed(t *testing.T) {
 	syncOpts["control_plane.long_poll_s"] = 1 // a good answer at least every second
 	filterOpts := maps.Clone(fastFlushFilter)
 	filterOpts["max_staleness_ms"] = staleness.Milliseconds()
+	// A filter stale after 4 s cannot be a sync lease candidate (the
+	// staleness rule): the sync service alone syncs.
+	filterOpts["sync"] = removeField{}
 	useTLS := withTLS(t, tlsCluster(t, f, false))
 	edit := func(cfg *host.Config) {
 		useTLS(cfg)
