@@ -232,7 +232,7 @@ const (
 func defineMetric(kind uint32, name string) (id uint32, ok bool) {
 	id, st := proxyDefineMetric(kind, name)
 	if st != 0 {
-		proxywasm.LogErrorf("keygate: defining metric %s: %v (not reported)", name, statusError(st))
+		proxywasm.LogErrorf("keygate: defining metric %s: host status %d (not reported)", name, st)
 		return 0, false
 	}
 	return id, true
