@@ -24,8 +24,9 @@ var generated = []string{"build/", "data/"}
 // elsewhere are mentions of files that are not the repository's, each
 // with the reason the text may name it.
 var elsewhere = map[string]string{
-	"chart.umd.js":      "fetched by controlplane/internal/ui/setup.sh into static/vendor (git-ignored)",
-	"dist/chart.umd.js": "the file's place inside the chart.js npm package",
+	"chart.umd.js":          "fetched by controlplane/internal/ui/setup.sh into static/vendor (git-ignored)",
+	"dist/chart.umd.js":     "the file's place inside the chart.js npm package",
+	"~/.docker/config.json": "the user's registry credentials (docs/deploy.md)",
 }
 
 // fileExt are the extensions that make a bare name ("RATIONALE.md") a
