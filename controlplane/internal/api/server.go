@@ -25,6 +25,7 @@ import (
 	"github.com/keygate/keygate/apikey/wordlist"
 	"github.com/keygate/keygate/controlplane"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Config configures a Server.
@@ -112,8 +113,8 @@ type Server struct {
 	stopOnce sync.Once
 }
 
-// maxSyncBody is the largest sync response body (docs/wire.md).
-const maxSyncBody = 1 << 20
+// maxSyncBody is the largest sync response body.
+const maxSyncBody = wire.MaxSyncBody
 
 // New returns a Server for cfg.
 func New(cfg Config) (*Server, error) {
