@@ -29,7 +29,7 @@ func TestCheckRate(t *testing.T) {
 }
 
 // TestCheckedRatesAreEnforceable: every rate CheckRate accepts is one the
-// filter.s limiter enforces as sent (RatePolicy: the request path converts the same
+// filter's limiter enforces as sent (RatePolicy: the request path converts the same
 // way) and at every fleet share, down to shares far below the
 // control plane's floor.
 func TestCheckedRatesAreEnforceable(t *testing.T) {

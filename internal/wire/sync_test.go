@@ -130,14 +130,14 @@ func TestDecodeUpsertRefuses(t *testing.T) {
 func TestDecodeSyncHead(t *testing.T) {
 	for in, ok := range map[string]bool{
 		`{"version":3,"more":true,"cursor":"abc"}`: true,
-		`{"version":3}`:                            true,
-		`{"version":-1}`:                           false,
-		`{"version":1.5}`:                          false,
-		`{}`:                                       false,
-		`{"version":3,"more":true}`:                false,
-		`{"version":3,"cursor":"a b"}`:             false,
-		`{"version":3,"cursor":7}`:                 false,
-		`[]`:                                       false,
+		`{"version":3}`:                true,
+		`{"version":-1}`:               false,
+		`{"version":1.5}`:              false,
+		`{}`:                           false,
+		`{"version":3,"more":true}`:    false,
+		`{"version":3,"cursor":"a b"}`: false,
+		`{"version":3,"cursor":7}`:     false,
+		`[]`:                           false,
 	} {
 		if _, err := DecodeSyncHead(gjson.Parse(in)); (err == nil) != ok {
 			t.Errorf("%s: error %v, want ok %v", in, err, ok)
