@@ -281,11 +281,15 @@ func TestGoldenProblemBodies(t *testing.T) {
 		{codeMissingKey, func(testKeys) [][2]string { return get("/v1/x") }},
 		{codeMalformedKey, func(testKeys) [][2]string { return get("/v1/x", "x-api-key", "ak_not-a-key") }},
 		{codeUnknownKey, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.unknown) }},
-		{codeAmbiguousKey, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.active, "authorization", "Bearer "+k.admin) }},
+		{codeAmbiguousKey, func(k testKeys) [][2]string {
+			return get("/v1/x", "x-api-key", k.active, "authorization", "Bearer "+k.admin)
+		}},
 		{codeKeyRevoked, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.revoked) }},
 		{codeKeyDisabled, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.disabled) }},
 		{codeKeyExpired, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.expired) }},
-		{codeHostNotAllowed, func(k testKeys) [][2]string { return withAuthority(get("/v1/x", "x-api-key", k.active), "other.example.com") }},
+		{codeHostNotAllowed, func(k testKeys) [][2]string {
+			return withAuthority(get("/v1/x", "x-api-key", k.active), "other.example.com")
+		}},
 		{codeInsufficient, func(k testKeys) [][2]string { return get("/admin", "x-api-key", k.active) }},
 		{codeInvalidPath, func(k testKeys) [][2]string { return get("/x%2F", "x-api-key", k.admin) }},
 		{codeUnenforceable, func(k testKeys) [][2]string { return get("/v1/x", "x-api-key", k.badRate) }},
