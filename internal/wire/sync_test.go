@@ -164,3 +164,17 @@ func TestHostPatternError(t *testing.T) {
 		}
 	}
 }
+
+func TestHostPatternMessages(t *testing.T) {
+	for h, want := range map[string]string{
+		"a\x01b.com": `invalid character "\x01"`,
+		"a\"b.com":   `invalid character "\""`,
+		"a!b.com":    `invalid character "!"`,
+		"bü.de":      `invalid character "ü": write internationalized names in their ASCII (xn--) form`,
+		"a\xffb.com": "must be valid UTF-8",
+	} {
+		if got := HostPatternError(h); got != want {
+			t.Errorf("HostPatternError(%q) = %q, want %q", h, got, want)
+		}
+	}
+}
