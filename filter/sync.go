@@ -177,11 +177,11 @@ func (s *syncer) start() error {
 	}
 	s.node = s.cfg.nodeID
 	if s.node == "" {
-		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && validNodeName(string(b)) {
+		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && wire.ValidNode(string(b)) {
 			s.node = string(b)
 		} else {
 			if err == nil && len(b) > 0 {
-				proxywasm.LogWarnf("keygate: node.id is not 1 to 128 printable ASCII characters; using \"unnamed\" (set node_id)")
+				proxywasm.LogWarnf("keygate: node.id is not 1 to 128 bytes of printable UTF-8; using \"unnamed\" (set node_id)")
 			}
 			s.node = "unnamed"
 		}
