@@ -6,6 +6,15 @@
 #   ./build.sh test      build, then run every test (go vet, go test ./...)
 #   ./build.sh bench     build, then print the benchmark tables
 #   ./build.sh run       build, then start control plane + demo upstream + proxy
+#   ./build.sh image     build the container images as OCI image layouts:
+#                        build/oci/keygate-filter (Wasm "compat" image for
+#                        Istio's WasmPlugin / Envoy Gateway) and
+#                        build/oci/keygate-controlplane (+ a `docker load`
+#                        archive build/keygate-controlplane.tar); no
+#                        container runtime needed. FILTER_IMAGE=REF and
+#                        CONTROLPLANE_IMAGE=REF push them too; IMAGE_ARCH
+#                        picks the control plane's GOARCH (default: this
+#                        machine's)
 #   ./build.sh tinygo    only make sure TinyGo is installed; print its path
 #
 # TinyGo: an installed `tinygo` 0.39.x on PATH is used as is. Otherwise TinyGo
@@ -120,6 +129,10 @@ build_wasm() {
   "${TINYGO[@]}" build -o build/filter.wasm "${flags[@]}" ./filter/cmd/filter
   log "tinygo build build/passthrough.wasm"
   "${TINYGO[@]}" build -o build/passthrough.wasm "${flags[@]}" ./filter/cmd/passthrough
+  # The request decision's tests, compiled like the filter, for their
+  # "wasm" runs (filter/internal/verdict/runboth_test.go).
+  log "tinygo test -c build/verdict_test.wasm"
+  "${TINYGO[@]}" test -c -o build/verdict_test.wasm -no-debug -opt=2 -scheduler=none -target=wasi ./filter/internal/verdict
 }
 
 check_go_line() {
@@ -167,6 +180,26 @@ build_all() {
   go build -o build/wasmhost ./e2e/cmd/wasmhost
 }
 
+# build_images writes the images (docs/deploy.md). The control plane is
+# linked statically (CGO_ENABLED=0: the SQLite driver is pure Go) so the
+# image needs no libc.
+build_images() {
+  need_go
+  check_go_line
+  build_wasm
+  "$ROOT/controlplane/internal/ui/setup.sh" --no-browser >&2
+  local arch=${IMAGE_ARCH:-$(go env GOARCH)}
+  local bin=build/image/controlplane-linux-$arch
+  log "go build $bin (static)"
+  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -o "$bin" ./controlplane/cmd/controlplane
+  go build -o build/ociimage ./internal/ociimage/cmd/ociimage
+  ./build/ociimage filter -wasm build/filter.wasm -out build/oci/keygate-filter \
+    ${FILTER_IMAGE:+-push "$FILTER_IMAGE"}
+  ./build/ociimage controlplane -bin "$bin" -arch "$arch" -out build/oci/keygate-controlplane \
+    -ref keygate-controlplane:dev -tar build/keygate-controlplane.tar \
+    ${CONTROLPLANE_IMAGE:+-push "$CONTROLPLANE_IMAGE"}
+}
+
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -198,5 +231,6 @@ case "$cmd" in
     go build -o build/demo ./e2e/cmd/demo
     exec ./build/demo "$@"
     ;;
-  *) die "unknown command '$cmd' (build, test, bench, run, tinygo)" ;;
+  image) build_images ;;
+  *) die "unknown command '$cmd' (build, test, bench, run, image, tinygo)" ;;
 esac

@@ -10,9 +10,9 @@ import (
 	"github.com/keygate/keygate/internal/wire"
 )
 
-// In filter-only mode the syncing worker may die (a trap, a reload) and
-// another takes over (lease.go). What the next holder must continue lives
-// in shared data, written by the holder whenever it changes:
+// The syncing VM may die (a trap; a worker also on a reload) and another
+// candidate takes the lease over (lease.go). What the next holder must
+// continue lives in shared data, written by the holder whenever it changes:
 //
 //   - the instance: node, boot id, instance token (or legacy: the fleet
 //     credential), the last seq used;

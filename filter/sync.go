@@ -87,20 +87,20 @@ func warnStaleness(filterMS int64) {
 }
 
 // syncer is the syncing VM: it pulls key records from the control plane into
-// shared data and pushes usage counts to it. Envoy runs it once per process,
-// either as a singleton bootstrap service sharing the filter's vm_id, or,
-// in filter-only mode, inside the one worker VM holding the sync lease
-// (lease.go). A trap kills a bootstrap service for good (Envoy never
-// reloads one), so nothing here may panic on any input: every index is
-// bounded and every body is checked (size, nesting) before it is parsed.
+// shared data and pushes usage counts to it. It runs once per process, in
+// the VM holding the sync lease (lease.go): the singleton bootstrap service
+// sharing the filter's vm_id, or a worker whose filter configuration has a
+// "sync" object. A trap kills a bootstrap service for good (Envoy never
+// reloads one; a worker then takes the lease over), so nothing here may
+// panic on any input: every index is bounded and every body is checked
+// (size, nesting) before it is parsed.
 type syncer struct {
 	cfg   *syncConfig
 	clock Clock
 
-	// lease is set in filter-only mode: the syncer runs while its VM holds
-	// the lease and keeps what the next holder continues in shared data
-	// (handover.go). stopped: the lease went to another VM; answers still
-	// coming in are ignored.
+	// lease: the syncer runs while its VM holds the lease and keeps what
+	// the next holder continues in shared data (handover.go). stopped: the
+	// lease went to another VM; answers still coming in are ignored.
 	lease   *lease
 	stopped bool
 
@@ -202,20 +202,25 @@ func (s *syncer) start() error {
 
 // resume continues the instance a previous lease holder stored: same boot
 // id, token and seq, and its unacknowledged batch. It reports false when
-// there is none (or not for this node), and in singleton mode.
+// there is none (or not for this node).
 func (s *syncer) resume() bool {
-	if s.lease == nil {
-		return false
-	}
 	b, _, err := proxywasm.GetSharedData(instanceKey)
 	if err != nil {
 		return false
 	}
 	r, ok := decodeInstance(b)
-	if !ok || r.node != s.node {
-		if !ok {
-			proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+	if !ok {
+		proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+		return false
+	}
+	if r.node != s.node {
+		// The candidates' sync settings differ (node_id): the batch in
+		// flight belongs to the other node's instance.
+		what := ""
+		if r.inflight != nil {
+			what = "; its unacknowledged batch " + strconv.FormatInt(r.seq, 10) + " is not resent"
 		}
+		proxywasm.LogWarnf("keygate: took over the sync lease from node %q as node %q (give every candidate the same node_id); registering a new instance%s", r.node, s.node, what)
 		return false
 	}
 	s.boot, s.token, s.seq, s.legacy = r.boot, r.token, r.seq, r.legacy
@@ -237,25 +242,22 @@ func (s *syncer) resume() bool {
 }
 
 // persist stores the instance and the unacknowledged batch for the next
-// lease holder (filter-only mode; nothing in singleton mode).
+// lease holder.
 func (s *syncer) persist() {
-	if s.lease == nil {
-		return
-	}
 	r := instanceRecord{node: s.node, boot: s.boot, token: s.token, seq: s.seq, legacy: s.legacy, inflight: s.inflight}
 	if err := setShared(instanceKey, r.encode()); err != nil {
 		proxywasm.LogErrorf("keygate: storing the instance for the next sync lease holder: %v", err)
 	}
 }
 
-// active reports whether this syncer may act on an answer: always in
-// singleton mode; in filter-only mode while its VM still holds the lease.
+// active reports whether this syncer may act on an answer: while its VM
+// still holds the lease.
 func (s *syncer) active() bool {
-	return s.lease == nil || !s.stopped && s.lease.check(s.nowMS())
+	return !s.stopped && s.lease.check(s.nowMS())
 }
 
-// stop ends a filter-only syncer whose VM lost the lease: answers still in
-// flight are ignored, and the queue's next consumer is the new holder.
+// stop ends a syncer whose VM lost the lease: answers still in flight are
+// ignored, and the queue's next consumer is the new holder.
 func (s *syncer) stop() { s.stopped = true }
 
 // newBoot draws a new boot id: 16 hex digits from crypto/rand. A boot id
@@ -284,30 +286,23 @@ func (s *syncer) tick() {
 		// Usage waits for an instance token; counts keep merging.
 		s.dispatchRegister()
 	}
-	if s.lease != nil {
-		// Filter-only: the counts live in the shared queue; take them
-		// out only to build a batch, and put back what is left.
-		if now >= s.nextFlushMS {
-			s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
-			s.drainQueue(s.queueID)
-			if registered && !s.usageBusy {
-				s.dispatchUsage()
-			}
-			s.compact()
-		}
-		return
-	}
-	if registered && !s.usageBusy && now >= s.nextFlushMS {
+	// The counts live in the shared queue; take them out only to build a
+	// batch, and put back what is left.
+	if now >= s.nextFlushMS {
 		s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
-		s.dispatchUsage()
+		s.drainQueue(s.queueID)
+		if registered && !s.usageBusy {
+			s.dispatchUsage()
+		}
+		s.compact()
 	}
 }
 
 // compact puts the pending counts back into the usage queue, merged into
-// one message (filter-only mode: nothing waits in a VM's memory, where a
-// dead lease holder would take it along).
+// one message: nothing waits in a VM's memory, where a dead lease holder
+// would take it along.
 func (s *syncer) compact() {
-	if s.lease == nil || len(s.pending) == 0 {
+	if len(s.pending) == 0 {
 		return
 	}
 	msg := make([]byte, 0, len(s.pending)*64)
@@ -1006,7 +1001,7 @@ func (s *syncer) applyShares(body []byte) error {
 			}
 		}
 	}
-	if s.lease != nil && !sameIDs(seen, s.shareIDs) {
+	if !sameIDs(seen, s.shareIDs) {
 		// The next lease holder must know which entries to clear.
 		if err := setShared(shareIDsKey, encodeShareIDs(seen)); err != nil {
 			return err

@@ -13,13 +13,14 @@ import (
 	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/internal/wire"
 )
 
 // Validation limits of the admin API's own (the wire's are internal/wire's).
 const (
 	maxMetadata     = 4 << 10
-	maxGraceSeconds = 30 * 24 * 60 * 60
+	maxGraceSeconds = int64(lifecycle.MaxGrace / time.Second)
 )
 
 // fieldErrors collects validation errors of one request.

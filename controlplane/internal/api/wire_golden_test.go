@@ -2,15 +2,20 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/tidwall/gjson"
 
+	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
+	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/internal/wire"
 )
 
@@ -49,29 +54,52 @@ func compareGolden(t *testing.T, name string, body []byte) {
 	}
 }
 
+// goldenKey is a key of the golden sync pages: a fixed id and hash (the
+// API draws both at random, which would tie the golden bytes to how many
+// random bytes it reads).
+func goldenKey(id string, k store.Key) *store.Key {
+	k.ID, k.Hash, k.Name = id, apikey.HashKey("ak_golden_"+id), id
+	if k.Status == "" {
+		k.Status = store.StatusActive
+	}
+	return &k
+}
+
 // TestGoldenSyncPages: GET /v1/sync, through real HTTP on both stores,
 // answers exactly the golden pages the filter's tests apply: a snapshot
-// with every kind of record and a delta with a change and a delete. The
-// keys come from a seeded random source and a fixed clock.
+// with every kind of record (each member set somewhere, a rotated key
+// whose budget is its predecessor's, a revoked key) and a delta with a
+// change and a delete. Keys are written to the store with fixed ids and
+// hashes, changed through the admin API, on a fixed clock.
 func TestGoldenSyncPages(t *testing.T) {
 	backends(t, func(t *testing.T, open opener) {
-		e := newEnvWith(t, open, func(c *Config) { c.Rand = rand.NewChaCha8([32]byte{'w', 'i', 'r', 'e'}) })
-		full := e.createKey(map[string]any{
-			"name": "full", "owner": "Ünïcode \"acme\" <ops> \\ ☃",
-			"hosts":      []string{"api.example.com", "*.example.org:8443", "[2001:db8::1]", "10.0.0.1"},
-			"scopes":     []string{"read", "billing:write", "a.b_c-d"},
-			"rate":       map[string]any{"limit": 100, "period": "second", "burst": 20},
-			"quota":      map[string]any{"limit": 100000, "period": "month"},
-			"expires_at": "2031-01-01T00:00:00.25Z",
-		})
-		bare := e.createKey(map[string]any{"name": "bare"})
-		revoked := e.createKey(map[string]any{"name": "revoked", "hosts": []string{"*"}, "rate": map[string]any{"limit": 5, "period_ms": 60000, "burst": 0}})
-		if r := e.admin("POST", "/v1/keys/"+revoked.ID+"/revoke", nil); r.status != http.StatusOK {
-			t.Fatalf("revoke: %d %s", r.status, r.body)
+		e := newEnv(t, open)
+		ctx := context.Background()
+		expires := time.Date(2031, 1, 1, 0, 0, 0, 250_000_000, time.UTC)
+		keys := []*store.Key{
+			goldenKey("key_full", store.Key{Owner: "Ünïcode \"acme\" <ops> \\ ☃",
+				Hosts:  []string{"api.example.com", "*.example.org:8443", "[2001:db8::1]", "10.0.0.1"},
+				Scopes: []string{"read", "billing:write", "a.b_c-d"},
+				Rate:   &store.Rate{Limit: 100, PeriodMS: 1000, Burst: 20},
+				Quota:  &store.Quota{Limit: 100000, Period: "month"}, ExpiresAt: &expires}),
+			goldenKey("key_bare", store.Key{}),
+			goldenKey("key_revoked", store.Key{Status: store.StatusRevoked, Hosts: []string{"*"},
+				Rate: &store.Rate{Limit: 5, PeriodMS: 60000}}),
+			goldenKey("key_old", store.Key{Owner: "acme", Hosts: []string{"api.example.com"},
+				Quota: &store.Quota{Limit: 0, Period: "day"}}),
 		}
-		old := e.createKey(map[string]any{"name": "rotated", "owner": "acme", "hosts": []string{"api.example.com"}, "quota": map[string]any{"limit": 0, "period": "day"}})
-		if r := e.admin("POST", "/v1/keys/"+old.ID+"/rotate", map[string]any{"grace_seconds": 3600}); r.status != http.StatusCreated && r.status != http.StatusOK {
-			t.Fatalf("rotate: %d %s", r.status, r.body)
+		for _, k := range keys {
+			if err := e.st.CreateKey(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		now := e.clock.Now()
+		if _, _, err := e.st.RotateKey(ctx, "key_old", func(old, _ *store.Key) (*store.Key, time.Time, error) {
+			nk := lifecycle.Successor(old, now)
+			nk.ID, nk.Hash = "key_new", apikey.HashKey("ak_golden_key_new")
+			return nk, now.Add(time.Hour), nil
+		}); err != nil {
+			t.Fatal(err)
 		}
 		snap := e.call("GET", "/v1/sync?since=0", filterToken, nil)
 		if snap.status != http.StatusOK {
@@ -80,10 +108,10 @@ func TestGoldenSyncPages(t *testing.T) {
 		compareGolden(t, "sync_snapshot.json", snap.body)
 		checkPageDecodes(t, snap.body, 5)
 
-		if r := e.admin("DELETE", "/v1/keys/"+bare.ID, nil); r.status != http.StatusNoContent && r.status != http.StatusOK {
+		if r := e.admin("DELETE", "/v1/keys/key_bare", nil); r.status != http.StatusNoContent && r.status != http.StatusOK {
 			t.Fatalf("delete: %d %s", r.status, r.body)
 		}
-		if r := e.admin("POST", "/v1/keys/"+full.ID+"/disable", nil); r.status != http.StatusOK {
+		if r := e.admin("POST", "/v1/keys/key_full/disable", nil); r.status != http.StatusOK {
 			t.Fatalf("disable: %d %s", r.status, r.body)
 		}
 		version := gjson.GetBytes(snap.body, "version").Int()
@@ -176,6 +204,21 @@ func TestGoldenProblemBodies(t *testing.T) {
 	} {
 		if err := wire.CheckProblem(r.body); err != nil {
 			t.Errorf("%d %s: %v", r.status, r.body, err)
+		}
+	}
+}
+
+// TestIssuedKeyIDsMeetTheWire: every key id the control plane issues is a
+// wire key id, so every stored key syncs and its usage is taken.
+func TestIssuedKeyIDsMeetTheWire(t *testing.T) {
+	r := rand.NewChaCha8([32]byte{'i', 'd'})
+	for i := 0; i < 10_000; i++ {
+		id, err := lifecycle.NewID(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !wire.ValidKeyID(id) {
+			t.Fatalf("issued key id %q is not a wire key id", id)
 		}
 	}
 }
