@@ -3,7 +3,9 @@
 #
 #   ./build.sh [build]   install TinyGo if needed, build build/filter.wasm,
 #                        build/passthrough.wasm and the Go binaries
-#   ./build.sh test      build, then run every test (go vet, go test ./...)
+#   ./build.sh test      build, then run every check (go vet, go mod tidy
+#                        -diff, staticcheck) and every test (go test ./...)
+#   ./build.sh lint      only the checks: go vet, go mod tidy -diff, staticcheck
 #   ./build.sh bench     build, then print the benchmark tables
 #   ./build.sh run       build, then start control plane + demo upstream + proxy
 #   ./build.sh image     build the container images as OCI image layouts:
@@ -21,6 +23,9 @@
 # 0.39.0 is built from source into $TINYGO_CACHE (default
 # ~/.cache/tinygo-0.39.0) the way docs/toolchain.md describes; a
 # stamp file makes the second run free.
+#
+# staticcheck: $STATICCHECK_VERSION is installed through the Go module proxy
+# into $TOOLS_CACHE (default ~/.cache/keygate-tools) on first use.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -28,6 +33,11 @@ ROOT=$(pwd)
 TINYGO_VERSION=0.39.0
 GO_FOR_TINYGO=go1.25.5
 TINYGO_CACHE=${TINYGO_CACHE:-$HOME/.cache/tinygo-$TINYGO_VERSION}
+# staticcheck 2026.2.2 (v0.8.2) is built with, and understands, the Go 1.26
+# standard library the toolchain brings; it checks the module at its go 1.25
+# language version. Installed outside the module, so go.mod stays go 1.25.0.
+STATICCHECK_VERSION=v0.8.2
+TOOLS_CACHE=${TOOLS_CACHE:-$HOME/.cache/keygate-tools}
 APT_PACKAGES="llvm-19-dev libclang-19-dev clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc binaryen gcc g++ make"
 
 log() { printf '[build.sh] %s\n' "$*" >&2; }
@@ -168,6 +178,29 @@ ensure_postgres() {
     psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres >/dev/null
 }
 
+# ensure_staticcheck sets STATICCHECK to the pinned staticcheck, installing
+# it once.
+ensure_staticcheck() {
+  STATICCHECK="$TOOLS_CACHE/staticcheck-$STATICCHECK_VERSION/staticcheck"
+  [ -x "$STATICCHECK" ] && return 0
+  log "installing staticcheck $STATICCHECK_VERSION into $(dirname "$STATICCHECK")"
+  GOBIN="$(dirname "$STATICCHECK")" GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" ||
+    die "could not install staticcheck $STATICCHECK_VERSION through the module proxy"
+}
+
+# lint runs the checks that need no build artefacts.
+lint() {
+  need_go
+  check_go_line
+  log "go vet ./..."
+  go vet ./...
+  log "go mod tidy -diff"
+  go mod tidy -diff >&2 || die "go.mod/go.sum are not tidy (diff above): run go mod tidy"
+  ensure_staticcheck
+  log "staticcheck ./..."
+  "$STATICCHECK" ./... || die "staticcheck found problems (above)"
+}
+
 build_all() {
   need_go
   check_go_line
@@ -204,14 +237,14 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   tinygo) ensure_tinygo; "${TINYGO[@]}" version ;;
+  lint) lint ;;
   build) build_all ;;
   test)
     build_all
     ensure_postgres
     # The dashboard's browser test needs Debian's chromium.
     "$ROOT/controlplane/internal/ui/setup.sh" >&2
-    log "go vet ./..."
-    go vet ./...
+    lint
     log "go test ./..."
     FILTER_WASM="$ROOT/build/filter.wasm" PASSTHROUGH_WASM="$ROOT/build/passthrough.wasm" \
       CONTROLPLANE_BIN="$ROOT/build/controlplane" \
@@ -232,5 +265,5 @@ case "$cmd" in
     exec ./build/demo "$@"
     ;;
   image) build_images ;;
-  *) die "unknown command '$cmd' (build, test, bench, run, image, tinygo)" ;;
+  *) die "unknown command '$cmd' (build, test, lint, bench, run, image, tinygo)" ;;
 esac

@@ -160,7 +160,7 @@ func TestFilterImageLayout(t *testing.T) {
 }
 
 // checkBlobs verifies that every blob of the layout hashes to its file
-// name and that index.json and oci-layout are there.
+// name and that the layout has its index and its oci-layout marker.
 func checkBlobs(t *testing.T, dir string) {
 	t.Helper()
 	for _, f := range []string{"index.json", "oci-layout"} {
