@@ -192,20 +192,6 @@ func (c *syncConfig) checkStaleness(path string) error {
 		" or "+f("lease_ms")+", or raise max_staleness_ms")
 }
 
-// validNodeName reports whether s may name a node: 1 to 128 printable
-// ASCII characters, as the control plane takes them.
-func validNodeName(s string) bool {
-	if s == "" || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
 type configError struct{ field, why string }
 
 func (e *configError) Error() string { return "config: " + e.field + ": " + e.why }
@@ -820,8 +806,8 @@ func parseSyncObject(root gjson.Result, inFilter bool) (*syncConfig, error) {
 	if c.nodeID, err = getString(root, "", "node_id", ""); err != nil {
 		return nil, err
 	}
-	if c.nodeID != "" && !validNodeName(c.nodeID) {
-		return nil, bad("node_id", "want 1 to 128 printable ASCII characters")
+	if c.nodeID != "" && !wire.ValidNode(c.nodeID) {
+		return nil, bad("node_id", "want 1 to 128 bytes of printable UTF-8")
 	}
 	if c.retryMS, err = getInt(root, "", "retry_ms", c.retryMS, 10, 60000); err != nil {
 		return nil, err
