@@ -188,7 +188,6 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	rs := aggregate(b.Counts)
 	lu := lastUses(rs)
 	ds := demands(rs)
-	days := dayCounts(rs)
 	used := make([]string, len(lu)) // keys with allowed requests
 	for i, u := range lu {
 		used[i] = u.keyID
@@ -216,21 +215,28 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 			return fmt.Errorf("anonymous hosts: %w", err)
 		}
 		if s.d == dialectPostgres {
-			err = s.mergePostgres(ctx, tx, rs, lu)
+			if err := appendPending(ctx, tx, rs); err != nil {
+				return fmt.Errorf("usage: %w", err)
+			}
 		} else {
-			err = s.mergeSQLite(ctx, tx, rs, lu)
-		}
-		if err != nil {
-			return err
-		}
-		if err := s.addDays(ctx, tx, days); err != nil {
-			return fmt.Errorf("usage days: %w", err)
+			if err := mergeSQLite(ctx, tx, rs, lu); err != nil {
+				return err
+			}
+			if err := addDaysSQLite(ctx, tx, dayCounts(rs)); err != nil {
+				return fmt.Errorf("usage days: %w", err)
+			}
 		}
 		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
 			return err
 		}
 		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
 			return err
+		}
+		if s.d == dialectPostgres {
+			// Late: it locks the rows of the keys whose last use moves.
+			if err := setLastUsedPostgres(ctx, tx, lu); err != nil {
+				return fmt.Errorf("last used: %w", err)
+			}
 		}
 		// Last: it may bump the change-log version, which holds the
 		// sync_state row lock until commit.
@@ -247,6 +253,7 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	}
 	if !dup {
 		s.pruneShares(ctx)
+		s.scheduleRollup()
 	}
 	return dup, nil
 }
@@ -342,7 +349,7 @@ func execChunks(ctx context.Context, tx *sql.Tx, n int, full string, partial fun
 	return nil
 }
 
-func (s *sqlStore) mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
+func mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
 	err := execChunks(ctx, tx, len(rs), sqliteUpsertFull, sqliteUpsert, func(args []any, i int) []any {
 		r := &rs[i]
 		return append(args, r.minute, r.keyID, r.host, r.outcome, r.n)
@@ -355,37 +362,41 @@ func (s *sqlStore) mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu 
 	})
 }
 
-// mergePostgres sends the whole batch as arrays: one statement for the
-// rollups, one for the last-use times.
-func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
-	if len(rs) > 0 {
-		keys := make([]string, len(rs))
-		minutes := make([]int64, len(rs))
-		hosts := make([]string, len(rs))
-		outcomes := make([]string, len(rs))
-		ns := make([]int64, len(rs))
-		for i, r := range rs {
-			keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
-			SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])`+upsertRollupSuffix,
-			minutes, keys, hosts, outcomes, ns); err != nil {
-			return err
-		}
+// appendPending adds a batch's sums to usage_pending (rollup.go) in one
+// statement.
+func appendPending(ctx context.Context, tx *sql.Tx, rs []rollup) error {
+	if len(rs) == 0 {
+		return nil
 	}
-	if len(lu) > 0 {
-		ids := make([]string, len(lu))
-		ats := make([]int64, len(lu))
-		for i, u := range lu {
-			ids[i], ats[i] = u.keyID, u.at
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE keys SET last_used_at = u.at
-			FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
-			WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)`, ids, ats); err != nil {
-			return err
-		}
+	keys := make([]string, len(rs))
+	minutes := make([]int64, len(rs))
+	hosts := make([]string, len(rs))
+	outcomes := make([]string, len(rs))
+	ns := make([]int64, len(rs))
+	for i, r := range rs {
+		keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
 	}
-	return nil
+	_, err := tx.ExecContext(ctx, `INSERT INTO usage_pending (minute, key_id, host, outcome, n)
+		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])`,
+		minutes, keys, hosts, outcomes, ns)
+	return err
+}
+
+// setLastUsedPostgres advances keys.last_used_at in one statement; rows
+// already at or past the batch's time are not locked.
+func setLastUsedPostgres(ctx context.Context, tx *sql.Tx, lu []lastUse) error {
+	if len(lu) == 0 {
+		return nil
+	}
+	ids := make([]string, len(lu))
+	ats := make([]int64, len(lu))
+	for i, u := range lu {
+		ids[i], ats[i] = u.keyID, u.at
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE keys SET last_used_at = u.at
+		FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
+		WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)`, ids, ats)
+	return err
 }
 
 var stepSeconds = map[string]int64{"minute": 60, "hour": 3600, "day": 86400}
@@ -417,6 +428,9 @@ func (s *sqlStore) series(ctx context.Context, keyID *string, from, to time.Time
 	}
 	lo, hi, err := usageRange(from, to)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.settleUsage(ctx); err != nil {
 		return nil, err
 	}
 	where, args := `minute >= $1 AND minute < $2`, []any{lo, hi, st}
@@ -459,6 +473,9 @@ func (s *sqlStore) UsageByHost(ctx context.Context, keyID string, from, to time.
 	if err != nil {
 		return nil, err
 	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE key_id = $1 AND minute >= $2 AND minute < $3 GROUP BY host`, keyID, lo, hi)
 	if err != nil {
@@ -475,6 +492,9 @@ func (s *sqlStore) HostTotals(ctx context.Context, from, to time.Time, top int) 
 	}
 	if top <= 0 {
 		top = 10
+	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
 	}
 	top = min(top, MaxListLimit)
 	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
@@ -527,6 +547,9 @@ func (s *sqlStore) TopKeys(ctx context.Context, from, to time.Time, top int, ord
 		rank = `HAVING ` + denied + ` > 0 ORDER BY ` + denied + ` DESC, key_id`
 	default:
 		return nil, &FieldError{Field: "order", Message: "must be total or denied"}
+	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
 	}
 	rows, err := s.r.QueryContext(ctx, `SELECT key_id, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE minute >= $1 AND minute < $2 AND key_id <> ''
