@@ -73,6 +73,7 @@ func benchIngest(b *testing.B, s Store, size int) {
 	// On PostgreSQL part of the work is deferred to rollups (rollup.go),
 	// some of which ran in the background during the loop: with the
 	// rollup of what is still pending, the rate a fleet can sustain.
+	b.StopTimer()
 	start := time.Now()
 	if _, err := s.(*sqlStore).rollupUsage(ctx, true); err != nil {
 		b.Fatal(err)

@@ -57,7 +57,7 @@ func (s *sqlStore) foldAnonymousHosts(ctx context.Context, tx *sql.Tx, rs []roll
 	rows, err := tx.QueryContext(ctx, `SELECT minute, host FROM usage_minutes
 			WHERE key_id = '' AND `+in+` AND host <> '' AND host <> $2
 		UNION
-		SELECT minute, host FROM usage_pending
+		SELECT minute, host FROM usage_pending_rows
 			WHERE key_id = '' AND `+in+` AND host <> '' AND host <> $2`, arg, OtherHost)
 	if err != nil {
 		return nil, err

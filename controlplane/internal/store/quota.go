@@ -108,7 +108,7 @@ func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Tim
 			SELECT key_id, day, allowed AS n FROM usage_days
 			WHERE day >= $2 AND day < $3 AND key_id IN (SELECT x FROM ids)
 			UNION ALL
-			SELECT key_id, minute - minute % 86400, n FROM usage_pending
+			SELECT key_id, minute - minute % 86400, n FROM usage_pending_rows
 			WHERE minute >= $2 AND minute < $3 AND outcome = 'allowed' AND key_id IN (SELECT x FROM ids)
 		)
 		SELECT COALESCE(SUM(CASE WHEN s > `+maxCounterSQL+` THEN `+maxCounterSQL+` ELSE s END), 0) FROM (

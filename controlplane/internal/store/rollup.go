@@ -37,8 +37,11 @@ const rollupLock = `hashtext('keygate.store.rollup:' || current_schema())`
 // sums saturate at MaxCounter like the ingest's additions (min(a+b, M) =
 // min(min(a, M)+b, M) for counts >= 0, so the order of batches does not
 // matter), and rows are upserted in primary-key order.
-const rollupSQL = `WITH moved AS (
+const rollupSQL = `WITH taken AS (
 		DELETE FROM usage_pending RETURNING minute, key_id, host, outcome, n
+	), moved AS (
+		SELECT u.minute, u.key_id, u.host, u.outcome, u.n FROM taken
+		CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
 	), minutes AS (
 		INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
 		SELECT minute, key_id, host, outcome, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM moved
@@ -52,7 +55,7 @@ const rollupSQL = `WITH moved AS (
 	SELECT COUNT(*) FROM moved`
 
 // rollupUsage merges usage_pending into usage_minutes and usage_days and
-// returns how many pending rows it moved. With wait false it returns at
+// returns how many pending counts it moved. With wait false it returns at
 // once when another rollup of the schema is running; with wait true it
 // waits for that one and then moves what is still pending, so that usage
 // accepted before the call is in usage_minutes when it returns. SQLite

@@ -362,8 +362,8 @@ func mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) err
 	})
 }
 
-// appendPending adds a batch's sums to usage_pending (rollup.go) in one
-// statement.
+// appendPending adds a batch's sums to usage_pending (rollup.go): one row
+// of parallel arrays.
 func appendPending(ctx context.Context, tx *sql.Tx, rs []rollup) error {
 	if len(rs) == 0 {
 		return nil
@@ -376,8 +376,7 @@ func appendPending(ctx context.Context, tx *sql.Tx, rs []rollup) error {
 	for i, r := range rs {
 		keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO usage_pending (minute, key_id, host, outcome, n)
-		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO usage_pending (minute, key_id, host, outcome, n) VALUES ($1, $2, $3, $4, $5)`,
 		minutes, keys, hosts, outcomes, ns)
 	return err
 }
