@@ -214,46 +214,49 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 	// The node's demand counts at most DemandCap times L.
 	fresh := fmt.Sprintf(`d.gen = nd.gen AND $1 - nd.last_at <= nd.interval_us * %d / %d`, staleNum, staleDen)
 	capped := fmt.Sprintf(s.least()+`(r, l * %d)`, DemandCap)
-	err := s.readTx(ctx, func(tx *sql.Tx) error {
-		rows = rows[:0]
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN node = $2 AND boot = $3 THEN 1 ELSE 0 END), 0)
-			FROM share_instances WHERE last_at >= $1`, cutoff, node, boot).Scan(&active, &self); err != nil {
-			return err
-		}
-		rs, err := tx.QueryContext(ctx, `WITH per_node AS (
-				SELECT COALESCE(kl.lineage_id, d.key_id) AS budget, d.node AS node, d.boot AS boot,
-					SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
-						ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
-					MAX(CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms) AS l
-				FROM share_instance_demand d
-				JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
-				JOIN keys k ON k.id = d.key_id
-				LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
-				WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
-				GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
-			), per_budget AS (
-				SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node
-			)
-			SELECT budget, MAX(l), SUM(`+capped+`),
-				SUM(CASE WHEN node = $3 AND boot = $4 THEN `+capped+` ELSE CAST(0 AS DOUBLE PRECISION) END)
-			FROM per_budget GROUP BY budget`, now, cutoff, node, boot)
-		if err != nil {
-			return err
-		}
+	// One statement (one snapshot, one round trip): the active nodes'
+	// count on every row, with the budgets or, without any, alone.
+	rs, err := s.r.QueryContext(ctx, `WITH nodes AS (
+			SELECT COUNT(*) AS active, COALESCE(SUM(CASE WHEN node = $3 AND boot = $4 THEN 1 ELSE 0 END), 0) AS self
+			FROM share_instances WHERE last_at >= $2
+		), per_node AS (
+			SELECT COALESCE(kl.lineage_id, d.key_id) AS budget, d.node AS node, d.boot AS boot,
+				SUM(CASE WHEN `+fresh+` THEN CAST(d.n AS DOUBLE PRECISION) * 1000000 / nd.interval_us
+					ELSE CAST(0 AS DOUBLE PRECISION) END) AS r,
+				MAX(CAST(k.rate_limit AS DOUBLE PRECISION) * 1000 / k.rate_period_ms) AS l
+			FROM share_instance_demand d
+			JOIN share_instances nd ON nd.node = d.node AND nd.boot = d.boot
+			JOIN keys k ON k.id = d.key_id
+			LEFT JOIN key_lineage kl ON kl.key_id = d.key_id
+			WHERE d.at >= $2 AND nd.last_at >= $2 AND k.rate_limit IS NOT NULL AND k.rate_period_ms > 0
+			GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
+		), per_budget AS (
+			SELECT budget, node, boot, r, MAX(l) OVER (PARTITION BY budget) AS l FROM per_node
+		), budgets AS (
+			SELECT budget, MAX(l) AS l, SUM(`+capped+`) AS total,
+				SUM(CASE WHEN node = $3 AND boot = $4 THEN `+capped+` ELSE CAST(0 AS DOUBLE PRECISION) END) AS own
+			FROM per_budget GROUP BY budget
+		)
+		SELECT nodes.active, nodes.self, budgets.budget, budgets.l, budgets.total, budgets.own
+		FROM nodes LEFT JOIN budgets ON 1 = 1`, now, cutoff, node, boot)
+	if err == nil {
 		defer rs.Close()
 		for rs.Next() {
 			var (
-				bd         budgetDemand
-				total, own sql.NullFloat64
+				id                sql.NullString
+				limit, total, own sql.NullFloat64
 			)
-			if err := rs.Scan(&bd.id, &bd.limit, &total, &own); err != nil {
-				return err
+			if err = rs.Scan(&active, &self, &id, &limit, &total, &own); err != nil {
+				break
 			}
-			bd.total, bd.own = total.Float64, own.Float64
-			rows = append(rows, bd)
+			if id.Valid {
+				rows = append(rows, budgetDemand{id: id.String, limit: limit.Float64, total: total.Float64, own: own.Float64})
+			}
 		}
-		return rs.Err()
-	})
+		if err == nil {
+			err = rs.Err()
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: shares: %w", err)
 	}

@@ -194,49 +194,16 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	}
 	dup, changed := false, false
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		dup, changed = false, false
+		var err error
 		now := s.now()
-		if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			dup = true
-			return s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
-		}
-		rs, err := s.foldAnonymousHosts(ctx, tx, rs)
-		if err != nil {
-			return fmt.Errorf("anonymous hosts: %w", err)
-		}
 		if s.d == dialectPostgres {
-			if err := appendPending(ctx, tx, rs); err != nil {
-				return fmt.Errorf("usage: %w", err)
-			}
+			dup, err = s.mergePostgres(ctx, tx, b, rs, lu, ds, now)
 		} else {
-			if err := mergeSQLite(ctx, tx, rs, lu); err != nil {
-				return err
-			}
-			if err := addDaysSQLite(ctx, tx, dayCounts(rs)); err != nil {
-				return fmt.Errorf("usage days: %w", err)
-			}
+			dup, err = s.mergeSQLiteBatch(ctx, tx, b, rs, lu, ds, now)
 		}
-		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+		if err != nil || dup {
+			changed = false
 			return err
-		}
-		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
-			return err
-		}
-		if s.d == dialectPostgres {
-			// Late: it locks the rows of the keys whose last use moves.
-			if err := setLastUsedPostgres(ctx, tx, lu); err != nil {
-				return fmt.Errorf("last used: %w", err)
-			}
 		}
 		// Last: it may bump the change-log version, which holds the
 		// sync_state row lock until commit.
@@ -256,6 +223,38 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 		s.scheduleRollup()
 	}
 	return dup, nil
+}
+
+// mergeSQLiteBatch records batch b in tx unless it is a duplicate (true),
+// adding its sums rs to usage_minutes and usage_days.
+func (s *sqlStore) mergeSQLiteBatch(ctx context.Context, tx *sql.Tx, b *UsageBatch, rs []rollup, lu []lastUse, ds []demand, now time.Time) (bool, error) {
+	if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
+		return false, err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
+	if err != nil {
+		return false, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return false, err
+	} else if n == 0 {
+		return true, s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
+	}
+	rs, err = s.foldAnonymousHosts(ctx, tx, rs)
+	if err != nil {
+		return false, fmt.Errorf("anonymous hosts: %w", err)
+	}
+	if err := mergeSQLite(ctx, tx, rs, lu); err != nil {
+		return false, err
+	}
+	if err := addDaysSQLite(ctx, tx, dayCounts(rs)); err != nil {
+		return false, fmt.Errorf("usage days: %w", err)
+	}
+	if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+		return false, err
+	}
+	return false, s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
 }
 
 const upsertRollupSuffix = ` ON CONFLICT (minute, key_id, host, outcome) DO UPDATE SET n = ` + `CASE WHEN usage_minutes.n >= ` + maxCounterSQL + ` - excluded.n THEN ` + maxCounterSQL + ` ELSE usage_minutes.n + excluded.n END`
@@ -360,42 +359,6 @@ func mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) err
 	return execChunks(ctx, tx, len(lu), sqliteLastUsedFull, sqliteLastUsed, func(args []any, i int) []any {
 		return append(args, lu[i].keyID, lu[i].at)
 	})
-}
-
-// appendPending adds a batch's sums to usage_pending (rollup.go): one row
-// of parallel arrays.
-func appendPending(ctx context.Context, tx *sql.Tx, rs []rollup) error {
-	if len(rs) == 0 {
-		return nil
-	}
-	keys := make([]string, len(rs))
-	minutes := make([]int64, len(rs))
-	hosts := make([]string, len(rs))
-	outcomes := make([]string, len(rs))
-	ns := make([]int64, len(rs))
-	for i, r := range rs {
-		keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
-	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO usage_pending (minute, key_id, host, outcome, n) VALUES ($1, $2, $3, $4, $5)`,
-		minutes, keys, hosts, outcomes, ns)
-	return err
-}
-
-// setLastUsedPostgres advances keys.last_used_at in one statement; rows
-// already at or past the batch's time are not locked.
-func setLastUsedPostgres(ctx context.Context, tx *sql.Tx, lu []lastUse) error {
-	if len(lu) == 0 {
-		return nil
-	}
-	ids := make([]string, len(lu))
-	ats := make([]int64, len(lu))
-	for i, u := range lu {
-		ids[i], ats[i] = u.keyID, u.at
-	}
-	_, err := tx.ExecContext(ctx, `UPDATE keys SET last_used_at = u.at
-		FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
-		WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)`, ids, ats)
-	return err
 }
 
 var stepSeconds = map[string]int64{"minute": 60, "hour": 3600, "day": 86400}
