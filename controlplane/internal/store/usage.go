@@ -196,13 +196,14 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		var err error
 		now := s.now()
+		quotas := true
+		changed = false
 		if s.d == dialectPostgres {
-			dup, err = s.mergePostgres(ctx, tx, b, rs, lu, ds, now)
+			dup, quotas, err = s.mergePostgres(ctx, tx, b, rs, lu, ds, now)
 		} else {
 			dup, err = s.mergeSQLiteBatch(ctx, tx, b, rs, lu, ds, now)
 		}
-		if err != nil || dup {
-			changed = false
+		if err != nil || dup || !quotas {
 			return err
 		}
 		// Last: it may bump the change-log version, which holds the
