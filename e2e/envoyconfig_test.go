@@ -203,6 +203,9 @@ func TestEnvoyYAMLValidatesAgainstEnvoyProtos(t *testing.T) {
 		"failure_mode":      `"closed"`,
 		"max_staleness_ms":  `60000`,
 		"flush_period_ms":   `1000`,
+		// The workers are sync lease candidates with the service's
+		// settings: they take over when its VM fails.
+		"sync": `{"control_plane":{"cluster":"keygate_controlplane","authority":"controlplane","credential":"REPLACE_WITH_FILTER_TOKEN","sync_path":"/v1/sync","usage_path":"/v1/usage","timeout_ms":30000,"long_poll_s":20},"flush_period_ms":2000}`,
 	})
 	checkJSON(t, "sync service", pluginJSON(t, svc.GetConfig()), map[string]string{
 		"role":            `"sync"`,
@@ -310,13 +313,14 @@ func TestFilterOnlyEnvoyYAMLValidates(t *testing.T) {
 	if filter.GetFailurePolicy() != mainFilter.GetFailurePolicy() || filter.GetFailOpen() { //nolint:staticcheck // the deprecated field on purpose
 		t.Errorf("failure policy %v, want envoy.yaml's %v", filter.GetFailurePolicy(), mainFilter.GetFailurePolicy())
 	}
-	// The filter's settings are envoy.yaml's, plus "sync": the sync
-	// service's settings without role, plus lease_ms.
+	// The filter's settings are envoy.yaml's filter's; its "sync" is the
+	// sync service's settings without role, plus lease_ms.
 	got := pluginJSON(t, filter)
 	want := map[string]string{}
 	for k, v := range pluginJSON(t, mainFilter) {
 		want[k] = space.ReplaceAllString(string(v), "")
 	}
+	delete(want, "sync")
 	syncWant := pluginJSON(t, mainTyped["envoy.extensions.wasm.v3.WasmService"][0].(*wasmv3.WasmService).GetConfig())
 	delete(syncWant, "role")
 	syncWant["lease_ms"] = json.RawMessage("3000")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -183,7 +184,7 @@ func TestSyncLongPollTimeout(t *testing.T) {
 // must still carry every key.
 func TestSyncSizeCap(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
-	hosts := make([]string, maxHosts)
+	hosts := make([]string, wire.MaxHosts)
 	for i := range hosts {
 		l := strings.Repeat("x", 54)
 		hosts[i] = fmt.Sprintf("h%03d.%s.%s.%s.%s.example.com", i, l, l, l, l)
@@ -297,7 +298,7 @@ func TestUsageValidation(t *testing.T) {
 		{"long host", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"` + strings.Repeat("h", 256) + `","outcome":"allowed","n":1}]}`, "counts[0].host"},
 		{"bad key id", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"key x","minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[0].key_id"},
 		{"missing key id", `{"node":"n","boot":"b","seq":1,"counts":[{"minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[0].key_id"},
-		{"too many", `{"node":"n","boot":"b","seq":1,"counts":[` + strings.TrimSuffix(strings.Repeat(ok+",", maxUsageCounts+1), ",") + `]}`, "counts"},
+		{"too many", `{"node":"n","boot":"b","seq":1,"counts":[` + strings.TrimSuffix(strings.Repeat(ok+",", wire.MaxBatchCounts+1), ",") + `]}`, "counts"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

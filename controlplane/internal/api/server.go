@@ -24,6 +24,7 @@ import (
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/apikey/wordlist"
 	"github.com/keygate/keygate/controlplane"
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
 )
 
@@ -96,6 +97,7 @@ type Server struct {
 	rand        io.Reader
 	prefix      string
 	keygen      apikey.Generator
+	keys        *lifecycle.Keys
 	adminHash   credentials
 	filterHash  credentials
 	metrics     *metrics
@@ -185,6 +187,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.keygen.Words = words
 	}
+	s.keys = &lifecycle.Keys{Store: s.store, Now: s.now, Rand: s.rand, Keygen: s.keygen}
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
 	}

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Instances (docs/wire.md, "Instances"): every running Envoy registers as
@@ -60,17 +62,11 @@ type Instance struct {
 
 // ValidateInstance checks a node name and boot id against docs/wire.md.
 func ValidateInstance(node, boot string) error {
-	if err := validateNode(node); err != nil {
-		return err
+	if m := wire.CheckNode(node); m != "" {
+		return &FieldError{Field: "node", Message: m}
 	}
-	if len(boot) < 1 || len(boot) > MaxBootLen {
-		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", MaxBootLen)}
-	}
-	for i := 0; i < len(boot); i++ {
-		c := boot[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", MaxBootLen)}
-		}
+	if m := wire.CheckBoot(boot); m != "" {
+		return &FieldError{Field: "boot", Message: m}
 	}
 	return nil
 }

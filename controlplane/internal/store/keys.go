@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Limits of the store's own validation (the API validates more strictly).
 const (
-	MaxKeyIDLen = 128
 	// DefaultListLimit and MaxListLimit bound ListKeys and ListAudit pages.
 	DefaultListLimit = 100
 	MaxListLimit     = 1000
@@ -126,8 +126,8 @@ func truncTimePtr(t *time.Time) *time.Time {
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at.
 func keyValues(k *Key) ([]any, error) {
-	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
-		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
+	if !wire.ValidKeyID(k.ID) {
+		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
 	}
 	if k.Hash == (apikey.Hash{}) {
 		return nil, &FieldError{Field: "hash", Message: "must be set"}
