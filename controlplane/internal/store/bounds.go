@@ -25,7 +25,8 @@ const (
 // foldAnonymousHosts rewrites the host of rollups without a key to
 // OtherHost where the minute already holds MaxAnonymousHosts other hosts
 // (counting the batch's own, admitted in sorted order), and merges the
-// rollups that become equal. It reads inside the ingest's transaction; on
+// rollups that become equal. It reads the minute's hosts, merged and
+// pending (rollup.go), inside the ingest's transaction; on
 // PostgreSQL two batches committing concurrently can each admit hosts up to
 // the cap, so a minute holds at most the cap times the number of concurrent
 // ingests.

@@ -14,7 +14,8 @@ import (
 
 // Quotas are enforced by the filters from QuotaExhaustedUntil, which
 // IngestUsage sets from the fleet's totals in usage_days (allowed requests
-// per key and UTC day). A quota period is a UTC day or calendar month, so
+// per key and UTC day) plus, on PostgreSQL, the counts still pending a
+// rollup (rollup.go). A quota period is a UTC day or calendar month, so
 // a period is one or at most 31 of those rows.
 
 // QuotaPeriod returns the UTC quota period ("day" or "month") that
