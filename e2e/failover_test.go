@@ -90,7 +90,7 @@ func (l *steadyLoad) record(s *stream, r result, at time.Time) {
 }
 
 // run paces every stream until stop is closed (a pacer and four senders
-// per stream, as fleetLoad does).
+// per stream).
 func (l *steadyLoad) run(streams []*stream, stop <-chan struct{}) {
 	var wg sync.WaitGroup
 	for _, s := range streams {

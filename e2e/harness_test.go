@@ -508,6 +508,8 @@ type hostOptions struct {
 	configFile string
 	// vmFailures is how many VM failures the test causes on purpose.
 	vmFailures int64
+	// clock is the host's clock (default: the real one).
+	clock host.Clock
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -557,6 +559,7 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 		AccessLog: accessLog,
 		Log:       logs,
 		LogLevel:  "info",
+		Clock:     o.clock,
 	})
 	if err != nil {
 		tb.Fatalf("start host: %v", err)

@@ -3,10 +3,12 @@ package filter
 import (
 	"math"
 	"strings"
+	"time"
 
 	"github.com/tidwall/gjson"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/filter/internal/verdict"
 )
 
 // The plugin configuration is JSON. The same .wasm serves two roles:
@@ -27,7 +29,7 @@ const (
 	sourceCookie
 )
 
-// maxSources bounds key_sources: found.sources has a bit for each.
+// maxSources bounds key_sources: scanned.sources has a bit for each.
 const maxSources = 32
 
 type keySource struct {
@@ -39,17 +41,8 @@ type route struct {
 	pathPrefix string
 	pathExact  string
 	methods    []string // empty: any
-	scopes     []string
-	cost       int64
-	noLimit    bool // skip the rate limiter on this route
-	anonymous  int  // anonDefault, anonAllow, anonDeny
+	rule       verdict.Route
 }
-
-const (
-	anonDefault = iota
-	anonAllow
-	anonDeny
-)
 
 // filterConfig is the HTTP filter role's configuration.
 type filterConfig struct {
@@ -64,6 +57,7 @@ type filterConfig struct {
 	failOpen         bool
 	maxStalenessMS   int64
 	allowAnonymous   bool
+	policy           verdict.Policy // failOpen, maxStalenessMS and allowAnonymous for the decision
 	flushPeriodMS    uint32
 	vmID             string
 	// vmIDSet: vm_id was given; a filter with "sync" otherwise asks Envoy for
@@ -358,6 +352,11 @@ func parseFilterConfig(data []byte) (*filterConfig, error) {
 	}
 	c.indexNames()
 	c.minKeyLen, c.maxKeyLen = apikey.MinKeyLen(c.prefix), apikey.MaxKeyLen(c.prefix)
+	c.policy = verdict.Policy{
+		AllowAnonymous: c.allowAnonymous,
+		FailOpen:       c.failOpen,
+		MaxStaleness:   time.Duration(c.maxStalenessMS) * time.Millisecond,
+	}
 	return c, nil
 }
 
@@ -560,25 +559,25 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		}); err != nil {
 			return false
 		}
-		if rt.scopes, err = getStrings(r, path, "scopes", scopeName); err != nil {
+		if rt.rule.Scopes, err = getStrings(r, path, "scopes", scopeName); err != nil {
 			return false
 		}
-		if rt.cost, err = getInt(r, path, "cost", 1, 1, 1000000); err != nil {
+		if rt.rule.Cost, err = getInt(r, path, "cost", 1, 1, 1000000); err != nil {
 			return false
 		}
 		var limit bool
 		if limit, err = getBool(r, path, "rate_limit", true); err != nil {
 			return false
 		}
-		rt.noLimit = !limit
+		rt.rule.NoLimit = !limit
 		if a := r.Get("anonymous"); a.Exists() {
 			var allow bool
 			if allow, err = getBool(r, path, "anonymous", false); err != nil {
 				return false
 			}
-			rt.anonymous = anonDeny
+			rt.rule.Anonymous = verdict.AnonymousDeny
 			if allow {
-				rt.anonymous = anonAllow
+				rt.rule.Anonymous = verdict.AnonymousAllow
 			}
 		}
 		out = append(out, rt)

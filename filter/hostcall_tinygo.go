@@ -2,7 +2,11 @@
 
 package filter
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+)
 
 // Out-parameters of the host calls below: package variables, so nothing
 // escapes to the heap (see hostcall.go). A VM runs one call at a time.
@@ -58,4 +62,24 @@ func setKeyIDProperty(id []byte) error {
 	}
 	return statusError(proxySetProperty(unsafe.Pointer(unsafe.StringData(keyIDPath)), uint32(len(keyIDPath)),
 		unsafe.Pointer(&id[0]), uint32(len(id))))
+}
+
+// statusError maps a proxy-wasm status to the SDK's (preallocated) errors.
+func statusError(st uint32) error {
+	switch st {
+	case 0:
+		return nil
+	case 1:
+		return types.ErrorStatusNotFound
+	case 2:
+		return types.ErrorStatusBadArgument
+	case 7:
+		return types.ErrorStatusEmpty
+	case 8:
+		return types.ErrorStatusCasMismatch
+	case 12:
+		return types.ErrorUnimplemented
+	default:
+		return types.ErrorInternalFailure
+	}
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
-	"github.com/keygate/keygate/keyrecord"
+	"github.com/keygate/keygate/filter/internal/verdict"
 )
 
 // recordCache keeps the key records a worker read recently, with the
@@ -40,9 +40,8 @@ type recordCache struct {
 type recordSlot struct {
 	tag     [2]uint64
 	hash    apikey.Hash    // the key's SHA-256, the name of its shared data
-	rec     keyrecord.View // valid when found
-	found   bool           // the key has a record (else: known missing)
-	valid   bool           // rec/found were read under gen and epoch
+	rec     verdict.Record // what shared data held for the key (Found false: known missing)
+	valid   bool           // rec was read under gen and epoch
 	claimed bool           // tag and hash are a key's
 	usedAt  uint64         // the cache's clock when last found
 	gen     uint64
@@ -117,16 +116,16 @@ func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
 // lookup returns the cached record of the slot's key if it was read under
 // the sync state's gen and epoch; ok is false when the caller must read
 // shared data.
-func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec keyrecord.View, found, ok bool) {
+func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec verdict.Record, ok bool) {
 	if !s.valid || s.gen != gen || s.epoch != epoch {
-		return keyrecord.View{}, false, false
+		return verdict.Record{}, false
 	}
-	return s.rec, s.found, true
+	return s.rec, true
 }
 
 // store records what shared data held for the slot's key under the sync
 // state's gen and epoch. The record's bytes must not change afterwards (a
 // fresh host copy does not).
-func (s *recordSlot) store(gen uint64, epoch uint32, rec keyrecord.View, found bool) {
-	s.rec, s.found, s.valid, s.gen, s.epoch = rec, found, true, gen, epoch
+func (s *recordSlot) store(gen uint64, epoch uint32, rec verdict.Record) {
+	s.rec, s.valid, s.gen, s.epoch = rec, true, gen, epoch
 }

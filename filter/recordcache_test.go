@@ -3,10 +3,12 @@ package filter
 import (
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/filter/internal/verdict"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -40,7 +42,7 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 		seedRecord(t, keys.active, r)
 		r.ID, r.Status = "key_new", keyrecord.StatusActive
 		seedRecord(t, keys.unknown, r)
-		for i := 0; i < 2*stateTTL/1e6; i++ {
+		for i := 0; i < int(2*stateTTL/time.Millisecond); i++ {
 			if s := status(keys.active); s != 200 {
 				t.Fatalf("request %d: cached record not used (%d)", i, s)
 			}
@@ -52,7 +54,7 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 		st.gen++
 		seedState(t, st)
 		revokedAfter, knownAfter := -1, -1
-		for i := 0; i < stateTTL/1e6+5 && (revokedAfter < 0 || knownAfter < 0); i++ {
+		for i := 0; i < int(stateTTL/time.Millisecond)+5 && (revokedAfter < 0 || knownAfter < 0); i++ {
 			if revokedAfter < 0 && status(keys.active) == 401 {
 				revokedAfter = i
 			}
@@ -61,7 +63,7 @@ func TestCachedRecordFollowsGen(t *testing.T) {
 			}
 		}
 		if revokedAfter < 0 || knownAfter < 0 {
-			t.Fatalf("gen moved, but after %d ms: revoked seen %v, new key seen %v", int(stateTTL/1e6+5), revokedAfter >= 0, knownAfter >= 0)
+			t.Fatalf("gen moved, but after %d ms: revoked seen %v, new key seen %v", int(stateTTL/time.Millisecond)+5, revokedAfter >= 0, knownAfter >= 0)
 		}
 	})
 }
@@ -93,18 +95,18 @@ func TestRecordCacheSets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.store(7, 1, rec, true)
+		s.store(7, 1, verdict.Record{Found: true, View: rec})
 	}
 	for i, k := range keys[:recordWays] {
-		if rec, found, ok := c.slot(k).lookup(7, 1); !ok || !found || string(rec.ID()) != "key_"+strconv.Itoa(i) {
-			t.Fatalf("key %d: %v %v", i, found, ok)
+		if rec, ok := c.slot(k).lookup(7, 1); !ok || !rec.Found || string(rec.View.ID()) != "key_"+strconv.Itoa(i) {
+			t.Fatalf("key %d: %v %v", i, rec.Found, ok)
 		}
 	}
 	for _, st := range []struct {
 		gen   uint64
 		epoch uint32
 	}{{8, 1}, {7, 2}} {
-		if _, _, ok := c.slot(keys[0]).lookup(st.gen, st.epoch); ok {
+		if _, ok := c.slot(keys[0]).lookup(st.gen, st.epoch); ok {
 			t.Errorf("entry read under gen 7 epoch 1 served under %+v", st)
 		}
 	}
@@ -115,7 +117,7 @@ func TestRecordCacheSets(t *testing.T) {
 		}
 	}
 	s := c.slot(keys[recordWays]) // a fifth key of the set
-	if _, _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != apikey.HashKey(keys[recordWays]) {
+	if _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != apikey.HashKey(keys[recordWays]) {
 		t.Fatal("the fifth key got another key's entry")
 	}
 	for i, k := range keys {

@@ -2,7 +2,7 @@ package filter
 
 import (
 	"errors"
-	"math"
+	"time"
 	"unsafe"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
+	"github.com/keygate/keygate/filter/internal/verdict"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -23,11 +24,14 @@ type filterRoot struct {
 	recKey   [1 + apikey.HashSize]byte
 	limKey   [1 + keyrecord.MaxStringLen]byte // "r" + budget id (see limiterName)
 	shareKey []byte
-	hdrBuf   []byte    // response header values being rendered
-	pathBuf  []byte    // the normalized path of the current request, when not normal as sent
-	found    found     // the current request's header scan
-	pairs    pairIter  // and its iterator
-	free     []*stream // finished streams for reuse (see newStream)
+	hdrBuf   []byte          // response header values being rendered
+	pathBuf  []byte          // the normalized path of the current request, when not normal as sent
+	scanned  scanned         // the current request's header scan
+	pairs    pairIter        // and its iterator
+	req      verdict.Request // the current request, as the decision sees it
+	rec      verdict.Record  // its key's record
+	verdict  verdict.Verdict // and the decision
+	free     []*stream       // finished streams for reuse (see newStream)
 	records  *recordCache
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
@@ -40,11 +44,11 @@ type filterRoot struct {
 // changes when the syncer writes records (gen), a snapshot completes
 // (epoch) and on every good sync (time), so a worker sees each of them, a
 // revocation included (recordcache.go), at most this late.
-const stateTTL = 5e6 // 5 ms in nanoseconds
+const stateTTL = 5 * time.Millisecond
 
 // shareTTL is how long a worker reuses a key's fleet share it read: the
 // control plane moves shares at most once per flush period (1 s default).
-const shareTTL = 50e6 // 50 ms in nanoseconds
+const shareTTL = 50 * time.Millisecond
 
 func newFilterRoot(cfg *filterConfig, clock Clock) (*filterRoot, error) {
 	records, err := newRecordCache()
@@ -110,8 +114,8 @@ func bstr(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-// found is what the header scan found.
-type found struct {
+// scanned is what the header scan found.
+type scanned struct {
 	authority, path, method string
 	key                     string
 	present                 bool   // some source carried a (maybe empty) key
@@ -121,7 +125,7 @@ type found struct {
 	hdrs                    []byte // the serialized request headers the views point into
 }
 
-func (f *found) note(candidate string, i int) {
+func (f *scanned) note(candidate string, i int) {
 	switch {
 	case !f.present:
 		f.key, f.present = candidate, true
@@ -159,11 +163,12 @@ func bearerToken(v string) (string, bool) {
 	return t, true
 }
 
-// scan reads the serialized request header map once, in place, into f
-// (the root's: a found on the stack escapes to the heap under TinyGo).
-func (s *stream) scan(hdrs []byte, f *found) {
+// scanHeaders reads the serialized request header map once, in place,
+// into f (the root's: a scanned on the stack escapes to the heap under
+// TinyGo).
+func (s *stream) scanHeaders(hdrs []byte, f *scanned) {
 	c := s.root.cfg
-	*f = found{hdrs: hdrs}
+	*f = scanned{hdrs: hdrs}
 	it := &s.root.pairs // the root's: an iterator on the stack escapes under TinyGo
 	*it = newPairIter(hdrs)
 	for {
@@ -209,7 +214,7 @@ func (s *stream) scan(hdrs []byte, f *found) {
 // key from source i (no closure: this runs on every request).
 // Values are not percent-decoded: a key never needs it, and an encoded key is
 // refused as malformed.
-func noteQueryParam(f *found, path, name string, i int) {
+func noteQueryParam(f *scanned, path, name string, i int) {
 	q := indexByte(path, '?')
 	if q < 0 {
 		return
@@ -239,7 +244,7 @@ func noteQueryParam(f *found, path, name string, i int) {
 // name=value pairs, whitespace around names and values ignored, a value in
 // double quotes taken without them, a pair without "=" skipped. Names are
 // case-sensitive.
-func noteCookie(f *found, header, name string, i int) {
+func noteCookie(f *scanned, header, name string, i int) {
 	rest := header
 	for len(rest) > 0 {
 		part := rest
@@ -287,7 +292,7 @@ func trimLeadingSpace(s string) string {
 // Cookie header left without any goes. Every Cookie header is removed and
 // the remains are added back (Envoy's remove takes all headers of a name),
 // rendered in the root's buffer: no allocation once it has grown.
-func (s *stream) stripCookies(f *found, mask uint32) {
+func (s *stream) stripCookies(f *scanned, mask uint32) {
 	r := s.root
 	_ = proxywasm.RemoveHttpRequestHeader("cookie")
 	it := &r.pairs
@@ -426,163 +431,180 @@ func (r *filterRoot) matchPath(path string) (norm string, ok bool) {
 	return bstr(b), ok
 }
 
-var defaultRoute = route{cost: 1}
+var defaultRoute = route{rule: verdict.Route{Cost: 1}}
 
+// OnHttpRequestHeaders checks the request's API key. It keeps the ABI
+// plumbing: it reads and scans the request headers, gathers what the
+// decision needs (route, key check, sync state, the key's record from the
+// worker's cache or shared data), lets verdict.Decide judge, runs the rate
+// limits an allowed request must pass, and then forwards the request or
+// answers it with its problem response.
 func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	r := s.root
-	c := r.cfg
-	now := r.clock()
+	now := verdict.UnixNanos(r.clock())
 	hdrs, err := requestHeaderBytes()
 	if err != nil {
 		proxywasm.LogErrorf("keygate: reading request headers: %v", err)
 		sendProblem(problemFor(codeCacheDown))
 		return types.ActionPause
 	}
-	f := &r.found
-	s.scan(hdrs, f)
-	if f.spoofed {
+	sc := &r.scanned
+	s.scanHeaders(hdrs, sc)
+	if sc.spoofed {
 		s.removeIdentityHeaders()
 	}
-	rawPath, _ := splitPath(f.path)
-	path, pathOK := r.matchPath(rawPath)
-	if !pathOK {
-		return s.refuse(codeInvalidPath, nil, now, f.authority)
-	}
-	rt := c.matchRoute(path, f.method)
-	if rt == nil {
-		rt = &defaultRoute
-	}
-
-	if f.ambiguous {
-		return s.refuse(codeAmbiguousKey, nil, now, f.authority)
-	}
-	if !f.present {
-		if rt.anonymous == anonAllow || (rt.anonymous == anonDefault && c.allowAnonymous) {
-			r.usage.add(now, outcomeAllowed, nil, f.authority)
-			s.forward(f, path)
-			return types.ActionContinue
+	q := &r.req
+	path, slot, held, tag := r.prepare(q, sc, now)
+	rec := &r.rec
+	*rec = verdict.Record{}
+	if q.WantsRecord(now) {
+		if !held {
+			r.records.claim(slot, tag, sc.key)
 		}
-		return s.refuse(codeMissingKey, nil, now, f.authority)
+		r.readRecordCached(rec, slot, &q.Sync)
 	}
-	// A key this worker holds in its record cache passed CheckKey when it
-	// took its slot: its tag, a keyed PRF of the key, stands for it. The
-	// length check first bounds the work of tagging a hostile value.
-	if len(f.key) < c.minKeyLen || len(f.key) > c.maxKeyLen {
-		return s.refuse(codeMalformedKey, nil, now, f.authority)
+	v := &r.verdict
+	verdict.Decide(v, q, rec, now)
+	var id []byte
+	if v.Identified {
+		id = rec.View.ID()
 	}
-	slot, held, tag := r.records.find(f.key)
-	if !held && apikey.CheckKey(f.key, c.prefix) != nil {
-		return s.refuse(codeMalformedKey, nil, now, f.authority)
-	}
-
-	state, stateOK := r.loadState(now)
-	stale := !stateOK || now/1e6-state.lastSyncMS > c.maxStalenessMS
-	if stale && !c.failOpen {
-		return s.refuse(codeCacheDown, nil, now, f.authority)
-	}
-
-	if !held {
-		r.records.claim(slot, tag, f.key)
-	}
-	rec, found, cached := slot.lookup(state.gen, state.epoch)
-	if !cached || !stateOK {
-		var ok bool
-		if rec, found, ok = r.readRecord(&slot.hash); ok && stateOK {
-			slot.store(state.gen, state.epoch, rec, found)
-		}
-	}
-	known := found && rec.Epoch() >= state.epoch && rec.Status() != keyrecord.StatusDeleted
-	if !known {
-		if stale { // failure mode open: let it through unverified
-			r.usage.add(now, outcomeAllowed, nil, f.authority)
-			s.forward(f, path)
-			return types.ActionContinue
-		}
-		return s.refuse(codeUnknownKey, nil, now, f.authority)
-	}
-	id := rec.ID()
-	switch rec.Status() {
-	case keyrecord.StatusRevoked:
-		return s.refuse(codeKeyRevoked, id, now, f.authority)
-	case keyrecord.StatusDisabled:
-		return s.refuse(codeKeyDisabled, id, now, f.authority)
-	}
-	if exp := rec.ExpiresAt(); exp != 0 && now/1e9 >= exp {
-		return s.refuse(codeKeyExpired, id, now, f.authority)
-	}
-	if !rec.AllowsHost(f.authority) {
-		return s.refuse(codeHostNotAllowed, id, now, f.authority)
-	}
-	for _, scope := range rt.scopes {
-		if !rec.HasScope(scope) {
-			return s.refuse(codeInsufficient, id, now, f.authority)
-		}
-	}
-	if _, _, until, ok := rec.Quota(); ok && until > now/1e9 {
-		r.usage.add(now, codeQuotaExceeded, id, f.authority)
+	switch v.Outcome {
+	case verdict.Allowed:
+	case verdict.QuotaExceeded:
+		r.usage.add(int64(now), codeQuotaExceeded, id, sc.authority)
 		_ = setKeyIDProperty(id)
-		s.scrub(f)
-		sendRetry(problemFor(codeQuotaExceeded), until-now/1e9, nil, " The quota resets at "+itoa(until)+" (unix seconds).")
+		s.scrub(sc)
+		sendRetry(problemFor(codeQuotaExceeded), v.RetryAfterS(now), nil, " The quota resets at "+itoa(v.QuotaResetS)+" (unix seconds).")
 		return types.ActionPause
+	default:
+		return s.refuse(outcomeCodes[v.Outcome], id, int64(now), sc.authority)
 	}
-	if limit, periodMS, burst, ok := rec.Rate(); ok && !rt.noLimit {
-		budget := rec.Budget()
-		policy := bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1e6, Burst: burst}
-		if periodMS > maxPeriodMS { // periodMS*1e6 overflowed: no valid policy
-			policy.PeriodNanos = -1
-		}
-		local := policy
-		if share := r.share(slot, budget, &r.state, now); share < 1 {
-			local = policy.Scaled(share) // this node's part of the fleet-wide rate
-		}
-		res, err := r.limiter.TakeLeased(r.limiterName(budget), &slot.lease, local, rt.cost, now)
-		switch {
-		case err == nil:
-		case errors.Is(err, bucket.ErrBadPolicy):
-			// Never admit on a policy the limiter cannot enforce.
-			return s.unenforceable(slot, id, policy, err, now, f.authority)
-		case errors.Is(err, bucket.ErrContention):
-			// Admit: refusing a client for our own CAS contention is worse
-			// than one request over the limit (RATIONALE.md).
-			proxywasm.LogWarn("keygate: rate limiter state contended; admitting the request")
-			res = bucket.Result{Allowed: true, Limit: limit}
-		default:
-			proxywasm.LogErrorf("keygate: rate limiter: %v", err)
-			res = bucket.Result{Allowed: true, Limit: limit}
-		}
-		s.hasRate, s.rate = c.ratelimitHeaders, res
-		s.q, s.w = policy.QuotaWindow()
-		if !res.Allowed {
-			r.usage.add(now, codeRateLimited, id, f.authority)
-			_ = setKeyIDProperty(id)
-			// The refusal carries the fields itself; Envoy runs this filter's
-			// response callbacks on its own local reply too, which must not
-			// add them a second time. (No defer here: under TinyGo a defer
-			// costs this function a heap allocation on every request.)
-			rl := s.rateHeaders()
-			s.hasRate = false
-			s.scrub(f)
-			p := problemFor(codeRateLimited)
-			if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
-				h := append(append([][2]string(nil), p.headers...), rl...)
-				_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
-				return types.ActionPause
-			}
-			sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, "")
-			return types.ActionPause
+	for i := 0; i < v.NumLimits; i++ {
+		if action, refused := s.limit(slot, &v.Limits[i], id, now); refused {
+			return action
 		}
 	}
 
-	r.usage.add(now, outcomeAllowed, id, f.authority)
-	s.forward(f, path)
+	r.usage.add(int64(now), outcomeAllowed, id, sc.authority)
+	s.forward(sc, path)
+	if !v.Identified { // anonymous, or admitted unverified while failing open
+		return types.ActionContinue
+	}
+	c := r.cfg
 	if c.idHeaderKeyID != "" {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderKeyID, bstr(id))
 	}
-	if owner := rec.Owner(); c.idHeaderOwner != "" && len(owner) > 0 {
+	if owner := rec.View.Owner(); c.idHeaderOwner != "" && len(owner) > 0 {
 		_ = proxywasm.AddHttpRequestHeader(c.idHeaderOwner, bstr(owner))
 	}
 	_ = setKeyIDProperty(id)
 	return types.ActionContinue
+}
+
+// outcomeCodes are the usage and problem codes of verdict's refusals.
+var outcomeCodes = [verdict.NumOutcomes]string{
+	verdict.Allowed:           outcomeAllowed,
+	verdict.InvalidPath:       codeInvalidPath,
+	verdict.AmbiguousKey:      codeAmbiguousKey,
+	verdict.MissingKey:        codeMissingKey,
+	verdict.MalformedKey:      codeMalformedKey,
+	verdict.CacheUnavailable:  codeCacheDown,
+	verdict.UnknownKey:        codeUnknownKey,
+	verdict.KeyRevoked:        codeKeyRevoked,
+	verdict.KeyDisabled:       codeKeyDisabled,
+	verdict.KeyExpired:        codeKeyExpired,
+	verdict.HostNotAllowed:    codeHostNotAllowed,
+	verdict.InsufficientScope: codeInsufficient,
+	verdict.QuotaExceeded:     codeQuotaExceeded,
+}
+
+// prepare fills q from the scan: the normalized path and its route, the
+// key's form, the sync state. For a key of acceptable length it returns
+// the key's record-cache slot (held: the slot is the key's, else the one
+// to claim for it, with the key's tag). A key the cache holds passed
+// CheckKey when it took its slot: its tag, a keyed PRF of the key, stands
+// for it. The length check first bounds the work of tagging a hostile
+// value.
+func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNanos) (path string, slot *recordSlot, held bool, tag [2]uint64) {
+	c := r.cfg
+	*q = verdict.Request{
+		Ambiguous:  sc.ambiguous,
+		KeyPresent: sc.present,
+		Authority:  sc.authority,
+		Policy:     &c.policy,
+	}
+	rawPath, _ := splitPath(sc.path)
+	path, q.PathOK = r.matchPath(rawPath)
+	if !q.PathOK {
+		return path, nil, false, tag
+	}
+	rt := c.matchRoute(path, sc.method)
+	if rt == nil {
+		rt = &defaultRoute
+	}
+	q.Route = &rt.rule
+	if !sc.present || sc.ambiguous {
+		return path, nil, false, tag
+	}
+	if len(sc.key) >= c.minKeyLen && len(sc.key) <= c.maxKeyLen {
+		slot, held, tag = r.records.find(sc.key)
+		q.KeyWellFormed = held || apikey.CheckKey(sc.key, c.prefix) == nil
+	}
+	if q.KeyWellFormed {
+		q.Sync = r.loadState(now)
+	}
+	return path, slot, held, tag
+}
+
+// limit takes the request's cost from one of its rate limits, through the
+// slot's lease on the limit's bucket, and sets the RateLimit fields of the
+// answer. When the limit refuses the request (or cannot be enforced) it
+// sends the refusal and returns its action with refused true.
+func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdict.UnixNanos) (action types.Action, refused bool) {
+	r := s.root
+	authority := r.scanned.authority
+	local := l.Policy
+	if share := r.share(slot, l.Budget, &r.state, int64(now)); share < 1 {
+		local = l.Policy.Scaled(share) // this node's part of the fleet-wide rate
+	}
+	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget), &slot.lease, local, l.Cost, int64(now))
+	switch {
+	case err == nil:
+	case errors.Is(err, bucket.ErrBadPolicy):
+		// Never admit on a policy the limiter cannot enforce.
+		return s.unenforceable(slot, id, l.Policy, err, int64(now), authority), true
+	case errors.Is(err, bucket.ErrContention):
+		// Admit: refusing a client for our own CAS contention is worse
+		// than one request over the limit (RATIONALE.md).
+		proxywasm.LogWarn("keygate: rate limiter state contended; admitting the request")
+		res = bucket.Result{Allowed: true, Limit: l.Policy.Limit}
+	default:
+		proxywasm.LogErrorf("keygate: rate limiter: %v", err)
+		res = bucket.Result{Allowed: true, Limit: l.Policy.Limit}
+	}
+	s.hasRate, s.rate = r.cfg.ratelimitHeaders, res
+	s.q, s.w = l.Policy.QuotaWindow()
+	if res.Allowed {
+		return types.ActionContinue, false
+	}
+	r.usage.add(int64(now), codeRateLimited, id, authority)
+	_ = setKeyIDProperty(id)
+	// The refusal carries the fields itself; Envoy runs this filter's
+	// response callbacks on its own local reply too, which must not add
+	// them a second time. (No defer here: under TinyGo a defer costs this
+	// function a heap allocation on every request.)
+	rl := s.rateHeaders()
+	s.hasRate = false
+	s.scrub(&r.scanned)
+	p := problemFor(codeRateLimited)
+	if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
+		h := append(append([][2]string(nil), p.headers...), rl...)
+		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
+		return types.ActionPause, true
+	}
+	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, "")
+	return types.ActionPause, true
 }
 
 // limiterName returns the shared-data name of a budget's limiter state:
@@ -615,7 +637,7 @@ func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now i
 // flush period, and a host call on every request for it cost more than the
 // rest of the limiter.
 func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float64 {
-	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < shareTTL {
+	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < int64(shareTTL) {
 		return slot.share
 	}
 	var v float64
@@ -629,25 +651,45 @@ func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float6
 	return v
 }
 
-// readRecord reads the record of the key with SHA-256 h from shared data.
-// ok is false when the read failed in a way that must not be cached (a
-// corrupt record or a host error, both logged); a missing key is found ==
-// false, ok.
-func (r *filterRoot) readRecord(h *apikey.Hash) (rec keyrecord.View, found, ok bool) {
+// readRecordCached fills rec with the record of the slot's key: the
+// slot's copy when it was read under the sync state's gen and epoch, else
+// shared data's, which the slot then keeps (unless the state could not be
+// read, or the read failed in a way that must not be cached).
+func (r *filterRoot) readRecordCached(rec *verdict.Record, slot *recordSlot, st *verdict.Sync) {
+	if st.Read {
+		if cached, ok := slot.lookup(r.state.gen, r.state.epoch); ok {
+			*rec = cached
+			return
+		}
+	}
+	ok := r.readRecord(rec, &slot.hash)
+	if ok && st.Read {
+		slot.store(r.state.gen, r.state.epoch, *rec)
+	}
+}
+
+// readRecord reads the record of the key with SHA-256 h from shared data
+// into rec. It returns false when the read failed in a way that must not
+// be cached (a corrupt record or a host error, both logged); a missing key
+// is rec.Found == false, true.
+func (r *filterRoot) readRecord(rec *verdict.Record, h *apikey.Hash) bool {
+	*rec = verdict.Record{}
 	copy(r.recKey[1:], h[:])
 	raw, _, err := sharedGet(bstr(r.recKey[:]))
 	switch {
 	case err == nil:
-		if rec, err = keyrecord.Parse(raw); err != nil {
+		v, err := keyrecord.Parse(raw)
+		if err != nil {
 			proxywasm.LogErrorf("keygate: corrupt record in shared data: %v", err)
-			return keyrecord.View{}, false, false
+			return false
 		}
-		return rec, true, true
+		rec.View, rec.Found = v, true
+		return true
 	case errors.Is(err, types.ErrorStatusNotFound):
-		return keyrecord.View{}, false, true
+		return true
 	default:
 		proxywasm.LogErrorf("keygate: reading shared data: %v", err)
-		return keyrecord.View{}, false, false
+		return false
 	}
 }
 
@@ -657,14 +699,10 @@ func (s *stream) refuse(code string, keyID []byte, now int64, authority string) 
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}
-	s.scrub(&s.root.found)
+	s.scrub(&s.root.scanned)
 	sendProblem(problemFor(code))
 	return types.ActionPause
 }
-
-// maxPeriodMS is the longest period in a record whose nanoseconds fit an
-// int64.
-const maxPeriodMS = math.MaxInt64 / 1_000_000
 
 // unenforceable refuses a request of a key whose rate policy the limiter
 // cannot enforce (bucket.Policy.Validate fails): 500 policy_unenforceable,
@@ -673,10 +711,10 @@ const maxPeriodMS = math.MaxInt64 / 1_000_000
 // log. Admitting instead would turn a bad policy into no limit at all.
 func (s *stream) unenforceable(slot *recordSlot, id []byte, p bucket.Policy, err error, now int64, authority string) types.Action {
 	every := p.PeriodNanos
-	if every < 1e9 {
-		every = 1e9
-	} else if every > 3600e9 {
-		every = 3600e9
+	if every < int64(time.Second) {
+		every = int64(time.Second)
+	} else if every > int64(time.Hour) {
+		every = int64(time.Hour)
 	}
 	if !slot.policyLogged || now-slot.policyLogAt >= every || now < slot.policyLogAt {
 		slot.policyLogged, slot.policyLogAt = true, now
@@ -741,7 +779,7 @@ func (s *stream) removeIdentityHeaders() {
 // normalized path the routes were matched on when it differs from the one
 // received, so the upstream serves what was checked. A request with a
 // normal path and no key in its query costs no :path rewrite.
-func (s *stream) forward(f *found, norm string) {
+func (s *stream) forward(f *scanned, norm string) {
 	c := s.root.cfg
 	rawPath, query := splitPath(f.path)
 	changed := norm != rawPath
@@ -777,7 +815,7 @@ func (s *stream) forward(f *found, norm string) {
 // some Cookie header holds it): nothing goes upstream, and Envoy
 // logs the request headers as the filter leaves them (the access log's
 // %REQ(:PATH)%, %REQ(AUTHORIZATION)%), which must not hold a key.
-func (s *stream) scrub(f *found) {
+func (s *stream) scrub(f *scanned) {
 	c := s.root.cfg
 	rawPath, query := splitPath(f.path)
 	changed := false
@@ -804,16 +842,15 @@ func (s *stream) scrub(f *found) {
 	}
 }
 
-// loadState returns the sync state, read from shared data at most every
-// stateTTL.
-func (r *filterRoot) loadState(now int64) (syncState, bool) {
-	if r.stateOK && now-r.stateReadAt >= 0 && now-r.stateReadAt < stateTTL {
-		return r.state, true
+// loadState returns the sync state as the decision sees it, read from
+// shared data at most every stateTTL (r.state keeps the whole of it).
+func (r *filterRoot) loadState(now verdict.UnixNanos) verdict.Sync {
+	if !r.stateOK || int64(now)-r.stateReadAt < 0 || int64(now)-r.stateReadAt >= int64(stateTTL) {
+		r.stateOK = false
+		if b, _, err := proxywasm.GetSharedData(stateKey); err == nil {
+			r.state, r.stateOK = decodeState(b)
+		}
+		r.stateReadAt = int64(now)
 	}
-	r.stateOK = false
-	if b, _, err := proxywasm.GetSharedData(stateKey); err == nil {
-		r.state, r.stateOK = decodeState(b)
-	}
-	r.stateReadAt = now
-	return r.state, r.stateOK
+	return verdict.Sync{Read: r.stateOK, Epoch: r.state.epoch, LastSyncMS: r.state.lastSyncMS}
 }

@@ -163,14 +163,14 @@ func TestShareCachedForStateTTL(t *testing.T) {
 		t.Fatalf("no per-key share: %v, want the default 0.25", got)
 	}
 	seedShare(t, "key_cached", 0.5)
-	if got := r.share(r.records.slot("any key"), id, st, now+shareTTL-1); got != 0.25 {
+	if got := r.share(r.records.slot("any key"), id, st, now+int64(shareTTL)-1); got != 0.25 {
 		t.Fatalf("re-read before shareTTL: %v", got)
 	}
-	if got := r.share(r.records.slot("any key"), id, st, now+shareTTL); got != 0.5 {
+	if got := r.share(r.records.slot("any key"), id, st, now+int64(shareTTL)); got != 0.5 {
 		t.Fatalf("after shareTTL: %v, want the per-key 0.5", got)
 	}
 	seedShare(t, "key_cached", 0.1)
-	if got := r.share(r.records.slot("any key"), id, st, now+2*shareTTL+1); got != 0.1 {
+	if got := r.share(r.records.slot("any key"), id, st, now+2*int64(shareTTL)+1); got != 0.1 {
 		t.Fatalf("after another shareTTL: %v, want 0.1", got)
 	}
 }

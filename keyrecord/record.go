@@ -270,11 +270,26 @@ func (v View) HasScope(s string) bool {
 	for i := 0; i < n; i++ {
 		var item []byte
 		item, off = v.str(off)
-		if string(item) == s { // compiles to a compare, no allocation
+		if equal(item, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// equal reports whether b holds s. (string(b) == s would do in Go, but
+// TinyGo allocates the conversion: one allocation per scope compared on
+// the request path.)
+func equal(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		if b[i] != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // AllowsHost reports whether any of the key's host patterns matches the

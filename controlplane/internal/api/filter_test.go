@@ -126,10 +126,13 @@ func TestSyncLongPoll(t *testing.T) {
 		}
 		done <- result{p, err, time.Since(start)}
 	}()
+	// The change comes once the request is parked in the store, so the
+	// answer (the change, well before wait=30 runs out) proves the wake-up.
+	e.waitParked(1)
 	select {
 	case r := <-done:
 		t.Fatalf("long-poll answered before any change: %+v", r)
-	case <-time.After(300 * time.Millisecond):
+	default:
 	}
 	k := e.createKey(map[string]any{"name": "wake"})
 	select {
@@ -141,7 +144,7 @@ func TestSyncLongPoll(t *testing.T) {
 			t.Fatalf("woken with %+v", r.p)
 		}
 		t.Logf("long-poll answered %v after start", r.d)
-	case <-time.After(5 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("long-poll not woken by a change")
 	}
 
@@ -153,15 +156,32 @@ func TestSyncLongPoll(t *testing.T) {
 		r.json(e.t, &p)
 		done <- result{p: p}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	e.waitParked(1)
 	e.srv.BeginShutdown()
 	select {
 	case r := <-done:
 		if len(r.p.Upserts) != 0 || r.p.Version != v2 || r.p.Snapshot {
 			t.Fatalf("after shutdown %+v", r.p)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("shutdown did not wake the long-poll")
+	}
+}
+
+// waitParked waits until n long-polls are parked in the store's
+// WaitForChange, so that what happens next must wake them.
+func (e *env) waitParked(n int) {
+	e.t.Helper()
+	st, ok := e.st.(interface{ Waiting() int })
+	if !ok {
+		e.t.Fatalf("store %T does not count its waiters", e.st)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st.Waiting() < n {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d of %d long-polls parked after 30 s", st.Waiting(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -730,19 +730,43 @@ func testWaitForChange(t *testing.T, open func(t testing.TB) Store) {
 	if err := s.WaitForChange(short, 1); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no change: %v, want DeadlineExceeded", err)
 	}
+	// Only the commit can wake the waiter: its poll would take an hour and
+	// its context has no deadline. The commit comes once it is parked.
+	s.(*sqlStore).poll = time.Hour
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() { done <- s.WaitForChange(ctx, 1) }()
-	time.Sleep(20 * time.Millisecond)
+	waitParked(t, s, 1)
+	select {
+	case err := <-done:
+		t.Fatalf("WaitForChange returned before any change: %v", err)
+	default:
+	}
+	start := time.Now()
 	mustCreate(t, s, newTestKey(t))
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("woke after %v", time.Since(start))
-	case <-time.After(5 * time.Second):
-		t.Fatal("WaitForChange did not wake")
+		t.Logf("woke %v after the commit", time.Since(start))
+	case <-time.After(30 * time.Second):
+		t.Fatal("WaitForChange did not wake on the commit")
+	}
+	if n := s.(*sqlStore).Waiting(); n != 0 {
+		t.Fatalf("%d waiters still parked", n)
+	}
+}
+
+// waitParked waits until n WaitForChange calls of s are parked, so that a
+// change made next must wake them (rather than be seen by a first read).
+func waitParked(t *testing.T, s Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.(*sqlStore).Waiting() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d WaitForChange calls parked after 30 s", s.(*sqlStore).Waiting(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -1290,7 +1314,7 @@ func testReplicas(t *testing.T, open func(t testing.TB) Store) {
 	for range waiters {
 		go func() { woke <- b.WaitForChange(ctx, 0) }()
 	}
-	time.Sleep(30 * time.Millisecond)
+	waitParked(t, b, waiters)
 	start := time.Now()
 	k := mustCreate(t, a, newTestKey(t))
 	for range waiters {

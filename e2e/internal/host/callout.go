@@ -86,6 +86,7 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 	in.callouts[co.id] = co
 	m.Memory().WriteUint32Le(idPtr, co.id)
 	in.host.stats.add("wasm_host.callouts_total", 1)
+	in.host.inflight.Add(1)
 	go in.runCallout(ctx, co, u, hm, body, trailers, time.Duration(timeout)*time.Millisecond)
 	return statusOK
 }
@@ -93,6 +94,7 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 // runCallout performs the request and delivers on_http_call_response on the
 // calling VM once its current call (if any) has returned.
 func (in *instance) runCallout(ctx context.Context, c *callout, u *upstream, hm *headerMap, body []byte, trailers [][2]string, timeout time.Duration) {
+	defer in.host.inflight.Add(-1) // last: after the callback returned
 	defer c.cancel()
 	var timedOut atomic.Bool
 	if timeout > 0 {

@@ -620,7 +620,11 @@ func (c *clusterRT) startHC(u *upstream) {
 		u.hcTimer = c.h.clock.AfterFunc(c.withJitter(0, hc.InitialJitter), func() { c.runHC(u) })
 		return
 	}
-	go c.runHC(u)
+	c.h.inflight.Add(1)
+	go func() {
+		defer c.h.inflight.Add(-1)
+		c.runHC(u)
+	}()
 }
 
 // runHC sends one health check and arms its timeout.

@@ -53,8 +53,6 @@ type Endpoint struct {
 	SubZone  string
 }
 
-func (e Endpoint) hostPort() string { return net.JoinHostPort(e.Address, strconv.Itoa(e.Port)) }
-
 // HealthCheck is an active HTTP health check (config.core.v3.HealthCheck
 // with http_health_check), with Envoy's defaults filled in.
 type HealthCheck struct {
@@ -169,6 +167,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	out := &Cluster{
 		Name:           c.GetName(),
 		ConnectTimeout: durationOr(c.GetConnectTimeout(), defaultConnectTimeout),
+		//lint:ignore SA1019 Envoy still honours the deprecated dns_refresh_rate.
 		DNSRefreshRate: durationOr(c.GetDnsRefreshRate(), defaultDNSRefreshRate),
 		DNSFamily:      c.GetDnsLookupFamily(),
 		PanicThreshold: defaultPanicThreshold,
@@ -179,6 +178,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	default:
 		return nil, fmt.Errorf("type %v is not supported by this host (STATIC, STRICT_DNS or LOGICAL_DNS)", t)
 	}
+	//lint:ignore SA1019 Envoy still honours the deprecated dns_refresh_rate.
 	if out.Type == "STATIC" && (c.GetDnsRefreshRate() != nil || c.GetDnsLookupFamily() != 0) {
 		return nil, errors.New("dns_refresh_rate and dns_lookup_family only apply to DNS clusters")
 	}

@@ -19,9 +19,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -400,10 +403,10 @@ type sideBySide struct {
 	label   string // metric prefix: pass, 1k, 1M, 1M-2k, 1M-32k
 	kind    rigKind
 	nkeys   int
-	inTurn  int // keys presented in turn (withKeysInTurn); 0: the benchmark key
+	inTurn  int    // keys presented in turn (withKeysInTurn); 0: the benchmark key
+	wasm    string // the keygate module when not $FILTER_WASM (a baseline)
 	rig     *filterRig
 	elapsed time.Duration
-	mallocs uint64 // guest allocations during the timed requests
 }
 
 // filterChunk is how many requests one design serves before the next one
@@ -435,16 +438,20 @@ const filterChunk = 1000
 func BenchmarkFilter(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	filter, pass := testkit.FilterWasm(b), testkit.PassthroughWasm(b)
-	designs := []*sideBySide{
+	designs := benchDesigns(b, []*sideBySide{
 		{label: "pass", kind: rigPassthrough},
 		{label: "1k", kind: rigKeygate, nkeys: 1_000},
 		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
 		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
 		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
-	}
+	})
 	for _, d := range designs {
 		start := time.Now()
-		r, err := newFilterRig(d.kind, filter, pass, d.nkeys, b.Cleanup)
+		f := filter
+		if d.wasm != "" {
+			f = d.wasm
+		}
+		r, err := newFilterRig(d.kind, f, pass, d.nkeys, b.Cleanup)
 		if err == nil && d.inTurn > 0 {
 			err = r.withKeysInTurn(d.inTurn)
 		}
@@ -490,6 +497,38 @@ func BenchmarkFilter(b *testing.B) {
 		b.ReportMetric(allocs, d.label+"-host-allocs/req")
 		b.ReportMetric(bytes, d.label+"-host-B/req")
 	}
+}
+
+// benchDesigns narrows all to the designs $FILTER_BENCH_DESIGNS names
+// (comma-separated labels; unset: all) and, when $FILTER_WASM_BASE names
+// another build of the filter, adds a "base:<label>" twin of each keygate
+// design running it, so that a change is measured against its baseline in
+// one interleaved run:
+//
+//	FILTER_WASM_BASE=/tmp/main.wasm FILTER_BENCH_DESIGNS=pass,1k,1M-32k \
+//	  go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 100000x -count 3
+func benchDesigns(b *testing.B, all []*sideBySide) []*sideBySide {
+	var out []*sideBySide
+	want := os.Getenv("FILTER_BENCH_DESIGNS")
+	for _, d := range all {
+		if want != "" && !slices.Contains(strings.Split(want, ","), d.label) {
+			continue
+		}
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		b.Fatalf("FILTER_BENCH_DESIGNS=%q names no design", want)
+	}
+	if base := os.Getenv("FILTER_WASM_BASE"); base != "" {
+		for _, d := range out {
+			if d.kind == rigKeygate {
+				twin := *d
+				twin.label, twin.wasm = "base:"+d.label, base
+				out = append(out, &twin)
+			}
+		}
+	}
+	return out
 }
 
 // hostAllocs serves n requests and returns the Go host's allocations and

@@ -93,6 +93,9 @@ type Host struct {
 	admin        *http.Server
 	adminLn      net.Listener
 	ready        atomic.Bool
+	// inflight counts the work running outside the caller's sight:
+	// callouts, queue deliveries, downstream requests, first health checks.
+	inflight atomic.Int64
 
 	logMu     sync.Mutex
 	logW      io.Writer
@@ -454,6 +457,13 @@ func (h *Host) AdminAddr() string {
 	}
 	return h.adminLn.Addr().String()
 }
+
+// InFlight is how many callouts (until their callback returned), queue
+// deliveries, downstream requests and first health checks are running. With
+// a FakeClock whose Running is 0, a host at 0 does nothing until the clock
+// moves or a request comes: tests that simulate time step it and wait for
+// that, so that what they measure does not depend on the machine's speed.
+func (h *Host) InFlight() int64 { return h.inflight.Load() }
 
 // SharedData is the process's shared data (for tests and tools).
 func (h *Host) SharedData() *shareddata.Store { return h.shared }
