@@ -239,25 +239,23 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 		)
 		SELECT nodes.active, nodes.self, budgets.budget, budgets.l, budgets.total, budgets.own
 		FROM nodes LEFT JOIN budgets ON 1 = 1`, now, cutoff, node, boot)
-	if err == nil {
-		defer rs.Close()
-		for rs.Next() {
-			var (
-				id                sql.NullString
-				limit, total, own sql.NullFloat64
-			)
-			if err = rs.Scan(&active, &self, &id, &limit, &total, &own); err != nil {
-				break
-			}
-			if id.Valid {
-				rows = append(rows, budgetDemand{id: id.String, limit: limit.Float64, total: total.Float64, own: own.Float64})
-			}
+	if err != nil {
+		return nil, fmt.Errorf("store: shares: %w", err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var (
+			id                sql.NullString
+			limit, total, own sql.NullFloat64
+		)
+		if err := rs.Scan(&active, &self, &id, &limit, &total, &own); err != nil {
+			return nil, fmt.Errorf("store: shares: %w", err)
 		}
-		if err == nil {
-			err = rs.Err()
+		if id.Valid {
+			rows = append(rows, budgetDemand{id: id.String, limit: limit.Float64, total: total.Float64, own: own.Float64})
 		}
 	}
-	if err != nil {
+	if err := rs.Err(); err != nil {
 		return nil, fmt.Errorf("store: shares: %w", err)
 	}
 	n := int(active)
