@@ -155,6 +155,15 @@ check_go_line() {
   esac
 }
 
+# ensure_promtool installs Debian's prometheus package when promtool is
+# missing: the e2e stats test checks the proxy's /stats/prometheus with
+# `promtool check metrics`, and fails without it.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  APT_PACKAGES=prometheus ensure_apt
+  command -v promtool >/dev/null 2>&1 || die "promtool is missing after installing Debian's prometheus package"
+}
+
 # ensure_postgres makes sure the PostgreSQL the storage tests use is up
 # (127.0.0.1:5432, user postgres, database test; KEYGATE_TEST_POSTGRES
 # overrides). On this kind of machine it is installed and usually running.
@@ -242,6 +251,7 @@ case "$cmd" in
   test)
     build_all
     ensure_postgres
+    ensure_promtool
     # The dashboard's browser test needs Debian's chromium.
     "$ROOT/controlplane/internal/ui/setup.sh" >&2
     lint

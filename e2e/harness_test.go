@@ -133,6 +133,8 @@ type controlPlane struct {
 	env []string
 	// readyAt is when /readyz first answered 200 after the last start.
 	readyAt time.Time
+	// https is the client of a control plane serving HTTPS (nil: HTTP).
+	https *http.Client
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -213,7 +215,7 @@ func (c *controlPlane) start(addr string) {
 		tb.Fatalf("control plane did not listen within 20 s")
 	}
 	eventually(tb, 10*time.Second, "control plane /readyz", func() (bool, string) {
-		res, err := http.Get(c.url() + "/readyz")
+		res, err := c.client().Get(c.url() + "/readyz")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -225,7 +227,19 @@ func (c *controlPlane) start(addr string) {
 	})
 }
 
-func (c *controlPlane) url() string { return "http://" + c.addr }
+func (c *controlPlane) url() string {
+	if c.https != nil {
+		return "https://" + c.addr
+	}
+	return "http://" + c.addr
+}
+
+func (c *controlPlane) client() *http.Client {
+	if c.https != nil {
+		return c.https
+	}
+	return apiClient
+}
 
 // signal sends sig and waits for the process to end (SIGKILL after 10 s).
 func (c *controlPlane) signal(sig syscall.Signal) {
@@ -299,7 +313,7 @@ func (c *controlPlane) call(method, path string, body any, want int, out any) {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	res, err := apiClient.Do(req)
+	res, err := c.client().Do(req)
 	if err != nil {
 		tb.Fatalf("%s %s: %v", method, path, err)
 	}

@@ -64,6 +64,27 @@ func setKeyIDProperty(id []byte) error {
 		unsafe.Pointer(&id[0]), uint32(len(id))))
 }
 
+//go:wasmimport env proxy_define_metric
+func proxyDefineMetricImport(kind uint32, name unsafe.Pointer, nameSize uint32, id unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_increment_metric
+func proxyIncrementMetric(id uint32, offset int64) uint32
+
+//go:wasmimport env proxy_record_metric
+func proxyRecordMetric(id uint32, value uint64) uint32
+
+var outMetricID uint32
+
+func proxyDefineMetric(kind uint32, name string) (uint32, uint32) {
+	outMetricID = 0
+	st := proxyDefineMetricImport(kind, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)), unsafe.Pointer(&outMetricID))
+	return outMetricID, st
+}
+
+func incrementMetric(id uint32, n int64) bool { return proxyIncrementMetric(id, n) == 0 }
+
+func recordMetric(id uint32, v uint64) bool { return proxyRecordMetric(id, v) == 0 }
+
 // statusError maps a proxy-wasm status to the SDK's (preallocated) errors.
 func statusError(st uint32) error {
 	switch st {

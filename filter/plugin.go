@@ -68,6 +68,7 @@ type plugin struct {
 	// filter's candidate also keeps when the worker next hands its counts
 	// to the queue (the tick runs every syncTickMS for the lease).
 	syncCfg       *syncConfig
+	syncStats     *syncStats
 	lease         *lease
 	flushPeriodNs int64
 	nextHandOffNs int64
@@ -159,11 +160,15 @@ func (p *plugin) startCandidate(cfg *syncConfig, service bool) error {
 		}
 	}
 	p.syncCfg = cfg
+	p.syncStats = defineSyncStats()
 	p.lease = newLease(hostStore{}, binary.LittleEndian.Uint64(rnd[:]), cfg.leaseMS, service)
 	return nil
 }
 
 func (p *plugin) OnTick() {
+	if p.filter != nil {
+		p.filter.stats.flush()
+	}
 	now := p.clock()
 	switch {
 	case p.filter != nil && p.lease != nil:
@@ -193,6 +198,7 @@ func (p *plugin) tickLease(now int64) {
 		// Registering the queue makes this VM its consumer, in place of
 		// the previous holder; the syncer continues what that one stored.
 		s := newSyncer(p.syncCfg, p.clock, p.lease)
+		s.stats = p.syncStats
 		if err := s.start(); err != nil {
 			proxywasm.LogCriticalf("keygate: starting sync in %s: %v", p.who(), err)
 			return
@@ -220,6 +226,7 @@ func (p *plugin) OnQueueReady(uint32) {}
 func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
 		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
+		p.filter.stats.flush()
 	}
 	if p.lease != nil {
 		if p.sync != nil {

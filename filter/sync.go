@@ -115,6 +115,12 @@ type syncer struct {
 	wrote      bool // records written since the state's gen last moved
 	rec        syncerRecord
 
+	// Live records (not deleted) in shared data under the state's epoch,
+	// and under the snapshot being paged in; stored under recordsKey.
+	records, snapRecords int64
+	stats                *syncStats // nil: not reported
+	startMS              int64
+
 	// Instance (docs/config.md, "Instance identity").
 	node, boot string
 	token      string // instance token; never logged
@@ -169,6 +175,7 @@ func (s *syncer) start() error {
 			s.rec = r
 		}
 	}
+	s.records = loadRecordCount(s.state.epoch)
 	// Published for the filters (warnStaleness).
 	s.rec.maxStalenessMS = s.cfg.maxStalenessMS
 	var rb [syncerLen]byte
@@ -187,6 +194,7 @@ func (s *syncer) start() error {
 		}
 	}
 	now := s.nowMS()
+	s.startMS = now
 	s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
 	if !s.resume() {
 		if err := s.newBoot(); err != nil {
@@ -278,6 +286,7 @@ func (s *syncer) newBoot() error {
 
 func (s *syncer) tick() {
 	now := s.nowMS()
+	s.stats.gauges(now, s.state.lastSyncMS, s.startMS, s.records)
 	if !s.syncBusy && now >= s.nextSyncMS {
 		s.dispatchSync()
 	}
@@ -368,6 +377,7 @@ func (s *syncer) dispatchSync() {
 	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, s.headers("GET", path, s.cfg.credential), nil, nil, timeout, s.onSyncResponse)
 	if err != nil {
 		proxywasm.LogErrorf("keygate: sync call to cluster %q: %v", s.cfg.cluster, err)
+		s.stats.count(syncStatFailure)
 		s.syncFails++
 		s.nextSyncMS = s.nowMS() + s.backoff(max(s.syncFails, 2))
 		return
@@ -389,6 +399,7 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		err = s.applyPage(body)
 	}
 	if err != nil {
+		s.stats.count(syncStatFailure)
 		s.syncFails++
 		proxywasm.LogErrorf("keygate: sync: %v (serving cached keys; attempt %d)", err, s.syncFails)
 		if s.syncFails > 3 && s.cursor != "" {
@@ -405,6 +416,7 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		s.nextSyncMS = s.nowMS() + s.backoff(s.syncFails)
 		return
 	}
+	s.stats.count(syncStatSuccess)
 	s.syncFails = 0
 	if s.cursor != "" || (s.cfg.longPollS > 0 && s.state.version != before) {
 		// The next page, or the next long poll after a change: at once,
@@ -546,9 +558,11 @@ func (s *syncer) applyPage(body []byte) error {
 		if snapshot {
 			s.state.epoch = s.snapEpoch
 			s.snapEpoch = 0
+			s.records, s.snapRecords = s.snapRecords, 0
 		}
 		s.state.version = int64(version.Num)
 	}
+	s.storeRecordCount()
 	s.state.lastSyncMS = s.nowMS()
 	var buf [stateLen]byte
 	return setShared(stateKey, s.state.encode(&buf))
@@ -586,8 +600,49 @@ func (s *syncer) writeRecord(h apikey.Hash, rec *keyrecord.Record) error {
 	var key [1 + len(h)]byte
 	key[0] = recordTag
 	copy(key[1:], h[:])
+	delta := int64(0)
+	if rec.Status != keyrecord.StatusDeleted {
+		delta = 1
+	}
+	if old, _, err := proxywasm.GetSharedData(string(key[:])); err == nil {
+		if v, err := keyrecord.Parse(old); err == nil && v.Epoch() >= rec.Epoch && v.Status() != keyrecord.StatusDeleted {
+			delta-- // replaces a live record of the same epoch
+		}
+	}
 	s.wrote = true
-	return setShared(string(key[:]), s.recBuf)
+	if err := setShared(string(key[:]), s.recBuf); err != nil {
+		return err
+	}
+	if s.snapEpoch != 0 && rec.Epoch == s.snapEpoch {
+		s.snapRecords += delta
+	} else {
+		s.records += delta
+	}
+	return nil
+}
+
+// recordsKey holds the live record count under an epoch: epoch (4) |
+// count (8), so that a restarted syncer or the next lease holder goes on
+// counting.
+const recordsKey = "keygate/records"
+
+func (s *syncer) storeRecordCount() {
+	var b [12]byte
+	binary.LittleEndian.PutUint32(b[:], s.state.epoch)
+	binary.LittleEndian.PutUint64(b[4:], uint64(s.records))
+	if err := setShared(recordsKey, b[:]); err != nil {
+		proxywasm.LogWarnf("keygate: storing the record count: %v", err)
+	}
+}
+
+// loadRecordCount returns the stored live record count when it was counted
+// under epoch, else 0 (the next snapshot counts afresh).
+func loadRecordCount(epoch uint32) int64 {
+	b, _, err := proxywasm.GetSharedData(recordsKey)
+	if err != nil || len(b) != 12 || binary.LittleEndian.Uint32(b) != epoch {
+		return 0
+	}
+	return int64(binary.LittleEndian.Uint64(b[4:]))
 }
 
 // drainQueue merges the workers' usage messages into the pending counts.

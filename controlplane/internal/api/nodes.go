@@ -280,6 +280,7 @@ func (s *Server) checkNodes(ctx context.Context) {
 		return
 	}
 	s.metrics.nodesLive.Set(float64(total))
+	s.operatorGauges(ctx, now)
 	for node, n := range crowded {
 		st.mu.Lock()
 		last, ok := st.warned[node]

@@ -22,11 +22,14 @@ const (
 	codeUnsupportedMedia = "unsupported_media_type"
 	codeUnauthorized     = "unauthorized"
 	codeForbidden        = "forbidden"
-	codeNotFound         = "not_found"
-	codeConflict         = "conflict"
-	codeMethodNotAllowed = "method_not_allowed"
-	codeInternal         = "internal"
-	codeUnavailable      = "unavailable"
+	// codeClientCertRequired: mutual TLS is on and the connection
+	// presented no verified client certificate.
+	codeClientCertRequired = "client_certificate_required"
+	codeNotFound           = "not_found"
+	codeConflict           = "conflict"
+	codeMethodNotAllowed   = "method_not_allowed"
+	codeInternal           = "internal"
+	codeUnavailable        = "unavailable"
 )
 
 // FieldError names one invalid field of a request.

@@ -284,3 +284,53 @@ func (s *sqlStore) recordInstanceBatch(ctx context.Context, tx *sql.Tx, b *Usage
 	}
 	return nil
 }
+
+// NodeAges is what an operator pages on about the fleet's instances.
+type NodeAges struct {
+	// OldestSync and OldestBatch are the earliest last sync and last
+	// usage batch among the live instances (nil: none has one).
+	OldestSync, OldestBatch *time.Time
+	// Nodes are up to the top live node names seen most recently, each
+	// with its most recently seen live instance's times.
+	Nodes []*Instance
+}
+
+// LiveNodeAges returns the live instances' oldest sync and batch times and
+// the times of up to top node names (most recently seen first).
+func (s *sqlStore) LiveNodeAges(ctx context.Context, top int) (*NodeAges, error) {
+	bc, sc := s.liveCutoffs()
+	out := &NodeAges{}
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		out.Nodes = out.Nodes[:0]
+		var sync, batch sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT MIN(last_sync_at), MIN(last_batch_at) FROM instances WHERE `+liveClause, bc, sc).Scan(&sync, &batch); err != nil {
+			return err
+		}
+		out.OldestSync, out.OldestBatch = microsPtr(sync), microsPtr(batch)
+		// One row per node: its most recently seen live instance.
+		rows, err := tx.QueryContext(ctx, `SELECT node, last_batch_at, last_sync_at FROM instances i WHERE `+liveClause+`
+			AND NOT EXISTS (SELECT 1 FROM instances j WHERE j.node = i.node AND (j.last_batch_at >= $1 OR j.last_sync_at >= $2)
+				AND (j.seen_at > i.seen_at OR (j.seen_at = i.seen_at AND j.boot > i.boot)))
+			ORDER BY seen_at DESC, node LIMIT $3`, bc, sc, max(top, 1))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				in          Instance
+				batch, sync sql.NullInt64
+			)
+			if err := rows.Scan(&in.Node, &batch, &sync); err != nil {
+				return err
+			}
+			in.LastBatchAt, in.LastSyncAt, in.Live = microsPtr(batch), microsPtr(sync), true
+			out.Nodes = append(out.Nodes, &in)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: live node ages: %w", err)
+	}
+	return out, nil
+}

@@ -584,3 +584,35 @@ func clampLimit(n int) int {
 	}
 	return min(n, MaxListLimit)
 }
+
+// KeyCounts returns how many keys the store holds by status: "active",
+// "revoked", "disabled", and "expired" for active keys past their expiry
+// or the end of their rotation grace (not counted as active).
+func (s *sqlStore) KeyCounts(ctx context.Context) (map[string]int64, error) {
+	now := s.now().UnixMicro()
+	out := map[string]int64{StatusActive: 0, StatusRevoked: 0, StatusDisabled: 0, "expired": 0}
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT CASE WHEN status = $1 AND ((expires_at IS NOT NULL AND expires_at <= $2)
+				OR (grace_ends_at IS NOT NULL AND grace_ends_at <= $2)) THEN 'expired' ELSE status END AS s, COUNT(*)
+			FROM keys GROUP BY s`, StatusActive, now)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				status string
+				n      int64
+			)
+			if err := rows.Scan(&status, &n); err != nil {
+				return err
+			}
+			out[status] = n
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: key counts: %w", err)
+	}
+	return out, nil
+}

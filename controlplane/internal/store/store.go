@@ -287,6 +287,8 @@ type Store interface {
 	TouchInstanceSync(ctx context.Context, node, boot string) (registered bool, err error)
 	ListInstances(ctx context.Context, limit int) ([]*Instance, error)
 	LiveInstances(ctx context.Context, top int) (total int, crowded map[string]int, err error)
+	LiveNodeAges(ctx context.Context, top int) (*NodeAges, error)
+	KeyCounts(ctx context.Context) (map[string]int64, error)
 	PruneInstances(ctx context.Context, before time.Time) (removed int64, err error)
 
 	// Settings: small named values (e.g. the admin credential's hash).

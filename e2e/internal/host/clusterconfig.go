@@ -40,6 +40,8 @@ type Cluster struct {
 	PanicThreshold float64
 	HealthCheck    *HealthCheck
 	Outlier        *OutlierDetection
+	// TLS is transport_socket (tls.go); nil: plaintext.
+	TLS *UpstreamTLS
 }
 
 // Endpoint is one lb_endpoint.
@@ -98,7 +100,7 @@ const (
 // silently ignored.
 var (
 	clusterFields = fieldSet("name", "type", "connect_timeout", "load_assignment", "health_checks",
-		"outlier_detection", "common_lb_config", "dns_refresh_rate", "dns_lookup_family")
+		"outlier_detection", "common_lb_config", "dns_refresh_rate", "dns_lookup_family", "transport_socket")
 	loadAssignmentFields = fieldSet("cluster_name", "endpoints")
 	localityGroupFields  = fieldSet("locality", "lb_endpoints")
 	lbEndpointFields     = fieldSet("endpoint", "load_balancing_weight")
@@ -243,6 +245,13 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			return nil, err
 		}
 		out.Outlier = o
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		t, err := parseTransportSocket(ts)
+		if err != nil {
+			return nil, err
+		}
+		out.TLS = t
 	}
 	return out, nil
 }

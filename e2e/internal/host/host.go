@@ -240,6 +240,13 @@ func New(opts Options) (_ *Host, err error) {
 	sort.Strings(names)
 	for _, n := range names {
 		c := newClusterRT(h, cfg.Clusters[n], opts.Concurrency+1)
+		if t := cfg.Clusters[n].TLS; t != nil {
+			tc, err := t.clientConfig(opts.BaseDir)
+			if err != nil {
+				return nil, fmt.Errorf("host: cluster %q: transport_socket: %w", n, err)
+			}
+			c.tlsReq, c.tlsHC = tlsTransports(tc)
+		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		c.resolveAll(rctx)
 		cancel()
@@ -506,6 +513,10 @@ func (h *Host) Close(ctx context.Context) error {
 		h.ready.Store(false)
 		for _, c := range h.clusterOrder {
 			c.close()
+			if c.tlsReq != nil {
+				c.tlsReq.CloseIdleConnections()
+				c.tlsHC.CloseIdleConnections()
+			}
 		}
 		for _, l := range h.listeners {
 			if e := l.srv.Shutdown(ctx); e != nil && err == nil {
