@@ -2,70 +2,25 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/internal/testkit"
 )
 
-var buildMu sync.Mutex
-
-// tinygoCmd finds TinyGo 0.39 the way build.sh does (testkit.TinyGo).
-func tinygoCmd(t testing.TB) (string, []string) { return testkit.TinyGo(t) }
-
 // testModule builds testdata/<name> with TinyGo (the filter's flags) into
 // build/testwasm, cached by a hash of the source and go.sum.
 func testModule(t testing.TB, name string) string {
 	t.Helper()
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	root := testkit.RepoRoot(t)
-	src := filepath.Join(root, "e2e", "internal", "host", "testdata", name)
-	h := sha256.New()
-	for _, f := range []string{filepath.Join(src, "main.go"), filepath.Join(root, "go.sum")} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h.Write(b)
-	}
-	out := filepath.Join(root, "build", "testwasm", name+"-"+hex.EncodeToString(h.Sum(nil))[:16]+".wasm")
-	if _, err := os.Stat(out); err == nil {
-		return out
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin, env := tinygoCmd(t)
-	tmp := out + ".tmp"
-	cmd := exec.Command(bin, "build", "-o", tmp, "-no-debug", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy", "./e2e/internal/host/testdata/"+name)
-	cmd.Dir, cmd.Env = root, env
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("tinygo build %s: %v\n%s", name, err, b)
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		t.Fatal(err)
-	}
-	// Drop builds of older sources.
-	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(out), name+"-*.wasm"))
-	for _, f := range stale {
-		if f != out {
-			_ = os.Remove(f)
-		}
-	}
-	return out
+	dir := "e2e/internal/host/testdata/" + name
+	return testkit.TinyGoBuild(t, name, []string{dir + "/main.go"}, "build", "./"+dir,
+		"-no-debug", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy")
 }
 
 // plugin describes a wasm plugin for testYAML.
