@@ -12,13 +12,14 @@ package host
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"math/rand"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -58,7 +59,7 @@ const keygateConfig = `{"max_staleness_ms": 3600000}`
 
 // newBenchKey makes the valid key (prefix "ak") every benchmark request
 // carries, once per process.
-var newBenchKey = sync.OnceValues(func() (string, error) { return apikey.NewKey("ak", rand.Reader) })
+var newBenchKey = sync.OnceValues(func() (string, error) { return apikey.NewKey("ak", crand.Reader) })
 
 // benchRecord is the record of the benchmark key: active, allowed on the
 // request's host, with a rate limit far above any rate a benchmark reaches,
@@ -154,8 +155,10 @@ type filterRig struct {
 	req     [][2]string
 	keygate bool
 	// others, when set, are requests with other valid keys that serve
-	// presents in turn instead of req (see withKeysInTurn).
+	// presents in turn instead of req (see withKeysInTurn), or in the
+	// order of order's indices when it is set (see withZipfKeys).
 	others [][][2]string
+	order  []int32
 	turn   int
 }
 
@@ -222,7 +225,10 @@ func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, conf
 func (r *filterRig) serve() (int, *exchange, error) {
 	ex := &exchange{visible: -1, filterState: map[string][]byte{}, wakeCh: make(chan struct{}, 1), start: r.h.clock.Now()}
 	req := r.req
-	if n := len(r.others); n > 0 {
+	if n := len(r.order); n > 0 {
+		req = r.others[r.order[r.turn%n]]
+		r.turn++
+	} else if n := len(r.others); n > 0 {
 		req = r.others[r.turn%n]
 		r.turn++
 	}
@@ -335,7 +341,7 @@ func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 	sd := r.h.SharedData()
 	var buf []byte
 	for i := 0; i < n; i++ {
-		key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
+		key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(crand.Reader)
 		if err != nil {
 			return err
 		}
@@ -349,6 +355,30 @@ func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 			return err
 		}
 		r.others = append(r.others, benchRequest(key))
+	}
+	return nil
+}
+
+// zipfExponent and zipfOrderLen shape withZipfKeys' request stream.
+const (
+	zipfExponent = 1.1
+	zipfOrderLen = 1 << 20
+)
+
+// withZipfKeys seeds n more valid keys like the benchmark key (each with a
+// rate limit) and makes the rig present them in a fixed pseudo-random
+// order drawn from a Zipf distribution with exponent zipfExponent over the
+// n keys: the first key is the busiest, key k is about k^-1.1 as busy, and
+// the worker's record cache can hold only the busiest few thousand (with
+// n = 100k, the 4,096 busiest take about 84% of the requests).
+func (r *filterRig) withZipfKeys(n int) error {
+	if err := r.withKeysInTurn(n); err != nil {
+		return err
+	}
+	z := rand.NewZipf(rand.New(rand.NewSource(1)), zipfExponent, 1, uint64(n-1))
+	r.order = make([]int32, zipfOrderLen)
+	for i := range r.order {
+		r.order[i] = int32(z.Uint64())
 	}
 	return nil
 }
@@ -400,10 +430,11 @@ func (r *filterRig) run(n int) error {
 
 // sideBySide is one design of BenchmarkFilter: a rig and what it measured.
 type sideBySide struct {
-	label   string // metric prefix: pass, 1k, 1M, 1M-2k, 1M-32k
+	label   string // metric prefix: pass, 1k, 1M, 1M-2k, 1M-32k, 1M-zipf
 	kind    rigKind
 	nkeys   int
 	inTurn  int    // keys presented in turn (withKeysInTurn); 0: the benchmark key
+	zipf    int    // keys presented in a Zipf order (withZipfKeys) instead
 	wasm    string // the keygate module when not $FILTER_WASM (a baseline)
 	rig     *filterRig
 	elapsed time.Duration
@@ -439,23 +470,10 @@ const filterChunk = 1000
 func BenchmarkFilter(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	filter, pass := testkit.FilterWasm(b), testkit.PassthroughWasm(b)
-	designs := benchDesigns(b, []*sideBySide{
-		{label: "pass", kind: rigPassthrough},
-		{label: "1k", kind: rigKeygate, nkeys: 1_000},
-		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
-		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
-		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
-	})
+	designs := benchDesigns(b, filterDesigns())
 	for _, d := range designs {
 		start := time.Now()
-		f := filter
-		if d.wasm != "" {
-			f = d.wasm
-		}
-		r, err := newFilterRig(d.kind, f, pass, d.nkeys, b.Cleanup)
-		if err == nil && d.inTurn > 0 {
-			err = r.withKeysInTurn(d.inTurn)
-		}
+		r, err := d.newRig(filter, pass, b.Cleanup)
 		if err != nil {
 			b.Fatalf("%s: %v", d.label, err)
 		}
@@ -498,6 +516,39 @@ func BenchmarkFilter(b *testing.B) {
 		b.ReportMetric(allocs, d.label+"-host-allocs/req")
 		b.ReportMetric(bytes, d.label+"-host-B/req")
 	}
+}
+
+// filterDesigns are BenchmarkFilter's designs: the pass-through module,
+// one busy key among 1k and 1M keys (the hot path: record cached, tokens
+// leased), 2k keys in turn (records cached, no lease), 32k keys in turn
+// (every request misses the record cache) and a Zipf stream over 100k
+// keys (see withZipfKeys), all among 1M keys.
+func filterDesigns() []*sideBySide {
+	return []*sideBySide{
+		{label: "pass", kind: rigPassthrough},
+		{label: "1k", kind: rigKeygate, nkeys: 1_000},
+		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
+		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
+		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
+		{label: "1M-zipf", kind: rigKeygate, nkeys: 1_000_000 - 100_000, zipf: 100_000},
+	}
+}
+
+// newRig starts the design's rig with filter (d.wasm when set) and seeds
+// its keys.
+func (d *sideBySide) newRig(filter, pass string, cleanup func(func())) (*filterRig, error) {
+	if d.wasm != "" {
+		filter = d.wasm
+	}
+	r, err := newFilterRig(d.kind, filter, pass, d.nkeys, cleanup)
+	switch {
+	case err != nil:
+	case d.inTurn > 0:
+		err = r.withKeysInTurn(d.inTurn)
+	case d.zipf > 0:
+		err = r.withZipfKeys(d.zipf)
+	}
+	return r, err
 }
 
 // benchDesigns narrows all to the designs $FILTER_BENCH_DESIGNS names
