@@ -554,8 +554,9 @@ func (d *sideBySide) newRig(filter, pass string, cleanup func(func())) (*filterR
 // benchDesigns narrows all to the designs $FILTER_BENCH_DESIGNS names
 // (comma-separated labels; unset: all) and, when $FILTER_WASM_BASE names
 // another build of the filter, adds a "base:<label>" twin of each keygate
-// design running it, so that a change is measured against its baseline in
-// one interleaved run:
+// design running it (and a "<name>:<label>" twin for each name=path of
+// $FILTER_WASM_ALT, comma-separated), so that a change is measured against
+// its baseline in one interleaved run:
 //
 //	FILTER_WASM_BASE=/tmp/main.wasm FILTER_BENCH_DESIGNS=pass,1k,1M-32k \
 //	  go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 100000x -count 3
@@ -571,11 +572,23 @@ func benchDesigns(b *testing.B, all []*sideBySide) []*sideBySide {
 	if len(out) == 0 {
 		b.Fatalf("FILTER_BENCH_DESIGNS=%q names no design", want)
 	}
+	var alts []string // name=path
 	if base := os.Getenv("FILTER_WASM_BASE"); base != "" {
-		for _, d := range out {
+		alts = append(alts, "base="+base)
+	}
+	if more := os.Getenv("FILTER_WASM_ALT"); more != "" {
+		alts = append(alts, strings.Split(more, ",")...)
+	}
+	n := len(out)
+	for _, alt := range alts {
+		name, path, ok := strings.Cut(alt, "=")
+		if !ok {
+			b.Fatalf("FILTER_WASM_ALT: %q is not name=path", alt)
+		}
+		for _, d := range out[:n] {
 			if d.kind == rigKeygate {
 				twin := *d
-				twin.label, twin.wasm = "base:"+d.label, base
+				twin.label, twin.wasm = name+":"+d.label, path
 				out = append(out, &twin)
 			}
 		}
