@@ -3,15 +3,29 @@
 #
 #   ./build.sh [build]   install TinyGo if needed, build build/filter.wasm,
 #                        build/passthrough.wasm and the Go binaries
-#   ./build.sh test      build, then run every test (go vet, go test ./...)
+#   ./build.sh test      build, then run every check (go vet, go mod tidy
+#                        -diff, staticcheck) and every test (go test ./...)
+#   ./build.sh lint      only the checks: go vet, go mod tidy -diff, staticcheck
 #   ./build.sh bench     build, then print the benchmark tables
 #   ./build.sh run       build, then start control plane + demo upstream + proxy
+#   ./build.sh image     build the container images as OCI image layouts:
+#                        build/oci/keygate-filter (Wasm "compat" image for
+#                        Istio's WasmPlugin / Envoy Gateway) and
+#                        build/oci/keygate-controlplane (+ a `docker load`
+#                        archive build/keygate-controlplane.tar); no
+#                        container runtime needed. FILTER_IMAGE=REF and
+#                        CONTROLPLANE_IMAGE=REF push them too; IMAGE_ARCH
+#                        picks the control plane's GOARCH (default: this
+#                        machine's)
 #   ./build.sh tinygo    only make sure TinyGo is installed; print its path
 #
 # TinyGo: an installed `tinygo` 0.39.x on PATH is used as is. Otherwise TinyGo
 # 0.39.0 is built from source into $TINYGO_CACHE (default
 # ~/.cache/tinygo-0.39.0) the way docs/toolchain.md describes; a
 # stamp file makes the second run free.
+#
+# staticcheck: $STATICCHECK_VERSION is installed through the Go module proxy
+# into $TOOLS_CACHE (default ~/.cache/keygate-tools) on first use.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -19,6 +33,11 @@ ROOT=$(pwd)
 TINYGO_VERSION=0.39.0
 GO_FOR_TINYGO=go1.25.5
 TINYGO_CACHE=${TINYGO_CACHE:-$HOME/.cache/tinygo-$TINYGO_VERSION}
+# staticcheck 2026.2.2 (v0.8.2) is built with, and understands, the Go 1.26
+# standard library the toolchain brings; it checks the module at its go 1.25
+# language version. Installed outside the module, so go.mod stays go 1.25.0.
+STATICCHECK_VERSION=v0.8.2
+TOOLS_CACHE=${TOOLS_CACHE:-$HOME/.cache/keygate-tools}
 APT_PACKAGES="llvm-19-dev libclang-19-dev clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc binaryen gcc g++ make"
 
 log() { printf '[build.sh] %s\n' "$*" >&2; }
@@ -136,6 +155,15 @@ check_go_line() {
   esac
 }
 
+# ensure_promtool installs Debian's prometheus package when promtool is
+# missing: the e2e stats test checks the proxy's /stats/prometheus with
+# `promtool check metrics`, and fails without it.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  APT_PACKAGES=prometheus ensure_apt
+  command -v promtool >/dev/null 2>&1 || die "promtool is missing after installing Debian's prometheus package"
+}
+
 # ensure_postgres makes sure the PostgreSQL the storage tests use is up
 # (127.0.0.1:5432, user postgres, database test; KEYGATE_TEST_POSTGRES
 # overrides). On this kind of machine it is installed and usually running.
@@ -159,6 +187,29 @@ ensure_postgres() {
     psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres >/dev/null
 }
 
+# ensure_staticcheck sets STATICCHECK to the pinned staticcheck, installing
+# it once.
+ensure_staticcheck() {
+  STATICCHECK="$TOOLS_CACHE/staticcheck-$STATICCHECK_VERSION/staticcheck"
+  [ -x "$STATICCHECK" ] && return 0
+  log "installing staticcheck $STATICCHECK_VERSION into $(dirname "$STATICCHECK")"
+  GOBIN="$(dirname "$STATICCHECK")" GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" ||
+    die "could not install staticcheck $STATICCHECK_VERSION through the module proxy"
+}
+
+# lint runs the checks that need no build artefacts.
+lint() {
+  need_go
+  check_go_line
+  log "go vet ./..."
+  go vet ./...
+  log "go mod tidy -diff"
+  go mod tidy -diff >&2 || die "go.mod/go.sum are not tidy (diff above): run go mod tidy"
+  ensure_staticcheck
+  log "staticcheck ./..."
+  "$STATICCHECK" ./... || die "staticcheck found problems (above)"
+}
+
 build_all() {
   need_go
   check_go_line
@@ -171,18 +222,39 @@ build_all() {
   go build -o build/wasmhost ./e2e/cmd/wasmhost
 }
 
+# build_images writes the images (docs/deploy.md). The control plane is
+# linked statically (CGO_ENABLED=0: the SQLite driver is pure Go) so the
+# image needs no libc.
+build_images() {
+  need_go
+  check_go_line
+  build_wasm
+  "$ROOT/controlplane/internal/ui/setup.sh" --no-browser >&2
+  local arch=${IMAGE_ARCH:-$(go env GOARCH)}
+  local bin=build/image/controlplane-linux-$arch
+  log "go build $bin (static)"
+  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -o "$bin" ./controlplane/cmd/controlplane
+  go build -o build/ociimage ./internal/ociimage/cmd/ociimage
+  ./build/ociimage filter -wasm build/filter.wasm -out build/oci/keygate-filter \
+    ${FILTER_IMAGE:+-push "$FILTER_IMAGE"}
+  ./build/ociimage controlplane -bin "$bin" -arch "$arch" -out build/oci/keygate-controlplane \
+    -ref keygate-controlplane:dev -tar build/keygate-controlplane.tar \
+    ${CONTROLPLANE_IMAGE:+-push "$CONTROLPLANE_IMAGE"}
+}
+
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   tinygo) ensure_tinygo; "${TINYGO[@]}" version ;;
+  lint) lint ;;
   build) build_all ;;
   test)
     build_all
     ensure_postgres
+    ensure_promtool
     # The dashboard's browser test needs Debian's chromium.
     "$ROOT/controlplane/internal/ui/setup.sh" >&2
-    log "go vet ./..."
-    go vet ./...
+    lint
     log "go test ./..."
     FILTER_WASM="$ROOT/build/filter.wasm" PASSTHROUGH_WASM="$ROOT/build/passthrough.wasm" \
       CONTROLPLANE_BIN="$ROOT/build/controlplane" \
@@ -202,5 +274,6 @@ case "$cmd" in
     go build -o build/demo ./e2e/cmd/demo
     exec ./build/demo "$@"
     ;;
-  *) die "unknown command '$cmd' (build, test, bench, run, tinygo)" ;;
+  image) build_images ;;
+  *) die "unknown command '$cmd' (build, test, lint, bench, run, image, tinygo)" ;;
 esac

@@ -115,7 +115,7 @@ func (g Generator) newKey(r io.Reader) (string, int, error) {
 	buf[n] = '_'
 	n++
 	for rejected := 0; rejected < maxRedraws; rejected++ {
-		if err := drawBody(buf[n:n+bodyLen], r); err != nil {
+		if err := FillBase62(buf[n:n+bodyLen], r); err != nil {
 			return "", rejected, err
 		}
 		putChecksum(buf[n+bodyLen:], crc32.ChecksumIEEE(buf[:n+bodyLen]))
@@ -128,9 +128,10 @@ func (g Generator) newKey(r io.Reader) (string, int, error) {
 	return "", maxRedraws, ErrTooManyBad
 }
 
-// drawBody fills body with uniform Base62 characters from r. Rejection
+// FillBase62 fills body with uniform Base62 characters from r. Rejection
 // sampling keeps every digit uniform: bytes >= 248 (4 * 62) are dropped.
-func drawBody(body []byte, r io.Reader) error {
+// Key bodies, key ids and instance tokens are all drawn this way.
+func FillBase62(body []byte, r io.Reader) error {
 	var rnd [64]byte
 	for i := 0; i < len(body); {
 		if _, err := io.ReadFull(r, rnd[:]); err != nil {

@@ -4,8 +4,10 @@ import "encoding/binary"
 
 // HashKeyTo stores the SHA-256 of key in dst without a heap allocation in the
 // TinyGo build: crypto/sha256 copies its digest to the heap there on every
-// Sum, and the filter hashes a key on every request. Every array lives in
-// this frame and the functions it calls keep no pointer. Not linking
+// Sum, and the filter hashes every key its worker's record cache does not
+// hold (filter/recordcache.go, once per cache claim; a cached key costs a
+// SipHash instead). Every array lives in this frame and the functions it
+// calls keep no pointer. Not linking
 // crypto/sha256 also keeps its FIPS module's tables out of the module's
 // globals, which TinyGo's collector scans on every cycle. FuzzHashKeyTo
 // holds it to crypto/sha256.

@@ -54,7 +54,7 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 			reset = 0
 		}
 		g := gcra{interval: ls.interval, tau: ls.tau}
-		return Result{Allowed: true, Limit: p.Limit, Remaining: ls.rem, ResetNanos: reset, NextNanos: g.next(reset)}, nil
+		return Result{Allowed: true, Limit: p.Limit, Remaining: ls.rem, ResetNanos: reset, NextNanos: g.next(reset), Leased: true}, nil
 	}
 	g, err := p.gcra()
 	if err != nil {

@@ -66,6 +66,9 @@ type Result struct {
 	// fits: retried exactly then it is admitted (unless others took the
 	// tokens). Never when no wait helps. 0 when allowed.
 	RetryAfterNanos int64
+	// Leased is set when TakeLeased admitted the request from the worker's
+	// lease, without reading the bucket.
+	Leased bool
 }
 
 // WindowNanos is the t of the RateLimit field: NextNanos, the time until

@@ -31,9 +31,11 @@ func fastHealthChecks(iv time.Duration) func(*host.Config) {
 
 // staleSync returns sync and filter settings for a short max_staleness_ms
 // that keep the staleness rule (docs/config.md): long_poll_s*1000 + 2000 +
-// max_backoff_ms + timeout_ms <= max_staleness_ms, both roles alike.
+// max_backoff_ms + timeout_ms + lease_ms (500) + 200 <= max_staleness_ms,
+// both roles alike (tune gives the filter's "sync" the same settings).
 func staleSync(staleness, backoff, timeout time.Duration) (syncCfg, filterCfg map[string]any) {
 	syncCfg = maps.Clone(fastFlushSync)
+	syncCfg["lease_ms"] = 500
 	syncCfg["control_plane.long_poll_s"] = 1
 	syncCfg["control_plane.timeout_ms"] = timeout.Milliseconds()
 	syncCfg["retry_ms"] = min(200, backoff.Milliseconds())
@@ -88,7 +90,7 @@ func (l *steadyLoad) record(s *stream, r result, at time.Time) {
 }
 
 // run paces every stream until stop is closed (a pacer and four senders
-// per stream, as fleetLoad does).
+// per stream).
 func (l *steadyLoad) run(streams []*stream, stop <-chan struct{}) {
 	var wg sync.WaitGroup
 	for _, s := range streams {
@@ -162,8 +164,8 @@ func TestFleetFailover(t *testing.T) {
 	cps := startReplicas(t, 2)
 	a, b := cps[0], cps[1]
 	up := startUpstream(t)
-	// 1000 (long poll) + 2000 + 500 + 1000 = 4500 <= 5000.
-	syncCfg, filterCfg := staleSync(staleness, 500*time.Millisecond, time.Second)
+	// 1000 (long poll) + 2000 + 300 + 1000 + 500 + 200 = 5000 <= 5000.
+	syncCfg, filterCfg := staleSync(staleness, 300*time.Millisecond, time.Second)
 	syncCfg["flush_period_ms"] = period.Milliseconds() // the default, as in TestFleetRateLimit
 	var hosts []*proxy
 	for i := 0; i < 3; i++ {
@@ -286,10 +288,10 @@ func rqTotal(t testing.TB, p *proxy, addr string) int {
 // other a healthy_panic_threshold of 0 (no endpoint to call at all); both
 // log lines that name the cluster while it is down.
 func TestFleetRecovery(t *testing.T) {
-	const staleness = 4 * time.Second
+	const staleness = 4500 * time.Millisecond
 	cps := startReplicas(t, 2)
 	up := startUpstream(t)
-	// 1000 + 2000 + 300 + 500 = 3800 <= 4000.
+	// 1000 + 2000 + 300 + 500 + 500 + 200 = 4500 <= 4500.
 	syncCfg, filterCfg := staleSync(staleness, 300*time.Millisecond, 500*time.Millisecond)
 	hc := fastHealthChecks(200 * time.Millisecond)
 	panic50 := startHost(t, cps[0], up, hostOptions{filter: filterCfg, sync: syncCfg, controlPlaneAddrs: addrs(cps), edit: hc})
@@ -369,7 +371,8 @@ func TestSyncConfigBackoffOverStalenessRefused(t *testing.T) {
 	cp := startControlPlane(t)
 	up := startUpstream(t)
 	cfg := hostConfig(t, cp)
-	// 20000 (long poll) + 2000 + 30000 + 5000 = 57000 > 50000.
+	// 20000 (long poll) + 2000 + 30000 + 5000 + 3000 (lease_ms) + 200 =
+	// 60200 > 50000 (and > the filter's 60000: it refuses its "sync" too).
 	tune(t, cfg, "sync", map[string]any{"max_backoff_ms": 30000, "max_staleness_ms": 50000, "control_plane.timeout_ms": 5000})
 	logs := &testkit.Log{}
 	h, err := host.New(host.Options{
@@ -390,7 +393,7 @@ func TestSyncConfigBackoffOverStalenessRefused(t *testing.T) {
 	}
 	log := logs.String()
 	t.Logf("host.New: %v", err)
-	for _, want := range []string{"max_staleness_ms: 50000 is below what the sync service can keep", "max_backoff_ms", "= 57000"} {
+	for _, want := range []string{"max_staleness_ms: 50000 is below what the sync service can keep", "max_backoff_ms", "lease_ms", "= 60200"} {
 		if !strings.Contains(log, want) && !strings.Contains(err.Error(), want) {
 			t.Errorf("refusal lacks %q:\nerror: %v\nlog: %s", want, err, log)
 		}

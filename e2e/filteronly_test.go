@@ -18,7 +18,12 @@ const filterOnlyConfig = "deploy/envoy-filter-only.yaml"
 // leaseHolder reads the sync lease from the host's shared data (vm_id ""
 // as in deploy/envoy-filter-only.yaml): holder id and expiry (unix ms).
 func (p *proxy) leaseHolder() (uint64, int64, bool) {
-	b, _, err := p.h.SharedData().Get("", "keygate/lease")
+	return p.leaseHolderIn("")
+}
+
+// leaseHolderIn is leaseHolder for the shared data of vm_id vmID.
+func (p *proxy) leaseHolderIn(vmID string) (uint64, int64, bool) {
+	b, _, err := p.h.SharedData().Get(vmID, "keygate/lease")
 	if err != nil || len(b) != 17 || b[0] != 1 {
 		return 0, 0, false
 	}

@@ -4,78 +4,129 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/controlplane/cptest"
+	"github.com/keygate/keygate/e2e/internal/host"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
-// fleetLoad sends requests with one key to several hosts at fixed rates
-// (open loop: a pacer per host, a few senders each) and counts the admitted
-// ones per window of the test's clock.
-type fleetLoad struct {
-	tb     testing.TB
-	key    string
-	hosts  []*proxy
-	start  time.Time
-	window time.Duration
+// simFleet is a fleet on simulated time: the control plane (cptest: the
+// real API and store, in this process) and every host read one FakeClock,
+// and nothing moves it but the test. Each step advances it by simStep,
+// running the timers that fall due one by one, and after each waits until
+// the fleet has settled: no timer callback, callout, queue delivery or
+// request still running anywhere (host.InFlight, FakeClock.Running). Requests are sent at their scheduled simulated times
+// on a settled fleet. What the fleet decides is then a function of the
+// schedule, not of how fast this machine runs it; the machine's speed only
+// sets how long the test takes.
+type simFleet struct {
+	t     *testing.T
+	clock *host.FakeClock
+	cp    *controlPlane
+	hosts []*proxy
+}
 
-	mu       sync.Mutex
-	admitted map[int]int // window index -> 200s
+// simStep is the simulation's resolution: every timer of the hosts (100 ms
+// ticks, flush periods, health checks) is a whole number of milliseconds.
+const simStep = time.Millisecond
+
+func newSimFleet(t *testing.T) *simFleet {
+	clock := host.NewFakeClock(time.Date(2030, 6, 1, 9, 0, 0, 0, time.UTC))
+	logs := &testkit.Log{}
+	dumpOnFailure(t, "control plane", logs)
+	cps := cptest.Start(t, clock.Now, logs)
+	cp := &controlPlane{tb: t, addr: cps.Addr, admin: cps.AdminToken, filter: cps.FilterToken, logs: logs}
+	return &simFleet{t: t, clock: clock, cp: cp}
+}
+
+// startHost starts a host on the fleet's clock; the sync service polls
+// (long_poll_s 0), so no request waits at the control plane on real time.
+func (f *simFleet) startHost(up *httptest.Server, o hostOptions) *proxy {
+	o.clock, o.noWait = f.clock, true
+	o.sync = maps.Clone(o.sync)
+	o.sync["control_plane.long_poll_s"] = 0
+	p := startHost(f.t, f.cp, up, o)
+	f.hosts = append(f.hosts, p)
+	f.settle()
+	return p
+}
+
+// settle waits until no host has work in flight.
+func (f *simFleet) settle() {
+	f.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute) // a hang, not a timing bound
+	for {
+		// Running first: a callback's callouts count in InFlight before it
+		// returns.
+		if f.clock.Running() == 0 {
+			busy := int64(0)
+			for _, p := range f.hosts {
+				busy += p.h.InFlight()
+			}
+			if busy == 0 && f.clock.Running() == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatal("the simulated fleet did not settle within 2 minutes of real time")
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// advance moves simulated time forward by d, one step at a time.
+func (f *simFleet) advance(d time.Duration) {
+	for ; d > 0; d -= simStep {
+		f.clock.AdvanceEach(simStep, f.settle)
+		f.settle()
+	}
+}
+
+// simLoad offers rates[i] requests per second with key to host i, evenly
+// paced from a phase of its own, for d of simulated time, and counts the
+// admitted ones per window since start.
+type simLoad struct {
+	f        *simFleet
+	key      string
+	start    time.Time
+	window   time.Duration
+	admitted map[int]int
 	other    map[string]int
 }
 
-func (l *fleetLoad) record(r result, at time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case r.status == 200:
-		l.admitted[int(at.Sub(l.start)/l.window)]++
-	case r.code == "rate_limited":
-	default:
-		l.other[r.String()]++
-	}
-}
-
-// run offers rates[i] requests per second to host i until d has passed.
-func (l *fleetLoad) run(rates []float64, d time.Duration) {
-	var wg sync.WaitGroup
-	end := time.Now().Add(d)
-	for i, p := range l.hosts {
-		if rates[i] == 0 {
-			continue
+func (l *simLoad) run(rates []float64, d time.Duration) {
+	from := l.f.clock.Now()
+	next := make([]time.Time, len(rates))
+	for i, r := range rates {
+		if r > 0 {
+			// Hosts' clients are not in step: stagger their first requests.
+			next[i] = from.Add(time.Duration(float64(time.Second) / r * float64(i+1) / float64(len(rates)+1)))
 		}
-		jobs := make(chan struct{}, 64)
-		for s := 0; s < 4; s++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range jobs {
-					at := time.Now()
-					l.record(p.get(l.key, nil), at)
+	}
+	end := from.Add(d)
+	for now := from; now.Before(end); now = l.f.clock.Now() {
+		for i, r := range rates {
+			for r > 0 && now.Add(simStep).After(next[i]) {
+				res := l.f.hosts[i].get(l.key, nil)
+				switch {
+				case res.status == 200:
+					l.admitted[int(now.Sub(l.start)/l.window)]++
+				case res.code != "rate_limited":
+					l.other[res.String()]++
 				}
-			}()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(jobs)
-			interval := time.Duration(float64(time.Second) / rates[i])
-			next := time.Now()
-			for next.Before(end) {
-				time.Sleep(time.Until(next))
-				jobs <- struct{}{}
-				next = next.Add(interval)
+				next[i] = next[i].Add(time.Duration(float64(time.Second) / r))
 			}
-		}()
+		}
+		l.f.settle()
+		l.f.advance(simStep)
 	}
-	wg.Wait()
 }
 
-// windows returns the admitted counts of windows [from, to).
-func (l *fleetLoad) windows(from, to int) []int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+func (l *simLoad) windows(from, to int) []int {
 	var out []int
 	for w := from; w < to; w++ {
 		out = append(out, l.admitted[w])
@@ -89,30 +140,41 @@ func (l *fleetLoad) windows(from, to int) []int {
 // limit within 5 % per 2-s window (one flush period of the sync service);
 // when all traffic moves to the quietest host, that host must get the whole
 // limit (within 5 %) from two flush periods after the move on.
+//
+// It runs on simulated time (simFleet): the real filter in three hosts and
+// the real control plane, all reading one FakeClock, so that a busy machine
+// slows the test down but cannot change what it measures.
 func TestFleetRateLimit(t *testing.T) {
 	const (
 		limit  = 100.0 // per second, fleet-wide
 		period = 2 * time.Second
 	)
-	cp := startControlPlane(t)
+	f := newSimFleet(t)
 	up := startUpstream(t)
-	var hosts []*proxy
+	k := f.cp.createKey(map[string]any{"rate": map[string]any{"limit": int(limit), "period": "second", "burst": 10}})
 	for i := 0; i < 3; i++ {
 		sync := maps.Clone(fastFlushSync)
 		sync["flush_period_ms"] = period.Milliseconds() // the default
 		sync["node_id"] = fmt.Sprintf("node-%c", 'a'+i)
-		hosts = append(hosts, startHost(t, cp, up, hostOptions{filter: fastFlushFilter, sync: sync}))
+		f.startHost(up, hostOptions{filter: fastFlushFilter, sync: sync})
+		// Independent Envoys flush at phases of their own.
+		f.advance(700 * time.Millisecond)
 	}
-	k := cp.createKey(map[string]any{"rate": map[string]any{"limit": int(limit), "period": "second", "burst": 10}})
-	for _, p := range hosts {
-		eventually(t, 10*time.Second, "key synced", func() (bool, string) {
+	for _, p := range f.hosts {
+		for tries := 0; ; tries++ {
 			r := p.get(k.Key, nil)
-			return r.status == 200, r.String()
-		})
+			if r.status == 200 {
+				break
+			}
+			if tries == 100 {
+				t.Fatalf("key not synced after 10 s of simulated time: %s", r)
+			}
+			f.advance(100 * time.Millisecond)
+		}
 	}
+	f.advance(period) // the probes' tokens come back
 
-	load := &fleetLoad{tb: t, key: k.Key, hosts: hosts, start: time.Now(), window: period,
-		admitted: map[int]int{}, other: map[string]int{}}
+	load := &simLoad{f: f, key: k.Key, start: f.clock.Now(), window: period, admitted: map[int]int{}, other: map[string]int{}}
 	load.run([]float64{2 * limit * 0.80, 2 * limit * 0.15, 2 * limit * 0.05}, 8*period)
 	load.run([]float64{0, 0, 2 * limit}, 6*period)
 	if len(load.other) > 0 {

@@ -31,8 +31,8 @@ import (
 	"github.com/keygate/keygate/internal/testkit"
 )
 
-// filterToken is the placeholder envoy.yaml carries for the sync service's
-// credential.
+// filterToken is the placeholder envoy.yaml carries for the fleet
+// credential, in the sync service's and the filter's sync settings.
 const filterToken = "REPLACE_WITH_FILTER_TOKEN"
 
 // apiHost is the :authority the test keys are issued for.
@@ -133,6 +133,8 @@ type controlPlane struct {
 	env []string
 	// readyAt is when /readyz first answered 200 after the last start.
 	readyAt time.Time
+	// https is the client of a control plane serving HTTPS (nil: HTTP).
+	https *http.Client
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -213,7 +215,7 @@ func (c *controlPlane) start(addr string) {
 		tb.Fatalf("control plane did not listen within 20 s")
 	}
 	eventually(tb, 10*time.Second, "control plane /readyz", func() (bool, string) {
-		res, err := http.Get(c.url() + "/readyz")
+		res, err := c.client().Get(c.url() + "/readyz")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -225,7 +227,19 @@ func (c *controlPlane) start(addr string) {
 	})
 }
 
-func (c *controlPlane) url() string { return "http://" + c.addr }
+func (c *controlPlane) url() string {
+	if c.https != nil {
+		return "https://" + c.addr
+	}
+	return "http://" + c.addr
+}
+
+func (c *controlPlane) client() *http.Client {
+	if c.https != nil {
+		return c.https
+	}
+	return apiClient
+}
 
 // signal sends sig and waits for the process to end (SIGKILL after 10 s).
 func (c *controlPlane) signal(sig syscall.Signal) {
@@ -299,7 +313,7 @@ func (c *controlPlane) call(method, path string, body any, want int, out any) {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	res, err := apiClient.Do(req)
+	res, err := c.client().Do(req)
 	if err != nil {
 		tb.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -400,38 +414,65 @@ func hostConfigFile(tb testing.TB, cp *controlPlane, name string) *host.Config {
 }
 
 // tune changes members of the plugin configurations of one role ("sync" for
-// the bootstrap service, "filter" for the HTTP filters). Keys are dotted
-// paths into the JSON ("control_plane.long_poll_s").
+// the sync settings: the bootstrap service's, and the "sync" object of every
+// filter that has one, so that a worker taking the lease over syncs alike;
+// "filter" for the HTTP filters). Keys are dotted paths into the JSON
+// ("control_plane.long_poll_s"); the value removeField deletes the member.
+// role and max_staleness_ms are the filter's own, not set in its "sync".
 func tune(tb testing.TB, cfg *host.Config, role string, set map[string]any) {
 	tb.Helper()
-	var plugins []*host.Plugin
+	type target struct {
+		p    *host.Plugin
+		path []string // where the settings are in the plugin's JSON
+	}
+	var targets []target
 	switch role {
 	case "sync":
-		plugins = cfg.Services
+		for _, p := range cfg.Services {
+			targets = append(targets, target{p, nil})
+		}
+		for _, l := range cfg.Listeners {
+			for _, p := range l.Filters {
+				var m map[string]json.RawMessage
+				if json.Unmarshal(p.Configuration, &m) == nil && m["sync"] != nil {
+					targets = append(targets, target{p, []string{"sync"}})
+				}
+			}
+		}
 	case "filter":
 		for _, l := range cfg.Listeners {
-			plugins = append(plugins, l.Filters...)
+			for _, p := range l.Filters {
+				targets = append(targets, target{p, nil})
+			}
 		}
 	default:
 		tb.Fatalf("tune: unknown role %q", role)
 	}
-	if len(plugins) == 0 {
+	if len(targets) == 0 {
 		tb.Fatalf("tune: no %s plugin in envoy.yaml", role)
 	}
-	for _, p := range plugins {
+	for _, tg := range targets {
+		p := tg.p
 		var m map[string]any
 		if err := json.Unmarshal(p.Configuration, &m); err != nil {
 			tb.Fatalf("tune: plugin %q configuration: %v", p.Name, err)
 		}
 		for path, v := range set {
+			if tg.path != nil && (path == "role" || path == "max_staleness_ms") {
+				continue
+			}
 			obj := m
-			parts := strings.Split(path, ".")
+			parts := append(append([]string(nil), tg.path...), strings.Split(path, ".")...)
 			for _, part := range parts[:len(parts)-1] {
 				next, ok := obj[part].(map[string]any)
 				if !ok {
 					tb.Fatalf("tune: plugin %q has no object %q in %q", p.Name, part, path)
 				}
 				obj = next
+			}
+			if _, ok := v.(removeField); ok {
+				delete(obj, parts[len(parts)-1])
+				continue
 			}
 			obj[parts[len(parts)-1]] = v
 		}
@@ -442,6 +483,9 @@ func tune(tb testing.TB, cfg *host.Config, role string, set map[string]any) {
 		p.Configuration = b
 	}
 }
+
+// removeField, as a tune value, deletes the member.
+type removeField struct{}
 
 // proxy is one emulated Envoy running the filter.
 type proxy struct {
@@ -478,6 +522,8 @@ type hostOptions struct {
 	configFile string
 	// vmFailures is how many VM failures the test causes on purpose.
 	vmFailures int64
+	// clock is the host's clock (default: the real one).
+	clock host.Clock
 }
 
 // startHost starts a host from envoy.yaml talking to cp, routing to the
@@ -527,6 +573,7 @@ func startHost(tb testing.TB, cp *controlPlane, upstream *httptest.Server, o hos
 		AccessLog: accessLog,
 		Log:       logs,
 		LogLevel:  "info",
+		Clock:     o.clock,
 	})
 	if err != nil {
 		tb.Fatalf("start host: %v", err)

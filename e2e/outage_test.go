@@ -23,6 +23,10 @@ func TestControlPlaneOutage(t *testing.T) {
 		m := maps.Clone(fastFlushFilter)
 		m["max_staleness_ms"] = staleness.Milliseconds()
 		m["failure_mode"] = mode
+		// A filter stale after 3 s cannot be a sync lease candidate with
+		// these sync settings (the staleness rule): the service alone
+		// syncs, as in a deployment whose filter has no "sync".
+		m["sync"] = removeField{}
 		return m
 	}
 	closed := startHost(t, cp, up, hostOptions{filter: filterOpts("closed"), sync: syncOpts})

@@ -215,6 +215,7 @@ func TestRecoveryAfterOutageIsFast(t *testing.T) {
 	}
 	filter := maps.Clone(fastFlushFilter)
 	filter["max_staleness_ms"] = 2000
+	filter["sync"] = removeField{} // no sync settings keep a 2 s bound: the service alone syncs
 	p := startHost(t, cp, up, hostOptions{filter: filter, sync: fastRetrySync, controlPlaneAddr: px.addr()})
 	k := cp.createKey(nil)
 	eventually(t, 5*time.Second, "key synced", func() (bool, string) {

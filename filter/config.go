@@ -13,10 +13,11 @@ import (
 
 // The plugin configuration is JSON. The same .wasm serves two roles:
 //   - the HTTP filter (no "role", or "role": "filter") on every worker VM;
-//   - the syncing VM ("role": "sync"), configured as Envoy's singleton
+//   - the sync service ("role": "sync"), configured as Envoy's singleton
 //     bootstrap wasm service with the same vm_id.
-// A filter configuration with a "sync" object is filter-only mode: no
-// bootstrap service; the worker holding the sync lease syncs (lease.go).
+// Both are sync lease candidates (lease.go): the service, and a filter
+// whose configuration has a "sync" object (the workers take over when the
+// service's VM dies; without a service that is filter-only mode).
 // Every field is validated at on_configure; a wrong type, an unknown field or
 // an impossible value rejects the configuration with a log line naming it.
 
@@ -59,12 +60,13 @@ type filterConfig struct {
 	policy           verdict.Policy // failOpen, maxStalenessMS and allowAnonymous for the decision
 	flushPeriodMS    uint32
 	vmID             string
-	// vmIDSet: vm_id was given; filter-only mode otherwise asks Envoy for
+	// vmIDSet: vm_id was given; a filter with "sync" otherwise asks Envoy for
 	// the plugin's vm_id (property plugin_vm_id).
 	vmIDSet bool
 
-	// sync is set in filter-only mode: the sync settings the lease holder
-	// runs with (the "sync" object; max_staleness_ms is the filter's).
+	// sync is set when the worker is a sync lease candidate: the sync
+	// settings it runs with while it holds the lease (the "sync" object;
+	// max_staleness_ms is the filter's).
 	sync *syncConfig
 
 	// minKeyLen and maxKeyLen bound the length of a well-formed key: every
@@ -134,8 +136,7 @@ type syncConfig struct {
 	// maxStalenessMS (checkStaleness).
 	maxBackoffMS   int64
 	maxStalenessMS int64
-	// leaseMS is set in filter-only mode: how long the sync lease holds
-	// without renewal (lease.go).
+	// leaseMS is how long the sync lease holds without renewal (lease.go).
 	leaseMS int64
 }
 
@@ -148,26 +149,25 @@ const longPollMarginMS = 2000
 // fresh: after a good answer, a long poll that hangs until its timeout
 // (long_poll_s + 2 s), the wait before the next attempt (at most
 // max_backoff_ms; the first retry goes at once) and that attempt's timeout
-// (timeout_ms, it asks with wait=0) must fit in max_staleness_ms.
-func (c *syncConfig) checkStaleness() error {
-	need := c.longPollS*1000 + longPollMarginMS + c.maxBackoffMS + int64(c.timeoutMS)
-	if c.leaseMS == 0 {
-		if need > c.maxStalenessMS {
-			return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what the sync service can keep: "+
-				"control_plane.long_poll_s*1000 + 2000 + max_backoff_ms + control_plane.timeout_ms = "+itoa(need)+
-				"; lower max_backoff_ms, control_plane.timeout_ms or control_plane.long_poll_s, or raise max_staleness_ms")
-		}
+// (timeout_ms, it asks with wait=0) must fit in max_staleness_ms, and so
+// must the takeover when the syncing VM dies: its successor syncs within
+// lease_ms + leaseTakeoverMS of its last renewal. path is where the sync
+// settings are: "" for the sync service, "sync" in a filter.
+func (c *syncConfig) checkStaleness(path string) error {
+	need := c.longPollS*1000 + longPollMarginMS + c.maxBackoffMS + int64(c.timeoutMS) + c.leaseMS + leaseTakeoverMS
+	if need <= c.maxStalenessMS {
 		return nil
 	}
-	// Filter-only: the syncing worker may die; its successor syncs within
-	// the takeover bound.
-	need += c.leaseMS + leaseTakeoverMS
-	if need > c.maxStalenessMS {
-		return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what filter-only sync can keep: "+
-			"sync.control_plane.long_poll_s*1000 + 2000 + sync.max_backoff_ms + sync.control_plane.timeout_ms + sync.lease_ms + "+
-			itoa(leaseTakeoverMS)+" = "+itoa(need)+"; lower those or raise max_staleness_ms")
+	who := "the sync service"
+	if path != "" {
+		who = "a worker syncing"
 	}
-	return nil
+	f := func(name string) string { return join(path, name) }
+	return bad("max_staleness_ms", itoa(c.maxStalenessMS)+" is below what "+who+" can keep: "+
+		f("control_plane.long_poll_s")+"*1000 + 2000 + "+f("max_backoff_ms")+" + "+f("control_plane.timeout_ms")+
+		" + "+f("lease_ms")+" + "+itoa(leaseTakeoverMS)+" = "+itoa(need)+
+		"; lower "+f("max_backoff_ms")+", "+f("control_plane.timeout_ms")+", "+f("control_plane.long_poll_s")+
+		" or "+f("lease_ms")+", or raise max_staleness_ms")
 }
 
 // validNodeName reports whether s may name a node: 1 to 128 printable
@@ -463,7 +463,7 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 			return nil, err
 		}
 		c.sync.maxStalenessMS = c.maxStalenessMS
-		if err := c.sync.checkStaleness(); err != nil {
+		if err := c.sync.checkStaleness("sync"); err != nil {
 			return nil, err
 		}
 	}
@@ -591,29 +591,28 @@ func parseSyncConfig(data []byte) (*syncConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkStaleness(); err != nil {
+	if err := c.checkStaleness(""); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// defaultLeaseMS is lease_ms's default: a dead syncing worker is replaced
+// defaultLeaseMS is lease_ms's default: a dead syncing VM is replaced
 // within 3.2 s.
 const defaultLeaseMS = 3000
 
 // parseSyncFields reads the sync settings: the sync role's root object, or
-// (lease: filter-only mode) the filter's "sync" object, whose fields are
-// the same but for role and max_staleness_ms (the filter's) and with
-// lease_ms. Errors name fields below path.
-func parseSyncFields(root gjson.Result, path string, lease bool) (*syncConfig, error) {
-	c, err := parseSyncObject(root, lease)
+// (inFilter) the filter's "sync" object, whose fields are the same but for
+// role and max_staleness_ms (the filter's). Errors name fields below path.
+func parseSyncFields(root gjson.Result, path string, inFilter bool) (*syncConfig, error) {
+	c, err := parseSyncObject(root, inFilter)
 	if e, ok := err.(*configError); ok && path != "" {
 		e.field = strings.TrimSuffix(join(path, e.field), ".")
 	}
 	return c, err
 }
 
-func parseSyncObject(root gjson.Result, lease bool) (*syncConfig, error) {
+func parseSyncObject(root gjson.Result, inFilter bool) (*syncConfig, error) {
 	c := &syncConfig{
 		syncPath:      "/v1/sync",
 		usagePath:     "/v1/usage",
@@ -626,10 +625,8 @@ func parseSyncObject(root gjson.Result, lease bool) (*syncConfig, error) {
 		// The filter role's default: set both to the same value.
 		maxStalenessMS: 60000,
 	}
-	allowed := []string{"control_plane", "flush_period_ms", "node_id", "retry_ms", "max_backoff_ms"}
-	if lease {
-		allowed = append(allowed, "lease_ms")
-	} else {
+	allowed := []string{"control_plane", "flush_period_ms", "node_id", "retry_ms", "max_backoff_ms", "lease_ms"}
+	if !inFilter {
 		allowed = append(allowed, "role", "max_staleness_ms")
 	}
 	if err := fields(root, "", allowed...); err != nil {
@@ -688,11 +685,10 @@ func parseSyncObject(root gjson.Result, lease bool) (*syncConfig, error) {
 	if c.retryMS > c.maxBackoffMS {
 		return nil, bad("retry_ms", "must not exceed max_backoff_ms ("+itoa(c.maxBackoffMS)+")")
 	}
-	if !lease {
+	if !inFilter {
 		if c.maxStalenessMS, err = getInt(root, "", "max_staleness_ms", c.maxStalenessMS, 1000, 7*24*3600*1000); err != nil {
 			return nil, err
 		}
-		return c, nil
 	}
 	// At least five ticks: a holder whose ticks run a little late keeps it.
 	if c.leaseMS, err = getInt(root, "", "lease_ms", defaultLeaseMS, 5*syncTickMS, 60000); err != nil {

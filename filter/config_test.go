@@ -72,7 +72,10 @@ func TestConfigValidation(t *testing.T) {
 		{`{"sync":{"max_staleness_ms":60000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.max_staleness_ms"},
 		{`{"sync":{"lease_ms":499,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.lease_ms"},
 		{`{"sync":{"lease_ms":60001,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, "sync.lease_ms"},
-		{`{"role":"sync","lease_ms":1000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "lease_ms"},
+		// The sync service is a lease candidate too.
+		{`{"role":"sync","lease_ms":1000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, ""},
+		{`{"role":"sync","lease_ms":499,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "lease_ms"},
+		{`{"role":"sync","lease_ms":"3000","control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "lease_ms"},
 		// The staleness rule with the takeover: 20000 + 2000 + 2000 + 5000
 		// + lease_ms 3000 + 200 = 32200.
 		{`{"max_staleness_ms":32200,"sync":{"control_plane":{"cluster":"c","authority":"a","credential":"s"}}}`, ""},
@@ -86,10 +89,11 @@ func TestConfigValidation(t *testing.T) {
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":61}}`, "control_plane.long_poll_s"},
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s"},"routes":[]}`, "routes"},
 		// The staleness rule: long_poll_s*1000 + 2000 + max_backoff_ms +
-		// timeout_ms must fit in max_staleness_ms.
-		{`{"role":"sync","max_staleness_ms":29000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, ""},
-		{`{"role":"sync","max_staleness_ms":28999,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_staleness_ms"},
-		{`{"role":"sync","max_staleness_ms":3000,"max_backoff_ms":500,"retry_ms":50,"control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":0,"timeout_ms":500}}`, ""},
+		// timeout_ms + lease_ms + 200 must fit in max_staleness_ms.
+		{`{"role":"sync","max_staleness_ms":32200,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, ""},
+		{`{"role":"sync","max_staleness_ms":32199,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_staleness_ms"},
+		{`{"role":"sync","max_staleness_ms":3700,"max_backoff_ms":500,"retry_ms":50,"lease_ms":500,"control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":0,"timeout_ms":500}}`, ""},
+		{`{"role":"sync","max_staleness_ms":3699,"max_backoff_ms":500,"retry_ms":50,"lease_ms":500,"control_plane":{"cluster":"c","authority":"a","credential":"s","long_poll_s":0,"timeout_ms":500}}`, "max_staleness_ms"},
 		{`{"role":"sync","control_plane":{"cluster":"c","authority":"a","credential":"s","timeout_ms":40000}}`, "max_staleness_ms"},
 		{`{"role":"sync","max_backoff_ms":40000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "max_staleness_ms"},
 		{`{"role":"sync","max_backoff_ms":500,"retry_ms":1000,"control_plane":{"cluster":"c","authority":"a","credential":"s"}}`, "retry_ms"},

@@ -39,7 +39,7 @@ func FuzzSyncInputs(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		s := newSyncer(cfg, fakeClock(), nil)
+		s := newSyncer(cfg, fakeClock(), newLease(hostStore{}, 1, cfg.leaseMS, true))
 		s.node, s.boot = "node-a", "0123456789abcdef"
 		_ = s.applyPage(b)
 		s.cursor = "c2" // a later page of a snapshot

@@ -6,11 +6,13 @@ import (
 	"strconv"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
-// In filter-only mode the syncing worker may die (a trap, a reload) and
-// another takes over (lease.go). What the next holder must continue lives
-// in shared data, written by the holder whenever it changes:
+// The syncing VM may die (a trap; a worker also on a reload) and another
+// candidate takes the lease over (lease.go). What the next holder must
+// continue lives in shared data, written by the holder whenever it changes:
 //
 //   - the instance: node, boot id, instance token (or legacy: the fleet
 //     credential), the last seq used;
@@ -72,7 +74,7 @@ func decodeInstance(b []byte) (instanceRecord, bool) {
 		*dst = string(b[1 : 1+int(b[0])])
 		b = b[1+int(b[0]):]
 	}
-	if r.seq < 0 || !validNodeName(r.node) || r.boot == "" || (r.token != "" && !instanceToken(r.token)) {
+	if r.seq < 0 || !validNodeName(r.node) || r.boot == "" || (r.token != "" && !wire.ValidInstanceToken(r.token)) {
 		return r, false
 	}
 	if len(b) > 0 {

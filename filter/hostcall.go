@@ -1,10 +1,6 @@
 package filter
 
-import (
-	"encoding/binary"
-
-	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
-)
+import "encoding/binary"
 
 // The request path's reading host calls live in hostcall_tinygo.go (the
 // module) and hostcall_native.go (proxytest). The SDK's wrappers return
@@ -22,26 +18,6 @@ import (
 // keyIDPath is the property path the key id goes to for the access log:
 // Envoy keeps it in filter state as "wasm.keygate_key_id".
 const keyIDPath = "keygate_key_id"
-
-// statusError maps a proxy-wasm status to the SDK's (preallocated) errors.
-func statusError(st uint32) error {
-	switch st {
-	case 0:
-		return nil
-	case 1:
-		return types.ErrorStatusNotFound
-	case 2:
-		return types.ErrorStatusBadArgument
-	case 7:
-		return types.ErrorStatusEmpty
-	case 8:
-		return types.ErrorStatusCasMismatch
-	case 12:
-		return types.ErrorUnimplemented
-	default:
-		return types.ErrorInternalFailure
-	}
-}
 
 // pairIter walks a serialized proxy-wasm header map in place: a count, then
 // (name size, value size) per pair, then each name and value followed by a

@@ -2,7 +2,11 @@
 
 package filter
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+)
 
 // Out-parameters of the host calls below: package variables, so nothing
 // escapes to the heap (see hostcall.go). A VM runs one call at a time.
@@ -58,4 +62,45 @@ func setKeyIDProperty(id []byte) error {
 	}
 	return statusError(proxySetProperty(unsafe.Pointer(unsafe.StringData(keyIDPath)), uint32(len(keyIDPath)),
 		unsafe.Pointer(&id[0]), uint32(len(id))))
+}
+
+//go:wasmimport env proxy_define_metric
+func proxyDefineMetricImport(kind uint32, name unsafe.Pointer, nameSize uint32, id unsafe.Pointer) uint32
+
+//go:wasmimport env proxy_increment_metric
+func proxyIncrementMetric(id uint32, offset int64) uint32
+
+//go:wasmimport env proxy_record_metric
+func proxyRecordMetric(id uint32, value uint64) uint32
+
+var outMetricID uint32
+
+func proxyDefineMetric(kind uint32, name string) (uint32, uint32) {
+	outMetricID = 0
+	st := proxyDefineMetricImport(kind, unsafe.Pointer(unsafe.StringData(name)), uint32(len(name)), unsafe.Pointer(&outMetricID))
+	return outMetricID, st
+}
+
+func incrementMetric(id uint32, n int64) bool { return proxyIncrementMetric(id, n) == 0 }
+
+func recordMetric(id uint32, v uint64) bool { return proxyRecordMetric(id, v) == 0 }
+
+// statusError maps a proxy-wasm status to the SDK's (preallocated) errors.
+func statusError(st uint32) error {
+	switch st {
+	case 0:
+		return nil
+	case 1:
+		return types.ErrorStatusNotFound
+	case 2:
+		return types.ErrorStatusBadArgument
+	case 7:
+		return types.ErrorStatusEmpty
+	case 8:
+		return types.ErrorStatusCasMismatch
+	case 12:
+		return types.ErrorUnimplemented
+	default:
+		return types.ErrorInternalFailure
+	}
 }

@@ -7,10 +7,12 @@ import (
 	"github.com/keygate/keygate/bucket"
 )
 
-// The sync lease (filter-only mode, docs/config.md "Filter-only mode"):
-// without a bootstrap service, one worker VM per Envoy syncs. Which one is
-// decided by a record in shared data that every worker reads on every tick
-// and that only compare-and-swap writes change:
+// The sync lease (docs/config.md, "Sync lease"): one VM per Envoy syncs.
+// The candidates are the sync service ("role":"sync", the bootstrap
+// singleton) and every worker whose filter configuration has a "sync"
+// object. Which one syncs is decided by a record in shared data that every
+// candidate reads on every tick and that only compare-and-swap writes
+// change:
 //
 //	format (1) | holder (8, random per VM, never 0) | expiry (8, unix ms)
 //
@@ -22,8 +24,17 @@ import (
 // cannot both sync. The holder that finds another holder, or fails a
 // renewal, stops at once.
 //
-// A holder whose VM died stops renewing: another worker syncs at most
+// A holder whose VM died stops renewing: another candidate syncs at most
 // lease_ms + two ticks after the holder's last renewal (leaseTakeoverMS).
+// Envoy never reloads a sync service whose VM trapped; with the workers as
+// candidates, one of them carries on.
+//
+// The sync service is preferred: it serves no requests. A missing record
+// is created free (holder 0) with an expiry leaseStartGraceMS ahead: the
+// service takes a free record at once, a worker only once it expired. At
+// start the service, ticking every syncTickMS, thus wins unless its ticks
+// run that late; afterwards whoever holds the lease keeps it while it
+// renews.
 const (
 	leaseKey    = "keygate/lease"
 	leaseFormat = 1
@@ -34,6 +45,11 @@ const (
 // renewal another worker syncs: one tick to see the expired lease and take
 // it, one tick to confirm it (ticks every syncTickMS).
 const leaseTakeoverMS = 2 * syncTickMS
+
+// leaseStartGraceMS is how long a worker leaves a newly created lease
+// record to the sync service (filter-only mode: how much later the first
+// worker syncs).
+const leaseStartGraceMS = 5 * syncTickMS
 
 type leaseRecord struct {
 	holder   uint64
@@ -63,6 +79,9 @@ type lease struct {
 	store  bucket.Store
 	holder uint64 // this VM's id: random, never 0
 	durMS  int64  // lease_ms
+	// service: this VM is the sync service, which takes a free record
+	// without waiting for its expiry.
+	service bool
 
 	// taken: the last tick took or renewed the lease; held: a renewal
 	// after the take succeeded, so this VM syncs.
@@ -71,8 +90,8 @@ type lease struct {
 	last leaseRecord
 }
 
-func newLease(store bucket.Store, holder uint64, durMS int64) *lease {
-	return &lease{store: store, holder: holder, durMS: durMS}
+func newLease(store bucket.Store, holder uint64, durMS int64, service bool) *lease {
+	return &lease{store: store, holder: holder, durMS: durMS, service: service}
 }
 
 // tick reads the lease and takes or renews it. It reports whether this VM
@@ -87,10 +106,10 @@ func (l *lease) tick(nowMS int64) (held, started, stopped bool) {
 func (l *lease) step(nowMS int64) bool {
 	b, cas, err := l.store.Get(leaseKey)
 	if errors.Is(err, bucket.ErrNotFound) {
-		// Create an expired record: only an existing key is protected by
-		// its cas. It is taken on a later tick.
+		// Create a free record: only an existing key is protected by its
+		// cas. It is taken on a later tick, by the sync service first.
 		var buf [leaseLen]byte
-		_ = l.store.Set(leaseKey, leaseRecord{}.encode(&buf), 0)
+		_ = l.store.Set(leaseKey, leaseRecord{expiryMS: nowMS + leaseStartGraceMS}.encode(&buf), 0)
 		l.taken = false
 		return false
 	}
@@ -101,12 +120,13 @@ func (l *lease) step(nowMS int64) bool {
 	rec, ok := decodeLease(b)
 	l.last = rec
 	mine := ok && rec.holder == l.holder
-	if !mine && ok && rec.expiryMS > nowMS {
-		l.taken = false // another VM holds it
+	free := ok && rec.holder == 0 && l.service
+	if !mine && !free && ok && rec.expiryMS > nowMS {
+		l.taken = false // another VM holds it (or a worker waits for the service)
 		return false
 	}
 	if !mine {
-		l.taken = false // expired, missing or unreadable: take it
+		l.taken = false // expired, free, missing or unreadable: take it
 	}
 	next := leaseRecord{holder: l.holder, expiryMS: nowMS + l.durMS}
 	var buf [leaseLen]byte

@@ -29,8 +29,9 @@ func (s envoyStore) Set(key string, value []byte, cas uint32) error {
 	return err
 }
 
-// leaseFleet is several worker VMs' leases on one Envoy's shared data, with
-// an injected clock in ms.
+// leaseFleet is several VMs' leases on one Envoy's shared data, with an
+// injected clock in ms: worker VMs, and the sync service if service >= 0
+// names one.
 type leaseFleet struct {
 	t      *testing.T
 	leases []*lease
@@ -39,12 +40,34 @@ type leaseFleet struct {
 }
 
 func newLeaseFleet(t *testing.T, n int, durMS int64) *leaseFleet {
+	return newServiceFleet(t, n, durMS, -1)
+}
+
+func newServiceFleet(t *testing.T, n int, durMS int64, service int) *leaseFleet {
 	store := envoyStore{shareddata.VM{Store: shareddata.New(), ID: ""}} // Istio: no vm_id
 	f := &leaseFleet{t: t, held: make([]bool, n), now: 1_700_000_000_000}
 	for i := 0; i < n; i++ {
-		f.leases = append(f.leases, newLease(store, uint64(i+1)*0x9e3779b97f4a7c15, durMS))
+		f.leases = append(f.leases, newLease(store, uint64(i+1)*0x9e3779b97f4a7c15, durMS, i == service))
 	}
 	return f
+}
+
+// elect ticks the VMs in order every syncTickMS until one holds the lease,
+// at most leaseStartGraceMS and three ticks: a worker leaves a new record
+// to the sync service for leaseStartGraceMS, then takes it and confirms.
+func (f *leaseFleet) elect(order []int) int {
+	f.t.Helper()
+	start := f.now
+	for f.holder() < 0 {
+		if f.now-start > leaseStartGraceMS+2*syncTickMS {
+			f.t.Fatalf("order %v: no holder %d ms after the first tick", order, f.now-start)
+		}
+		for _, i := range order {
+			f.tick(i)
+		}
+		f.now += syncTickMS
+	}
+	return f.holder()
 }
 
 // tick runs worker i's tick and checks that no two workers ever sync at
@@ -81,16 +104,7 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 	const durMS = 1000
 	for _, order := range [][]int{{0, 1, 2}, {2, 1, 0}, {1, 0, 2}} {
 		f := newLeaseFleet(t, 3, durMS)
-		for step := 0; step < 3; step++ {
-			for _, i := range order {
-				f.tick(i)
-			}
-			f.now += syncTickMS
-		}
-		first := f.holder()
-		if first < 0 {
-			t.Fatalf("order %v: no holder after 3 ticks", order)
-		}
+		first := f.elect(order)
 		for step := 0; step < 100; step++ { // 10 s of renewals
 			for _, i := range order {
 				f.tick(i)
@@ -138,13 +152,9 @@ func TestLeaseOneHolderAndTakeover(t *testing.T) {
 // still never sync at once.
 func TestLeaseMissingRecordRace(t *testing.T) {
 	f := newLeaseFleet(t, 2, 1000)
-	// Worker 0 finds no record, inserts an expired one, takes it and
-	// confirms it: it syncs.
-	for step := 0; step < 3; step++ {
-		f.tick(0)
-		f.now += syncTickMS
-	}
-	if !f.held[0] {
+	// Worker 0 finds no record, inserts a free one, takes it once its
+	// grace is over and confirms it: it syncs.
+	if f.elect([]int{0}) != 0 {
 		t.Fatal("worker 0 does not hold the lease")
 	}
 	// Worker 1 had found no record either; its insert lands now, and
@@ -187,10 +197,7 @@ func TestLeaseUnreadableRecord(t *testing.T) {
 // another worker syncs two ticks later, without waiting for lease_ms.
 func TestLeaseRelease(t *testing.T) {
 	f := newLeaseFleet(t, 2, 60000)
-	for step := 0; step < 3; step++ {
-		f.tick(0)
-		f.now += syncTickMS
-	}
+	f.elect([]int{0})
 	f.leases[0].release(f.now)
 	f.held[0] = false
 	for step := 0; step < 2; step++ {
@@ -203,5 +210,104 @@ func TestLeaseRelease(t *testing.T) {
 	f.leases[0].release(f.now) // no longer the holder: changes nothing
 	if !f.leases[1].check(f.now) {
 		t.Fatal("a former holder's release ended the new holder's lease")
+	}
+}
+
+// TestLeaseServiceFirst: with the sync service among the candidates, the
+// service holds the lease after at most three of its ticks, whichever
+// candidate ticks first and even when the workers started up to
+// leaseStartGraceMS before it; the workers never hold it while it renews;
+// when the service's VM dies (Envoy does not reload it) a worker holds it
+// within [lease_ms, lease_ms + leaseTakeoverMS] of its last renewal; the
+// service, back after a stall, does not take it back.
+func TestLeaseServiceFirst(t *testing.T) {
+	const durMS = 1000
+	const service = 0
+	for _, c := range []struct {
+		order     []int
+		lateTicks int // worker ticks before the service's first
+	}{
+		{[]int{0, 1, 2}, 0},
+		{[]int{2, 1, 0}, 0},
+		{[]int{1, 0, 2}, 0},
+		{[]int{1, 2, 0}, leaseStartGraceMS/syncTickMS - 2},
+	} {
+		f := newServiceFleet(t, 3, durMS, service)
+		for step := 0; step < c.lateTicks; step++ {
+			f.tick(1)
+			f.tick(2)
+			f.now += syncTickMS
+		}
+		serviceStart := f.now
+		if h := f.elect(c.order); h != service {
+			t.Fatalf("%+v: worker %d holds the lease, want the sync service", c, h)
+		}
+		if took := f.now - serviceStart; took > 3*syncTickMS {
+			t.Fatalf("%+v: the sync service held the lease %d ms after its first tick", c, took)
+		}
+		for step := 0; step < 100; step++ {
+			for _, i := range c.order {
+				f.tick(i)
+			}
+			if f.holder() != service {
+				t.Fatalf("%+v: lease moved to %d while the service renewed", c, f.holder())
+			}
+			f.now += syncTickMS
+		}
+		lastRenewal := f.now - syncTickMS
+		f.held[service] = false // its VM trapped: it ticks no more
+		for f.holder() < 0 {
+			for _, i := range c.order {
+				if i != service {
+					f.tick(i)
+				}
+			}
+			if h := f.holder(); h >= 0 {
+				took := f.now - lastRenewal
+				if took < durMS || took > durMS+leaseTakeoverMS {
+					t.Fatalf("%+v: worker %d took over %d ms after the service's last renewal, want within [%d, %d]",
+						c, h, took, durMS, durMS+leaseTakeoverMS)
+				}
+				break
+			}
+			if f.now-lastRenewal > 10*durMS {
+				t.Fatalf("%+v: no worker took over from the dead service", c)
+			}
+			f.now += syncTickMS
+		}
+		worker := f.holder()
+		f.held[service] = true
+		f.tick(service)
+		if f.held[service] || !f.leases[worker].check(f.now) || f.leases[service].check(f.now) {
+			t.Fatalf("%+v: the stalled service took the lease back", c)
+		}
+	}
+}
+
+// TestLeaseServiceStandby: a sync service that starts after a worker
+// already holds the lease (its ticks came more than leaseStartGraceMS
+// late) stays a candidate without taking a live lease, and syncs once that
+// worker's VM is gone.
+func TestLeaseServiceStandby(t *testing.T) {
+	const durMS = 1000
+	f := newServiceFleet(t, 2, durMS, 0)
+	if f.elect([]int{1}) != 1 {
+		t.Fatal("the worker does not hold the lease")
+	}
+	for step := 0; step < 50; step++ {
+		f.tick(0)
+		f.tick(1)
+		if f.holder() != 1 {
+			t.Fatalf("the service took a live lease from the worker (holder %d)", f.holder())
+		}
+		f.now += syncTickMS
+	}
+	f.held[1] = false
+	for step := 0; step < (durMS+leaseTakeoverMS)/syncTickMS+1 && !f.held[0]; step++ {
+		f.tick(0)
+		f.now += syncTickMS
+	}
+	if !f.held[0] {
+		t.Fatal("the service did not take over from the dead worker")
 	}
 }

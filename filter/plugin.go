@@ -1,9 +1,11 @@
 // Package filter is the API-key check that Envoy runs on every request, as a
 // proxy-wasm plugin. One .wasm serves two roles chosen by the plugin
-// configuration: the HTTP filter on every worker (request.go) and the syncing
-// VM (sync.go) that keeps the key records in shared data and flushes usage.
-// In filter-only mode there is no syncing VM: the worker holding the sync
-// lease (lease.go) runs the syncer besides its filter.
+// configuration: the HTTP filter on every worker (request.go) and the sync
+// service, a bootstrap singleton that keeps the key records in shared data
+// and flushes usage (sync.go). Which VM runs the syncer is decided by the
+// sync lease (lease.go): the sync service and every filter whose
+// configuration has a "sync" object are candidates, so a worker carries on
+// when the service's VM dies, and filter-only mode needs no service at all.
 // cmd/filter only wires NewVM into the SDK.
 package filter
 
@@ -53,17 +55,20 @@ func (v *vm) NewPluginContext(uint32) types.PluginContext {
 	return &plugin{clock: v.clock}
 }
 
-// plugin is the root context. It becomes a filter or a syncer at configure.
+// plugin is the root context. It becomes a filter, a sync lease candidate
+// or both at configure.
 type plugin struct {
 	types.DefaultPluginContext
 	clock  Clock
 	filter *filterRoot
-	sync   *syncer
+	sync   *syncer // while this VM holds the lease
 
-	// Filter-only mode: the sync settings, this VM's side of the lease,
-	// and when the worker next hands its counts to the queue (the tick
-	// runs every syncTickMS for the lease).
+	// A lease candidate (the sync service, or a filter with a "sync"
+	// object): the sync settings and this VM's side of the lease. A
+	// filter's candidate also keeps when the worker next hands its counts
+	// to the queue (the tick runs every syncTickMS for the lease).
 	syncCfg       *syncConfig
+	syncStats     *syncStats
 	lease         *lease
 	flushPeriodNs int64
 	nextHandOffNs int64
@@ -86,9 +91,15 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 			proxywasm.LogCriticalf("keygate: %v", err)
 			return types.OnPluginStartStatusFailed
 		}
-		p.sync = newSyncer(cfg, p.clock, nil)
-		if err := p.sync.start(); err != nil {
-			proxywasm.LogCriticalf("keygate: starting sync: %v", err)
+		// Like a filter's, the lease is first taken on a tick: Envoy
+		// configures a bootstrap service once more in a throw-away VM too.
+		if err := p.startCandidate(cfg, true); err != nil {
+			proxywasm.LogCriticalf("keygate: %v", err)
+			return types.OnPluginStartStatusFailed
+		}
+		publishStaleness(cfg.maxStalenessMS)
+		if err := proxywasm.SetTickPeriodMilliSeconds(syncTickMS); err != nil {
+			proxywasm.LogCriticalf("keygate: setting tick period: %v", err)
 			return types.OnPluginStartStatusFailed
 		}
 		return types.OnPluginStartStatusOK
@@ -119,9 +130,7 @@ func (p *plugin) OnPluginStart(int) types.OnPluginStartStatus {
 	return types.OnPluginStartStatusOK
 }
 
-// startFilterOnly prepares filter-only mode. The lease is first taken on a
-// tick, never here: Envoy configures every plugin once more in a throw-away
-// VM, which would hold it until it expired.
+// startFilterOnly makes a filter with a "sync" object a lease candidate.
 func (p *plugin) startFilterOnly(cfg *filterConfig) error {
 	if !cfg.vmIDSet {
 		// The queue is registered under the VM's own vm_id; Envoy tells
@@ -131,41 +140,56 @@ func (p *plugin) startFilterOnly(cfg *filterConfig) error {
 			cfg.vmID = string(b)
 		}
 	}
+	if err := p.startCandidate(cfg.sync, false); err != nil {
+		return err
+	}
+	p.flushPeriodNs = int64(cfg.flushPeriodMS) * 1e6
+	p.nextHandOffNs = p.clock() + p.flushPeriodNs
+	return nil
+}
+
+// startCandidate makes this VM a sync lease candidate: service is set for
+// the sync service, which a free lease goes to first. The lease is first
+// taken on a tick, never here: Envoy configures every plugin once more in
+// a throw-away VM, which would hold it until it expired.
+func (p *plugin) startCandidate(cfg *syncConfig, service bool) error {
 	var rnd [8]byte
 	for binary.LittleEndian.Uint64(rnd[:]) == 0 {
 		if _, err := rand.Read(rnd[:]); err != nil {
 			return errors.New("reading randomness for the sync lease: " + err.Error())
 		}
 	}
-	p.syncCfg = cfg.sync
-	p.lease = newLease(hostStore{}, binary.LittleEndian.Uint64(rnd[:]), cfg.sync.leaseMS)
-	p.flushPeriodNs = int64(cfg.flushPeriodMS) * 1e6
-	p.nextHandOffNs = p.clock() + p.flushPeriodNs
+	p.syncCfg = cfg
+	p.syncStats = defineSyncStats()
+	p.lease = newLease(hostStore{}, binary.LittleEndian.Uint64(rnd[:]), cfg.leaseMS, service)
 	return nil
 }
 
 func (p *plugin) OnTick() {
+	if p.filter != nil {
+		p.filter.stats.flush()
+	}
+	now := p.clock()
 	switch {
 	case p.filter != nil && p.lease != nil:
-		p.tickFilterOnly()
+		if now >= p.nextHandOffNs {
+			p.nextHandOffNs = now + p.flushPeriodNs
+			p.filter.usage.handOff(now)
+		}
+		p.tickLease(now)
 	case p.filter != nil:
-		p.filter.usage.handOff(p.clock())
-	case p.sync != nil:
-		p.sync.tick()
+		p.filter.usage.handOff(now)
+	case p.lease != nil:
+		p.tickLease(now)
 	}
 }
 
-// tickFilterOnly hands the worker's counts to the queue when due, then
-// takes or renews the lease and runs the syncer while it is held.
-func (p *plugin) tickFilterOnly() {
-	now := p.clock()
-	if now >= p.nextHandOffNs {
-		p.nextHandOffNs = now + p.flushPeriodNs
-		p.filter.usage.handOff(now)
-	}
+// tickLease takes or renews the lease and runs the syncer while it is
+// held. The lease is checked here, on the tick, never per request.
+func (p *plugin) tickLease(now int64) {
 	held, _, stopped := p.lease.tick(now / 1e6)
 	if stopped && p.sync != nil {
-		proxywasm.LogWarnf("keygate: lost the sync lease to holder %016x; this worker stops syncing", p.lease.last.holder)
+		proxywasm.LogWarnf("keygate: lost the sync lease to holder %016x; %s stops syncing", p.lease.last.holder, p.who())
 		p.sync.stop()
 		p.sync = nil
 	}
@@ -174,8 +198,9 @@ func (p *plugin) tickFilterOnly() {
 		// Registering the queue makes this VM its consumer, in place of
 		// the previous holder; the syncer continues what that one stored.
 		s := newSyncer(p.syncCfg, p.clock, p.lease)
+		s.stats = p.syncStats
 		if err := s.start(); err != nil {
-			proxywasm.LogCriticalf("keygate: starting sync in this worker: %v", err)
+			proxywasm.LogCriticalf("keygate: starting sync in %s: %v", p.who(), err)
 			return
 		}
 		p.sync = s
@@ -185,17 +210,23 @@ func (p *plugin) tickFilterOnly() {
 	}
 }
 
-func (p *plugin) OnQueueReady(queueID uint32) {
-	// In filter-only mode the lease holder takes counts out of the queue
-	// only when it builds a batch (handover.go).
-	if p.sync != nil && p.sync.lease == nil {
-		p.sync.drainQueue(queueID)
+// who names this VM's role in log lines.
+func (p *plugin) who() string {
+	if p.filter == nil {
+		return "the sync service"
 	}
+	return "this worker"
 }
+
+// OnQueueReady does nothing: the lease holder takes counts out of the
+// queue only when it builds a batch (handover.go), so that none waits in
+// the memory of a VM that may die.
+func (p *plugin) OnQueueReady(uint32) {}
 
 func (p *plugin) OnPluginDone() bool {
 	if p.filter != nil {
 		p.filter.usage.handOff(p.clock()) // last hand-off before the worker goes
+		p.filter.stats.flush()
 	}
 	if p.lease != nil {
 		if p.sync != nil {
@@ -266,6 +297,22 @@ func decodeShare(b []byte) (float64, bool) {
 	}
 	v := math.Float64frombits(binary.LittleEndian.Uint64(b))
 	return v, v > 0 && v <= 1
+}
+
+// publishStaleness stores the sync service's max_staleness_ms for the
+// filters without a "sync" object (warnStaleness) at once: its syncer,
+// which keeps the same record, starts only on a later tick.
+func publishStaleness(ms int64) {
+	b, cas, err := proxywasm.GetSharedData(syncerKey)
+	if err != nil && !errors.Is(err, types.ErrorStatusNotFound) {
+		return
+	}
+	r, _ := decodeSyncer(b)
+	r.maxStalenessMS = ms
+	var buf [syncerLen]byte
+	if err := proxywasm.SetSharedData(syncerKey, r.encode(&buf), cas); err != nil {
+		proxywasm.LogWarnf("keygate: storing max_staleness_ms for the filters: %v", err)
+	}
 }
 
 // hostStore is bucket.Store on the host's shared data.

@@ -33,6 +33,7 @@ type filterRoot struct {
 	verdict  verdict.Verdict // and the decision
 	free     []*stream       // finished streams for reuse (see newStream)
 	records  *recordCache
+	stats    *filterStats
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -61,6 +62,7 @@ func newFilterRoot(cfg *filterConfig, clock Clock) (*filterRoot, error) {
 		usage:   newUsageCounter(cfg.vmID),
 		limiter: bucket.Limiter{Store: hostStore{}},
 		records: records,
+		stats:   defineFilterStats(),
 	}
 	r.recKey[0] = recordTag
 	r.limKey[0] = limiterTag
@@ -473,6 +475,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	case verdict.Allowed:
 	case verdict.QuotaExceeded:
 		r.usage.add(int64(now), codeQuotaExceeded, id, sc.authority)
+		r.stats.request(codeQuotaExceeded, sc.sources, r.cfg)
 		_ = setKeyIDProperty(id)
 		s.scrub(sc)
 		sendRetry(problemFor(codeQuotaExceeded), v.RetryAfterS(now), nil, " The quota resets at "+itoa(v.QuotaResetS)+" (unix seconds).")
@@ -487,6 +490,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 
 	r.usage.add(int64(now), outcomeAllowed, id, sc.authority)
+	r.stats.request(outcomeAllowed, sc.sources, r.cfg)
 	s.forward(sc, path)
 	if !v.Identified { // anonymous, or admitted unverified while failing open
 		return types.ActionContinue
@@ -569,6 +573,7 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 		local = l.Policy.Scaled(share) // this node's part of the fleet-wide rate
 	}
 	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget), &slot.lease, local, l.Cost, int64(now))
+	r.stats.hit(statLeaseHit, res.Leased)
 	switch {
 	case err == nil:
 	case errors.Is(err, bucket.ErrBadPolicy):
@@ -589,6 +594,7 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 		return types.ActionContinue, false
 	}
 	r.usage.add(int64(now), codeRateLimited, id, authority)
+	r.stats.request(codeRateLimited, r.scanned.sources, r.cfg)
 	_ = setKeyIDProperty(id)
 	// The refusal carries the fields itself; Envoy runs this filter's
 	// response callbacks on its own local reply too, which must not add
@@ -658,10 +664,12 @@ func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float6
 func (r *filterRoot) readRecordCached(rec *verdict.Record, slot *recordSlot, st *verdict.Sync) {
 	if st.Read {
 		if cached, ok := slot.lookup(r.state.gen, r.state.epoch); ok {
+			r.stats.hit(statCacheHit, true)
 			*rec = cached
 			return
 		}
 	}
+	r.stats.hit(statCacheHit, false)
 	ok := r.readRecord(rec, &slot.hash)
 	if ok && st.Read {
 		slot.store(r.state.gen, r.state.epoch, *rec)
@@ -696,6 +704,7 @@ func (r *filterRoot) readRecord(rec *verdict.Record, h *apikey.Hash) bool {
 // refuse counts the refusal and ends the stream with its problem response.
 func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
 	s.root.usage.add(now, code, keyID, authority)
+	s.root.stats.request(code, s.root.scanned.sources, s.root.cfg)
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}

@@ -12,13 +12,14 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
 const (
 	syncTickMS      = 100
-	maxBatchCounts  = 10000
-	maxResponseSize = 1 << 20 // Envoy buffers callout bodies; the control plane stays under it
+	maxBatchCounts  = wire.MaxBatchCounts
+	maxResponseSize = wire.MaxSyncBody
 
 	// maxPendingCounts bounds the syncer's backlog of (minute, outcome,
 	// key, host) counts waiting for the control plane: about 150 bytes
@@ -86,20 +87,20 @@ func warnStaleness(filterMS int64) {
 }
 
 // syncer is the syncing VM: it pulls key records from the control plane into
-// shared data and pushes usage counts to it. Envoy runs it once per process,
-// either as a singleton bootstrap service sharing the filter's vm_id, or,
-// in filter-only mode, inside the one worker VM holding the sync lease
-// (lease.go). A trap kills a bootstrap service for good (Envoy never
-// reloads one), so nothing here may panic on any input: every index is
-// bounded and every body is checked (size, nesting) before it is parsed.
+// shared data and pushes usage counts to it. It runs once per process, in
+// the VM holding the sync lease (lease.go): the singleton bootstrap service
+// sharing the filter's vm_id, or a worker whose filter configuration has a
+// "sync" object. A trap kills a bootstrap service for good (Envoy never
+// reloads one; a worker then takes the lease over), so nothing here may
+// panic on any input: every index is bounded and every body is checked
+// (size, nesting) before it is parsed.
 type syncer struct {
 	cfg   *syncConfig
 	clock Clock
 
-	// lease is set in filter-only mode: the syncer runs while its VM holds
-	// the lease and keeps what the next holder continues in shared data
-	// (handover.go). stopped: the lease went to another VM; answers still
-	// coming in are ignored.
+	// lease: the syncer runs while its VM holds the lease and keeps what
+	// the next holder continues in shared data (handover.go). stopped: the
+	// lease went to another VM; answers still coming in are ignored.
 	lease   *lease
 	stopped bool
 
@@ -113,6 +114,12 @@ type syncer struct {
 	recBuf     []byte
 	wrote      bool // records written since the state's gen last moved
 	rec        syncerRecord
+
+	// Live records (not deleted) in shared data under the state's epoch,
+	// and under the snapshot being paged in; stored under recordsKey.
+	records, snapRecords int64
+	stats                *syncStats // nil: not reported
+	startMS              int64
 
 	// Instance (docs/config.md, "Instance identity").
 	node, boot string
@@ -168,6 +175,7 @@ func (s *syncer) start() error {
 			s.rec = r
 		}
 	}
+	s.records = loadRecordCount(s.state.epoch)
 	// Published for the filters (warnStaleness).
 	s.rec.maxStalenessMS = s.cfg.maxStalenessMS
 	var rb [syncerLen]byte
@@ -186,6 +194,7 @@ func (s *syncer) start() error {
 		}
 	}
 	now := s.nowMS()
+	s.startMS = now
 	s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
 	if !s.resume() {
 		if err := s.newBoot(); err != nil {
@@ -201,20 +210,25 @@ func (s *syncer) start() error {
 
 // resume continues the instance a previous lease holder stored: same boot
 // id, token and seq, and its unacknowledged batch. It reports false when
-// there is none (or not for this node), and in singleton mode.
+// there is none (or not for this node).
 func (s *syncer) resume() bool {
-	if s.lease == nil {
-		return false
-	}
 	b, _, err := proxywasm.GetSharedData(instanceKey)
 	if err != nil {
 		return false
 	}
 	r, ok := decodeInstance(b)
-	if !ok || r.node != s.node {
-		if !ok {
-			proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+	if !ok {
+		proxywasm.LogErrorf("keygate: unreadable instance record in shared data; registering a new instance")
+		return false
+	}
+	if r.node != s.node {
+		// The candidates' sync settings differ (node_id): the batch in
+		// flight belongs to the other node's instance.
+		what := ""
+		if r.inflight != nil {
+			what = "; its unacknowledged batch " + strconv.FormatInt(r.seq, 10) + " is not resent"
 		}
+		proxywasm.LogWarnf("keygate: took over the sync lease from node %q as node %q (give every candidate the same node_id); registering a new instance%s", r.node, s.node, what)
 		return false
 	}
 	s.boot, s.token, s.seq, s.legacy = r.boot, r.token, r.seq, r.legacy
@@ -236,25 +250,22 @@ func (s *syncer) resume() bool {
 }
 
 // persist stores the instance and the unacknowledged batch for the next
-// lease holder (filter-only mode; nothing in singleton mode).
+// lease holder.
 func (s *syncer) persist() {
-	if s.lease == nil {
-		return
-	}
 	r := instanceRecord{node: s.node, boot: s.boot, token: s.token, seq: s.seq, legacy: s.legacy, inflight: s.inflight}
 	if err := setShared(instanceKey, r.encode()); err != nil {
 		proxywasm.LogErrorf("keygate: storing the instance for the next sync lease holder: %v", err)
 	}
 }
 
-// active reports whether this syncer may act on an answer: always in
-// singleton mode; in filter-only mode while its VM still holds the lease.
+// active reports whether this syncer may act on an answer: while its VM
+// still holds the lease.
 func (s *syncer) active() bool {
-	return s.lease == nil || !s.stopped && s.lease.check(s.nowMS())
+	return !s.stopped && s.lease.check(s.nowMS())
 }
 
-// stop ends a filter-only syncer whose VM lost the lease: answers still in
-// flight are ignored, and the queue's next consumer is the new holder.
+// stop ends a syncer whose VM lost the lease: answers still in flight are
+// ignored, and the queue's next consumer is the new holder.
 func (s *syncer) stop() { s.stopped = true }
 
 // newBoot draws a new boot id: 16 hex digits from crypto/rand. A boot id
@@ -275,6 +286,7 @@ func (s *syncer) newBoot() error {
 
 func (s *syncer) tick() {
 	now := s.nowMS()
+	s.stats.gauges(now, s.state.lastSyncMS, s.startMS, s.records)
 	if !s.syncBusy && now >= s.nextSyncMS {
 		s.dispatchSync()
 	}
@@ -283,30 +295,23 @@ func (s *syncer) tick() {
 		// Usage waits for an instance token; counts keep merging.
 		s.dispatchRegister()
 	}
-	if s.lease != nil {
-		// Filter-only: the counts live in the shared queue; take them
-		// out only to build a batch, and put back what is left.
-		if now >= s.nextFlushMS {
-			s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
-			s.drainQueue(s.queueID)
-			if registered && !s.usageBusy {
-				s.dispatchUsage()
-			}
-			s.compact()
-		}
-		return
-	}
-	if registered && !s.usageBusy && now >= s.nextFlushMS {
+	// The counts live in the shared queue; take them out only to build a
+	// batch, and put back what is left.
+	if now >= s.nextFlushMS {
 		s.nextFlushMS = now + int64(s.cfg.flushPeriodMS)
-		s.dispatchUsage()
+		s.drainQueue(s.queueID)
+		if registered && !s.usageBusy {
+			s.dispatchUsage()
+		}
+		s.compact()
 	}
 }
 
 // compact puts the pending counts back into the usage queue, merged into
-// one message (filter-only mode: nothing waits in a VM's memory, where a
-// dead lease holder would take it along).
+// one message: nothing waits in a VM's memory, where a dead lease holder
+// would take it along.
 func (s *syncer) compact() {
-	if s.lease == nil || len(s.pending) == 0 {
+	if len(s.pending) == 0 {
 		return
 	}
 	msg := make([]byte, 0, len(s.pending)*64)
@@ -372,6 +377,7 @@ func (s *syncer) dispatchSync() {
 	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, s.headers("GET", path, s.cfg.credential), nil, nil, timeout, s.onSyncResponse)
 	if err != nil {
 		proxywasm.LogErrorf("keygate: sync call to cluster %q: %v", s.cfg.cluster, err)
+		s.stats.count(syncStatFailure)
 		s.syncFails++
 		s.nextSyncMS = s.nowMS() + s.backoff(max(s.syncFails, 2))
 		return
@@ -393,6 +399,7 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		err = s.applyPage(body)
 	}
 	if err != nil {
+		s.stats.count(syncStatFailure)
 		s.syncFails++
 		proxywasm.LogErrorf("keygate: sync: %v (serving cached keys; attempt %d)", err, s.syncFails)
 		if s.syncFails > 3 && s.cursor != "" {
@@ -409,6 +416,7 @@ func (s *syncer) onSyncResponse(numHeaders, bodySize, _ int) {
 		s.nextSyncMS = s.nowMS() + s.backoff(s.syncFails)
 		return
 	}
+	s.stats.count(syncStatSuccess)
 	s.syncFails = 0
 	if s.cursor != "" || (s.cfg.longPollS > 0 && s.state.version != before) {
 		// The next page, or the next long poll after a change: at once,
@@ -550,9 +558,11 @@ func (s *syncer) applyPage(body []byte) error {
 		if snapshot {
 			s.state.epoch = s.snapEpoch
 			s.snapEpoch = 0
+			s.records, s.snapRecords = s.snapRecords, 0
 		}
 		s.state.version = int64(version.Num)
 	}
+	s.storeRecordCount()
 	s.state.lastSyncMS = s.nowMS()
 	var buf [stateLen]byte
 	return setShared(stateKey, s.state.encode(&buf))
@@ -590,8 +600,49 @@ func (s *syncer) writeRecord(h apikey.Hash, rec *keyrecord.Record) error {
 	var key [1 + len(h)]byte
 	key[0] = recordTag
 	copy(key[1:], h[:])
+	delta := int64(0)
+	if rec.Status != keyrecord.StatusDeleted {
+		delta = 1
+	}
+	if old, _, err := proxywasm.GetSharedData(string(key[:])); err == nil {
+		if v, err := keyrecord.Parse(old); err == nil && v.Epoch() >= rec.Epoch && v.Status() != keyrecord.StatusDeleted {
+			delta-- // replaces a live record of the same epoch
+		}
+	}
 	s.wrote = true
-	return setShared(string(key[:]), s.recBuf)
+	if err := setShared(string(key[:]), s.recBuf); err != nil {
+		return err
+	}
+	if s.snapEpoch != 0 && rec.Epoch == s.snapEpoch {
+		s.snapRecords += delta
+	} else {
+		s.records += delta
+	}
+	return nil
+}
+
+// recordsKey holds the live record count under an epoch: epoch (4) |
+// count (8), so that a restarted syncer or the next lease holder goes on
+// counting.
+const recordsKey = "keygate/records"
+
+func (s *syncer) storeRecordCount() {
+	var b [12]byte
+	binary.LittleEndian.PutUint32(b[:], s.state.epoch)
+	binary.LittleEndian.PutUint64(b[4:], uint64(s.records))
+	if err := setShared(recordsKey, b[:]); err != nil {
+		proxywasm.LogWarnf("keygate: storing the record count: %v", err)
+	}
+}
+
+// loadRecordCount returns the stored live record count when it was counted
+// under epoch, else 0 (the next snapshot counts afresh).
+func loadRecordCount(epoch uint32) int64 {
+	b, _, err := proxywasm.GetSharedData(recordsKey)
+	if err != nil || len(b) != 12 || binary.LittleEndian.Uint32(b) != epoch {
+		return 0
+	}
+	return int64(binary.LittleEndian.Uint64(b[4:]))
 }
 
 // drainQueue merges the workers' usage messages into the pending counts.
@@ -646,10 +697,9 @@ func (s *syncer) merge(msg []byte) {
 			proxywasm.LogErrorf("keygate: malformed usage line dropped")
 			continue
 		}
+		n = min(n, wire.MaxCountN)
 		if c, ok := s.pending[string(line[:tab])]; ok {
-			if c+n > 0 { // never wraps
-				s.pending[string(line[:tab])] = c + n
-			}
+			s.pending[string(line[:tab])] = min(c+n, wire.MaxCountN) // saturates: never past what a batch may carry
 			continue
 		}
 		if len(s.pending) >= maxPendingCounts {
@@ -661,53 +711,32 @@ func (s *syncer) merge(msg []byte) {
 	}
 }
 
-// usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>":
-// a minute of 1 to 12 digits without a leading zero, an outcome of [a-z_], a key id and a host of
-// at most keyrecord.MaxStringLen and 255 bytes without control characters.
+// usageLinePrefix reports whether p is "<minute>\t<outcome>\t<key id>\t<host>"
+// whose fields make a count the control plane takes (wire.CheckUsageCount):
+// a minute of 1 to 12 digits without a leading zero, an outcome code, a
+// key id or "", and a usage host.
 func usageLinePrefix(p []byte) bool {
-	field, start := 0, 0
-	for i := 0; i <= len(p); i++ {
-		if i < len(p) && p[i] != '\t' {
-			if p[i] < 0x20 || p[i] == 0x7f {
-				return false
-			}
-			continue
+	tabs := 0
+	for _, c := range p {
+		if c == '\t' {
+			tabs++
 		}
-		f := p[start:i]
-		switch field {
-		case 0:
-			if len(f) == 0 || len(f) > 12 || len(f) > 1 && f[0] == '0' { // a JSON number
-				return false
-			}
-			for _, c := range f {
-				if c < '0' || c > '9' {
-					return false
-				}
-			}
-		case 1:
-			if len(f) == 0 || len(f) > 32 {
-				return false
-			}
-			for _, c := range f {
-				if (c < 'a' || c > 'z') && c != '_' {
-					return false
-				}
-			}
-		case 2:
-			if len(f) > keyrecord.MaxStringLen {
-				return false
-			}
-		case 3:
-			if len(f) > 255 {
-				return false
-			}
-		default:
+	}
+	f := splitTabs(string(p))
+	if tabs != 3 || len(f[0]) == 0 || len(f[0]) > 12 || len(f[0]) > 1 && f[0][0] == '0' {
+		return false
+	}
+	minute := int64(0)
+	for i := 0; i < len(f[0]); i++ {
+		c := f[0][i]
+		if c < '0' || c > '9' {
 			return false
 		}
-		field++
-		start = i + 1
+		minute = minute*10 + int64(c-'0')
 	}
-	return field == 4
+	c := wire.UsageCount{Minute: minute, Outcome: f[1], KeyID: f[2], Host: f[3], N: 1}
+	m, _ := wire.CheckUsageCount(&c)
+	return m == ""
 }
 
 func indexByteB(b []byte, c byte) int {
@@ -768,13 +797,7 @@ func (s *syncer) dispatchUsage() {
 // buildBatch moves up to maxBatchCounts pending counts into a batch body.
 func (s *syncer) buildBatch() []byte {
 	b := make([]byte, 0, 128+min(len(s.pending), maxBatchCounts)*96)
-	b = append(b, `{"node":`...)
-	b = appendJSONString(b, s.node)
-	b = append(b, `,"boot":`...)
-	b = appendJSONString(b, s.boot)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendInt(b, s.seq, 10)
-	b = append(b, `,"counts":[`...)
+	b = wire.AppendUsageHead(b, s.node, s.boot, s.seq)
 	s.inflightKeys, s.inflightNs = s.inflightKeys[:0], s.inflightNs[:0]
 	n := 0
 	for k, v := range s.pending {
@@ -783,26 +806,14 @@ func (s *syncer) buildBatch() []byte {
 		}
 		// k is "<minute>\t<outcome>\t<key id>\t<host>" (usageLinePrefix).
 		f := splitTabs(k)
-		if n > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"key_id":`...)
-		b = appendJSONString(b, f[2])
-		b = append(b, `,"minute":`...)
-		b = append(b, f[0]...)
-		b = append(b, `,"host":`...)
-		b = appendJSONString(b, f[3])
-		b = append(b, `,"outcome":`...)
-		b = appendJSONString(b, f[1])
-		b = append(b, `,"n":`...)
-		b = strconv.AppendInt(b, v, 10)
-		b = append(b, '}')
+		minute, _ := strconv.ParseInt(f[0], 10, 64)
+		b = wire.AppendUsageCount(b, n == 0, &wire.UsageCount{KeyID: f[2], Minute: minute, Host: f[3], Outcome: f[1], N: v})
 		s.inflightKeys = append(s.inflightKeys, k)
 		s.inflightNs = append(s.inflightNs, v)
 		delete(s.pending, k)
 		n++
 	}
-	return append(b, "]}"...)
+	return wire.AppendUsageEnd(b)
 }
 
 func splitTabs(k string) [4]string {
@@ -840,7 +851,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 			s.nextFlushMS = s.nowMS() // a backlog: send the next batch at once
 		}
 		return
-	case status == "400" || status == "413" || status == "409" && problemCode(body) == "seq_out_of_range":
+	case status == "400" || status == "413" || status == "409" && problemCode(body) == wire.SeqOutOfRange:
 		// The control plane will never take this batch; resending would
 		// wedge every later count behind it.
 		proxywasm.LogCriticalf("keygate: usage batch %d refused for good (%s): %s", s.seq, status, snippet(body))
@@ -850,7 +861,7 @@ func (s *syncer) onUsageResponse(numHeaders, bodySize, _ int) {
 		s.persist()
 		return
 	case !s.legacy && (status == "401" || status == "403"),
-		s.legacy && status == "403" && problemCode(body) == "instance_token_required":
+		s.legacy && status == "403" && problemCode(body) == wire.InstanceTokenRequired:
 		// The control plane does not know this instance (any more), or
 		// wants instance tokens now: become a new instance and send the
 		// unacknowledged counts under it.
@@ -897,8 +908,7 @@ func (s *syncer) newInstance() error {
 // dispatchRegister registers this instance (node, boot) with the fleet
 // credential; the answer carries the instance token usage needs.
 func (s *syncer) dispatchRegister() {
-	body := append([]byte(`{"node":`), appendJSONString(nil, s.node)...)
-	body = append(append(append(body, `,"boot":`...), appendJSONString(nil, s.boot)...), '}')
+	body := wire.AppendRegistration(nil, s.node, s.boot)
 	_, err := proxywasm.DispatchHttpCall(s.cfg.cluster, append(s.headers("POST", s.cfg.registerPath, s.cfg.credential),
 		[2]string{"content-type", "application/json"}), body, nil, s.cfg.timeoutMS, s.onRegisterResponse)
 	if err != nil {
@@ -925,7 +935,7 @@ func (s *syncer) onRegisterResponse(numHeaders, bodySize, _ int) {
 			proxywasm.LogInfof("keygate: registered as instance %q/%s", s.node, s.boot)
 			return
 		}
-	case status == "409" && problemCode(body) == "instance_exists":
+	case status == "409" && problemCode(body) == wire.InstanceExists:
 		// Boot ids are never reused: draw another.
 		err = errors.New("instance exists; drawing a new boot id")
 		if berr := s.newBoot(); berr != nil {
@@ -966,38 +976,19 @@ func (s *syncer) takeToken(body []byte) error {
 		return errors.New("registration answer names another instance")
 	}
 	tok := root.Get("token")
-	if tok.Type != gjson.String || !instanceToken(tok.Str) {
+	if tok.Type != gjson.String || !wire.ValidInstanceToken(tok.Str) {
 		return errors.New("registration answer holds no well-formed instance token")
 	}
 	s.token = tok.Str
 	return nil
 }
 
-// instanceToken reports whether t looks like an instance token: "kgi_" and
-// 43 Base62 characters.
-func instanceToken(t string) bool {
-	if len(t) != 4+43 || t[:4] != "kgi_" {
-		return false
-	}
-	for i := 4; i < len(t); i++ {
-		c := t[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
 // problemCode is the stable "error" member of a problem+json body, or "".
 func problemCode(body []byte) string {
-	if len(body) == 0 || !jsonDepthOK(body) || !gjson.ValidBytes(body) {
+	if !jsonDepthOK(body) {
 		return ""
 	}
-	code := gjson.GetBytes(body, "error")
-	if code.Type != gjson.String || len(code.Str) > 64 {
-		return ""
-	}
-	return code.Str
+	return wire.ProblemCode(body)
 }
 
 // queryEscape percent-encodes s for a query parameter value (all but the
@@ -1070,7 +1061,7 @@ func (s *syncer) applyShares(body []byte) error {
 			}
 		}
 	}
-	if s.lease != nil && !sameIDs(seen, s.shareIDs) {
+	if !sameIDs(seen, s.shareIDs) {
 		// The next lease holder must know which entries to clear.
 		if err := setShared(shareIDsKey, encodeShareIDs(seen)); err != nil {
 			return err
@@ -1089,22 +1080,4 @@ func (s *syncer) applyShares(body []byte) error {
 		return setShared(stateKey, s.state.encode(&buf))
 	}
 	return nil
-}
-
-// appendJSONString appends s as a JSON string; bytes that are not valid
-// UTF-8 become U+FFFD.
-func appendJSONString(b []byte, s string) []byte {
-	const hexDigits = "0123456789abcdef"
-	b = append(b, '"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b = append(b, '\\', byte(r))
-		case r < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[r>>4], hexDigits[r&15])
-		default:
-			b = append(b, string(r)...)
-		}
-	}
-	return append(b, '"')
 }

@@ -105,7 +105,7 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	b = append(b, '\t')
 	b = appendField(b, keyID)
 	b = append(b, '\t')
-	b = appendHost(b, authority)
+	b = keyrecord.AppendUsageHost(b, authority)
 	u.buf = b
 	h := u.hash(b)
 	first, ok := u.index[h]
@@ -146,28 +146,6 @@ func appendField(b, s []byte) []byte {
 		if c >= 0x20 && c != 0x7f {
 			b = append(b, c)
 		}
-	}
-	return b
-}
-
-// appendHost appends the authority's host, lower-cased, without port and
-// trailing dot; nothing when it is not a plausible host name or literal.
-func appendHost(b []byte, authority string) []byte {
-	host, _, ok := keyrecord.SplitAuthority(authority)
-	if !ok || len(host) > 255 {
-		return b
-	}
-	start := len(b)
-	for i := 0; i < len(host); i++ {
-		c := host[i]
-		switch {
-		case 'A' <= c && c <= 'Z':
-			c += 'a' - 'A'
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
-		default:
-			return b[:start]
-		}
-		b = append(b, c)
 	}
 	return b
 }

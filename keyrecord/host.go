@@ -1,5 +1,7 @@
 package keyrecord
 
+import "github.com/keygate/keygate/internal/wire"
+
 // Host patterns (a key's allowed hosts) and how they match a request's
 // :authority. Matching is ASCII case-insensitive, ignores one trailing dot on
 // either side, and never allocates.
@@ -163,24 +165,27 @@ func equalFold(a []byte, b string) bool {
 	return true
 }
 
-// NormalizeHost returns the host part of authority, lower-cased and without a
-// trailing dot, for counting usage per host. It returns "" for an authority
-// MatchHost would refuse. It allocates only when authority needs changing.
-func NormalizeHost(authority string) string {
+// AppendUsageHost appends the host of authority as usage counts carry it
+// (docs/wire.md): lower-cased, without port and trailing dot, at most
+// wire.MaxUsageHostLen bytes of [a-z0-9._:[]-]; nothing for an authority
+// MatchHost refuses or a host with other characters. It never allocates
+// beyond growing b.
+func AppendUsageHost(b []byte, authority string) []byte {
 	host, _, ok := splitAuthority(authority)
-	if !ok {
-		return ""
+	if !ok || len(host) > wire.MaxUsageHostLen {
+		return b
 	}
+	start := len(b)
 	for i := 0; i < len(host); i++ {
-		if c := host[i]; 'A' <= c && c <= 'Z' {
-			b := []byte(host)
-			for j := i; j < len(b); j++ {
-				if 'A' <= b[j] && b[j] <= 'Z' {
-					b[j] += 'a' - 'A'
-				}
-			}
-			return string(b)
+		c := host[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '.', c == '-', c == '_', c == ':', c == '[', c == ']':
+		default:
+			return b[:start]
 		}
+		b = append(b, c)
 	}
-	return host
+	return b
 }

@@ -1,6 +1,11 @@
 package keyrecord
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/keygate/keygate/internal/wire"
+)
 
 func TestMatchHost(t *testing.T) {
 	cases := []struct {
@@ -84,16 +89,28 @@ func TestMatchHostDoesNotAllocate(t *testing.T) {
 	}
 }
 
-func TestNormalizeHost(t *testing.T) {
+func TestAppendUsageHost(t *testing.T) {
 	for in, want := range map[string]string{
-		"API.Example.com.:443": "api.example.com",
-		"api.example.com":      "api.example.com",
-		"[2001:DB8::1]:80":     "[2001:db8::1]",
-		"::1":                  "",
-		"":                     "",
+		"API.Example.com.:443":         "api.example.com",
+		"api.example.com":              "api.example.com",
+		"[2001:DB8::1]:80":             "[2001:db8::1]",
+		"::1":                          "",
+		"":                             "",
+		"bad host":                     "",
+		"caf\u00e9.example":            "",
+		strings.Repeat("a", 256):       "",
+		strings.Repeat("a", 255) + ".": strings.Repeat("a", 255),
 	} {
-		if got := NormalizeHost(in); got != want {
-			t.Errorf("NormalizeHost(%q) = %q, want %q", in, got, want)
+		got := string(AppendUsageHost([]byte("x"), in))
+		if got != "x"+want {
+			t.Errorf("AppendUsageHost(%q) = %q, want %q", in, got, "x"+want)
 		}
+		if !wire.Printable(want) || len(want) > wire.MaxUsageHostLen {
+			t.Errorf("%q is not a usage host the control plane takes", want)
+		}
+	}
+	b := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(100, func() { b = AppendUsageHost(b[:0], "API.Example.com:443") }); n != 0 {
+		t.Fatalf("AppendUsageHost allocates %v times", n)
 	}
 }

@@ -9,10 +9,9 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Sync parameters (docs/wire.md).
@@ -182,22 +181,9 @@ func (s *Server) longPoll(ctx context.Context, since int64, d time.Duration) *pr
 	return nil
 }
 
-// Usage batch limits (docs/wire.md).
-const (
-	maxUsageCounts = 10_000
-	maxNodeLen     = 128
-	maxBootLen     = 64
-	maxUsageHost   = 255
-	maxCountN      = store.MaxCountN
-	maxFieldErrors = 20
-)
-
-var outcomes = map[string]bool{
-	"allowed": true, "missing_key": true, "malformed_key": true, "unknown_key": true,
-	"ambiguous_key": true, "key_revoked": true, "key_expired": true, "key_disabled": true,
-	"host_not_allowed": true, "insufficient_scope": true, "rate_limited": true,
-	"quota_exceeded": true, "cache_unavailable": true, "invalid_path": true, "policy_unenforceable": true,
-}
+// maxFieldErrors bounds the field errors one invalid batch is answered
+// with.
+const maxFieldErrors = 20
 
 type usageBatchIn struct {
 	Node   *string        `json:"node"`
@@ -280,38 +266,39 @@ type usageResponse struct {
 	DefaultShare *float64            `json:"default_share,omitempty"`
 }
 
-// checkBatch validates a usage batch against docs/wire.md.
+// checkBatch validates a usage batch (wire.CheckUsageHead,
+// wire.CheckUsageCount); members the JSON lacks are reported here.
 func checkBatch(in *usageBatchIn) (*store.UsageBatch, fieldErrors) {
 	var fe fieldErrors
 	b := &store.UsageBatch{}
 	switch {
-	case in.Node == nil || *in.Node == "":
+	case in.Node == nil:
 		fe.add("node", "is required")
-	case len(*in.Node) > maxNodeLen || !printable(*in.Node):
-		fe.add("node", "must be 1 to %d printable bytes", maxNodeLen)
+	case wire.CheckNode(*in.Node) != "":
+		fe.add("node", "%s", wire.CheckNode(*in.Node))
 	default:
 		b.Node = *in.Node
 	}
 	switch {
-	case in.Boot == nil || *in.Boot == "":
+	case in.Boot == nil:
 		fe.add("boot", "is required")
-	case len(*in.Boot) > maxBootLen || !printable(*in.Boot):
-		fe.add("boot", "must be 1 to %d printable bytes", maxBootLen)
+	case wire.CheckBoot(*in.Boot) != "":
+		fe.add("boot", "%s", wire.CheckBoot(*in.Boot))
 	default:
 		b.Boot = *in.Boot
 	}
 	switch {
 	case in.Seq == nil:
 		fe.add("seq", "is required")
-	case *in.Seq < 1:
-		fe.add("seq", "must be at least 1")
+	case wire.CheckSeq(*in.Seq) != "":
+		fe.add("seq", "%s", wire.CheckSeq(*in.Seq))
 	default:
 		b.Seq = *in.Seq
 	}
 	if in.Counts == nil {
 		fe.add("counts", "is required")
-	} else if len(in.Counts) > maxUsageCounts {
-		fe.add("counts", "at most %d counts per batch", maxUsageCounts)
+	} else if m := wire.CheckCountsLen(len(in.Counts)); m != "" {
+		fe.add("counts", "%s", m)
 		return b, fe
 	}
 	b.Counts = make([]store.UsageCount, 0, len(in.Counts))
@@ -319,61 +306,30 @@ func checkBatch(in *usageBatchIn) (*store.UsageBatch, fieldErrors) {
 		if len(fe) >= maxFieldErrors {
 			break
 		}
-		f := "counts[" + strconv.Itoa(i) + "]."
-		uc := store.UsageCount{}
+		missing := ""
 		switch {
 		case c.KeyID == nil:
-			fe.add(f+"key_id", "is required (\"\" when no key was identified)")
-		case *c.KeyID != "" && !validKeyID(*c.KeyID):
-			fe.add(f+"key_id", "is not a key id")
-		default:
-			uc.KeyID = *c.KeyID
-		}
-		switch {
+			missing = "key_id"
 		case c.Minute == nil:
-			fe.add(f+"minute", "is required")
-		case *c.Minute <= 0 || *c.Minute%60 != 0 || *c.Minute > 1<<40:
-			fe.add(f+"minute", "must be unix seconds at the start of a minute (a multiple of 60)")
-		default:
-			uc.Minute = time.Unix(*c.Minute, 0).UTC()
-		}
-		switch {
+			missing = "minute"
 		case c.Host == nil:
-			fe.add(f+"host", "is required (\"\" when unknown)")
-		case len(*c.Host) > maxUsageHost || !printable(*c.Host):
-			fe.add(f+"host", "must be at most %d printable bytes", maxUsageHost)
-		default:
-			uc.Host = *c.Host
-		}
-		switch {
+			missing = "host"
 		case c.Outcome == nil:
-			fe.add(f+"outcome", "is required")
-		case !outcomes[*c.Outcome]:
-			fe.add(f+"outcome", "is not a known outcome")
-		default:
-			uc.Outcome = *c.Outcome
-		}
-		switch {
+			missing = "outcome"
 		case c.N == nil:
-			fe.add(f+"n", "is required")
-		case *c.N < 1 || *c.N > maxCountN:
-			fe.add(f+"n", "must be 1 to %d", int64(maxCountN))
-		default:
-			uc.N = *c.N
+			missing = "n"
 		}
-		b.Counts = append(b.Counts, uc)
+		if missing != "" {
+			fe.add(wire.CountField(i, missing), "is required")
+			continue
+		}
+		wc := wire.UsageCount{KeyID: *c.KeyID, Minute: *c.Minute, Host: *c.Host, Outcome: *c.Outcome, N: *c.N}
+		if f, m := wire.CheckUsageCount(&wc); f != "" {
+			fe.add(wire.CountField(i, f), "%s", m)
+			continue
+		}
+		b.Counts = append(b.Counts, store.UsageCount{KeyID: wc.KeyID, Minute: time.Unix(wc.Minute, 0).UTC(),
+			Host: wc.Host, Outcome: wc.Outcome, N: wc.N})
 	}
 	return b, fe
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -125,10 +126,13 @@ func TestSyncLongPoll(t *testing.T) {
 		}
 		done <- result{p, err, time.Since(start)}
 	}()
+	// The change comes once the request is parked in the store, so the
+	// answer (the change, well before wait=30 runs out) proves the wake-up.
+	e.waitParked(1)
 	select {
 	case r := <-done:
 		t.Fatalf("long-poll answered before any change: %+v", r)
-	case <-time.After(300 * time.Millisecond):
+	default:
 	}
 	k := e.createKey(map[string]any{"name": "wake"})
 	select {
@@ -140,7 +144,7 @@ func TestSyncLongPoll(t *testing.T) {
 			t.Fatalf("woken with %+v", r.p)
 		}
 		t.Logf("long-poll answered %v after start", r.d)
-	case <-time.After(5 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("long-poll not woken by a change")
 	}
 
@@ -152,15 +156,32 @@ func TestSyncLongPoll(t *testing.T) {
 		r.json(e.t, &p)
 		done <- result{p: p}
 	}()
-	time.Sleep(200 * time.Millisecond)
+	e.waitParked(1)
 	e.srv.BeginShutdown()
 	select {
 	case r := <-done:
 		if len(r.p.Upserts) != 0 || r.p.Version != v2 || r.p.Snapshot {
 			t.Fatalf("after shutdown %+v", r.p)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("shutdown did not wake the long-poll")
+	}
+}
+
+// waitParked waits until n long-polls are parked in the store's
+// WaitForChange, so that what happens next must wake them.
+func (e *env) waitParked(n int) {
+	e.t.Helper()
+	st, ok := e.st.(interface{ Waiting() int })
+	if !ok {
+		e.t.Fatalf("store %T does not count its waiters", e.st)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for st.Waiting() < n {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d of %d long-polls parked after 30 s", st.Waiting(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -183,7 +204,7 @@ func TestSyncLongPollTimeout(t *testing.T) {
 // must still carry every key.
 func TestSyncSizeCap(t *testing.T) {
 	e := newEnv(t, sqliteOpener)
-	hosts := make([]string, maxHosts)
+	hosts := make([]string, wire.MaxHosts)
 	for i := range hosts {
 		l := strings.Repeat("x", 54)
 		hosts[i] = fmt.Sprintf("h%03d.%s.%s.%s.%s.example.com", i, l, l, l, l)
@@ -297,7 +318,7 @@ func TestUsageValidation(t *testing.T) {
 		{"long host", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"","minute":60,"host":"` + strings.Repeat("h", 256) + `","outcome":"allowed","n":1}]}`, "counts[0].host"},
 		{"bad key id", `{"node":"n","boot":"b","seq":1,"counts":[{"key_id":"key x","minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[0].key_id"},
 		{"missing key id", `{"node":"n","boot":"b","seq":1,"counts":[{"minute":60,"host":"","outcome":"allowed","n":1}]}`, "counts[0].key_id"},
-		{"too many", `{"node":"n","boot":"b","seq":1,"counts":[` + strings.TrimSuffix(strings.Repeat(ok+",", maxUsageCounts+1), ",") + `]}`, "counts"},
+		{"too many", `{"node":"n","boot":"b","seq":1,"counts":[` + strings.TrimSuffix(strings.Repeat(ok+",", wire.MaxBatchCounts+1), ",") + `]}`, "counts"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

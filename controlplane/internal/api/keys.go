@@ -2,22 +2,15 @@ package api
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/binary"
 	"encoding/json"
-	"errors"
-	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
-	"github.com/keygate/keygate/apikey"
-	"github.com/keygate/keygate/bucket"
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // keyJSON is a key as the admin API shows it: never its hash, and the key
@@ -90,8 +83,7 @@ func (s *Server) keyView(k *store.Key) *keyJSON {
 		// A past exhaustion (of an earlier period) is not news.
 		v.QuotaExhaustedUntil = utcPtr(k.QuotaExhaustedUntil)
 	}
-	end := k.EffectiveExpiry()
-	v.Expired = end != nil && !end.After(now)
+	v.Expired = lifecycle.Expired(k, now)
 	if len(v.Metadata) == 0 {
 		v.Metadata = nil
 	}
@@ -131,8 +123,8 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 	r := &store.Rate{}
 	if in.Limit == nil {
 		fe.add(field+".limit", "is required")
-	} else if *in.Limit < 1 || *in.Limit > maxRateLimit {
-		fe.add(field+".limit", "must be 1 to %d", maxRateLimit)
+	} else if *in.Limit < 1 || *in.Limit > wire.MaxRateLimit {
+		fe.add(field+".limit", "must be 1 to %d", wire.MaxRateLimit)
 	} else {
 		r.Limit = *in.Limit
 	}
@@ -146,8 +138,8 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 		}
 		r.PeriodMS = ms
 	case in.PeriodMS != nil:
-		if *in.PeriodMS < 1 || *in.PeriodMS > maxRatePeriodMS {
-			fe.add(field+".period_ms", "must be 1 to %d", maxRatePeriodMS)
+		if *in.PeriodMS < 1 || *in.PeriodMS > wire.MaxRatePeriodMS {
+			fe.add(field+".period_ms", "must be 1 to %d", wire.MaxRatePeriodMS)
 		}
 		r.PeriodMS = *in.PeriodMS
 	default:
@@ -158,24 +150,21 @@ func checkRate(fe *fieldErrors, field string, in *rateIn) *store.Rate {
 		if r.Limit > 0 {
 			r.Burst = r.Limit - 1 // N per period: N at once, then refilled
 		}
-	case *in.Burst < 0 || *in.Burst > maxRateBurst:
-		fe.add(field+".burst", "must be 0 to %d", maxRateBurst)
+	case *in.Burst < 0 || *in.Burst > wire.MaxRateBurst:
+		fe.add(field+".burst", "must be 0 to %d", wire.MaxRateBurst)
 	default:
 		r.Burst = *in.Burst
 	}
 	if len(*fe) > n {
 		return nil
 	}
-	// The filter's limiter must be able to enforce what is stored: the same
-	// check it runs (bucket.Policy.Validate), reported on the field it names.
-	p := bucket.Policy{Limit: r.Limit, PeriodNanos: r.PeriodMS * 1_000_000, Burst: r.Burst}
-	var pe *bucket.PolicyError
-	if err := p.Validate(); errors.As(err, &pe) {
-		name := map[string]string{"Limit": "limit", "Burst": "burst", "PeriodNanos": "period_ms"}[pe.Field]
+	// The filter's limiter must be able to enforce what is stored: the one
+	// check of a rate (wire.CheckRate), reported on the field it names.
+	if name, msg := wire.CheckRate(r.Limit, r.PeriodMS, r.Burst); name != "" {
 		if name == "period_ms" && in.Period != "" {
 			name = "period"
 		}
-		fe.add(field+"."+name, "%s", pe.Reason)
+		fe.add(field+"."+name, "%s", msg)
 		return nil
 	}
 	return r
@@ -192,8 +181,8 @@ func checkQuota(fe *fieldErrors, field string, in *quotaIn) *store.Quota {
 	q := &store.Quota{Period: in.Period}
 	if in.Limit == nil {
 		fe.add(field+".limit", "is required")
-	} else if *in.Limit < 0 || *in.Limit > maxQuotaLimit {
-		fe.add(field+".limit", "must be 0 to %d", int64(maxQuotaLimit))
+	} else if *in.Limit < 0 || *in.Limit > wire.MaxQuotaLimit {
+		fe.add(field+".limit", "must be 0 to %d", int64(wire.MaxQuotaLimit))
 	} else {
 		q.Limit = *in.Limit
 	}
@@ -250,9 +239,9 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 	if p := fe.problem(); p != nil {
 		return p
 	}
-	secret, p := s.issue(r.Context(), k)
-	if p != nil {
-		return p
+	secret, err := s.keys.Create(r.Context(), k)
+	if err != nil {
+		return fromStoreError(err, "key")
 	}
 	s.audit(r.Context(), "key.create", k.ID, map[string]any{"name": k.Name, "owner": k.Owner})
 	v := s.keyView(k)
@@ -260,50 +249,6 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
 	s.writeJSON(w, r, http.StatusCreated, v)
 	return nil
-}
-
-// issue gives k a fresh id and key and stores it (retrying the unlikely id
-// collision). It returns the key, which is never stored.
-func (s *Server) issue(ctx context.Context, k *store.Key) (string, *problem) {
-	for attempt := 0; ; attempt++ {
-		secret, err := s.keygen.New(s.rand)
-		if err != nil {
-			return "", internalError(err)
-		}
-		id, err := s.newID()
-		if err != nil {
-			return "", internalError(err)
-		}
-		k.ID, k.Hash = id, apikey.HashKey(secret)
-		err = s.store.CreateKey(ctx, k)
-		if err == nil {
-			return secret, nil
-		}
-		if !errors.Is(err, store.ErrConflict) || attempt == 2 {
-			return "", fromStoreError(err, "key")
-		}
-	}
-}
-
-// idLen is the number of random Base62 characters in a key id.
-const idLen = 20
-
-func (s *Server) newID() (string, error) {
-	const alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-	buf := make([]byte, 0, 4+idLen)
-	buf = append(buf, "key_"...)
-	var rnd [32]byte
-	for len(buf) < cap(buf) {
-		if _, err := io.ReadFull(s.rand, rnd[:]); err != nil {
-			return "", err
-		}
-		for _, b := range rnd {
-			if b < 248 && len(buf) < cap(buf) { // 248 = 4*62: keeps digits uniform
-				buf = append(buf, alphabet[b%62])
-			}
-		}
-	}
-	return string(buf), nil
 }
 
 func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) *problem {
@@ -397,9 +342,6 @@ type patchRequest struct {
 	Metadata  optional[json.RawMessage] `json:"metadata"`
 }
 
-// errUnchanged aborts an UpdateKey that would change nothing.
-var errUnchanged = errors.New("unchanged")
-
 func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 	var req patchRequest
 	if p := decodeJSON(w, r, maxAdminBody, &req, false); p != nil {
@@ -460,10 +402,7 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 	if p := fe.problem(); p != nil {
 		return p
 	}
-	k, err := s.store.UpdateKey(r.Context(), r.PathValue("id"), func(k *store.Key) error {
-		if k.Status == store.StatusRevoked {
-			return conflict("a revoked key cannot be changed")
-		}
+	k, err := s.keys.Update(r.Context(), r.PathValue("id"), func(k *store.Key) {
 		if req.Name.Set {
 			k.Name = req.Name.Value
 		}
@@ -488,8 +427,6 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 		if req.Metadata.Set {
 			k.Metadata = metadata
 		}
-		k.UpdatedAt = now
-		return nil
 	})
 	if err != nil {
 		return fromStoreError(err, "key")
@@ -513,31 +450,13 @@ func (s *Server) setStatus(to string) func(http.ResponseWriter, *http.Request) *
 		if p := decodeJSON(w, r, maxAdminBody, &body, true); p != nil {
 			return p
 		}
-		id := r.PathValue("id")
-		var from string
-		k, err := s.store.UpdateKey(r.Context(), id, func(k *store.Key) error {
-			from = k.Status
-			switch {
-			case k.Status == to:
-				return errUnchanged
-			case k.Status == store.StatusRevoked:
-				return conflict("the key is revoked; a revoked key cannot be " + map[string]string{
-					store.StatusDisabled: "disabled", store.StatusActive: "re-enabled"}[to])
-			}
-			k.Status = to
-			k.UpdatedAt = s.now().UTC()
-			return nil
-		})
-		if errors.Is(err, errUnchanged) {
-			k, err = s.store.GetKey(r.Context(), id)
-			if err != nil {
-				return fromStoreError(err, "key")
-			}
-			s.writeJSON(w, r, http.StatusOK, s.keyView(k))
-			return nil
-		}
+		k, from, changed, err := s.keys.SetStatus(r.Context(), r.PathValue("id"), to)
 		if err != nil {
 			return fromStoreError(err, "key")
+		}
+		if !changed {
+			s.writeJSON(w, r, http.StatusOK, s.keyView(k))
+			return nil
 		}
 		s.audit(r.Context(), action, k.ID, map[string]any{"from": from, "to": to})
 		s.writeJSON(w, r, http.StatusOK, s.keyView(k))
@@ -547,208 +466,48 @@ func (s *Server) setStatus(to string) func(http.ResponseWriter, *http.Request) *
 
 type rotateRequest struct {
 	// GraceSeconds is how long the old key keeps working; absent means
-	// defaultGraceSeconds, 0 ends it at once.
+	// lifecycle.DefaultGrace, 0 ends it at once.
 	GraceSeconds *int64 `json:"grace_seconds"`
 }
 
-// defaultGraceSeconds is the grace period of a rotation that names none: a
-// day, time for clients to pick up the new key in a daily deploy or config
-// refresh, short enough that a key being replaced does not linger. A
-// rotation because the key leaked should pass grace_seconds 0 (or revoke).
-const defaultGraceSeconds = 24 * 60 * 60
-
-// maxIdempotencyKeyLen bounds the Idempotency-Key header of a rotation.
-const maxIdempotencyKeyLen = 255
-
-// replayed aborts a rotation that an earlier request with the same
-// Idempotency-Key has already made; successor is its new key.
-type replayed struct{ successor *store.Key }
-
-func (replayed) Error() string { return "rotation already made by this idempotency key" }
-
-// rotateKey issues a new key with the old one's settings; the old key keeps
-// working until the end of the grace period (never longer than it would
-// have anyway). A key has at most one active successor: rotating it again
-// is a 409, unless the request repeats the Idempotency-Key of the rotation
-// that made the successor, which is then answered again, key included.
+// rotateKey issues a new key with the old one's settings (lifecycle.Keys.Rotate).
 func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) *problem {
 	var req rotateRequest
 	if p := decodeJSON(w, r, maxAdminBody, &req, true); p != nil {
 		return p
 	}
-	grace := int64(defaultGraceSeconds)
-	if req.GraceSeconds != nil {
-		grace = *req.GraceSeconds
-	}
-	if grace < 0 || grace > maxGraceSeconds {
-		return invalid(FieldError{Field: "grace_seconds", Message: "must be 0 to " + strconv.Itoa(maxGraceSeconds)})
-	}
-	idem := r.Header.Get("Idempotency-Key")
-	if _, sent := r.Header["Idempotency-Key"]; sent && !validIdempotencyKey(idem) {
-		return invalid(FieldError{Field: "Idempotency-Key",
-			Message: "must be 1 to " + strconv.Itoa(maxIdempotencyKeyLen) + " visible ASCII characters"})
-	}
-	oldID := r.PathValue("id")
-	// newSecret makes the key of the successor with id newID.
-	newSecret := func(newID string) (string, error) {
-		if idem == "" {
-			return s.keygen.New(s.rand)
-		}
-		return s.keygen.New(idempotentRand(r, oldID, newID, idem))
-	}
-	// The checks and the copy of the old key's settings run on the row the
-	// store has locked, so a revoke, an update or another rotation racing
-	// this one is either seen here or waits for it: never a fresh key cut
-	// from a key revoked a moment before, never two successors.
-	var (
-		secret string
-		oldRow store.Key
-	)
-	prepare := func(old, succ *store.Key) (*store.Key, time.Time, error) {
-		now := s.now().UTC()
-		oldRow = *old
-		if succ != nil {
-			if idem != "" {
-				again, err := newSecret(succ.ID)
-				if err != nil {
-					return nil, time.Time{}, err
-				}
-				h := apikey.HashKey(again)
-				if subtle.ConstantTimeCompare(h[:], succ.Hash[:]) == 1 {
-					secret = again
-					return nil, time.Time{}, replayed{succ}
-				}
-			}
-			return nil, time.Time{}, conflict("the key already has the active successor " + succ.ID +
-				"; rotate that one, or revoke it first to rotate this key again")
-		}
-		end := old.EffectiveExpiry()
-		switch {
-		case old.Status == store.StatusRevoked:
-			return nil, time.Time{}, conflict("a revoked key cannot be rotated")
-		case end != nil && !end.After(now):
-			return nil, time.Time{}, conflict("an expired key cannot be rotated")
-		}
-		nk := &store.Key{
-			Name:      old.Name,
-			Owner:     old.Owner,
-			Status:    old.Status,
-			Hosts:     slices.Clone(nonNil(old.Hosts)),
-			Scopes:    slices.Clone(nonNil(old.Scopes)),
-			Rate:      old.Rate,
-			Quota:     old.Quota,
-			ExpiresAt: old.ExpiresAt, // its own expiry, never the grace end
-			Metadata:  old.Metadata,
-			CreatedAt: now,
-			UpdatedAt: now,
-		}
-		var err error
-		if nk.ID, err = s.newID(); err != nil {
-			return nil, time.Time{}, err
-		}
-		if secret, err = newSecret(nk.ID); err != nil {
-			return nil, time.Time{}, err
-		}
-		nk.Hash = apikey.HashKey(secret)
-		return nk, now.Add(time.Duration(grace) * time.Second), nil
-	}
-	var (
-		old, nk *store.Key
-		err     error
-	)
-	for attempt := 0; ; attempt++ {
-		// A conflict here is the new key's id or hash taken: try new ones.
-		old, nk, err = s.store.RotateKey(r.Context(), oldID, prepare)
-		if err == nil || !errors.Is(err, store.ErrConflict) || attempt == 2 {
-			break
-		}
-	}
-	var again replayed
-	if errors.As(err, &again) {
-		v := s.keyView(again.successor)
-		v.Key = secret
-		v.RotatedFrom = &rotatedFrom{ID: oldRow.ID, ExpiresAt: graceEnd(&oldRow)}
-		w.Header().Set("Location", "/v1/keys/"+again.successor.ID)
-		w.Header().Set("Idempotent-Replayed", "true")
-		s.writeJSON(w, r, http.StatusCreated, v)
-		return nil
-	}
+	grace, err := lifecycle.Grace(req.GraceSeconds)
 	if err != nil {
 		return fromStoreError(err, "key")
 	}
-	ends := graceEnd(old)
-	s.audit(r.Context(), "key.rotate", old.ID, map[string]any{
-		"new_key_id": nk.ID, "grace_seconds": grace, "old_expires_at": ends})
-	s.audit(r.Context(), "key.create", nk.ID, map[string]any{
-		"name": nk.Name, "owner": nk.Owner, "rotated_from": old.ID})
-	v := s.keyView(nk)
-	v.Key = secret
-	v.RotatedFrom = &rotatedFrom{ID: old.ID, ExpiresAt: ends}
-	w.Header().Set("Location", "/v1/keys/"+nk.ID)
+	rr := lifecycle.RotateRequest{Grace: grace, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+	if _, sent := r.Header["Idempotency-Key"]; sent {
+		if err := lifecycle.CheckIdempotencyKey(rr.IdempotencyKey); err != nil {
+			return fromStoreError(err, "key")
+		}
+		token, _ := bearerToken(r)
+		rr.Credential = []byte(token)
+	}
+	rot, err := s.keys.Rotate(r.Context(), r.PathValue("id"), rr)
+	if err != nil {
+		return fromStoreError(err, "key")
+	}
+	ends := rot.OldStopsAt()
+	if !rot.Replayed {
+		s.audit(r.Context(), "key.rotate", rot.Old.ID, map[string]any{
+			"new_key_id": rot.New.ID, "grace_seconds": int64(grace / time.Second), "old_expires_at": ends})
+		s.audit(r.Context(), "key.create", rot.New.ID, map[string]any{
+			"name": rot.New.Name, "owner": rot.New.Owner, "rotated_from": rot.Old.ID})
+	}
+	v := s.keyView(rot.New)
+	v.Key = rot.Secret
+	v.RotatedFrom = &rotatedFrom{ID: rot.Old.ID, ExpiresAt: ends}
+	w.Header().Set("Location", "/v1/keys/"+rot.New.ID)
+	if rot.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	s.writeJSON(w, r, http.StatusCreated, v)
 	return nil
-}
-
-// graceEnd is when a rotated key stops working.
-func graceEnd(k *store.Key) time.Time {
-	if end := k.EffectiveExpiry(); end != nil {
-		return end.UTC()
-	}
-	return time.Time{}
-}
-
-func validIdempotencyKey(v string) bool {
-	if v == "" || len(v) > maxIdempotencyKeyLen {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		if v[i] < 0x21 || v[i] > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
-// idempotentRand is the randomness of a rotation sent with an
-// Idempotency-Key: an HMAC-SHA256 stream keyed by the request's admin
-// credential over the old key's id, the new key's (random) id and the
-// idempotency key. The same request sent again derives the same new key
-// from the successor's id, so a client whose answer was lost gets its key
-// again although the key is never stored; without the admin credential,
-// which the server does not keep either, nothing in the store or the logs
-// lets anyone derive it. The new id in the input means that a rotation
-// made again after its successor was deleted or revoked gives a new key,
-// never the discarded one.
-func idempotentRand(r *http.Request, oldID, newID, idem string) io.Reader {
-	token, _ := bearerToken(r)
-	return &hmacStream{key: []byte(token), msg: "keygate rotate\x00" + oldID + "\x00" + newID + "\x00" + idem}
-}
-
-// hmacStream yields HMAC(key, msg || counter) blocks for counter 0, 1, ...
-type hmacStream struct {
-	key     []byte
-	msg     string
-	counter uint64
-	buf     []byte
-}
-
-func (h *hmacStream) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		if len(h.buf) == 0 {
-			m := hmac.New(sha256.New, h.key)
-			m.Write([]byte(h.msg))
-			var c [8]byte
-			binary.BigEndian.PutUint64(c[:], h.counter)
-			m.Write(c[:])
-			h.counter++
-			h.buf = m.Sum(nil)
-		}
-		k := copy(p[n:], h.buf)
-		h.buf = h.buf[k:]
-		n += k
-	}
-	return n, nil
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) *problem {

@@ -23,6 +23,12 @@ type metrics struct {
 	// are unbounded).
 	registrations *prometheus.CounterVec
 	nodesLive     prometheus.Gauge
+	// The gauges an operator pages on (opmetrics.go).
+	keys          *prometheus.GaugeVec
+	nodeSyncAge   *prometheus.GaugeVec
+	nodeFlushAge  *prometheus.GaugeVec
+	oldestSyncAge prometheus.Gauge
+	oldestFlush   prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -62,6 +68,27 @@ func newMetrics() *metrics {
 			Help: "Registered Envoy instances seen within the share window (a sync: the window plus 60 s), fleet-wide.",
 		}),
 	}
+	m.keys = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keygate_keys",
+		Help: "Keys in the store by status (active, revoked, disabled; expired: active but past its expiry or rotation grace).",
+	}, []string{"status"})
+	m.nodeSyncAge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keygate_node_last_sync_age_seconds",
+		Help: "Seconds since a live node's last sync, for the most recently seen live node names (at most 100 series).",
+	}, []string{"node"})
+	m.nodeFlushAge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keygate_node_last_flush_age_seconds",
+		Help: "Seconds since a live node's last usage batch, for the most recently seen live node names (at most 100 series).",
+	}, []string{"node"})
+	m.oldestSyncAge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keygate_nodes_max_sync_age_seconds",
+		Help: "Seconds since the last sync of the live instance that synced longest ago, fleet-wide (0: none).",
+	})
+	m.oldestFlush = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keygate_nodes_max_flush_age_seconds",
+		Help: "Seconds since the last usage batch of the live instance that sent one longest ago, fleet-wide (0: none).",
+	})
+	m.registry.MustRegister(m.keys, m.nodeSyncAge, m.nodeFlushAge, m.oldestSyncAge, m.oldestFlush)
 	m.registry.MustRegister(m.requests, m.latency, m.batches, m.counts, m.syncs, m.syncBytes, m.registrations, m.nodesLive,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

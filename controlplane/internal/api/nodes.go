@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Instances: registration, the instance token, liveness (docs/wire.md,
@@ -19,10 +21,10 @@ import (
 
 // Error codes of the instance protocol.
 const (
-	codeInstanceExists        = "instance_exists"
+	codeInstanceExists        = wire.InstanceExists
 	codeInstanceMismatch      = "instance_mismatch"
-	codeInstanceTokenRequired = "instance_token_required"
-	codeSeqOutOfRange         = "seq_out_of_range"
+	codeInstanceTokenRequired = wire.InstanceTokenRequired
+	codeSeqOutOfRange         = wire.SeqOutOfRange
 	codeTooManyRegistrations  = "too_many_registrations"
 )
 
@@ -52,23 +54,12 @@ const (
 	nodeCheckEvery = 5 * time.Second
 )
 
-const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-// newInstanceToken draws kgi_ and 43 uniform Base62 characters from r
-// (rejection sampling: bytes >= 248 = 4*62 are dropped).
+// newInstanceToken draws kgi_ and 43 uniform Base62 characters from r.
 func newInstanceToken(r io.Reader) (string, error) {
-	buf := make([]byte, 0, len(instanceTokenPrefix)+instanceTokenBody)
-	buf = append(buf, instanceTokenPrefix...)
-	var rnd [64]byte
-	for len(buf) < cap(buf) {
-		if _, err := io.ReadFull(r, rnd[:]); err != nil {
-			return "", err
-		}
-		for _, b := range rnd {
-			if b < 248 && len(buf) < cap(buf) {
-				buf = append(buf, base62[b%62])
-			}
-		}
+	buf := make([]byte, len(instanceTokenPrefix)+instanceTokenBody)
+	copy(buf, instanceTokenPrefix)
+	if err := apikey.FillBase62(buf[len(instanceTokenPrefix):], r); err != nil {
+		return "", err
 	}
 	return string(buf), nil
 }
@@ -238,7 +229,7 @@ func (s *Server) touchSync(r *http.Request) {
 	if inst := requestInstance(r); inst != nil {
 		id = instanceID{inst.Node, inst.Boot}
 	}
-	if id.node == "" || id.boot == "" || len(id.node) > 4*store.MaxNodeLen || len(id.boot) > store.MaxBootLen {
+	if !wire.ValidNode(id.node) || !wire.ValidBoot(id.boot) {
 		return
 	}
 	now := s.now()
@@ -289,6 +280,7 @@ func (s *Server) checkNodes(ctx context.Context) {
 		return
 	}
 	s.metrics.nodesLive.Set(float64(total))
+	s.operatorGauges(ctx, now)
 	for node, n := range crowded {
 		st.mu.Lock()
 		last, ok := st.warned[node]

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Stable machine-readable error codes (the "error" member of a problem).
@@ -20,11 +22,14 @@ const (
 	codeUnsupportedMedia = "unsupported_media_type"
 	codeUnauthorized     = "unauthorized"
 	codeForbidden        = "forbidden"
-	codeNotFound         = "not_found"
-	codeConflict         = "conflict"
-	codeMethodNotAllowed = "method_not_allowed"
-	codeInternal         = "internal"
-	codeUnavailable      = "unavailable"
+	// codeClientCertRequired: mutual TLS is on and the connection
+	// presented no verified client certificate.
+	codeClientCertRequired = "client_certificate_required"
+	codeNotFound           = "not_found"
+	codeConflict           = "conflict"
+	codeMethodNotAllowed   = "method_not_allowed"
+	codeInternal           = "internal"
+	codeUnavailable        = "unavailable"
 )
 
 // FieldError names one invalid field of a request.
@@ -56,7 +61,7 @@ func (p *problem) Error() string { return p.Code + ": " + p.Detail }
 
 // problemTypeBase prefixes the "type" URI; the rest is the error code.
 // docs/problems.md lists every code.
-const problemTypeBase = "urn:keygate:problem:"
+const problemTypeBase = wire.ProblemTypePrefix
 
 func newProblem(status int, code, detail string) *problem {
 	return &problem{
@@ -92,28 +97,63 @@ func internalError(cause error) *problem {
 	return p
 }
 
-// fromStoreError maps a store error to a problem. what names the resource
-// for not-found messages.
-func fromStoreError(err error, what string) *problem {
-	var fe *store.FieldError
-	var p *problem
-	switch {
-	case errors.As(err, &p):
-		return p
-	case errors.As(err, &fe):
-		return invalid(FieldError{Field: fe.Field, Message: fe.Message})
-	case errors.Is(err, store.ErrNotFound):
-		return notFound(what)
-	case errors.Is(err, store.ErrConflict):
-		return conflict(what + " conflicts with an existing one")
-	case errors.Is(err, store.ErrBadCursor):
-		return invalid(FieldError{Field: "cursor", Message: "malformed or does not belong to this query"})
-	case errors.Is(err, store.ErrInvalid):
+// errorProblems is the one table from the errors of the lifecycle rules
+// and the store to problems, first match wins. Each entry makes the
+// problem from the error and what (the resource, for generic messages).
+// Errors it does not list are internal (500).
+var errorProblems = []struct {
+	err  error
+	make func(err error, what string) *problem
+}{
+	{lifecycle.ErrInvalid, lifecycleInvalid},
+	{lifecycle.ErrRevoked, lifecycleConflict},
+	{lifecycle.ErrExpired, lifecycleConflict},
+	{lifecycle.ErrHasSuccessor, lifecycleConflict},
+	{store.ErrInvalid, func(err error, _ string) *problem {
+		var fe *store.FieldError
+		if errors.As(err, &fe) {
+			return invalid(FieldError{Field: fe.Field, Message: fe.Message})
+		}
 		return newProblem(http.StatusBadRequest, codeInvalidRequest, "invalid request")
-	case errors.Is(err, context.DeadlineExceeded):
+	}},
+	{store.ErrNotFound, func(_ error, what string) *problem { return notFound(what) }},
+	{store.ErrConflict, func(_ error, what string) *problem { return conflict(what + " conflicts with an existing one") }},
+	{store.ErrBadCursor, func(error, string) *problem {
+		return invalid(FieldError{Field: "cursor", Message: "malformed or does not belong to this query"})
+	}},
+	{context.DeadlineExceeded, func(err error, _ string) *problem {
 		p := newProblem(http.StatusServiceUnavailable, codeUnavailable, "the store did not answer in time")
 		p.cause = err
 		return p
+	}},
+}
+
+// lifecycleInvalid answers a lifecycle parameter out of range, naming it.
+func lifecycleInvalid(err error, _ string) *problem {
+	var le *lifecycle.Error
+	if errors.As(err, &le) && le.Field != "" {
+		return invalid(FieldError{Field: le.Field, Message: le.Message})
+	}
+	return newProblem(http.StatusBadRequest, codeInvalidRequest, err.Error())
+}
+
+// lifecycleConflict answers a lifecycle refusal with its explanation.
+func lifecycleConflict(err error, _ string) *problem {
+	var le *lifecycle.Error
+	if errors.As(err, &le) {
+		return conflict(le.Message)
+	}
+	return conflict(err.Error())
+}
+
+// fromStoreError maps an error of the store or of the lifecycle rules to
+// a problem (errorProblems). what names the resource for not-found
+// messages.
+func fromStoreError(err error, what string) *problem {
+	for _, e := range errorProblems {
+		if errors.Is(err, e.err) {
+			return e.make(err, what)
+		}
 	}
 	return internalError(err)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // metricSeries counts the series of the HTTP request metrics in /metrics.
@@ -147,9 +148,9 @@ func TestUsageCountersSaturate(t *testing.T) {
 		e := newEnv(t, open)
 		k := e.createKey(map[string]any{"quota": map[string]any{"limit": 100, "period": "month"}})
 		now := t0.Truncate(time.Minute)
-		big := make([]map[string]any, maxUsageCounts)
+		big := make([]map[string]any, wire.MaxBatchCounts)
 		for i := range big {
-			big[i] = map[string]any{"key_id": k.ID, "minute": now.Unix(), "host": "api.example.com", "outcome": "allowed", "n": int64(store.MaxCountN)}
+			big[i] = map[string]any{"key_id": k.ID, "minute": now.Unix(), "host": "api.example.com", "outcome": "allowed", "n": int64(wire.MaxCountN)}
 		}
 		for seq := int64(1); seq <= 3; seq++ {
 			e.postBatch("forger", seq, big...)

@@ -24,6 +24,7 @@ import (
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/apikey/wordlist"
 	"github.com/keygate/keygate/controlplane"
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
 )
 
@@ -54,6 +55,11 @@ type Config struct {
 	// Rand is the randomness for keys, ids and instance tokens; nil means
 	// crypto/rand.Reader.
 	Rand io.Reader
+	// FilterClientCert makes the filter endpoints (sync, usage,
+	// registration) require a TLS client certificate the listener verified
+	// (mutual TLS: the listener's tls.Config has ClientCAs and
+	// VerifyClientCertIfGiven); the admin API and /readyz do not need one.
+	FilterClientCert bool
 	// AuthFailures is how many invalid credentials one client address may
 	// present per minute before its authenticated requests are answered
 	// 429 for the rest of the minute; zero means 30.
@@ -96,6 +102,7 @@ type Server struct {
 	rand        io.Reader
 	prefix      string
 	keygen      apikey.Generator
+	keys        *lifecycle.Keys
 	adminHash   credentials
 	filterHash  credentials
 	metrics     *metrics
@@ -109,7 +116,9 @@ type Server struct {
 	syncs          syncFlight
 
 	stopping chan struct{}
-	stopOnce sync.Once
+	// clientCert: the filter endpoints need a verified TLS client certificate.
+	clientCert bool
+	stopOnce   sync.Once
 }
 
 // maxSyncBody is the largest sync response body (docs/wire.md).
@@ -145,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 		maxRegs:     cfg.MaxRegistrationsPerMinute,
 		instances:   newInstanceState(),
 		stopping:    make(chan struct{}),
+		clientCert:  cfg.FilterClientCert,
 	}
 	if s.maxRegs <= 0 {
 		s.maxRegs = DefaultMaxRegistrationsPerMinute
@@ -185,6 +195,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.keygen.Words = words
 	}
+	s.keys = &lifecycle.Keys{Store: s.store, Now: s.now, Rand: s.rand, Keygen: s.keygen}
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
 	}
@@ -350,6 +361,10 @@ func (s *Server) observe(r *http.Request, route string, code int, start time.Tim
 func (s *Server) authenticate(r *http.Request, need auth) (*http.Request, *problem) {
 	if need == authNone {
 		return r, nil
+	}
+	if s.clientCert && need != authAdmin && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		return r, newProblem(http.StatusForbidden, codeClientCertRequired,
+			"the filter endpoints need a client certificate signed by the control plane's client CA (mutual TLS)")
 	}
 	if wait, blocked := s.authLimit.blocked(clientKey(r), s.now()); blocked {
 		return r, throttled(wait)

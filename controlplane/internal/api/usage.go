@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // maxBuckets caps the points of one usage series (a day by minute fits).
@@ -206,7 +207,7 @@ func (s *Server) usageSeries(w http.ResponseWriter, r *http.Request, id *string)
 
 func add(b *usageBucket, outcome string, n int64) {
 	b.Outcomes[outcome] += n
-	if outcome == "allowed" {
+	if outcome == wire.Allowed {
 		b.Allowed += n
 	} else {
 		b.Denied += n
@@ -269,7 +270,7 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) *problem {
 	q := r.URL.Query()
 	var fe fieldErrors
 	f := store.AuditFilter{KeyID: q.Get("key_id"), Cursor: q.Get("cursor")}
-	if f.KeyID != "" && !validKeyID(f.KeyID) {
+	if f.KeyID != "" && !wire.ValidKeyID(f.KeyID) {
 		fe.add("key_id", "is not a key id")
 	}
 	f.Limit = intParam(&fe, q.Get("limit"), "limit", 100, 1, 1000)

@@ -8,26 +8,19 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
+
+	"github.com/keygate/keygate/controlplane/internal/lifecycle"
+	"github.com/keygate/keygate/internal/wire"
 )
 
-// Validation limits.
+// Validation limits of the admin API's own (the wire's are internal/wire's).
 const (
-	maxHosts        = 100
-	maxHostLen      = 253
-	maxScopes       = 50
-	maxScopeLen     = 64
-	maxTextLen      = 200 // names and owners, in characters
 	maxMetadata     = 4 << 10
-	maxRateLimit    = 1_000_000_000
-	maxRateBurst    = 1_000_000_000
-	maxRatePeriodMS = 24 * 60 * 60 * 1000 // one day
-	maxQuotaLimit   = 1_000_000_000_000
-	maxGraceSeconds = 30 * 24 * 60 * 60
+	maxGraceSeconds = int64(lifecycle.MaxGrace / time.Second)
 )
 
 // fieldErrors collects validation errors of one request.
@@ -44,23 +37,23 @@ func (fe fieldErrors) problem() *problem {
 	return invalid(fe...)
 }
 
-// checkText validates a name or owner: at most maxTextLen characters of
-// valid UTF-8 without control characters.
+// checkText validates a name or owner (wire.ValidOwner): at most
+// wire.MaxOwnerLen characters of valid UTF-8 without control characters.
 func checkText(fe *fieldErrors, field, s string) {
 	switch {
 	case !utf8.ValidString(s):
 		fe.add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(s) > maxTextLen:
-		fe.add(field, "must be at most %d characters", maxTextLen)
-	case strings.ContainsFunc(s, unicode.IsControl):
+	case utf8.RuneCountInString(s) > wire.MaxOwnerLen:
+		fe.add(field, "must be at most %d characters", wire.MaxOwnerLen)
+	case !wire.Printable(s):
 		fe.add(field, "must not contain control characters")
 	}
 }
 
 // checkHosts validates a list of host patterns.
 func checkHosts(fe *fieldErrors, field string, hosts []string) {
-	if len(hosts) > maxHosts {
-		fe.add(field, "at most %d hosts", maxHosts)
+	if len(hosts) > wire.MaxHosts {
+		fe.add(field, "at most %d hosts", wire.MaxHosts)
 		return
 	}
 	seen := make(map[string]bool, len(hosts))
@@ -75,67 +68,31 @@ func checkHosts(fe *fieldErrors, field string, hosts []string) {
 	}
 }
 
-// hostPatternError explains why h is not a valid host pattern, or returns "".
-//
-// Valid: a lower-case DNS name (optionally with a leading "*." wildcard
-// label), "*" alone, a canonical dotted-quad IPv4 literal, or a bracketed
-// IPv6 literal; any of them but "*" with an optional ":port". A wildcard
-// must sit under a registrable domain: "*.com", "*.co.uk", "*.github.io"
-// (public suffixes) and "*.internal" (one label) would match hosts of
-// unrelated owners, and "*" says "any host" explicitly. A name whose last
-// label is numeric must be an IPv4 address, as a resolver would read it.
+// hostPatternError explains why h may not be a new host pattern, or
+// returns "": it must have the wire's syntax (wire.HostPatternError), and
+// a wildcard must sit under a registrable domain: "*.com", "*.co.uk",
+// "*.github.io" (public suffixes) and "*.internal" (one label) would match
+// hosts of unrelated owners, and "*" says "any host" explicitly. A name
+// whose last label is numeric must be an IPv4 address, as a resolver
+// would read it. (Patterns stored before these rules still sync: the
+// filter checks the syntax only.)
 func hostPatternError(h string) string {
-	switch {
-	case h == "":
-		return "must not be empty"
-	case len(h) > maxHostLen:
-		return fmt.Sprintf("must be at most %d characters", maxHostLen)
-	case h == "*":
+	if msg := wire.HostPatternError(h); msg != "" {
+		if strings.HasPrefix(msg, "invalid character") && strings.HasSuffix(msg, "(xn--) form") {
+			name, _ := wire.SplitHostPattern(h)
+			for _, label := range strings.Split(name, ".") {
+				if a, err := idna.Lookup.ToASCII(label); err == nil && a != label {
+					return msg + fmt.Sprintf(", %q for %q", a, label)
+				}
+			}
+		}
+		return msg
+	}
+	name, wildcard := wire.SplitHostPattern(h)
+	if name == "" { // "*" or an IPv6 literal
 		return ""
-	case strings.Contains(h, "://"):
-		return "must be a host name without a scheme"
-	case strings.ContainsAny(h, "/?#@ \t"):
-		return "must be a host name without path, query, user or spaces"
-	}
-	host, port := h, ""
-	if strings.HasPrefix(h, "[") {
-		end := strings.IndexByte(h, ']')
-		if end < 0 {
-			return "unterminated IPv6 literal"
-		}
-		host, port = h[1:end], h[end+1:]
-		if port != "" && port[0] != ':' {
-			return "unexpected characters after the IPv6 literal"
-		}
-		addr, err := netip.ParseAddr(host)
-		if err != nil || !addr.Is6() || addr.Zone() != "" {
-			return "invalid IPv6 literal"
-		}
-		if addr.String() != host {
-			return "IPv6 literal must be in canonical lower-case form (" + addr.String() + ")"
-		}
-	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
-		host, port = h[:i], h[i:]
-	}
-	if port != "" {
-		n, err := strconv.Atoi(port[1:])
-		if err != nil || n < 1 || n > 65535 || port[1] == '0' || port[1] == '+' {
-			return "port must be 1 to 65535"
-		}
-	}
-	if strings.HasPrefix(h, "[") {
-		return ""
-	}
-	name, wildcard := strings.CutPrefix(host, "*.")
-	if name == "" {
-		return "missing host name"
 	}
 	labels := strings.Split(name, ".")
-	for _, label := range labels {
-		if msg := labelError(label); msg != "" {
-			return msg
-		}
-	}
 	if last := labels[len(labels)-1]; digits(last) {
 		addr, err := netip.ParseAddr(name)
 		if err != nil || !addr.Is4() {
@@ -167,68 +124,22 @@ func digits(s string) bool {
 	return s != ""
 }
 
-func labelError(label string) string {
-	switch {
-	case label == "":
-		return "empty label (consecutive, leading or trailing dot)"
-	case len(label) > 63:
-		return "label longer than 63 characters"
-	case label == "*":
-		return "a wildcard is only allowed as the whole first label (*.example.com)"
-	case label[0] == '-' || label[len(label)-1] == '-':
-		return "label must not start or end with a hyphen"
-	}
-	for _, c := range label {
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
-		case c >= 'A' && c <= 'Z':
-			return "must be lower-case"
-		case c == utf8.RuneError:
-			return "must be valid UTF-8"
-		case c >= utf8.RuneSelf:
-			// Quoted as a string, not a byte, so it shows as typed; the
-			// filter compares the ASCII form clients send in :authority.
-			msg := fmt.Sprintf("invalid character %q: write internationalized names in their ASCII (xn--) form", string(c))
-			if a, err := idna.Lookup.ToASCII(label); err == nil && a != label {
-				msg += fmt.Sprintf(", %q for %q", a, label)
-			}
-			return msg
-		default:
-			return fmt.Sprintf("invalid character %q", string(c))
-		}
-	}
-	return ""
-}
-
-// checkScopes validates a list of scopes: [a-z0-9:._-]{1,64}.
+// checkScopes validates a list of scopes (wire.ValidScope).
 func checkScopes(fe *fieldErrors, field string, scopes []string) {
-	if len(scopes) > maxScopes {
-		fe.add(field, "at most %d scopes", maxScopes)
+	if len(scopes) > wire.MaxScopes {
+		fe.add(field, "at most %d scopes", wire.MaxScopes)
 		return
 	}
 	seen := make(map[string]bool, len(scopes))
 	for i, s := range scopes {
 		f := field + "[" + strconv.Itoa(i) + "]"
-		if !validScope(s) {
-			fe.add(f, "must be 1 to %d characters of a-z 0-9 : . _ -", maxScopeLen)
+		if !wire.ValidScope(s) {
+			fe.add(f, "must be 1 to %d characters of a-z 0-9 : . _ -", wire.MaxScopeLen)
 		} else if seen[s] {
 			fe.add(f, "duplicate scope")
 		}
 		seen[s] = true
 	}
-}
-
-func validScope(s string) bool {
-	if len(s) == 0 || len(s) > maxScopeLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == ':' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // checkMetadata validates metadata: a JSON object of at most 4 KiB. It
@@ -273,19 +184,4 @@ func parseExpiry(fe *fieldErrors, field, s string, now time.Time) *time.Time {
 	// whole seconds, so the key never stops early.
 	t = t.UTC()
 	return &t
-}
-
-// validKeyID tells whether s has the shape of a key id this service issues
-// (loosely: ids are opaque to clients; this only keeps junk out of the store).
-func validKeyID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

@@ -3,12 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -22,9 +25,10 @@ type client struct {
 
 // clientFlags are the flags every client command takes.
 type clientFlags struct {
-	url   string
-	token string
-	json  bool
+	url    string
+	token  string
+	json   bool
+	caCert string
 }
 
 func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
@@ -33,6 +37,8 @@ func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
 	cf.token = env("KEYGATE_ADMIN_TOKEN")
 	fs.Var(secretFlag{&cf.token}, "token", "admin `credential` (default $KEYGATE_ADMIN_TOKEN; prefer the variable: flags show in ps)")
 	fs.BoolVar(&cf.json, "json", false, "print the API's JSON instead of a table")
+	fs.StringVar(&cf.caCert, "ca-cert", env("KEYGATE_CA_CERT"),
+		"PEM CA `file` to trust for an https --url besides the system's (KEYGATE_CA_CERT)")
 }
 
 func (cf *clientFlags) client() (*client, error) {
@@ -43,8 +49,24 @@ func (cf *clientFlags) client() (*client, error) {
 	if cf.token == "" {
 		return nil, usagef("no admin credential: set KEYGATE_ADMIN_TOKEN or --token")
 	}
-	return &client{base: strings.TrimRight(cf.url, "/"), token: cf.token,
-		http: &http.Client{Timeout: 30 * time.Second}}, nil
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if cf.caCert != "" {
+		pem, err := os.ReadFile(cf.caCert)
+		if err != nil {
+			return nil, usagef("--ca-cert: %v", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usagef("--ca-cert %s: no PEM certificate in it", cf.caCert)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		hc.Transport = tr
+	}
+	return &client{base: strings.TrimRight(cf.url, "/"), token: cf.token, http: hc}, nil
 }
 
 // apiError is a problem+json answer.

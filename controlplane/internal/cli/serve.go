@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -55,6 +56,8 @@ type serveConfig struct {
 	pgMaxOpen, pgMaxIdle int
 	// maxRegistrations: instance registrations per minute, fleet-wide.
 	maxRegistrations int
+	// tls: serve HTTPS (and mutual TLS on the filter endpoints).
+	tls tlsFiles
 }
 
 // runServe runs the service until ctx ends. onListen, if set, is told the
@@ -116,6 +119,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		"most open PostgreSQL connections of this replica, plus one listening connection (KEYGATE_PG_MAX_OPEN)")
 	fs.IntVar(&cfg.pgMaxIdle, "pg-max-idle", cfg.pgMaxIdle,
 		"most idle PostgreSQL connections kept open by this replica (KEYGATE_PG_MAX_IDLE)")
+	fs.StringVar(&cfg.tls.cert, "tls-cert", env("KEYGATE_TLS_CERT"),
+		"PEM certificate chain `file`: serve HTTPS instead of HTTP; re-read when it changes (KEYGATE_TLS_CERT)")
+	fs.StringVar(&cfg.tls.key, "tls-key", env("KEYGATE_TLS_KEY"),
+		"PEM private key `file` of --tls-cert (KEYGATE_TLS_KEY)")
+	fs.StringVar(&cfg.tls.clientCA, "tls-client-ca", env("KEYGATE_TLS_CLIENT_CA"),
+		"PEM CA `file`: the filter endpoints (sync, usage, registration) then require a client certificate it signed, mutual TLS (KEYGATE_TLS_CLIENT_CA)")
 	fs.IntVar(&cfg.maxRegistrations, "max-registrations", cfg.maxRegistrations,
 		"Envoy instance registrations accepted per minute, fleet-wide; more get 429 and retry (KEYGATE_MAX_REGISTRATIONS)")
 	fs.Usage = func() {
@@ -159,6 +168,13 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		return usagef("--log-level: %v", err)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var tlsCfg *tls.Config
+	if cfg.tls.enabled() {
+		var err error
+		if tlsCfg, err = serverTLS(cfg.tls, log); err != nil {
+			return err
+		}
+	}
 
 	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous),
 		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle))
@@ -189,7 +205,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	srv, err := api.New(api.Config{Store: st, AdminCredential: admin, FilterCredential: filter,
 		PreviousAdminCredential: prevAdmin, PreviousFilterCredential: prevFilter,
 		KeyPrefix: cfg.prefix, KeyLength: cfg.keyLength, Logger: log, UsageRetention: cfg.usageRetention,
-		MaxRegistrationsPerMinute: cfg.maxRegistrations})
+		MaxRegistrationsPerMinute: cfg.maxRegistrations, FilterClientCert: cfg.tls.clientCA != ""})
 	if err != nil {
 		return err
 	}
@@ -206,11 +222,19 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsCfg,
 	}
 	if ui.MissingChartLibrary() {
 		log.Warn("built without the dashboard's chart library: run controlplane/internal/ui/setup.sh and rebuild")
 	}
-	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("store", storeKind(cfg.store)))
+	scheme := "http"
+	switch {
+	case cfg.tls.clientCA != "":
+		scheme = "https+mtls"
+	case tlsCfg != nil:
+		scheme = "https"
+	}
+	log.Info("listening", slog.String("addr", ln.Addr().String()), slog.String("store", storeKind(cfg.store)), slog.String("scheme", scheme))
 	if onListen != nil {
 		onListen(ln.Addr())
 	}
@@ -221,7 +245,13 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	go srv.WatchNodes(jctx, 30*time.Second)
 
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() {
+		if tlsCfg != nil {
+			errc <- hs.ServeTLS(ln, "", "") // the certificate comes from TLSConfig
+			return
+		}
+		errc <- hs.Serve(ln)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // runHardening runs the store's defences against hostile usage batches on
@@ -30,12 +32,12 @@ func runHardening(t *testing.T, open func(t testing.TB) Store) {
 func TestSQLiteHardening(t *testing.T)   { runHardening(t, sqliteOpener()) }
 func TestPostgresHardening(t *testing.T) { runHardening(t, postgresOpener(t)) }
 
-// bigBatch is a batch of MaxBatchCounts counts of MaxCountN allowed
+// bigBatch is a batch of wire.MaxBatchCounts counts of wire.MaxCountN allowed
 // requests of key at minute: more than MaxCounter in one row.
 func bigBatch(seq int64, key string, minute time.Time) *UsageBatch {
-	b := &UsageBatch{Node: "forger", Boot: "b", Seq: seq, Counts: make([]UsageCount, MaxBatchCounts)}
+	b := &UsageBatch{Node: "forger", Boot: "b", Seq: seq, Counts: make([]UsageCount, wire.MaxBatchCounts)}
 	for i := range b.Counts {
-		b.Counts[i] = UsageCount{KeyID: key, Minute: minute, Host: "h", Outcome: OutcomeAllowed, N: MaxCountN}
+		b.Counts[i] = UsageCount{KeyID: key, Minute: minute, Host: "h", Outcome: OutcomeAllowed, N: wire.MaxCountN}
 	}
 	return b
 }

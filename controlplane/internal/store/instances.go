@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Instances (docs/wire.md, "Instances"): every running Envoy registers as
@@ -60,17 +62,11 @@ type Instance struct {
 
 // ValidateInstance checks a node name and boot id against docs/wire.md.
 func ValidateInstance(node, boot string) error {
-	if err := validateNode(node); err != nil {
-		return err
+	if m := wire.CheckNode(node); m != "" {
+		return &FieldError{Field: "node", Message: m}
 	}
-	if len(boot) < 1 || len(boot) > MaxBootLen {
-		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", MaxBootLen)}
-	}
-	for i := 0; i < len(boot); i++ {
-		c := boot[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", MaxBootLen)}
-		}
+	if m := wire.CheckBoot(boot); m != "" {
+		return &FieldError{Field: "boot", Message: m}
 	}
 	return nil
 }
@@ -283,4 +279,54 @@ func (s *sqlStore) recordInstanceBatch(ctx context.Context, tx *sql.Tx, b *Usage
 		return fmt.Errorf("instance: %w", err)
 	}
 	return nil
+}
+
+// NodeAges is what an operator pages on about the fleet's instances.
+type NodeAges struct {
+	// OldestSync and OldestBatch are the earliest last sync and last
+	// usage batch among the live instances (nil: none has one).
+	OldestSync, OldestBatch *time.Time
+	// Nodes are up to the top live node names seen most recently, each
+	// with its most recently seen live instance's times.
+	Nodes []*Instance
+}
+
+// LiveNodeAges returns the live instances' oldest sync and batch times and
+// the times of up to top node names (most recently seen first).
+func (s *sqlStore) LiveNodeAges(ctx context.Context, top int) (*NodeAges, error) {
+	bc, sc := s.liveCutoffs()
+	out := &NodeAges{}
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		out.Nodes = out.Nodes[:0]
+		var sync, batch sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT MIN(last_sync_at), MIN(last_batch_at) FROM instances WHERE `+liveClause, bc, sc).Scan(&sync, &batch); err != nil {
+			return err
+		}
+		out.OldestSync, out.OldestBatch = microsPtr(sync), microsPtr(batch)
+		// One row per node: its most recently seen live instance.
+		rows, err := tx.QueryContext(ctx, `SELECT node, last_batch_at, last_sync_at FROM instances i WHERE `+liveClause+`
+			AND NOT EXISTS (SELECT 1 FROM instances j WHERE j.node = i.node AND (j.last_batch_at >= $1 OR j.last_sync_at >= $2)
+				AND (j.seen_at > i.seen_at OR (j.seen_at = i.seen_at AND j.boot > i.boot)))
+			ORDER BY seen_at DESC, node LIMIT $3`, bc, sc, max(top, 1))
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				in          Instance
+				batch, sync sql.NullInt64
+			)
+			if err := rows.Scan(&in.Node, &batch, &sync); err != nil {
+				return err
+			}
+			in.LastBatchAt, in.LastSyncAt, in.Live = microsPtr(batch), microsPtr(sync), true
+			out.Nodes = append(out.Nodes, &in)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: live node ages: %w", err)
+	}
+	return out, nil
 }

@@ -240,7 +240,7 @@ func TestPostgresNotify(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- b.WaitForChange(ctx, v) }()
-		time.Sleep(50 * time.Millisecond) // b is waiting (its one read done)
+		waitParked(t, b, 1) // b has read the version and waits
 		start := time.Now()
 		mustCreate(t, a, newTestKey(t))
 		select {
@@ -249,8 +249,8 @@ func TestPostgresNotify(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%s: replica b woke %v after replica a's commit", what, time.Since(start))
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: replica b did not wake within 5 s (poll interval 10 min)", what)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: replica b did not wake within 30 s (poll interval 10 min)", what)
 		}
 	}
 	wake("first")

@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Limits of the store's own validation (the API validates more strictly).
 const (
-	MaxKeyIDLen = 128
 	// DefaultListLimit and MaxListLimit bound ListKeys and ListAudit pages.
 	DefaultListLimit = 100
 	MaxListLimit     = 1000
@@ -126,8 +126,8 @@ func truncTimePtr(t *time.Time) *time.Time {
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
 // quota_exhausted_until, predecessor_id, successor_id, grace_ends_at.
 func keyValues(k *Key) ([]any, error) {
-	if k.ID == "" || len(k.ID) > MaxKeyIDLen {
-		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d bytes", MaxKeyIDLen)}
+	if !wire.ValidKeyID(k.ID) {
+		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
 	}
 	if k.Hash == (apikey.Hash{}) {
 		return nil, &FieldError{Field: "hash", Message: "must be set"}
@@ -583,4 +583,36 @@ func clampLimit(n int) int {
 		return DefaultListLimit
 	}
 	return min(n, MaxListLimit)
+}
+
+// KeyCounts returns how many keys the store holds by status: "active",
+// "revoked", "disabled", and "expired" for active keys past their expiry
+// or the end of their rotation grace (not counted as active).
+func (s *sqlStore) KeyCounts(ctx context.Context) (map[string]int64, error) {
+	now := s.now().UnixMicro()
+	out := map[string]int64{StatusActive: 0, StatusRevoked: 0, StatusDisabled: 0, "expired": 0}
+	err := s.readTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT CASE WHEN status = $1 AND ((expires_at IS NOT NULL AND expires_at <= $2)
+				OR (grace_ends_at IS NOT NULL AND grace_ends_at <= $2)) THEN 'expired' ELSE status END AS s, COUNT(*)
+			FROM keys GROUP BY s`, StatusActive, now)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				status string
+				n      int64
+			)
+			if err := rows.Scan(&status, &n); err != nil {
+				return err
+			}
+			out[status] = n
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: key counts: %w", err)
+	}
+	return out, nil
 }

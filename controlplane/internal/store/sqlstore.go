@@ -51,6 +51,8 @@ type sqlStore struct {
 	polled   int64
 	polledAt time.Time
 	gen      uint64 // bumped by notify
+	// waiting counts the WaitForChange calls parked for a change now.
+	waiting atomic.Int64
 
 	// PostgreSQL's cross-replica wake-up (listen.go): the channel, how
 	// many LISTENs took effect (tests), and how to stop the listener.
@@ -209,14 +211,23 @@ func (s *sqlStore) WaitForChange(ctx context.Context, since int64) error {
 			return nil
 		}
 		t.Reset(s.poll)
+		s.waiting.Add(1)
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
 		case <-ch:
 		case <-t.C:
 		}
+		s.waiting.Add(-1)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
 }
+
+// Waiting is how many WaitForChange calls are parked waiting for a change
+// right now. It is not part of Store: tests use it to change the store only
+// once a long-poll is parked, so that its answer proves the wake-up.
+func (s *sqlStore) Waiting() int { return int(s.waiting.Load()) }
 
 func (s *sqlStore) PruneChanges(ctx context.Context, before time.Time) (int64, error) {
 	var removed int64

@@ -1,7 +1,8 @@
 // Package store is the control plane's source of truth: keys (hashes only),
 // the change log the filters sync from, the audit log and usage rollups.
-// Two implementations pass one test suite: SQLite (embedded default, pure Go)
-// and PostgreSQL (several control-plane replicas).
+// One implementation (sqlStore) speaks two SQL dialects and passes one test
+// suite on both: SQLite (embedded default, pure Go) and PostgreSQL (several
+// control-plane replicas).
 package store
 
 import (
@@ -207,7 +208,8 @@ type Shares struct {
 	Nodes   int
 }
 
-// Store is implemented by the SQLite and PostgreSQL stores.
+// Store is what the control plane needs of its database (sqlStore on SQLite
+// or PostgreSQL).
 //
 // Every method that changes a key (create, update, rotate, delete) writes the
 // key's change to the change log in the same transaction, so Sync sees it.
@@ -285,6 +287,8 @@ type Store interface {
 	TouchInstanceSync(ctx context.Context, node, boot string) (registered bool, err error)
 	ListInstances(ctx context.Context, limit int) ([]*Instance, error)
 	LiveInstances(ctx context.Context, top int) (total int, crowded map[string]int, err error)
+	LiveNodeAges(ctx context.Context, top int) (*NodeAges, error)
+	KeyCounts(ctx context.Context) (map[string]int64, error)
 	PruneInstances(ctx context.Context, before time.Time) (removed int64, err error)
 
 	// Settings: small named values (e.g. the admin credential's hash).

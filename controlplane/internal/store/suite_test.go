@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // runSuite is the one behavioural test suite every Store implementation
@@ -730,19 +730,43 @@ func testWaitForChange(t *testing.T, open func(t testing.TB) Store) {
 	if err := s.WaitForChange(short, 1); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no change: %v, want DeadlineExceeded", err)
 	}
+	// Only the commit can wake the waiter: its poll would take an hour and
+	// its context has no deadline. The commit comes once it is parked.
+	s.(*sqlStore).poll = time.Hour
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() { done <- s.WaitForChange(ctx, 1) }()
-	time.Sleep(20 * time.Millisecond)
+	waitParked(t, s, 1)
+	select {
+	case err := <-done:
+		t.Fatalf("WaitForChange returned before any change: %v", err)
+	default:
+	}
+	start := time.Now()
 	mustCreate(t, s, newTestKey(t))
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("woke after %v", time.Since(start))
-	case <-time.After(5 * time.Second):
-		t.Fatal("WaitForChange did not wake")
+		t.Logf("woke %v after the commit", time.Since(start))
+	case <-time.After(30 * time.Second):
+		t.Fatal("WaitForChange did not wake on the commit")
+	}
+	if n := s.(*sqlStore).Waiting(); n != 0 {
+		t.Fatalf("%d waiters still parked", n)
+	}
+}
+
+// waitParked waits until n WaitForChange calls of s are parked, so that a
+// change made next must wake them (rather than be seen by a first read).
+func waitParked(t *testing.T, s Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.(*sqlStore).Waiting() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d WaitForChange calls parked after 30 s", s.(*sqlStore).Waiting(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -834,19 +858,19 @@ func testIngestValidation(t *testing.T, open func(t testing.TB) Store) {
 		{"boot", func(b *UsageBatch) { b.Boot = fmt.Sprintf("%065d", 0) }},
 		{"seq", func(b *UsageBatch) { b.Seq = 0 }},
 		{"seq", func(b *UsageBatch) { b.Seq = -3 }},
-		{"counts", func(b *UsageBatch) { b.Counts = make([]UsageCount, MaxBatchCounts+1) }},
+		{"counts", func(b *UsageBatch) { b.Counts = make([]UsageCount, wire.MaxBatchCounts+1) }},
 		{"counts[1].minute", func(b *UsageBatch) { b.Counts[1].Minute = usageMinute(1).Add(time.Second) }},
 		{"counts[1].minute", func(b *UsageBatch) { b.Counts[1].Minute = usageMinute(1).Add(time.Millisecond) }},
 		{"counts[1].minute", func(b *UsageBatch) { b.Counts[1].Minute = time.Time{} }},
 		{"counts[1].n", func(b *UsageBatch) { b.Counts[1].N = 0 }},
-		{"counts[1].n", func(b *UsageBatch) { b.Counts[1].N = MaxCountN + 1 }},
+		{"counts[1].n", func(b *UsageBatch) { b.Counts[1].N = wire.MaxCountN + 1 }},
 		{"counts[0].host", func(b *UsageBatch) { b.Counts[0].Host = long(256) }},
 		{"counts[0].host", func(b *UsageBatch) { b.Counts[0].Host = "a\x00b" }},
 		{"counts[0].host", func(b *UsageBatch) { b.Counts[0].Host = "a\nb" }},
 		{"counts[0].key_id", func(b *UsageBatch) { b.Counts[0].KeyID = "\xc3" }},
 		{"counts[0].outcome", func(b *UsageBatch) { b.Counts[0].Outcome = "denied" }},
 		{"counts[0].outcome", func(b *UsageBatch) { b.Counts[0].Outcome = "" }},
-		{"counts[0].key_id", func(b *UsageBatch) { b.Counts[0].KeyID = long(MaxKeyIDLen + 1) }},
+		{"counts[0].key_id", func(b *UsageBatch) { b.Counts[0].KeyID = long(wire.MaxKeyIDLen + 1) }},
 	}
 	for _, c := range cases {
 		b := ok()
@@ -864,7 +888,7 @@ func testIngestValidation(t *testing.T, open func(t testing.TB) Store) {
 	if dup, err := s.IngestUsage(ctx, b); err != nil || dup {
 		t.Fatalf("valid batch at the limits: dup=%v err=%v", dup, err)
 	}
-	for _, o := range Outcomes {
+	for _, o := range wire.Outcomes() {
 		b := ok()
 		b.Seq = 2 + int64(len(o))*1000 + int64(o[0])
 		b.Counts[0].Outcome = o
@@ -1025,7 +1049,7 @@ func testIngestHammer(t *testing.T, open func(t testing.TB) Store) {
 				for c := range counts {
 					b.Counts = append(b.Counts, UsageCount{
 						KeyID: fmt.Sprintf("k%02d", c%20), Minute: usageMinute(c % 7), Host: fmt.Sprintf("h%d", c%3),
-						Outcome: Outcomes[c%len(Outcomes)], N: int64(1 + c%4),
+						Outcome: wire.Outcomes()[c%len(wire.Outcomes())], N: int64(1 + c%4),
 					})
 				}
 				// Every third batch is sent twice, once to each replica.
@@ -1290,7 +1314,7 @@ func testReplicas(t *testing.T, open func(t testing.TB) Store) {
 	for range waiters {
 		go func() { woke <- b.WaitForChange(ctx, 0) }()
 	}
-	time.Sleep(30 * time.Millisecond)
+	waitParked(t, b, waiters)
 	start := time.Now()
 	k := mustCreate(t, a, newTestKey(t))
 	for range waiters {

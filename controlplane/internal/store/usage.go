@@ -8,17 +8,12 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
-// Usage batch limits (docs/wire.md).
+// Usage limits of the store's own (the wire's are internal/wire's).
 const (
-	MaxBatchCounts = 10_000
-	MaxNodeLen     = 128
-	MaxBootLen     = 64
-	MaxHostLen     = 255
-	// MaxCountN bounds one count's n so sums cannot overflow.
-	MaxCountN = 1_000_000_000_000
 	// MaxCounter is where every stored usage counter saturates: 2^53, the
 	// largest integer that JSON clients reading them as doubles (browsers)
 	// still get exactly, and far above any real traffic (a day at 10^11
@@ -33,85 +28,34 @@ const (
 // MaxMinute is the latest usage minute the store takes: times past year
 // 9999 cannot be written as RFC 3339, so a key last used then could not be
 // shown. (The API refuses minutes more than a day ahead of its clock.)
-var MaxMinute = time.Date(9999, 12, 31, 23, 59, 0, 0, time.UTC)
+var MaxMinute = time.Unix(wire.MaxUsageMinute, 0).UTC()
 
 // Outcomes with a meaning of their own in the store.
 const (
 	// OutcomeAllowed is the outcome of a request the filter let through.
-	OutcomeAllowed = "allowed"
+	OutcomeAllowed = wire.Allowed
 	// OutcomeRateLimited is a request the key's limiter refused.
-	OutcomeRateLimited = "rate_limited"
+	OutcomeRateLimited = wire.RateLimited
 )
 
-// Outcomes lists every outcome a usage count may carry (docs/wire.md).
-var Outcomes = []string{
-	OutcomeAllowed, "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
-	"key_revoked", "key_expired", "key_disabled", "host_not_allowed",
-	"insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
-	"invalid_path", "policy_unenforceable",
-}
-
-var outcomeSet = func() map[string]bool {
-	m := make(map[string]bool, len(Outcomes))
-	for _, o := range Outcomes {
-		m[o] = true
-	}
-	return m
-}()
-
-// ValidateBatch checks b against the wire format's rules; the error is a
-// *FieldError naming the field in wire terms.
+// ValidateBatch checks b against the wire format's rules
+// (wire.CheckUsageBatch); the error is a *FieldError naming the field in
+// wire terms.
 func ValidateBatch(b *UsageBatch) error {
-	if err := validateNode(b.Node); err != nil {
-		return err
-	}
-	if n := utf8.RuneCountInString(b.Boot); n < 1 || n > MaxBootLen || !printable(b.Boot) {
-		return &FieldError{Field: "boot", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxBootLen)}
-	}
-	if b.Seq < 1 {
-		return &FieldError{Field: "seq", Message: "must be at least 1"}
-	}
-	if len(b.Counts) > MaxBatchCounts {
-		return &FieldError{Field: "counts", Message: fmt.Sprintf("at most %d counts per batch", MaxBatchCounts)}
+	if f, m := wire.CheckUsageHead(b.Node, b.Boot, b.Seq, len(b.Counts)); f != "" {
+		return &FieldError{Field: f, Message: m}
 	}
 	for i := range b.Counts {
 		c := &b.Counts[i]
-		field := func(name string) string { return fmt.Sprintf("counts[%d].%s", i, name) }
-		if len(c.KeyID) > MaxKeyIDLen || !printable(c.KeyID) {
-			return &FieldError{Field: field("key_id"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxKeyIDLen)}
+		wc := wire.UsageCount{KeyID: c.KeyID, Minute: c.Minute.Unix(), Host: c.Host, Outcome: c.Outcome, N: c.N}
+		if c.Minute.Nanosecond() != 0 {
+			wc.Minute = -1 // not the start of a minute
 		}
-		if sec := c.Minute.Unix(); sec <= 0 || sec%60 != 0 || c.Minute.Nanosecond() != 0 || c.Minute.After(MaxMinute) {
-			return &FieldError{Field: field("minute"), Message: "must be the start of a UTC minute (unix seconds, a positive multiple of 60) up to 9999-12-31"}
-		}
-		if len(c.Host) > MaxHostLen || !printable(c.Host) {
-			return &FieldError{Field: field("host"), Message: fmt.Sprintf("must be at most %d bytes of printable UTF-8", MaxHostLen)}
-		}
-		if !outcomeSet[c.Outcome] {
-			return &FieldError{Field: field("outcome"), Message: "must be allowed or a refusal code of docs/wire.md"}
-		}
-		if c.N < 1 || c.N > MaxCountN {
-			return &FieldError{Field: field("n"), Message: fmt.Sprintf("must be between 1 and %d", int64(MaxCountN))}
+		if f, m := wire.CheckUsageCount(&wc); f != "" {
+			return &FieldError{Field: wire.CountField(i, f), Message: m}
 		}
 	}
 	return nil
-}
-
-func validateNode(node string) error {
-	if n := utf8.RuneCountInString(node); n < 1 || n > MaxNodeLen || !printable(node) {
-		return &FieldError{Field: "node", Message: fmt.Sprintf("must be 1 to %d printable UTF-8 characters", MaxNodeLen)}
-	}
-	return nil
-}
-
-// printable tells whether s is valid UTF-8 without control characters
-// (PostgreSQL text cannot even hold NUL).
-func printable(s string) bool {
-	for _, r := range s {
-		if r == utf8.RuneError || r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return false
-		}
-	}
-	return true
 }
 
 type rollup struct {
@@ -140,7 +84,7 @@ func aggregate(counts []UsageCount) []rollup {
 		idx[k] = len(out)
 		out = append(out, rollup{keyID: c.KeyID, host: c.Host, outcome: c.Outcome, minute: k.minute, n: c.N})
 	}
-	// A batch sums to at most MaxBatchCounts * MaxCountN: no overflow.
+	// A batch sums to at most wire.MaxBatchCounts * wire.MaxCountN: no overflow.
 	for i := range out {
 		out[i].n = min(out[i].n, MaxCounter)
 	}

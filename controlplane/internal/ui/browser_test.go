@@ -524,7 +524,7 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("rotation: new key %q (%v): %+v", newID, err, nk)
 	}
 	if old, err := st.GetKey(context.Background(), keyID); err != nil || old.GraceEndsAt == nil || old.SuccessorID != newID ||
-		old.GraceEndsAt.Sub(time.Now()) < 590*time.Second || old.GraceEndsAt.Sub(time.Now()) > 610*time.Second {
+		time.Until(*old.GraceEndsAt) < 590*time.Second || time.Until(*old.GraceEndsAt) > 610*time.Second {
 		t.Errorf("rotation: the old key's grace should end in 600 s: %+v (%v)", old, err)
 	}
 	run(t, ctx, "close the rotated key with Escape", chromedp.KeyEvent(kb.Escape), chromedp.WaitNotVisible(chromedp.ID("dialog")))

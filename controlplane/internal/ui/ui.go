@@ -16,6 +16,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Path is the prefix the dashboard is served under.
@@ -158,7 +160,7 @@ func etagMatches(header, etag string) bool {
 // (docs/problems.md): "message" is the deprecated alias of "detail".
 func writeProblem(w http.ResponseWriter, r *http.Request, status int, code, detail string) {
 	body, _ := json.Marshal(map[string]any{
-		"type":     "urn:keygate:problem:" + code,
+		"type":     wire.ProblemTypePrefix + code,
 		"title":    http.StatusText(status),
 		"status":   status,
 		"detail":   detail,

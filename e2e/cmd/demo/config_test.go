@@ -27,8 +27,9 @@ func TestProxyConfigFromEnvoyYAML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(out, []byte(credentialPlaceholder)) || bytes.Count(out, []byte("kgfilter_secret-credential")) != 1 {
-		t.Fatalf("credential not substituted exactly once:\n%s", out)
+	// Once for the sync service, once for the filter's sync settings.
+	if bytes.Contains(out, []byte(credentialPlaceholder)) || bytes.Count(out, []byte("kgfilter_secret-credential")) != 2 {
+		t.Fatalf("credential not substituted in both sync settings:\n%s", out)
 	}
 	cfg, err := host.ParseConfig(out)
 	if err != nil {

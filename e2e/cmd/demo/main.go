@@ -34,6 +34,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/e2e/internal/host"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 func main() {
@@ -446,7 +447,7 @@ func (d *demo) waitSynced(ctx context.Context, revokedKey string) error {
 			Error string `json:"error"`
 		}
 		_ = json.NewDecoder(io.LimitReader(res.Body, 64<<10)).Decode(&p)
-		if p.Error != "key_revoked" {
+		if p.Error != wire.KeyRevoked {
 			return fmt.Errorf("proxy answered %d %s", res.StatusCode, p.Error)
 		}
 		return nil

@@ -75,6 +75,7 @@ func compileFormat(f *corev3.SubstitutionFormatString) (*AccessLogFormat, error)
 	if f.GetTextFormatSource() != nil {
 		return nil, errors.New("text_format_source is not supported")
 	}
+	//lint:ignore SA1019 Envoy still accepts the deprecated text_format.
 	segs, err := compileString(f.GetTextFormat())
 	if err != nil {
 		return nil, err

@@ -302,7 +302,11 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) (*upstreamRespon
 	}
 	ex.mu.Lock()
 	ex.upstream = u.addr
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+u.addr+path, bytes.NewReader(ex.reqBody))
+	upRT, scheme := l.h.upstream, "http://"
+	if c.tlsReq != nil {
+		upRT, scheme = c.tlsReq, "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+u.addr+path, bytes.NewReader(ex.reqBody))
 	if err != nil {
 		ex.mu.Unlock()
 		c.finish(u, 0, false)
@@ -332,7 +336,7 @@ func (l *listenerRT) forward(ctx context.Context, ex *exchange) (*upstreamRespon
 	isTimeout := func() bool { tmu.Lock(); defer tmu.Unlock(); return timedOut }
 	req = req.WithContext(rctx)
 	sent := l.h.clock.Nanotime()
-	res, err := l.h.upstream.RoundTrip(req)
+	res, err := upRT.RoundTrip(req)
 	if err != nil {
 		stopTimer()
 		cancel()

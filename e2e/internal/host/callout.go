@@ -86,6 +86,7 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 	in.callouts[co.id] = co
 	m.Memory().WriteUint32Le(idPtr, co.id)
 	in.host.stats.add("wasm_host.callouts_total", 1)
+	in.host.inflight.Add(1)
 	go in.runCallout(ctx, co, u, hm, body, trailers, time.Duration(timeout)*time.Millisecond)
 	return statusOK
 }
@@ -93,6 +94,7 @@ func hHTTPCall(in *instance, m api.Module, s []uint64) uint32 {
 // runCallout performs the request and delivers on_http_call_response on the
 // calling VM once its current call (if any) has returned.
 func (in *instance) runCallout(ctx context.Context, c *callout, u *upstream, hm *headerMap, body []byte, trailers [][2]string, timeout time.Duration) {
+	defer in.host.inflight.Add(-1) // last: after the callback returned
 	defer c.cancel()
 	var timedOut atomic.Bool
 	if timeout > 0 {
@@ -131,7 +133,14 @@ func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body [
 	method, _ := hm.get(":method")
 	path, _ := hm.get(":path")
 	authority, _ := hm.get(":authority")
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, bytes.NewReader(body))
+	rt, scheme, cluster := http.RoundTripper(h.transport), "http://", ""
+	if info, ok := ctx.Value(dialKey{}).(dialInfo); ok && info.u != nil {
+		cluster = info.u.c.cfg.Name
+		if info.u.c.tlsReq != nil {
+			rt, scheme = info.u.c.tlsReq, "https://"
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, scheme+addr+path, bytes.NewReader(body))
 	if err != nil {
 		return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: protocol error"), 0
 	}
@@ -149,13 +158,17 @@ func (h *Host) doCallout(ctx context.Context, addr string, hm *headerMap, body [
 			req.Trailer.Add(p[0], p[1])
 		}
 	}
-	res, err := h.transport.RoundTrip(req)
+	res, err := rt.RoundTrip(req)
 	if err != nil {
 		switch {
 		case timedOut.Load():
 			return localCalloutReply(504, "upstream request timeout"), codeTimeout
 		case ctx.Err() != nil:
 			return nil, 0
+		case isTLSError(err):
+			// Fail closed: never retried without TLS.
+			h.stats.add("cluster."+cluster+".ssl.connection_error", 1)
+			return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error: "+tlsReason(err)), codeConnectFailure
 		case isConnectError(err):
 			return localCalloutReply(503, "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused"), codeConnectFailure
 		default:

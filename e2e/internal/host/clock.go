@@ -2,6 +2,7 @@ package host
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,9 @@ func (c *RealClock) AfterFunc(d time.Duration, f func()) Timer { return time.Aft
 
 // FakeClock is a manually advanced Clock for tests.
 type FakeClock struct {
+	// running counts the timer callbacks started and not yet returned.
+	running atomic.Int64
+
 	mu     sync.Mutex
 	now    time.Time
 	mono   int64
@@ -111,11 +115,56 @@ func (c *FakeClock) Advance(d time.Duration) {
 		}
 	}
 	c.timers = kept
+	c.running.Add(int64(len(due)))
 	c.mu.Unlock()
 	for _, t := range due {
-		go t.f()
+		go func() {
+			defer c.running.Add(-1)
+			t.f()
+		}()
 	}
 }
+
+// AdvanceEach moves both clocks forward by d like Advance, but runs the
+// timers that become due one at a time, earliest deadline first (ties in
+// the order they were armed, timers armed meanwhile included), each in this
+// goroutine, and calls between after each one returns. Simulations pass a
+// between that waits until the work the callback started is done, so that
+// timers due at one instant (a worker's flush tick and the sync service's)
+// never race.
+func (c *FakeClock) AdvanceEach(d time.Duration, between func()) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mono += int64(d)
+	c.mu.Unlock()
+	for {
+		c.mu.Lock()
+		var next *fakeTimer
+		kept := c.timers[:0]
+		for _, t := range c.timers {
+			if t.done {
+				continue
+			}
+			kept = append(kept, t)
+			if t.at <= c.mono && (next == nil || t.at < next.at) {
+				next = t
+			}
+		}
+		c.timers = kept
+		if next == nil {
+			c.mu.Unlock()
+			return
+		}
+		next.done = true
+		c.mu.Unlock()
+		next.f()
+		between()
+	}
+}
+
+// Running is how many timer callbacks that Advance started have not
+// returned yet.
+func (c *FakeClock) Running() int64 { return c.running.Load() }
 
 func (t *fakeTimer) Stop() bool {
 	t.c.mu.Lock()

@@ -25,6 +25,10 @@ type clusterRT struct {
 	h   *Host
 	cfg *Cluster
 
+	// TLS clusters (transport_socket) have transports of their own; nil:
+	// the host's plaintext ones.
+	tlsReq, tlsHC *http.Transport
+
 	mu sync.Mutex
 	// targets holds each endpoint's hosts: one for STATIC and LOGICAL_DNS,
 	// every resolved address for STRICT_DNS.
@@ -620,7 +624,11 @@ func (c *clusterRT) startHC(u *upstream) {
 		u.hcTimer = c.h.clock.AfterFunc(c.withJitter(0, hc.InitialJitter), func() { c.runHC(u) })
 		return
 	}
-	go c.runHC(u)
+	c.h.inflight.Add(1)
+	go func() {
+		defer c.h.inflight.Add(-1)
+		c.runHC(u)
+	}()
 }
 
 // runHC sends one health check and arms its timeout.
@@ -644,13 +652,20 @@ func (c *clusterRT) runHC(u *upstream) {
 	c.h.stats.add("cluster."+c.cfg.Name+".health_check.attempt", 1)
 
 	res := hcFailNetwork
-	req, err := http.NewRequestWithContext(withDialTimeout(ctx, c.cfg.ConnectTimeout), hc.Method, "http://"+addr+hc.Path, nil)
+	rt, scheme := c.h.hcTransport, "http://"
+	if c.tlsHC != nil {
+		rt, scheme = c.tlsHC, "https://"
+	}
+	req, err := http.NewRequestWithContext(withDialTimeout(ctx, c.cfg.ConnectTimeout), hc.Method, scheme+addr+hc.Path, nil)
 	if err == nil {
 		req.Host = hc.Host
 		req.Header.Set("User-Agent", "Envoy/HC")
 		req.Close = !hc.ReuseConnection
 		var resp *http.Response
-		if resp, err = c.h.hcTransport.RoundTrip(req); err == nil {
+		if resp, err = rt.RoundTrip(req); err != nil && isTLSError(err) {
+			c.h.stats.add("cluster."+c.cfg.Name+".ssl.connection_error", 1)
+		}
+		if err == nil {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 			resp.Body.Close()
 			switch {

@@ -569,7 +569,17 @@ func TestStrictDNSClusters(t *testing.T) {
 func TestUnsupportedClusterFieldsRefused(t *testing.T) {
 	ep := "127.0.0.1:1"
 	for _, c := range []struct{ name, cluster, want string }{
-		{"tls", clusterYAML("upstream", [][]string{{ep}}, "    transport_socket: {name: envoy.transport_sockets.tls}\n"), "transport_socket is not supported"},
+		{"tls without a context", clusterYAML("upstream", [][]string{{ep}}, "    transport_socket: {name: envoy.transport_sockets.tls}\n"), "transport_socket.typed_config is required"},
+		{"other transport socket", clusterYAML("upstream", [][]string{{ep}}, "    transport_socket: {name: envoy.transport_sockets.raw_buffer}\n"), `transport_socket.name "envoy.transport_sockets.raw_buffer" is not supported`},
+		{"alpn", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {alpn_protocols: [h2]}\n")), "transport_socket.typed_config.common_tls_context.alpn_protocols is not supported"},
+		{"renegotiation", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        allow_renegotiation: true\n")), "transport_socket.typed_config.allow_renegotiation is not supported"},
+		{"sds validation", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {validation_context_sds_secret_config: {name: ca}}\n")), "common_tls_context.validation_context_sds_secret_config is not supported"},
+		{"crl", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {validation_context: {trusted_ca: {filename: ca.pem}, crl: {filename: crl.pem}}}\n")), "validation_context.crl is not supported"},
+		{"no trusted ca", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {validation_context: {match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: a}}]}}\n")), "validation_context.trusted_ca is required"},
+		{"san prefix", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {validation_context: {trusted_ca: {filename: ca.pem}, match_typed_subject_alt_names: [{san_type: DNS, matcher: {prefix: a}}]}}\n")), "match_typed_subject_alt_names[0].matcher.prefix is not supported"},
+		{"san uri", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {validation_context: {trusted_ca: {filename: ca.pem}, match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: a}}]}}\n")), "san_type URI is not supported"},
+		{"key password", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {tls_certificates: [{certificate_chain: {filename: c.pem}, private_key: {filename: k.pem}, password: {inline_string: x}}]}\n")), "tls_certificates[0].password is not supported"},
+		{"two client certificates", clusterYAML("upstream", [][]string{{ep}}, tlsSocket("        common_tls_context: {tls_certificates: [{certificate_chain: {filename: c.pem}, private_key: {filename: k.pem}}, {certificate_chain: {filename: c.pem}, private_key: {filename: k.pem}}]}\n")), "more than one certificate"},
 		{"lb policy", clusterYAML("upstream", [][]string{{ep}}, "    lb_policy: LEAST_REQUEST\n"), "lb_policy is not supported"},
 		{"circuit breakers", clusterYAML("upstream", [][]string{{ep}}, "    circuit_breakers: {thresholds: [{max_connections: 1}]}\n"), "circuit_breakers is not supported"},
 		{"tcp health check", clusterYAML("upstream", [][]string{{ep}}, "    health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]\n"), "tcp_health_check is not supported"},
@@ -591,6 +601,13 @@ func TestUnsupportedClusterFieldsRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tlsSocket is a cluster's TLS transport_socket with the given
+// UpstreamTlsContext fields (indented for typed_config).
+func tlsSocket(fields string) string {
+	return "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n" +
+		"        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n" + fields
 }
 
 // TestAdminClusters checks /clusters in Envoy's text format: per-host

@@ -40,6 +40,8 @@ type Cluster struct {
 	PanicThreshold float64
 	HealthCheck    *HealthCheck
 	Outlier        *OutlierDetection
+	// TLS is transport_socket (tls.go); nil: plaintext.
+	TLS *UpstreamTLS
 }
 
 // Endpoint is one lb_endpoint.
@@ -52,8 +54,6 @@ type Endpoint struct {
 	Zone     string
 	SubZone  string
 }
-
-func (e Endpoint) hostPort() string { return net.JoinHostPort(e.Address, strconv.Itoa(e.Port)) }
 
 // HealthCheck is an active HTTP health check (config.core.v3.HealthCheck
 // with http_health_check), with Envoy's defaults filled in.
@@ -100,7 +100,7 @@ const (
 // silently ignored.
 var (
 	clusterFields = fieldSet("name", "type", "connect_timeout", "load_assignment", "health_checks",
-		"outlier_detection", "common_lb_config", "dns_refresh_rate", "dns_lookup_family")
+		"outlier_detection", "common_lb_config", "dns_refresh_rate", "dns_lookup_family", "transport_socket")
 	loadAssignmentFields = fieldSet("cluster_name", "endpoints")
 	localityGroupFields  = fieldSet("locality", "lb_endpoints")
 	lbEndpointFields     = fieldSet("endpoint", "load_balancing_weight")
@@ -169,6 +169,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	out := &Cluster{
 		Name:           c.GetName(),
 		ConnectTimeout: durationOr(c.GetConnectTimeout(), defaultConnectTimeout),
+		//lint:ignore SA1019 Envoy still honours the deprecated dns_refresh_rate.
 		DNSRefreshRate: durationOr(c.GetDnsRefreshRate(), defaultDNSRefreshRate),
 		DNSFamily:      c.GetDnsLookupFamily(),
 		PanicThreshold: defaultPanicThreshold,
@@ -179,6 +180,7 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	default:
 		return nil, fmt.Errorf("type %v is not supported by this host (STATIC, STRICT_DNS or LOGICAL_DNS)", t)
 	}
+	//lint:ignore SA1019 Envoy still honours the deprecated dns_refresh_rate.
 	if out.Type == "STATIC" && (c.GetDnsRefreshRate() != nil || c.GetDnsLookupFamily() != 0) {
 		return nil, errors.New("dns_refresh_rate and dns_lookup_family only apply to DNS clusters")
 	}
@@ -243,6 +245,13 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			return nil, err
 		}
 		out.Outlier = o
+	}
+	if ts := c.GetTransportSocket(); ts != nil {
+		t, err := parseTransportSocket(ts)
+		if err != nil {
+			return nil, err
+		}
+		out.TLS = t
 	}
 	return out, nil
 }

@@ -631,7 +631,8 @@ func parsePlugin(pc *wasmv3.PluginConfig) (*Plugin, error) {
 	case wasmv3.FailurePolicy_FAIL_CLOSED:
 		p.Failure = FailClosed
 	default:
-		if pc.GetFailOpen() { //nolint:staticcheck // Envoy still honours the deprecated field.
+		//lint:ignore SA1019 Envoy still honours the deprecated field.
+		if pc.GetFailOpen() {
 			p.Failure = FailOpen
 		}
 	}

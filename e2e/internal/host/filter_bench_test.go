@@ -438,7 +438,6 @@ type sideBySide struct {
 	wasm    string // the keygate module when not $FILTER_WASM (a baseline)
 	rig     *filterRig
 	elapsed time.Duration
-	mallocs uint64 // guest allocations during the timed requests
 }
 
 // filterChunk is how many requests one design serves before the next one

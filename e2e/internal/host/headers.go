@@ -66,10 +66,6 @@ func (m *headerMap) remove(name string) {
 	m.pairs = out
 }
 
-func (m *headerMap) clone() *headerMap {
-	return &headerMap{pairs: append(newHeaderMap(len(m.pairs)).pairs, m.pairs...)}
-}
-
 // serialize encodes pairs in proxy-wasm's map format: a count, then the
 // key and value sizes, then each key and value followed by a NUL.
 func serializePairs(pairs [][2]string) []byte {

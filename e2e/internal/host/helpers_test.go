@@ -22,27 +22,8 @@ import (
 
 var buildMu sync.Mutex
 
-// tinygoCmd finds TinyGo 0.39: on PATH, else the copy build.sh installs.
-func tinygoCmd(t testing.TB) (string, []string) {
-	t.Helper()
-	if p, err := exec.LookPath("tinygo"); err == nil {
-		out, err := exec.Command(p, "version").Output()
-		if err == nil && strings.Contains(string(out), "tinygo version 0.39.") {
-			return p, os.Environ()
-		}
-	}
-	home, _ := os.UserHomeDir()
-	root := filepath.Join(home, ".cache", "tinygo-0.39.0")
-	bin := filepath.Join(root, "bin", "tinygo")
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("TinyGo 0.39 not found on PATH nor at %s: run ./build.sh tinygo", bin)
-	}
-	env := append(os.Environ(),
-		"GOROOT="+filepath.Join(root, "go"),
-		"PATH="+filepath.Join(root, "go", "bin")+string(os.PathListSeparator)+os.Getenv("PATH"),
-		"GOTOOLCHAIN=local")
-	return bin, env
-}
+// tinygoCmd finds TinyGo 0.39 the way build.sh does (testkit.TinyGo).
+func tinygoCmd(t testing.TB) (string, []string) { return testkit.TinyGo(t) }
 
 // testModule builds testdata/<name> with TinyGo (the filter's flags) into
 // build/testwasm, cached by a hash of the source and go.sum.

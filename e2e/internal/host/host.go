@@ -93,6 +93,9 @@ type Host struct {
 	admin        *http.Server
 	adminLn      net.Listener
 	ready        atomic.Bool
+	// inflight counts the work running outside the caller's sight:
+	// callouts, queue deliveries, downstream requests, first health checks.
+	inflight atomic.Int64
 
 	logMu     sync.Mutex
 	logW      io.Writer
@@ -237,6 +240,13 @@ func New(opts Options) (_ *Host, err error) {
 	sort.Strings(names)
 	for _, n := range names {
 		c := newClusterRT(h, cfg.Clusters[n], opts.Concurrency+1)
+		if t := cfg.Clusters[n].TLS; t != nil {
+			tc, err := t.clientConfig(opts.BaseDir)
+			if err != nil {
+				return nil, fmt.Errorf("host: cluster %q: transport_socket: %w", n, err)
+			}
+			c.tlsReq, c.tlsHC = tlsTransports(tc)
+		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		c.resolveAll(rctx)
 		cancel()
@@ -455,6 +465,13 @@ func (h *Host) AdminAddr() string {
 	return h.adminLn.Addr().String()
 }
 
+// InFlight is how many callouts (until their callback returned), queue
+// deliveries, downstream requests and first health checks are running. With
+// a FakeClock whose Running is 0, a host at 0 does nothing until the clock
+// moves or a request comes: tests that simulate time step it and wait for
+// that, so that what they measure does not depend on the machine's speed.
+func (h *Host) InFlight() int64 { return h.inflight.Load() }
+
 // SharedData is the process's shared data (for tests and tools).
 func (h *Host) SharedData() *shareddata.Store { return h.shared }
 
@@ -496,6 +513,10 @@ func (h *Host) Close(ctx context.Context) error {
 		h.ready.Store(false)
 		for _, c := range h.clusterOrder {
 			c.close()
+			if c.tlsReq != nil {
+				c.tlsReq.CloseIdleConnections()
+				c.tlsHC.CloseIdleConnections()
+			}
 		}
 		for _, l := range h.listeners {
 			if e := l.srv.Shutdown(ctx); e != nil && err == nil {

@@ -11,7 +11,7 @@ import (
 // Memory flatness of the compiled filter under load: TinyGo's heap never
 // shrinks, so a per-request leak shows up as linear memory growing.
 //
-// The criterion: TinyGo (runtime/gc_blocks.go, arch_tinygowasm.go) grows
+// The criterion: TinyGo 0.39's block collector on wasm grows
 // linear memory only when a collection leaves less than a third of the heap
 // free, and then by doubling it (memory.grow by the current size). After a
 // warm-up of warmRequests, memory may therefore double at most once more —

@@ -83,7 +83,9 @@ func notifyQueue(consumer *instance, rootID, queueID uint32) {
 	if consumer == nil {
 		return
 	}
+	consumer.host.inflight.Add(1)
 	go func() {
+		defer consumer.host.inflight.Add(-1)
 		consumer.mu.Lock()
 		defer consumer.mu.Unlock()
 		if consumer.dead {

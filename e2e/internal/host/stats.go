@@ -168,7 +168,11 @@ func (s *stats) writePrometheus(w io.Writer) {
 	var out []sample
 	for k, v := range s.host {
 		name, tags := promName(k)
-		out = append(out, sample{name, tags, "counter", fmt.Sprintf("%s{%s} %d", name, tags, v)})
+		kind := "counter"
+		if hostGauges[k] {
+			kind = "gauge"
+		}
+		out = append(out, sample{name, tags, kind, fmt.Sprintf("%s{%s} %d", name, tags, v)})
 	}
 	for _, m := range s.metrics {
 		name := promSanitize(m.name)
@@ -199,10 +203,22 @@ func (s *stats) writePrometheus(w io.Writer) {
 	}
 }
 
+// hostGauges are the host stats that are gauges in Envoy (the rest are
+// counters).
+var hostGauges = map[string]bool{"wasm.envoy.wasm.runtime.v8.active": true}
+
 // promName applies Envoy's default tag extraction to the host's stat
 // names: http.<prefix>.downstream_rq_<N>xx becomes envoy_http_downstream_rq_xx
-// with envoy_response_code_class and envoy_http_conn_manager_prefix tags.
+// with envoy_response_code_class and envoy_http_conn_manager_prefix tags;
+// cluster.<name>.<stat> becomes envoy_cluster_<stat> with
+// envoy_cluster_name (the name ends at the first dot, as Envoy's
+// "^cluster\.((.*?)\.)" extractor reads it).
 func promName(stat string) (string, string) {
+	if rest, ok := strings.CutPrefix(stat, "cluster."); ok {
+		if name, tail, ok := strings.Cut(rest, "."); ok && name != "" {
+			return "envoy_cluster_" + promSanitize(tail), fmt.Sprintf("envoy_cluster_name=%q", name)
+		}
+	}
 	parts := strings.Split(stat, ".")
 	if len(parts) == 3 && parts[0] == "http" {
 		tags := fmt.Sprintf("envoy_http_conn_manager_prefix=%q", parts[1])

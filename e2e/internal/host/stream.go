@@ -113,6 +113,8 @@ type listenerRT struct {
 
 func (l *listenerRT) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := l.h
+	h.inflight.Add(1)
+	defer h.inflight.Add(-1)
 	ex := &exchange{
 		visible:     -1,
 		filterState: map[string][]byte{},

@@ -16,7 +16,8 @@ var errFailedByTest = errors.New("trap injected by the test after on_tick")
 // wasm_host.vm_failed counts it, and a worker VM is reloaded under
 // FAIL_RELOAD. No other call into the VM runs between that on_tick and the
 // failure. It returns the VM's name. Tests use it to kill keygate's
-// filter-only sync lease holder (the worker that registered keygate/usage).
+// sync lease holder (the VM that registered keygate/usage last: the sync
+// service or a worker).
 func (h *Host) FailQueueConsumerAfterTick(vmID, name string) (string, error) {
 	h.queues.mu.Lock()
 	sq := h.queues.byName[[2]string{vmID, name}]
@@ -35,4 +36,24 @@ func (h *Host) FailQueueConsumerAfterTick(vmID, name string) (string, error) {
 	}
 	in.failAfterTick = true
 	return in.name, nil
+}
+
+// QueueConsumer names the VM that consumes the shared queue name of vmID
+// (the one that registered it last) and reports whether it is alive. Tests
+// use it to tell which VM holds keygate's sync lease: the holder registers
+// keygate/usage when it starts syncing.
+func (h *Host) QueueConsumer(vmID, name string) (vm string, alive bool, err error) {
+	h.queues.mu.Lock()
+	sq := h.queues.byName[[2]string{vmID, name}]
+	var in *instance
+	if sq != nil {
+		in = sq.consumer
+	}
+	h.queues.mu.Unlock()
+	if in == nil {
+		return "", false, fmt.Errorf("host: no consumer of queue %q in vm_id %q", name, vmID)
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.name, !in.dead, nil
 }
