@@ -89,13 +89,15 @@ func (l *steadyLoad) record(s *stream, r result, at time.Time) {
 	}
 }
 
-// run paces every stream until stop is closed (a pacer and four senders
-// per stream).
+// run paces every stream until stop is closed: a pacer and enough senders
+// per stream that a slow answer (a loaded machine: 25 ms is enough at
+// 160/s with four) does not hold back the load the next window sees.
 func (l *steadyLoad) run(streams []*stream, stop <-chan struct{}) {
 	var wg sync.WaitGroup
 	for _, s := range streams {
-		jobs := make(chan time.Time, 64)
-		for i := 0; i < 4; i++ {
+		jobs := make(chan time.Time, 256)
+		senders := 4 + int(s.rate/10)
+		for i := 0; i < senders; i++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/filter/internal/verdict"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // The plugin configuration is JSON. The same .wasm serves two roles:
@@ -168,20 +169,6 @@ func (c *syncConfig) checkStaleness(path string) error {
 		" + "+f("lease_ms")+" + "+itoa(leaseTakeoverMS)+" = "+itoa(need)+
 		"; lower "+f("max_backoff_ms")+", "+f("control_plane.timeout_ms")+", "+f("control_plane.long_poll_s")+
 		" or "+f("lease_ms")+", or raise max_staleness_ms")
-}
-
-// validNodeName reports whether s may name a node: 1 to 128 printable
-// ASCII characters, as the control plane takes them.
-func validNodeName(s string) bool {
-	if s == "" || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 type configError struct{ field, why string }
@@ -673,8 +660,8 @@ func parseSyncObject(root gjson.Result, inFilter bool) (*syncConfig, error) {
 	if c.nodeID, err = getString(root, "", "node_id", ""); err != nil {
 		return nil, err
 	}
-	if c.nodeID != "" && !validNodeName(c.nodeID) {
-		return nil, bad("node_id", "want 1 to 128 printable ASCII characters")
+	if c.nodeID != "" && !wire.ValidNode(c.nodeID) {
+		return nil, bad("node_id", "want 1 to 128 bytes of printable UTF-8")
 	}
 	if c.retryMS, err = getInt(root, "", "retry_ms", c.retryMS, 10, 60000); err != nil {
 		return nil, err

@@ -74,7 +74,7 @@ func decodeInstance(b []byte) (instanceRecord, bool) {
 		*dst = string(b[1 : 1+int(b[0])])
 		b = b[1+int(b[0]):]
 	}
-	if r.seq < 0 || !validNodeName(r.node) || r.boot == "" || (r.token != "" && !wire.ValidInstanceToken(r.token)) {
+	if r.seq < 0 || !wire.ValidNode(r.node) || r.boot == "" || (r.token != "" && !wire.ValidInstanceToken(r.token)) {
 		return r, false
 	}
 	if len(b) > 0 {

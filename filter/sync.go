@@ -184,11 +184,11 @@ func (s *syncer) start() error {
 	}
 	s.node = s.cfg.nodeID
 	if s.node == "" {
-		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && validNodeName(string(b)) {
+		if b, err := proxywasm.GetProperty([]string{"node", "id"}); err == nil && wire.ValidNode(string(b)) {
 			s.node = string(b)
 		} else {
 			if err == nil && len(b) > 0 {
-				proxywasm.LogWarnf("keygate: node.id is not 1 to 128 printable ASCII characters; using \"unnamed\" (set node_id)")
+				proxywasm.LogWarnf("keygate: node.id is not 1 to 128 bytes of printable UTF-8; using \"unnamed\" (set node_id)")
 			}
 			s.node = "unnamed"
 		}
@@ -474,19 +474,11 @@ func (s *syncer) applyPage(body []byte) error {
 		return errors.New("response is not valid JSON")
 	}
 	root := gjson.ParseBytes(body)
-	version := root.Get("version")
-	if version.Type != gjson.Number || version.Num < 0 {
-		return errors.New("response.version: want a non-negative number")
+	head, err := wire.DecodeSyncHead(root)
+	if err != nil {
+		return err
 	}
-	snapshot := root.Get("snapshot").Type == gjson.True
-	more := root.Get("more").Type == gjson.True
-	cursor := root.Get("cursor").Str
-	if more && cursor == "" {
-		return errors.New("response.more without a cursor")
-	}
-	if !isCursor(cursor) {
-		return errors.New("response.cursor: unexpected characters")
-	}
+	snapshot, more, cursor := head.Snapshot, head.More, head.Cursor
 	epoch := s.state.epoch
 	if snapshot {
 		// The first page of a snapshot (asked without a cursor) starts a
@@ -503,28 +495,41 @@ func (s *syncer) applyPage(body []byte) error {
 		epoch = s.snapEpoch
 	}
 	var firstErr error
-	root.Get("upserts").ForEach(func(_, item gjson.Result) bool {
-		h, rec, err := keyrecord.DecodeUpsert(item, epoch)
+	wire.ForEachUpsert(root, func(u *wire.Upsert, err error) bool {
+		var rec keyrecord.Record
 		if err != nil {
 			// Fail closed for that key: a record we cannot read might be a
 			// revocation. Tombstone it when we know its hash.
-			if h == (apikey.Hash{}) {
+			h, herr := apikey.ParseHash(u.Hash)
+			if u.Hash == "" || herr != nil {
 				if firstErr == nil {
 					firstErr = err
 				}
 				return true
 			}
-			proxywasm.LogErrorf("keygate: sync: refusing key %s…: %v", h.String()[:8], err)
+			proxywasm.LogErrorf("keygate: sync: refusing key %s…: %v", u.Hash[:8], err)
 			rec = keyrecord.Record{ID: "invalid", Status: keyrecord.StatusDeleted, Epoch: epoch}
+			if err := s.writeRecord(h, &rec); err != nil && firstErr == nil {
+				firstErr = err
+			}
+			return true
 		}
+		h, herr := apikey.ParseHash(u.Hash)
+		if herr != nil { // never: CheckUpsert checked it
+			if firstErr == nil {
+				firstErr = herr
+			}
+			return true
+		}
+		rec = keyrecord.FromUpsert(u, epoch)
 		if err := s.writeRecord(h, &rec); err != nil && firstErr == nil {
 			firstErr = err
 		}
 		return true
 	})
-	root.Get("deletes").ForEach(func(_, item gjson.Result) bool {
-		h, err := apikey.ParseHash(item.Str)
-		if err != nil {
+	wire.ForEachDelete(root, func(hash string, ok bool) bool {
+		h, err := apikey.ParseHash(hash)
+		if !ok || err != nil {
 			if firstErr == nil {
 				firstErr = errors.New("response.deletes: want 64-hex hashes")
 			}
@@ -560,7 +565,7 @@ func (s *syncer) applyPage(body []byte) error {
 			s.snapEpoch = 0
 			s.records, s.snapRecords = s.snapRecords, 0
 		}
-		s.state.version = int64(version.Num)
+		s.state.version = head.Version
 	}
 	s.storeRecordCount()
 	s.state.lastSyncMS = s.nowMS()
@@ -579,16 +584,6 @@ func (s *syncer) newEpoch() (uint32, error) {
 		return 0, errors.New("storing the snapshot epoch: " + err.Error())
 	}
 	return e, nil
-}
-
-func isCursor(c string) bool {
-	for i := 0; i < len(c); i++ {
-		ch := c[i]
-		if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-' || ch == '_' || ch == '.' || ch == '~' || ch == '%') {
-			return false
-		}
-	}
-	return len(c) <= 1024
 }
 
 func (s *syncer) writeRecord(h apikey.Hash, rec *keyrecord.Record) error {
@@ -1038,7 +1033,7 @@ func (s *syncer) applyShares(body []byte) error {
 	var firstErr error
 	seen := make(map[string]bool, len(s.shareIDs))
 	shares.ForEach(func(k, v gjson.Result) bool {
-		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || k.Str == "" || len(k.Str) > keyrecord.MaxStringLen {
+		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || !wire.ValidKeyID(k.Str) {
 			firstErr = errors.New("shares: want key id -> number in (0, 1]")
 			return false
 		}

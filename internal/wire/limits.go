@@ -2,7 +2,7 @@ package wire
 
 // Limits of the wire formats (docs/wire.md). Where the two sides once
 // differed, the stricter rule that every value ever stored still meets was
-// kept (docs/wire.md, "Validation").
+// kept (docs/wire.md, "Where the two sides used to differ").
 const (
 	// MaxSyncBody is the largest GET /v1/sync response body: Envoy buffers
 	// callout bodies, and the control plane shrinks a page to stay under it.

@@ -9,9 +9,10 @@ import (
 
 // RatePolicy is the limiter policy of a sync record's rate: limit requests
 // per periodMS milliseconds plus burst at once. ok is false when periodMS
-// in nanoseconds does not fit an int64 (no policy can be enforced then).
+// is negative or its nanoseconds do not fit an int64; the policy then has
+// PeriodNanos -1, which the limiter refuses (no policy can be enforced).
 func RatePolicy(limit, periodMS, burst int64) (p bucket.Policy, ok bool) {
-	if periodMS > maxPeriodMS {
+	if periodMS > maxPeriodMS || periodMS < 0 {
 		return bucket.Policy{Limit: limit, PeriodNanos: -1, Burst: burst}, false
 	}
 	return bucket.Policy{Limit: limit, PeriodNanos: periodMS * 1_000_000, Burst: burst}, true

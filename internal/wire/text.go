@@ -224,11 +224,24 @@ func labelError(label string) string {
 			}
 			// Quoted as typed; the filter compares the ASCII form clients
 			// send in :authority.
-			return "invalid character " + strconv.Quote(string(r)) + ": write internationalized names in their ASCII (xn--) form"
+			return `invalid character "` + string(r) + `": write internationalized names in their ASCII (xn--) form`
 		default:
-			return "invalid character " + strconv.Quote(string(rune(c)))
+			return `invalid character "` + quoteASCII(c) + `"`
 		}
 		i++
 	}
 	return ""
+}
+
+// quoteASCII writes an ASCII byte as Go would inside a quoted string
+// (strconv.Quote would pull Unicode tables into the filter's module).
+func quoteASCII(c byte) string {
+	const hexDigits = "0123456789abcdef"
+	switch {
+	case c == '"' || c == '\\':
+		return "\\" + string(rune(c))
+	case c < 0x20 || c >= 0x7f:
+		return "\\x" + string(hexDigits[c>>4]) + string(hexDigits[c&15])
+	}
+	return string(rune(c))
 }

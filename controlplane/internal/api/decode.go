@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Body size limits.
 const (
-	maxAdminBody = 64 << 10 // key create/update bodies (metadata <= 4 KiB, 100 hosts)
-	maxUsageBody = 4 << 20  // usage batches (docs/wire.md)
+	maxAdminBody = 64 << 10          // key create/update bodies (metadata <= 4 KiB, 100 hosts)
+	maxUsageBody = wire.MaxUsageBody // usage batches
 )
 
 // decodeJSON reads r's body into dst: Content-Type must be JSON, the body at

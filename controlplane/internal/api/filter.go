@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,41 +12,6 @@ import (
 	"github.com/keygate/keygate/controlplane/internal/store"
 	"github.com/keygate/keygate/internal/wire"
 )
-
-// Sync parameters (docs/wire.md).
-const (
-	maxSyncLimit = 2000
-	maxSyncWait  = 60
-)
-
-type syncRecord struct {
-	Hash      string      `json:"hash"`
-	ID        string      `json:"id"`
-	Owner     string      `json:"owner"`
-	Budget    string      `json:"budget"`
-	Status    string      `json:"status"`
-	ExpiresAt int64       `json:"expires_at"`
-	Hosts     []string    `json:"hosts"`
-	Scopes    []string    `json:"scopes"`
-	Rate      *store.Rate `json:"rate,omitempty"`
-	Quota     *syncQuota  `json:"quota,omitempty"`
-}
-
-type syncQuota struct {
-	Limit          int64  `json:"limit"`
-	Period         string `json:"period"`
-	ExhaustedUntil int64  `json:"exhausted_until"`
-}
-
-type syncResponse struct {
-	Version    int64        `json:"version"`
-	Snapshot   bool         `json:"snapshot"`
-	More       bool         `json:"more"`
-	Cursor     string       `json:"cursor"`
-	ServerTime int64        `json:"server_time"`
-	Upserts    []syncRecord `json:"upserts"`
-	Deletes    []string     `json:"deletes"`
-}
 
 // unixOrZero renders a time for the wire, which carries whole seconds:
 // rounded up, so that a key never stops before its stored expiry (or a
@@ -62,11 +26,11 @@ func unixOrZero(t *time.Time) int64 {
 	return t.Unix() + 1
 }
 
-// encodeSyncPage renders a page in the wire format.
-func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
-	out := syncResponse{
+// syncPage is a store page in wire terms, at server time now.
+func syncPage(p *store.SyncPage, now int64) *wire.SyncPage {
+	out := &wire.SyncPage{
 		Version: p.Version, Snapshot: p.Snapshot, More: p.More, Cursor: p.Cursor,
-		ServerTime: s.now().Unix(), Upserts: []syncRecord{}, Deletes: []string{},
+		ServerTime: now, Upserts: make([]wire.Upsert, 0, len(p.Changes)),
 	}
 	for _, c := range p.Changes {
 		if c.Key == nil {
@@ -78,18 +42,35 @@ func (s *Server) encodeSyncPage(p *store.SyncPage) ([]byte, error) {
 		if budget == "" { // never from the store; the key alone is its budget
 			budget = k.ID
 		}
-		rec := syncRecord{
+		u := wire.Upsert{
 			Hash: k.Hash.String(), ID: k.ID, Owner: k.Owner, Budget: budget, Status: k.Status,
-			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: nonNil(k.Hosts), Scopes: nonNil(k.Scopes),
-			Rate: k.Rate,
+			ExpiresAt: unixOrZero(k.EffectiveExpiry()), Hosts: k.Hosts, Scopes: k.Scopes,
+		}
+		if k.Rate != nil {
+			u.Rate = &wire.Rate{Limit: k.Rate.Limit, PeriodMS: k.Rate.PeriodMS, Burst: k.Rate.Burst}
 		}
 		if k.Quota != nil {
-			rec.Quota = &syncQuota{Limit: k.Quota.Limit, Period: k.Quota.Period,
+			u.Quota = &wire.Quota{Limit: k.Quota.Limit, Period: k.Quota.Period,
 				ExhaustedUntil: unixOrZero(k.QuotaExhaustedUntil)}
 		}
-		out.Upserts = append(out.Upserts, rec)
+		out.Upserts = append(out.Upserts, u)
 	}
-	return json.Marshal(out)
+	return out
+}
+
+// encodeSyncPage renders a page in the wire format (wire.AppendSyncPage).
+// A record the filters will refuse (wire.CheckUpsert) is still sent, so
+// that they fail closed for that key alone, and logged: the store admits
+// keys under the same rules, so it would be a bug.
+func (s *Server) encodeSyncPage(ctx context.Context, p *store.SyncPage) []byte {
+	wp := syncPage(p, s.now().Unix())
+	for i := range wp.Upserts {
+		if m, msg := wire.CheckUpsert(&wp.Upserts[i]); m != "" {
+			s.log.LogAttrs(ctx, slog.LevelError, "sync record the filters will refuse",
+				slog.String("key_id", wp.Upserts[i].ID), slog.String("field", m), slog.String("error", msg))
+		}
+	}
+	return wire.AppendSyncPage(make([]byte, 0, 256+300*len(wp.Upserts)), wp)
 }
 
 // sync serves GET /v1/sync: a delta or snapshot page, long-polling when the
@@ -106,8 +87,8 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
 		since = n
 	}
 	cursor := q.Get("cursor")
-	wait := intParam(&fe, q.Get("wait"), "wait", 0, 0, maxSyncWait)
-	limit := intParam(&fe, q.Get("limit"), "limit", maxSyncLimit, 1, maxSyncLimit)
+	wait := intParam(&fe, q.Get("wait"), "wait", 0, 0, wire.MaxSyncWait)
+	limit := intParam(&fe, q.Get("limit"), "limit", wire.MaxSyncLimit, 1, wire.MaxSyncLimit)
 	if p := fe.problem(); p != nil {
 		return p
 	}
@@ -128,10 +109,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request) *problem {
 		if err != nil {
 			return fromStoreError(err, "sync")
 		}
-		body, err := s.encodeSyncPage(page)
-		if err != nil {
-			return internalError(err)
-		}
+		body := s.encodeSyncPage(ctx, page)
 		if len(body) > s.maxSyncBody && len(page.Changes) > 1 {
 			// Shrink in proportion, with a margin; always strictly smaller.
 			next := int(int64(len(page.Changes)) * int64(s.maxSyncBody) / int64(len(body)) * 9 / 10)

@@ -213,7 +213,7 @@ func TestSyncSizeCap(t *testing.T) {
 	for range n {
 		e.createKey(map[string]any{"hosts": hosts})
 	}
-	recs, _, pages := e.fullSnapshot(maxSyncLimit) // fullSnapshot checks each body <= 1 MiB
+	recs, _, pages := e.fullSnapshot(wire.MaxSyncLimit) // fullSnapshot checks each body <= 1 MiB
 	if len(recs) != n || pages < 3 {
 		t.Fatalf("%d records in %d pages", len(recs), pages)
 	}

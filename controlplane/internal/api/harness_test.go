@@ -294,3 +294,34 @@ func backends(t *testing.T, fn func(t *testing.T, open opener)) {
 	t.Run("sqlite", func(t *testing.T) { fn(t, sqliteOpener) })
 	t.Run("postgres", func(t *testing.T) { fn(t, postgresOpener) })
 }
+
+// syncResponse, syncRecord and syncQuota read a sync page with
+// encoding/json: a reader independent of the wire package's decoder.
+type syncResponse struct {
+	Version    int64        `json:"version"`
+	Snapshot   bool         `json:"snapshot"`
+	More       bool         `json:"more"`
+	Cursor     string       `json:"cursor"`
+	ServerTime int64        `json:"server_time"`
+	Upserts    []syncRecord `json:"upserts"`
+	Deletes    []string     `json:"deletes"`
+}
+
+type syncRecord struct {
+	Hash      string      `json:"hash"`
+	ID        string      `json:"id"`
+	Owner     string      `json:"owner"`
+	Budget    string      `json:"budget"`
+	Status    string      `json:"status"`
+	ExpiresAt int64       `json:"expires_at"`
+	Hosts     []string    `json:"hosts"`
+	Scopes    []string    `json:"scopes"`
+	Rate      *store.Rate `json:"rate,omitempty"`
+	Quota     *syncQuota  `json:"quota,omitempty"`
+}
+
+type syncQuota struct {
+	Limit          int64  `json:"limit"`
+	Period         string `json:"period"`
+	ExhaustedUntil int64  `json:"exhausted_until"`
+}

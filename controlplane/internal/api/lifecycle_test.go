@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // rotate posts a rotation and returns the answer.
@@ -29,7 +31,7 @@ func (e *env) getKey(id string) keyJSON {
 // syncRecords returns the filters' view of every key, by id.
 func (e *env) syncRecords() map[string]syncRecord {
 	e.t.Helper()
-	recs, _, _ := e.fullSnapshot(maxSyncLimit)
+	recs, _, _ := e.fullSnapshot(wire.MaxSyncLimit)
 	return recs
 }
 

@@ -16,8 +16,9 @@ import (
 	"github.com/keygate/keygate/internal/wire"
 )
 
-// Instances: registration, the instance token, liveness (docs/wire.md,
-// "Instances"; controlplane/RATIONALE.md, "Why per-instance tokens?").
+// Instances: registration, the instance token (docs/wire.md, "Instances"),
+// liveness (docs/fleet.md; controlplane/RATIONALE.md, "Why per-instance
+// tokens?").
 
 // Error codes of the instance protocol.
 const (

@@ -26,6 +26,7 @@ import (
 	"github.com/keygate/keygate/controlplane"
 	"github.com/keygate/keygate/controlplane/internal/lifecycle"
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Config configures a Server.
@@ -121,8 +122,8 @@ type Server struct {
 	stopOnce   sync.Once
 }
 
-// maxSyncBody is the largest sync response body (docs/wire.md).
-const maxSyncBody = 1 << 20
+// maxSyncBody is the largest sync response body.
+const maxSyncBody = wire.MaxSyncBody
 
 // New returns a Server for cfg.
 func New(cfg Config) (*Server, error) {

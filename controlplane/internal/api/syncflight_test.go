@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/controlplane/internal/store"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // gatedStore counts Sync calls and holds each until gate is closed or its
@@ -58,7 +59,7 @@ func TestSyncReadsShared(t *testing.T) {
 	gs := &gatedStore{gate: make(chan struct{})}
 	e := newEnvWith(t, sqliteOpener, func(c *Config) { gs.Store = c.Store; c.Store = gs })
 	k := e.createKey(map[string]any{"hosts": []string{"api.example.com"}})
-	q := syncQuery{since: 0, cursor: "", limit: maxSyncLimit}
+	q := syncQuery{since: 0, cursor: "", limit: wire.MaxSyncLimit}
 
 	// The reading request goes away; the requests that joined it read
 	// for themselves.

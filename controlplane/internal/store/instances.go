@@ -31,7 +31,7 @@ const (
 	// MaxLongPoll is the longest sync long-poll (docs/wire.md). A sync is
 	// recorded when it arrives, so an instance that only long-polls is seen
 	// once per poll: its sync keeps it live this much longer than a batch.
-	MaxLongPoll = 60 * time.Second
+	MaxLongPoll = wire.MaxSyncWait * time.Second
 	// DefaultInstanceList is how many instances ListInstances returns when
 	// asked for limit <= 0; MaxInstanceList is the most it returns.
 	DefaultInstanceList = 1000

@@ -191,6 +191,9 @@ func testKeyConflicts(t *testing.T, open func(t testing.TB) Store) {
 	// Invalid records are refused with ErrInvalid.
 	for _, bad := range []func(k *Key){
 		func(k *Key) { k.ID = "" },
+		// Ids the filters would refuse (wire.ValidKeyID).
+		func(k *Key) { k.ID = "key 1" },
+		func(k *Key) { k.ID = "key_" + strings.Repeat("x", wire.MaxKeyIDLen) },
 		func(k *Key) { k.Hash = apikey.Hash{} },
 		func(k *Key) { k.Status = "paused" },
 		func(k *Key) { k.Metadata = json.RawMessage(`[1]`) },
