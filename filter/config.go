@@ -8,6 +8,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/keygate/keygate/apikey"
+	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/filter/internal/verdict"
 	"github.com/keygate/keygate/internal/wire"
 )
@@ -43,6 +44,9 @@ type route struct {
 	pathExact  string
 	methods    []string // empty: any
 	rule       verdict.Route
+	// scopeBody is the route's insufficient_scope response body, naming
+	// the scopes it needs (built once, at configuration).
+	scopeBody []byte
 }
 
 // filterConfig is the HTTP filter role's configuration.
@@ -80,6 +84,20 @@ type filterConfig struct {
 	// nameLens has bit n set when a header name of length n (n >= 63:
 	// bit 63) may matter to the request scan; see scanLen.
 	nameLens uint64
+
+	// clients limits requests per client address (client_limits), nil
+	// for none.
+	clients *clientLimits
+}
+
+// clientLimits are the per-client-address limits of one Envoy
+// (docs/config.md, "Client limits").
+type clientLimits struct {
+	// trustedHops: the client address is this entry from the right of the
+	// last X-Forwarded-For header (1: the rightmost); 0: the peer address.
+	trustedHops int
+	anonymous   *bucket.Policy // requests without a key on anonymous routes
+	badKeys     *bucket.Policy // requests with unknown, malformed or revoked keys
 }
 
 // scanLen reports whether the scan must look at a header name of length n:
@@ -105,6 +123,9 @@ func (c *filterConfig) indexNames() {
 	}
 	for _, n := range []string{":authority", ":path", ":method", c.idHeaderKeyID, c.idHeaderOwner} {
 		mark(n)
+	}
+	if c.clients != nil && c.clients.trustedHops > 0 {
+		mark("x-forwarded-for")
 	}
 	for i, src := range c.sources {
 		switch src.kind {
@@ -364,10 +385,15 @@ func parseFilterFields(data []byte) (*filterConfig, error) {
 	}
 	root := gjson.ParseBytes(data)
 	if err := fields(root, "", "role", "key_sources", "key_prefix", "strip_credential", "identity_headers",
-		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id", "sync"); err != nil {
+		"ratelimit_headers", "routes", "case_sensitive_paths", "failure_mode", "max_staleness_ms", "anonymous", "flush_period_ms", "vm_id", "sync", "client_limits"); err != nil {
 		return nil, err
 	}
 	var err error
+	if v := root.Get("client_limits"); v.Exists() {
+		if c.clients, err = parseClientLimits(v); err != nil {
+			return nil, err
+		}
+	}
 	if v := root.Get("key_sources"); v.Exists() {
 		if c.sources, err = parseSources(v); err != nil {
 			return nil, err
@@ -517,7 +543,7 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 	var err error
 	v.ForEach(func(i, r gjson.Result) bool {
 		path := "routes[" + itoa(i.Int()) + "]"
-		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "cost", "rate_limit", "anonymous"); err != nil {
+		if err = fields(r, path, "path_prefix", "path_exact", "methods", "scopes", "scopes_any", "cost", "rate_limit", "anonymous", "limits"); err != nil {
 			return false
 		}
 		var rt route
@@ -549,6 +575,10 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 		if rt.rule.Scopes, err = getStrings(r, path, "scopes", scopeName); err != nil {
 			return false
 		}
+		if rt.rule.ScopesAny, err = getStrings(r, path, "scopes_any", scopeName); err != nil {
+			return false
+		}
+		rt.scopeBody = problemBody(problemFor(codeInsufficient), scopesNeeded(rt.rule.Scopes, rt.rule.ScopesAny))
 		if rt.rule.Cost, err = getInt(r, path, "cost", 1, 1, 1000000); err != nil {
 			return false
 		}
@@ -557,6 +587,19 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 			return false
 		}
 		rt.rule.NoLimit = !limit
+		if lim := r.Get("limits"); lim.Exists() {
+			switch {
+			case r.Get("cost").Exists():
+				err = bad(path+".limits", "give a cost per limit in limits, or cost for every limit, not both")
+			case !limit:
+				err = bad(path+".limits", "a route without rate limits (rate_limit false) names none")
+			default:
+				rt.rule.Limits, err = parseRouteLimits(lim, path+".limits")
+			}
+			if err != nil {
+				return false
+			}
+		}
 		if a := r.Get("anonymous"); a.Exists() {
 			var allow bool
 			if allow, err = getBool(r, path, "anonymous", false); err != nil {
@@ -568,6 +611,109 @@ func parseRoutes(v gjson.Result) ([]route, error) {
 			}
 		}
 		out = append(out, rt)
+		return true
+	})
+	return out, err
+}
+
+// parseClientLimits reads "client_limits": {"trusted_hops": 1,
+// "anonymous": {"limit": 60, "period_ms": 60000}, "bad_keys": {...}}.
+func parseClientLimits(v gjson.Result) (*clientLimits, error) {
+	const path = "client_limits"
+	if err := fields(v, path, "trusted_hops", "anonymous", "bad_keys"); err != nil {
+		return nil, err
+	}
+	cl := &clientLimits{}
+	hops, err := getInt(v, path, "trusted_hops", 0, 0, 16)
+	if err != nil {
+		return nil, err
+	}
+	cl.trustedHops = int(hops)
+	for _, f := range []struct {
+		name string
+		dst  **bucket.Policy
+	}{{"anonymous", &cl.anonymous}, {"bad_keys", &cl.badKeys}} {
+		r := v.Get(f.name)
+		if !r.Exists() {
+			continue
+		}
+		p := path + "." + f.name
+		if err := fields(r, p, "limit", "period_ms", "burst"); err != nil {
+			return nil, err
+		}
+		limit, err := getInt(r, p, "limit", 0, 1, wire.MaxRateLimit)
+		if err != nil {
+			return nil, err
+		}
+		if !r.Get("limit").Exists() || !r.Get("period_ms").Exists() {
+			return nil, bad(p, "want limit and period_ms")
+		}
+		period, err := getInt(r, p, "period_ms", 0, 1, wire.MaxRatePeriodMS)
+		if err != nil {
+			return nil, err
+		}
+		burst, err := getInt(r, p, "burst", limit-1, 0, wire.MaxRateBurst)
+		if err != nil {
+			return nil, err
+		}
+		if member, msg := wire.CheckRate(limit, period, burst); member != "" {
+			return nil, bad(p+"."+member, msg)
+		}
+		pol, _ := wire.RatePolicy(limit, period, burst)
+		*f.dst = &pol
+	}
+	if cl.anonymous == nil && cl.badKeys == nil {
+		return nil, bad(path, "want anonymous, bad_keys or both")
+	}
+	return cl, nil
+}
+
+// scopesNeeded is the insufficient_scope detail of a route: the scopes it
+// needs, all of Scopes and one of ScopesAny.
+func scopesNeeded(all, anyOf []string) string {
+	s := " This route needs"
+	if len(all) > 0 {
+		s += " all of the scopes " + strings.Join(all, ", ")
+		if len(anyOf) > 0 {
+			s += ", and"
+		}
+	}
+	if len(anyOf) > 0 {
+		s += " at least one of the scopes " + strings.Join(anyOf, ", ")
+	}
+	return s + "."
+}
+
+// parseRouteLimits reads a route's "limits": the rate limits that apply on
+// it and a request's cost in each, {"burst": 1, "sustained": 10}; "key"
+// is the key's unnamed rate. An empty object applies none.
+func parseRouteLimits(v gjson.Result, path string) ([]verdict.RouteLimit, error) {
+	if !v.IsObject() {
+		return nil, bad(path, "want an object of limit names to costs")
+	}
+	out := []verdict.RouteLimit{}
+	var err error
+	v.ForEach(func(k, c gjson.Result) bool {
+		name := k.Str
+		if name != wire.UnnamedLimit && !wire.ValidLimitName(name) {
+			err = bad(path, "limit names are \"key\" (the unnamed rate) or 1 to "+itoa(wire.MaxLimitNameLen)+" of a-z 0-9 _ -")
+			return false
+		}
+		for _, prev := range out {
+			if prev.Name == name {
+				err = bad(path+"."+name, "named twice")
+				return false
+			}
+		}
+		if len(out) == verdict.MaxLimits {
+			err = bad(path, "at most "+itoa(verdict.MaxLimits)+" limits")
+			return false
+		}
+		if c.Type != gjson.Number || c.Num != math.Trunc(c.Num) || c.Num < 1 || c.Num > 1000000 {
+			err = bad(path+"."+name, "want a cost from 1 to 1000000")
+			return false
+		}
+		out = append(out, verdict.RouteLimit{Name: name, Cost: int64(c.Num)})
 		return true
 	})
 	return out, err

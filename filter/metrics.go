@@ -32,6 +32,8 @@ const (
 	statCacheDown
 	statInvalidPath
 	statUnenforceable
+	statClientLimited
+	statBadKeys
 	statSourceBearer
 	statSourceHeader
 	statSourceQuery
@@ -60,6 +62,8 @@ var filterStatNames = [numFilterStats]string{
 	statCacheDown:      "requests_refused_cache_unavailable_total",
 	statInvalidPath:    "requests_refused_invalid_path_total",
 	statUnenforceable:  "requests_refused_policy_unenforceable_total",
+	statClientLimited:  "requests_refused_client_rate_limited_total",
+	statBadKeys:        "requests_refused_too_many_bad_keys_total",
 	statSourceBearer:   "key_source_bearer_total",
 	statSourceHeader:   "key_source_header_total",
 	statSourceQuery:    "key_source_query_total",
@@ -101,6 +105,10 @@ func outcomeStat(code string) int {
 		return statCacheDown
 	case codeInvalidPath:
 		return statInvalidPath
+	case codeClientLimited:
+		return statClientLimited
+	case codeBadKeys:
+		return statBadKeys
 	default:
 		return statUnenforceable
 	}

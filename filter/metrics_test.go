@@ -139,8 +139,8 @@ func TestOutcomeStats(t *testing.T) {
 			t.Errorf("%s counts in %s, want %s", code, filterStatNames[i], want)
 		}
 	}
-	if len(seen) != statUnenforceable+1 {
-		t.Errorf("%d outcomes, %d outcome counters", len(seen), statUnenforceable+1)
+	if len(seen) != statBadKeys+1 {
+		t.Errorf("%d outcomes, %d outcome counters", len(seen), statBadKeys+1)
 	}
 }
 

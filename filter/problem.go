@@ -24,6 +24,8 @@ const (
 	codeCacheDown      = wire.CacheUnavailable
 	codeInvalidPath    = wire.InvalidPath
 	codeUnenforceable  = wire.PolicyUnenforceable
+	codeClientLimited  = wire.ClientRateLimited
+	codeBadKeys        = wire.TooManyBadKeys
 )
 
 // problem is one refusal kind (wire.Refusals) with its precomputed

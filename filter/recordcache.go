@@ -47,17 +47,39 @@ type recordSlot struct {
 	gen     uint64
 	epoch   uint32
 	lease   bucket.Lease // tokens taken ahead for this key from its budget's bucket (bucket.TakeLeased)
+	// named are the leases of the key's first leasedLimits named limits,
+	// by their index in the record.
+	named [leasedLimits]bucket.Lease
+	// owner are the leases of the first leasedOwnerLimits of the owner's
+	// named limits: each key of the owner takes ahead from the owner's
+	// bucket on its own.
+	owner [leasedOwnerLimits]bucket.Lease
 
-	// The control plane's share of the key's budget's rate for this node
-	// (0: none), read at shareAt; see filterRoot.keyShare.
-	share   float64
-	shareAt int64
-	shareOK bool
+	// The control plane's shares of the key's budget and of its owner's
+	// for this node; see filterRoot.keyShare.
+	keyShare, ownerShare shareCache
 
 	// When the key's unenforceable rate policy was last logged.
 	policyLogAt  int64
 	policyLogged bool
 }
+
+// shareCache is a budget's share for this node (0: none), read at at.
+type shareCache struct {
+	share float64
+	at    int64
+	ok    bool
+}
+
+// leasedOwnerLimits is how many of the owner's named limits keep a lease
+// in each of the owner's keys' slots.
+const leasedOwnerLimits = 1
+
+// leasedLimits is how many of a key's named limits (at most
+// wire.MaxLimits) keep a token lease in its slot: two (burst and sustained,
+// say) cost about 180 bytes a slot; a third or fourth named limit takes
+// from shared data on every request.
+const leasedLimits = 2
 
 // recordSlots is the cache's size, a power of two: 4,096 slots of about
 // 200 bytes plus the records they hold, under 2 MB per worker, so that a

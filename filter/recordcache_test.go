@@ -117,7 +117,7 @@ func TestRecordCacheSets(t *testing.T) {
 		}
 	}
 	s := c.slot(keys[recordWays]) // a fifth key of the set
-	if _, ok := s.lookup(7, 1); ok || s.shareOK || s.hash != apikey.HashKey(keys[recordWays]) {
+	if _, ok := s.lookup(7, 1); ok || s.keyShare.ok || s.hash != apikey.HashKey(keys[recordWays]) {
 		t.Fatal("the fifth key got another key's entry")
 	}
 	for i, k := range keys {

@@ -11,29 +11,37 @@ import (
 	"github.com/keygate/keygate/apikey"
 	"github.com/keygate/keygate/bucket"
 	"github.com/keygate/keygate/filter/internal/verdict"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
 // filterRoot is one worker VM's filter: configuration, usage counters and
 // buffers reused by every request (a worker VM runs one call at a time).
 type filterRoot struct {
-	cfg      *filterConfig
-	clock    Clock
-	usage    *usageCounter
-	limiter  bucket.Limiter
-	recKey   [1 + apikey.HashSize]byte
-	limKey   [1 + keyrecord.MaxStringLen]byte // "r" + budget id (see limiterName)
-	shareKey []byte
-	hdrBuf   []byte          // response header values being rendered
-	pathBuf  []byte          // the normalized path of the current request, when not normal as sent
-	scanned  scanned         // the current request's header scan
-	pairs    pairIter        // and its iterator
-	req      verdict.Request // the current request, as the decision sees it
-	rec      verdict.Record  // its key's record
-	verdict  verdict.Verdict // and the decision
-	free     []*stream       // finished streams for reuse (see newStream)
-	records  *recordCache
-	stats    *filterStats
+	cfg     *filterConfig
+	clock   Clock
+	usage   *usageCounter
+	limiter bucket.Limiter
+	recKey  [1 + apikey.HashSize]byte
+	limKey  [1 + keyrecord.MaxStringLen + 1 + wire.MaxLimitNameLen]byte // "r" + budget id [+ 0 + limit name] (see limiterName)
+	scratch bucket.Lease                                                // the lease of a named limit beyond leasedLimits, always empty
+	// The request's client address (client_limits), "" until read, and the
+	// wait a refusal by a client limit tells.
+	clientAddr  string
+	clientRetry int64
+	cliKey      []byte // "c" + limit kind + client address (see clientLimiterName)
+	route       *route // the request's matched route (prepare)
+	shareKey    []byte
+	hdrBuf      []byte          // response header values being rendered
+	pathBuf     []byte          // the normalized path of the current request, when not normal as sent
+	scanned     scanned         // the current request's header scan
+	pairs       pairIter        // and its iterator
+	req         verdict.Request // the current request, as the decision sees it
+	rec         verdict.Record  // its key's record
+	verdict     verdict.Verdict // and the decision
+	free        []*stream       // finished streams for reuse (see newStream)
+	records     *recordCache
+	stats       *filterStats
 
 	// The sync state, re-read at most every stateTTL (see RATIONALE.md).
 	state       syncState
@@ -74,10 +82,19 @@ type stream struct {
 	types.DefaultHttpContext
 	root *filterRoot
 
-	// Rate-limit fields for the response, when the key has a rate.
+	// Rate-limit fields for the response: one per limit the request
+	// passed (or was refused by, the last), in the verdict's order.
 	hasRate bool
-	rate    bucket.Result
-	q, w    int64 // RateLimit-Policy of the key's (fleet-wide) policy
+	rates   [verdict.MaxLimits]rateItem
+	nRates  int
+}
+
+// rateItem is one limit's RateLimit-Policy and RateLimit items.
+type rateItem struct {
+	name    [wire.MaxLimitNameLen]byte // the limit's name; the unnamed rate is wire.UnnamedLimit
+	nameLen uint8
+	res     bucket.Result
+	q, w    int64 // RateLimit-Policy of the limit's (fleet-wide) policy
 }
 
 // maxFreeStreams bounds the streams a worker keeps for reuse.
@@ -124,6 +141,7 @@ type scanned struct {
 	ambiguous               bool   // two sources carried different keys
 	sources                 uint32 // bit i: source i carried the key
 	spoofed                 bool   // the client sent one of our identity headers
+	xff                     string // the last X-Forwarded-For header (client_limits.trusted_hops > 0)
 	hdrs                    []byte // the serialized request headers the views point into
 }
 
@@ -188,6 +206,8 @@ func (s *stream) scanHeaders(hdrs []byte, f *scanned) {
 			f.path = val
 		case ":method":
 			f.method = val
+		case "x-forwarded-for":
+			f.xff = val
 		}
 		if (c.idHeaderKeyID != "" && name == c.idHeaderKeyID) || (c.idHeaderOwner != "" && name == c.idHeaderOwner) {
 			f.spoofed = true
@@ -467,6 +487,11 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	}
 	v := &r.verdict
 	verdict.Decide(v, q, rec, now)
+	if cl := r.cfg.clients; cl != nil && (v.ClientLimit != verdict.ClientNone || v.Outcome == verdict.TooManyBadKeys) {
+		if action, done := s.clientLimit(cl, v, now); done {
+			return action
+		}
+	}
 	var id []byte
 	if v.Identified {
 		id = rec.View.ID()
@@ -479,6 +504,15 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		_ = setKeyIDProperty(id)
 		s.scrub(sc)
 		sendRetry(problemFor(codeQuotaExceeded), v.RetryAfterS(now), nil, " The quota resets at "+itoa(v.QuotaResetS)+" (unix seconds).")
+		return types.ActionPause
+	case verdict.InsufficientScope:
+		s.count(codeInsufficient, id, int64(now), sc.authority)
+		p := problemFor(codeInsufficient)
+		body := r.route.scopeBody
+		if body == nil {
+			body = p.body
+		}
+		_ = proxywasm.SendHttpResponse(p.status, p.headers, body, -1)
 		return types.ActionPause
 	default:
 		return s.refuse(outcomeCodes[v.Outcome], id, int64(now), sc.authority)
@@ -521,6 +555,7 @@ var outcomeCodes = [verdict.NumOutcomes]string{
 	verdict.HostNotAllowed:    codeHostNotAllowed,
 	verdict.InsufficientScope: codeInsufficient,
 	verdict.QuotaExceeded:     codeQuotaExceeded,
+	verdict.TooManyBadKeys:    codeBadKeys,
 }
 
 // prepare fills q from the scan: the normalized path and its route, the
@@ -532,11 +567,13 @@ var outcomeCodes = [verdict.NumOutcomes]string{
 // value.
 func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNanos) (path string, slot *recordSlot, held bool, tag [2]uint64) {
 	c := r.cfg
+	r.clientAddr, r.clientRetry = "", 0
 	*q = verdict.Request{
-		Ambiguous:  sc.ambiguous,
-		KeyPresent: sc.present,
-		Authority:  sc.authority,
-		Policy:     &c.policy,
+		Ambiguous:    sc.ambiguous,
+		KeyPresent:   sc.present,
+		Authority:    sc.authority,
+		Policy:       &c.policy,
+		ClientLimits: c.clients != nil,
 	}
 	rawPath, _ := splitPath(sc.path)
 	path, q.PathOK = r.matchPath(rawPath)
@@ -548,8 +585,17 @@ func (r *filterRoot) prepare(q *verdict.Request, sc *scanned, now verdict.UnixNa
 		rt = &defaultRoute
 	}
 	q.Route = &rt.rule
+	r.route = rt
 	if !sc.present || sc.ambiguous {
 		return path, nil, false, tag
+	}
+	if c.clients != nil && c.clients.badKeys != nil {
+		// A guess from an address out of bad-key budget learns nothing.
+		res, err := r.limiter.Peek(r.clientLimiterName('b', r.client(sc)), *c.clients.badKeys, int64(now))
+		if err == nil && !res.Allowed {
+			q.BadKeysBlocked, r.clientRetry = true, res.RetryAfterNanos
+			return path, nil, false, tag
+		}
 	}
 	if len(sc.key) >= c.minKeyLen && len(sc.key) <= c.maxKeyLen {
 		slot, held, tag = r.records.find(sc.key)
@@ -569,10 +615,21 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	r := s.root
 	authority := r.scanned.authority
 	local := l.Policy
-	if share := r.share(slot, l.Budget, &r.state, int64(now)); share < 1 {
+	if share := r.share(slot, l, &r.state, int64(now)); share < 1 {
 		local = l.Policy.Scaled(share) // this node's part of the fleet-wide rate
 	}
-	res, err := r.limiter.TakeLeased(r.limiterName(l.Budget), &slot.lease, local, l.Cost, int64(now))
+	lease := &slot.lease
+	switch {
+	case l.Name == nil:
+	case l.Owner && l.Index < leasedOwnerLimits:
+		lease = &slot.owner[l.Index]
+	case !l.Owner && l.Index < leasedLimits:
+		lease = &slot.named[l.Index]
+	default:
+		r.scratch = bucket.Lease{} // no lease: every request asks shared data
+		lease = &r.scratch
+	}
+	res, err := r.limiter.TakeLeased(r.limiterName(l), lease, local, l.Cost, int64(now))
 	r.stats.hit(statLeaseHit, res.Leased)
 	switch {
 	case err == nil:
@@ -588,8 +645,20 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 		proxywasm.LogErrorf("keygate: rate limiter: %v", err)
 		res = bucket.Result{Allowed: true, Limit: l.Policy.Limit}
 	}
-	s.hasRate, s.rate = r.cfg.ratelimitHeaders, res
-	s.q, s.w = l.Policy.QuotaWindow()
+	s.hasRate = r.cfg.ratelimitHeaders
+	it := &s.rates[s.nRates]
+	s.nRates++
+	name := l.Name
+	if name == nil {
+		name = unnamedLimit
+	}
+	n := 0
+	if l.Owner {
+		n = copy(it.name[:], verdict.OwnerPrefix)
+	}
+	it.nameLen = uint8(n + copy(it.name[n:], name))
+	it.res = res
+	it.q, it.w = l.Policy.QuotaWindow()
 	if res.Allowed {
 		return types.ActionContinue, false
 	}
@@ -606,28 +675,61 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	p := problemFor(codeRateLimited)
 	if res.RetryAfterNanos == bucket.Never { // Limit 0, or a cost over the capacity
 		h := append(append([][2]string(nil), p.headers...), rl...)
-		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what the key's limit can ever admit."), -1)
+		_ = proxywasm.SendHttpResponse(p.status, h, problemBody(p, " This route's cost exceeds what "+whose(l)+" limit \""+bstr(name)+"\" can ever admit."), -1)
 		return types.ActionPause, true
 	}
-	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, "")
+	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, " "+whoseCap(l)+" limit \""+bstr(name)+"\" refused it.")
 	return types.ActionPause, true
 }
 
-// limiterName returns the shared-data name of a budget's limiter state:
-// limiterTag + the budget id, built in the root's fixed buffer (the host
-// copies the name), so every key of one rotation lineage takes from one
-// bucket in this Envoy (docs/lifecycle.md).
-func (r *filterRoot) limiterName(budget []byte) string {
-	n := copy(r.limKey[1:], budget) // a record's strings fit: MaxStringLen
-	return bstr(r.limKey[:1+n])
+// whose names the holder of a limit in a refusal's detail.
+func whose(l *verdict.Limit) string {
+	if l.Owner {
+		return "the owner's"
+	}
+	return "the key's"
 }
 
-// share returns this node's share of the key's budget's rate: the control
-// plane's share for the budget when it sent one, else its default share,
-// else 1.
-func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now int64) float64 {
+// whoseCap is whose at the start of a sentence.
+func whoseCap(l *verdict.Limit) string {
+	if l.Owner {
+		return "The owner's"
+	}
+	return "The key's"
+}
+
+// unnamedLimit names the key's unnamed rate in the RateLimit fields.
+var unnamedLimit = []byte(wire.UnnamedLimit)
+
+// limiterName returns the shared-data name of a budget's limiter state:
+// limiterTag + the budget id, and for a named limit a zero byte and its
+// name, built in the root's fixed buffer (the host copies the name), so
+// every key of one rotation lineage takes from one bucket per limit in
+// this Envoy (docs/lifecycle.md).
+func (r *filterRoot) limiterName(l *verdict.Limit) string {
+	n := 1
+	if l.Owner { // an owner's bucket: 1, which no key id starts with, and the owner
+		r.limKey[n] = 1
+		n++
+	}
+	n += copy(r.limKey[n:n+keyrecord.MaxStringLen], l.Budget) // a record's strings fit: MaxStringLen
+	if l.Name != nil {
+		r.limKey[n] = 0
+		n += 1 + copy(r.limKey[n+1:], l.Name)
+	}
+	return bstr(r.limKey[:n])
+}
+
+// share returns this node's share of the limit's budget (the key's, or
+// its owner's): the control plane's share for the budget when it sent one,
+// else its default share, else 1.
+func (r *filterRoot) share(slot *recordSlot, l *verdict.Limit, st *syncState, now int64) float64 {
 	if st.keyShares {
-		if v := r.keyShare(slot, budget, now); v > 0 {
+		c := &slot.keyShare
+		if l.Owner {
+			c = &slot.ownerShare
+		}
+		if v := r.keyShare(c, l, now); v > 0 {
 			return v
 		}
 	}
@@ -642,20 +744,28 @@ func (r *filterRoot) share(slot *recordSlot, budget []byte, st *syncState, now i
 // from shared data at most every shareTTL: a share moves at most once per
 // flush period, and a host call on every request for it cost more than the
 // rest of the limiter.
-func (r *filterRoot) keyShare(slot *recordSlot, budget []byte, now int64) float64 {
-	if slot.shareOK && now-slot.shareAt >= 0 && now-slot.shareAt < int64(shareTTL) {
-		return slot.share
+func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float64 {
+	if c.ok && now-c.at >= 0 && now-c.at < int64(shareTTL) {
+		return c.share
 	}
 	var v float64
-	r.shareKey = append(append(r.shareKey[:0], shareTag), budget...)
+	r.shareKey = append(r.shareKey[:0], shareTag)
+	if l.Owner {
+		r.shareKey = append(r.shareKey, ownerBudgetPrefix...)
+	}
+	r.shareKey = append(r.shareKey, l.Budget...)
 	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
 		if d, ok := decodeShare(b); ok {
 			v = d
 		}
 	}
-	slot.share, slot.shareAt, slot.shareOK = v, now, true
+	c.share, c.at, c.ok = v, now, true
 	return v
 }
+
+// ownerBudgetPrefix names an owner's budget among the control plane's
+// shares: "owner:" and the owner (no key id has a colon).
+const ownerBudgetPrefix = "owner:"
 
 // readRecordCached fills rec with the record of the slot's key: the
 // slot's copy when it was read under the sync state's gen and epoch, else
@@ -703,14 +813,20 @@ func (r *filterRoot) readRecord(rec *verdict.Record, h *apikey.Hash) bool {
 
 // refuse counts the refusal and ends the stream with its problem response.
 func (s *stream) refuse(code string, keyID []byte, now int64, authority string) types.Action {
+	s.count(code, keyID, now, authority)
+	sendProblem(problemFor(code))
+	return types.ActionPause
+}
+
+// count counts a refusal, names its key for the access log and scrubs the
+// request, before the caller sends the refusal.
+func (s *stream) count(code string, keyID []byte, now int64, authority string) {
 	s.root.usage.add(now, code, keyID, authority)
 	s.root.stats.request(code, s.root.scanned.sources, s.root.cfg)
 	if keyID != nil {
 		_ = setKeyIDProperty(keyID)
 	}
 	s.scrub(&s.root.scanned)
-	sendProblem(problemFor(code))
-	return types.ActionPause
 }
 
 // unenforceable refuses a request of a key whose rate policy the limiter
@@ -758,20 +874,40 @@ func (s *stream) rateHeaders() [][2]string {
 	}
 }
 
-// appendPolicy appends the RateLimit-Policy value: `"key";q=<quota>;w=<window s>`.
+// appendPolicy appends the RateLimit-Policy value, one item per limit the
+// request took from: `"key";q=<quota>;w=<window s>, "burst";q=...`.
 func (s *stream) appendPolicy(b []byte) []byte {
-	b = append(b, `"key";q=`...)
-	b = appendInt(b, s.q)
-	b = append(b, ";w="...)
-	return appendInt(b, s.w)
+	for i := 0; i < s.nRates; i++ {
+		it := &s.rates[i]
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, it.name[:it.nameLen]...)
+		b = append(b, `";q=`...)
+		b = appendInt(b, it.q)
+		b = append(b, ";w="...)
+		b = appendInt(b, it.w)
+	}
+	return b
 }
 
-// appendRateLimit appends the RateLimit value: `"key";r=<remaining>;t=<reset s>`.
+// appendRateLimit appends the RateLimit value, one item per limit in the
+// order of RateLimit-Policy: `"key";r=<remaining>;t=<reset s>, ...`.
 func (s *stream) appendRateLimit(b []byte) []byte {
-	b = append(b, `"key";r=`...)
-	b = appendInt(b, s.rate.Remaining)
-	b = append(b, ";t="...)
-	return appendInt(b, bucket.CeilSeconds(s.rate.WindowNanos()))
+	for i := 0; i < s.nRates; i++ {
+		it := &s.rates[i]
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, '"')
+		b = append(b, it.name[:it.nameLen]...)
+		b = append(b, `";r=`...)
+		b = appendInt(b, it.res.Remaining)
+		b = append(b, ";t="...)
+		b = appendInt(b, bucket.CeilSeconds(it.res.WindowNanos()))
+	}
+	return b
 }
 
 func (s *stream) removeIdentityHeaders() {
@@ -862,4 +998,97 @@ func (r *filterRoot) loadState(now verdict.UnixNanos) verdict.Sync {
 		r.stateReadAt = int64(now)
 	}
 	return verdict.Sync{Read: r.stateOK, Epoch: r.state.epoch, LastSyncMS: r.state.lastSyncMS}
+}
+
+// client returns the request's client address for client_limits: the
+// trusted_hops-th entry from the right of the last X-Forwarded-For header,
+// else (no such entry, or trusted_hops 0) the peer address without its
+// port. Read once per request.
+func (r *filterRoot) client(sc *scanned) string {
+	if r.clientAddr != "" {
+		return r.clientAddr
+	}
+	if hops := r.cfg.clients.trustedHops; hops > 0 {
+		rest := sc.xff
+		for i := 1; rest != ""; i++ {
+			entry := rest
+			if c := lastIndexByte(rest, ','); c >= 0 {
+				entry, rest = rest[c+1:], rest[:c]
+			} else {
+				rest = ""
+			}
+			if i == hops {
+				if e := trimSpace(entry); e != "" {
+					r.clientAddr = e
+					return e
+				}
+				break
+			}
+		}
+	}
+	r.clientAddr = "-" // no peer address known
+	if b, err := proxywasm.GetProperty([]string{"source", "address"}); err == nil && len(b) > 0 {
+		r.clientAddr = stripPort(string(b))
+	}
+	return r.clientAddr
+}
+
+// stripPort drops the port of "ip:port" or "[ipv6]:port".
+func stripPort(a string) string {
+	if len(a) > 0 && a[0] == '[' {
+		if e := indexByte(a, ']'); e > 0 {
+			return a[1:e]
+		}
+		return a
+	}
+	if c := lastIndexByte(a, ':'); c >= 0 && indexByte(a, ':') == c {
+		return a[:c]
+	}
+	return a
+}
+
+func lastIndexByte(s string, b byte) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+// clientLimiterName is the shared-data name of a client limit's state:
+// "c", the kind ('a' anonymous, 'b' bad keys) and the client address.
+func (r *filterRoot) clientLimiterName(kind byte, addr string) string {
+	r.cliKey = append(append(r.cliKey[:0], 'c', kind), addr...)
+	return bstr(r.cliKey)
+}
+
+// clientLimit runs the per-client-address limit the verdict asks for (this
+// Envoy's buckets: client limits are per Envoy) and, when it refuses,
+// answers 429 with its code and returns done. A bad key within budget
+// keeps its own refusal (done false).
+func (s *stream) clientLimit(cl *clientLimits, v *verdict.Verdict, now verdict.UnixNanos) (types.Action, bool) {
+	r := s.root
+	sc := &r.scanned
+	code, retry := codeBadKeys, r.clientRetry
+	switch {
+	case v.Outcome == verdict.TooManyBadKeys:
+	case v.ClientLimit == verdict.ClientAnonymous && cl.anonymous != nil:
+		res, err := r.limiter.Take(r.clientLimiterName('a', r.client(sc)), *cl.anonymous, 1, int64(now))
+		if err != nil || res.Allowed { // a limiter error admits, as for keys
+			return types.ActionContinue, false
+		}
+		code, retry = codeClientLimited, res.RetryAfterNanos
+	case v.ClientLimit == verdict.ClientBadKey && cl.badKeys != nil:
+		res, err := r.limiter.Take(r.clientLimiterName('b', r.client(sc)), *cl.badKeys, 1, int64(now))
+		if err != nil || res.Allowed {
+			return types.ActionContinue, false
+		}
+		retry = res.RetryAfterNanos
+	default:
+		return types.ActionContinue, false
+	}
+	s.count(code, nil, int64(now), sc.authority)
+	sendRetry(problemFor(code), bucket.CeilSeconds(retry), nil, "")
+	return types.ActionPause, true
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
+
+	"github.com/keygate/keygate/filter/internal/verdict"
 )
 
 func seedShare(t *testing.T, id string, share float64) {
@@ -156,7 +158,7 @@ func TestShareCachedForStateTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := []byte("key_cached")
+	id := &verdict.Limit{Budget: []byte("key_cached")}
 	now := fakeEpochNanos
 	st := &syncState{defaultShare: 0.25, keyShares: true}
 	if got := r.share(r.records.slot("any key"), id, st, now); got != 0.25 {
@@ -172,5 +174,14 @@ func TestShareCachedForStateTTL(t *testing.T) {
 	seedShare(t, "key_cached", 0.1)
 	if got := r.share(r.records.slot("any key"), id, st, now+2*int64(shareTTL)+1); got != 0.1 {
 		t.Fatalf("after another shareTTL: %v, want 0.1", got)
+	}
+	// An owner's limit reads the owner's budget, cached apart from the key's.
+	owner := &verdict.Limit{Budget: []byte("key_cached"), Owner: true}
+	if got := r.share(r.records.slot("any key"), owner, st, now+2*int64(shareTTL)+1); got != 0.25 {
+		t.Fatalf("owner without a share: %v, want the default", got)
+	}
+	seedShare(t, "owner:key_cached", 0.75)
+	if got := r.share(r.records.slot("any key"), owner, st, now+3*int64(shareTTL)+2); got != 0.75 {
+		t.Fatalf("owner share: %v, want 0.75", got)
 	}
 }

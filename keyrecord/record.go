@@ -3,6 +3,8 @@ package keyrecord
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Status of a key record.
@@ -34,8 +36,10 @@ const (
 )
 
 const (
-	flagRate  = 1 << 0
-	flagQuota = 1 << 1
+	flagRate   = 1 << 0
+	flagQuota  = 1 << 1
+	flagLimits = 1 << 2 // a named-limits section follows the scopes
+	flagOwner  = 1 << 3 // the owner's named limits follow (after the key's)
 )
 
 // Limits of the encoding, checked by Append.
@@ -70,6 +74,20 @@ type Record struct {
 
 	Hosts  []string
 	Scopes []string
+	// Limits are the key's named rate limits (docs/plans.md), in the order
+	// the control plane sent them (by name).
+	Limits []Limit
+	// OwnerLimits are the named rate limits of the key's owner, shared by
+	// all its keys (docs/plans.md).
+	OwnerLimits []Limit
+}
+
+// Limit is one named rate limit of a record.
+type Limit struct {
+	Name     string
+	Limit    int64
+	PeriodMS int64
+	Burst    int64
 }
 
 // Layout of the fixed header.
@@ -102,6 +120,9 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	if len(r.Hosts) > MaxListLen || len(r.Scopes) > MaxListLen {
 		return dst, errors.New("keyrecord: too many hosts or scopes")
 	}
+	if len(r.Limits) > wire.MaxLimits || len(r.OwnerLimits) > wire.MaxLimits {
+		return dst, errors.New("keyrecord: too many named limits")
+	}
 	var h [headerLen]byte
 	h[offVersion] = FormatVersion
 	h[offStatus] = byte(r.Status)
@@ -110,6 +131,12 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 	}
 	if r.HasQuota {
 		h[offFlags] |= flagQuota
+	}
+	if len(r.Limits) > 0 {
+		h[offFlags] |= flagLimits
+	}
+	if len(r.OwnerLimits) > 0 {
+		h[offFlags] |= flagOwner
 	}
 	h[offQuotaPer] = r.QuotaPeriod
 	binary.LittleEndian.PutUint32(h[offEpoch:], r.Epoch)
@@ -132,6 +159,21 @@ func (r *Record) Append(dst []byte) ([]byte, error) {
 			dst = appendString(dst, s)
 		}
 	}
+	for _, list := range [2][]Limit{r.Limits, r.OwnerLimits} {
+		if len(list) == 0 {
+			continue
+		}
+		dst = binary.LittleEndian.AppendUint16(dst, uint16(len(list)))
+		for _, l := range list {
+			if l.Name == "" || len(l.Name) > wire.MaxLimitNameLen {
+				return dst, errors.New("keyrecord: bad limit name")
+			}
+			dst = appendString(dst, l.Name)
+			dst = binary.LittleEndian.AppendUint64(dst, uint64(l.Limit))
+			dst = binary.LittleEndian.AppendUint64(dst, uint64(l.PeriodMS))
+			dst = binary.LittleEndian.AppendUint64(dst, uint64(l.Burst))
+		}
+	}
 	return dst, nil
 }
 
@@ -148,6 +190,8 @@ type View struct {
 	budget int // offset of the budget string, 0 in a version 1 record
 	hosts  int // offset of the hosts list (its count)
 	scopes int // offset of the scopes list (its count)
+	limits int // offset of the named-limits section (its count), 0 for none
+	owner  int // offset of the owner's named limits (its count), 0 for none
 }
 
 // Parse validates b as an encoded record. Any input gives a View or
@@ -189,10 +233,81 @@ func Parse(b []byte) (View, error) {
 			}
 		}
 	}
+	for _, sec := range [2]struct {
+		flag byte
+		at   *int
+	}{{flagLimits, &v.limits}, {flagOwner, &v.owner}} {
+		if b[offFlags]&sec.flag == 0 {
+			continue
+		}
+		if b[offVersion] == formatV1 || off+2 > len(b) {
+			return View{}, ErrRecord
+		}
+		*sec.at = off
+		n := int(binary.LittleEndian.Uint16(b[off:]))
+		off += 2
+		if n == 0 || n > wire.MaxLimits {
+			return View{}, ErrRecord
+		}
+		for j := 0; j < n; j++ {
+			start := off
+			if off, ok = skipString(b, off); !ok || off == start+2 || off+limitValuesLen > len(b) {
+				return View{}, ErrRecord
+			}
+			off += limitValuesLen
+		}
+	}
 	if off != len(b) {
 		return View{}, ErrRecord
 	}
 	return v, nil
+}
+
+// limitValuesLen is the size of a named limit after its name: limit,
+// period in milliseconds and burst, 8 bytes each.
+const limitValuesLen = 24
+
+// Limits iterates over the record's named rate limits without allocating.
+type Limits struct {
+	b   []byte
+	off int
+	n   int
+}
+
+// Limits returns an iterator over the key's named rate limits.
+func (v View) Limits() Limits {
+	if v.limits == 0 {
+		return Limits{}
+	}
+	return Limits{b: v.b, off: v.limits + 2, n: int(binary.LittleEndian.Uint16(v.b[v.limits:]))}
+}
+
+// OwnerLimits returns an iterator over the named rate limits of the key's
+// owner.
+func (v View) OwnerLimits() Limits {
+	if v.owner == 0 {
+		return Limits{}
+	}
+	return Limits{b: v.b, off: v.owner + 2, n: int(binary.LittleEndian.Uint16(v.b[v.owner:]))}
+}
+
+// Len returns how many named limits are left.
+func (it Limits) Len() int { return it.n }
+
+// Next returns the next named limit (its name a slice of the record's
+// bytes), ok false after the last.
+func (it *Limits) Next() (name []byte, limit, periodMS, burst int64, ok bool) {
+	if it.n <= 0 {
+		return nil, 0, 0, 0, false
+	}
+	l := int(binary.LittleEndian.Uint16(it.b[it.off:]))
+	name = it.b[it.off+2 : it.off+2+l]
+	off := it.off + 2 + l
+	limit = int64(binary.LittleEndian.Uint64(it.b[off:]))
+	periodMS = int64(binary.LittleEndian.Uint64(it.b[off+8:]))
+	burst = int64(binary.LittleEndian.Uint64(it.b[off+16:]))
+	it.off, it.n = off+limitValuesLen, it.n-1
+	return name, limit, periodMS, burst, true
 }
 
 func skipString(b []byte, off int) (int, bool) {
@@ -343,5 +458,19 @@ func (v View) Record() Record {
 	r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted, r.HasQuota = v.Quota()
 	v.each(v.hosts, func(s []byte) bool { r.Hosts = append(r.Hosts, string(s)); return false })
 	v.each(v.scopes, func(s []byte) bool { r.Scopes = append(r.Scopes, string(s)); return false })
+	for it := v.Limits(); ; {
+		name, limit, period, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		r.Limits = append(r.Limits, Limit{Name: string(name), Limit: limit, PeriodMS: period, Burst: burst})
+	}
+	for it := v.OwnerLimits(); ; {
+		name, limit, period, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		r.OwnerLimits = append(r.OwnerLimits, Limit{Name: string(name), Limit: limit, PeriodMS: period, Burst: burst})
+	}
 	return r
 }

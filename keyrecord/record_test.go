@@ -23,7 +23,13 @@ func sampleRecord() Record {
 func TestRecordRoundTrip(t *testing.T) {
 	rotated := sampleRecord()
 	rotated.ID, rotated.Budget = "key_def", "key_abc"
-	for _, r := range []Record{sampleRecord(), rotated, {ID: "k", Status: StatusDeleted}} {
+	named := sampleRecord()
+	named.Limits = []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 999}}
+	owned := named
+	owned.OwnerLimits = []Limit{{"sustained", 5000, 60_000, 4999}}
+	ownerOnly := sampleRecord()
+	ownerOnly.OwnerLimits = owned.OwnerLimits
+	for _, r := range []Record{sampleRecord(), rotated, named, owned, ownerOnly, {ID: "k", Status: StatusDeleted}} {
 		b, err := r.Append(nil)
 		if err != nil {
 			t.Fatal(err)
@@ -97,8 +103,56 @@ func TestBudget(t *testing.T) {
 	}
 }
 
+// TestLimitsIterate reads named limits in place, in order, without
+// allocating.
+func TestLimitsIterate(t *testing.T) {
+	r := sampleRecord()
+	r.Limits = []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 999}}
+	b, _ := r.Append(nil)
+	v, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []Limit
+	allocs := testing.AllocsPerRun(100, func() {
+		got = got[:0]
+		for it := v.Limits(); ; {
+			name, limit, period, burst, ok := it.Next()
+			if !ok {
+				break
+			}
+			if len(got) < cap(got) {
+				got = append(got, Limit{"", limit, period, burst})
+			}
+			_ = name
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("iterating named limits allocates %.0f times", allocs)
+	}
+	it := v.Limits()
+	if it.Len() != 2 {
+		t.Fatalf("Len %d", it.Len())
+	}
+	for _, want := range r.Limits {
+		name, limit, period, burst, ok := it.Next()
+		if !ok || string(name) != want.Name || limit != want.Limit || period != want.PeriodMS || burst != want.Burst {
+			t.Fatalf("got %s %d %d %d %v, want %+v", name, limit, period, burst, ok, want)
+		}
+	}
+	if _, _, _, _, ok := it.Next(); ok {
+		t.Fatal("a third limit")
+	}
+	plain := sampleRecord()
+	b, _ = plain.Append(nil)
+	if v, _ := Parse(b); v.Limits().Len() != 0 {
+		t.Fatal("a record without named limits lists some")
+	}
+}
+
 func TestParseRejectsTruncation(t *testing.T) {
 	r := sampleRecord()
+	r.Limits = []Limit{{"burst", 10, 1000, 9}}
 	b, _ := r.Append(nil)
 	for i := 0; i < len(b); i++ {
 		if _, err := Parse(b[:i]); err == nil {
@@ -124,6 +178,9 @@ func FuzzParse(f *testing.F) {
 	r.ID, r.Budget = "key_def", "key_abc"
 	b, _ = r.Append(nil)
 	f.Add(b)
+	r.Limits = []Limit{{"burst", 10, 1000, 9}, {"b", 1, 1, 0}}
+	b, _ = r.Append(nil)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := Parse(data)
 		if err != nil {
@@ -134,6 +191,11 @@ func FuzzParse(f *testing.F) {
 		_ = v.AllowsHost("a.example.com")
 		_ = v.HasScope("read")
 		_ = v.Budget()
+		for it := v.Limits(); ; {
+			if _, _, _, _, ok := it.Next(); !ok {
+				break
+			}
+		}
 		again, err := rec.Append(nil)
 		if err != nil {
 			t.Fatalf("accepted record does not re-encode: %v", err)
@@ -159,6 +221,13 @@ func TestDecodeUpsert(t *testing.T) {
 	if r.Budget != "" {
 		t.Fatalf("no budget member: budget %q, want the key's own", r.Budget)
 	}
+	_, r, err = DecodeUpsert(gjson.Parse(`{"hash":"`+hash+`","id":"key_1","status":"active",
+	  "limits":[{"name":"burst","limit":10,"period_ms":1000,"burst":9},{"name":"sustained","limit":1000,"period_ms":3600000}],
+	  "owner_limits":[{"name":"sustained","limit":5000,"period_ms":60000,"burst":4999}]}`), 0)
+	if err != nil || !reflect.DeepEqual(r.Limits, []Limit{{"burst", 10, 1000, 9}, {"sustained", 1000, 3_600_000, 0}}) ||
+		!reflect.DeepEqual(r.OwnerLimits, []Limit{{"sustained", 5000, 60000, 4999}}) {
+		t.Fatalf("limits decoded %+v %+v, %v", r.Limits, r.OwnerLimits, err)
+	}
 	for in, want := range map[string]string{`"key_0"`: "key_0", `"key_1"`: "", `""`: ""} {
 		_, r, err := DecodeUpsert(gjson.Parse(`{"hash":"`+hash+`","id":"key_1","status":"active","budget":`+in+`}`), 0)
 		if err != nil || r.Budget != want {
@@ -178,6 +247,12 @@ func TestDecodeUpsert(t *testing.T) {
 		"rate period 0": `{"hash":"` + hash + `","id":"k","status":"active","rate":{"limit":1,"period_ms":0}}`,
 		"rate no limit": `{"hash":"` + hash + `","id":"k","status":"active","rate":{"period_ms":10}}`,
 		"quota period":  `{"hash":"` + hash + `","id":"k","status":"active","quota":{"limit":1,"period":"year"}}`,
+		"limits object": `{"hash":"` + hash + `","id":"k","status":"active","limits":{"burst":{}}}`,
+		"limit name":    `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"Burst","limit":1,"period_ms":1}]}`,
+		"limit key":     `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"key","limit":1,"period_ms":1}]}`,
+		"limit dup":     `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"a","limit":1,"period_ms":1},{"name":"a","limit":1,"period_ms":1}]}`,
+		"limit period":  `{"hash":"` + hash + `","id":"k","status":"active","limits":[{"name":"a","limit":1,"period_ms":0}]}`,
+		"owner limit":   `{"hash":"` + hash + `","id":"k","status":"active","owner_limits":[{"name":"a","limit":1}]}`,
 	}
 	for name, in := range bad {
 		if _, _, err := DecodeUpsert(gjson.Parse(in), 0); err == nil {

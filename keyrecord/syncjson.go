@@ -49,6 +49,12 @@ func FromUpsert(u *wire.Upsert, epoch uint32) Record {
 		r.HasRate = true
 		r.RateLimit, r.RatePeriodMS, r.RateBurst = u.Rate.Limit, u.Rate.PeriodMS, u.Rate.Burst
 	}
+	for _, l := range u.Limits {
+		r.Limits = append(r.Limits, Limit{Name: l.Name, Limit: l.Limit, PeriodMS: l.PeriodMS, Burst: l.Burst})
+	}
+	for _, l := range u.OwnerLimits {
+		r.OwnerLimits = append(r.OwnerLimits, Limit{Name: l.Name, Limit: l.Limit, PeriodMS: l.PeriodMS, Burst: l.Burst})
+	}
 	if u.Quota != nil {
 		r.HasQuota = true
 		r.QuotaLimit, r.QuotaExhausted = u.Quota.Limit, u.Quota.ExhaustedUntil

@@ -29,6 +29,7 @@ type run struct {
 	benchtime string
 	count     int
 	optional  string // a benchmark that may not exist: run only if listed
+	env       []string
 }
 
 func (r run) args() []string {
@@ -38,7 +39,11 @@ func (r run) args() []string {
 
 // command is how a reader reproduces the run.
 func (r run) command() string {
-	return fmt.Sprintf("go test %s -run '^$' -bench '%s' -benchtime %s -count %d", r.pkg, r.bench, r.benchtime, r.count)
+	env := ""
+	if len(r.env) > 0 {
+		env = strings.Join(r.env, " ") + " "
+	}
+	return fmt.Sprintf("%sgo test %s -run '^$' -bench '%s' -benchtime %s -count %d", env, r.pkg, r.bench, r.benchtime, r.count)
 }
 
 // plan lists the runs; quick shortens them for a smoke test.
@@ -61,6 +66,10 @@ func plan(quick bool) []run {
 		{table: "controlplane", pkg: "./controlplane/internal/api", bench: "^BenchmarkCreateRevoke$", benchtime: q("1000x", "100x"), count: 1},
 		// One iteration is a whole 100k-key snapshot (about 1 s).
 		{table: "controlplane", pkg: "./controlplane/internal/api", bench: "^BenchmarkSyncSnapshot$", benchtime: "1x", count: 1},
+		// 100 Envoys against one replica on PostgreSQL; one iteration is
+		// the whole run.
+		{table: "controlplane", pkg: "./controlplane/internal/api", bench: "^BenchmarkFleetLoad$", benchtime: "1x", count: c,
+			env: []string{"KEYGATE_LOAD_REPLICAS=1", "KEYGATE_LOAD_DURATION=" + q("10s", "3s")}},
 		{table: "revocation", pkg: "./e2e", bench: "^BenchmarkRevocationPropagation$", benchtime: q("20x", "5x"), count: 1, optional: "BenchmarkRevocationPropagation"},
 		{table: "revocation", pkg: "./e2e", bench: "^BenchmarkRevocationAcrossReplicas$", benchtime: q("50x", "5x"), count: 1},
 	}
@@ -158,7 +167,7 @@ func main() {
 func execute(r run, verbose bool) ([]Result, error) {
 	var out bytes.Buffer
 	cmd := exec.Command("go", r.args()...)
-	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+	cmd.Env = append(append(os.Environ(), "GOTOOLCHAIN=local"), r.env...)
 	var sink io.Writer = &out
 	if verbose {
 		sink = io.MultiWriter(&out, os.Stderr)

@@ -131,3 +131,26 @@ func TestRevocationAcrossReplicasTable(t *testing.T) {
 		}
 	}
 }
+
+func TestControlPlaneFleetTable(t *testing.T) {
+	res, err := Parse(strings.NewReader("BenchmarkIngest/postgres/batch=10000-2 \t 20\t 38956273 ns/op\t 256699 counts/s\t 124551 settled_counts/s\n" +
+		"BenchmarkFleetLoad-2 \t 1\t 10009663543 ns/op\t 1000 batches\t 0 errors\t 500 resent_dup\t 1000 sync_wakeups\t 12.44 usage_p50_ms\t 75.43 usage_p99_ms\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &outcome{results: Set{}}
+	o.results.Add(res)
+	var out bytes.Buffer
+	controlPlaneTable(&out, o)
+	got := strings.Join(strings.Fields(out.String()), " ")
+	for _, want := range []string{
+		"usage ingest postgres/batch=10000 256699 counts/s (124551 with the rollup)",
+		"POST /v1/usage p50 / p99, 100 Envoys, one replica (PostgreSQL) 12.4 / 75.4 ms",
+		"aim: PostgreSQL ingest of 10,000-count batches >= 500k counts/s: NOT MET",
+		"aim: POST /v1/usage p99 <= 100 ms with 100 Envoys on one replica: met",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}

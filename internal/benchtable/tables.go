@@ -20,6 +20,7 @@ const (
 	benchSnap    = "BenchmarkSnapshot/"
 	benchCR      = "BenchmarkCreateRevoke"
 	benchAPISnap = "BenchmarkSyncSnapshot"
+	benchFleet   = "BenchmarkFleetLoad"
 	benchRevoke  = "BenchmarkRevocationPropagation"
 	benchAcross  = "BenchmarkRevocationAcrossReplicas/" // isolated, back-to-back
 )
@@ -163,7 +164,11 @@ func controlPlaneTable(w io.Writer, o *outcome) {
 	tw := newTab(w)
 	fmt.Fprintln(tw, "measure\tvalue")
 	for _, n := range s.Names(benchIngest) {
-		fmt.Fprintf(tw, "usage ingest %s\t%s counts/s\n", strings.TrimPrefix(n, benchIngest), get(s, n, "counts/s").f(0))
+		fmt.Fprintf(tw, "usage ingest %s\t%s counts/s", strings.TrimPrefix(n, benchIngest), get(s, n, "counts/s").f(0))
+		if c := get(s, n, "settled_counts/s"); c.ok {
+			fmt.Fprintf(tw, " (%s with the rollup)", c.f(0))
+		}
+		fmt.Fprintln(tw)
 	}
 	for _, n := range s.Names(benchSnap) {
 		fmt.Fprintf(tw, "store snapshot %s\t%s ms (%s keys/s)\n", strings.TrimPrefix(n, benchSnap), get(s, n, "ms/snapshot").f(0), get(s, n, "keys/s").f(0))
@@ -178,7 +183,15 @@ func controlPlaneTable(w io.Writer, o *outcome) {
 		fmt.Fprintf(tw, "revoke key p50 / p99\t%s / %s ms\n", get(s, benchCR, "revoke-p50-ms").f(2), get(s, benchCR, "revoke-p99-ms").f(2))
 		fmt.Fprintf(tw, "create+revoke throughput\t%s /s\n", get(s, benchCR, "create+revoke/s").f(0))
 	}
+	if len(s[benchFleet]) > 0 {
+		fmt.Fprintf(tw, "POST /v1/usage p50 / p99, 100 Envoys, one replica (PostgreSQL)\t%s / %s ms\n",
+			get(s, benchFleet, "usage_p50_ms").f(1), get(s, benchFleet, "usage_p99_ms").f(1))
+	}
 	tw.Flush()
+	ing := get(s, benchIngest+"postgres/batch=10000", "counts/s")
+	fmt.Fprintf(w, "aim: PostgreSQL ingest of 10,000-count batches >= 500k counts/s: %s\n", aim(ing.v >= 500_000, ing.ok))
+	p99 := get(s, benchFleet, "usage_p99_ms")
+	fmt.Fprintf(w, "aim: POST /v1/usage p99 <= 100 ms with 100 Envoys on one replica: %s\n", aim(p99.v <= 100, p99.ok))
 }
 
 // revocationTable: propagation from the control plane to the hosts.

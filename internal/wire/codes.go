@@ -20,6 +20,12 @@ const (
 	CacheUnavailable    = "cache_unavailable"
 	InvalidPath         = "invalid_path"
 	PolicyUnenforceable = "policy_unenforceable"
+	// ClientRateLimited: too many requests without a key from one client
+	// address (the filter's client_limits.anonymous).
+	ClientRateLimited = "client_rate_limited"
+	// TooManyBadKeys: too many requests with unknown, malformed or revoked
+	// keys from one client address (client_limits.bad_keys).
+	TooManyBadKeys = "too_many_bad_keys"
 )
 
 // ProblemTypePrefix makes a problem's "type" URI from its stable code, on
@@ -46,6 +52,7 @@ var outcomes = [...]string{
 	Allowed, MissingKey, MalformedKey, UnknownKey, AmbiguousKey, KeyRevoked,
 	KeyExpired, KeyDisabled, HostNotAllowed, InsufficientScope, RateLimited,
 	QuotaExceeded, CacheUnavailable, InvalidPath, PolicyUnenforceable,
+	ClientRateLimited, TooManyBadKeys,
 }
 
 // Outcomes returns every outcome a usage count may carry: Allowed, then

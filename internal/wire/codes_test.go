@@ -113,7 +113,7 @@ func TestLiteralScanFindsCopies(t *testing.T) {
 
 func TestOutcomes(t *testing.T) {
 	os := Outcomes()
-	if len(os) != 15 || os[0] != Allowed {
+	if len(os) != 17 || os[0] != Allowed {
 		t.Fatalf("outcomes %q", os)
 	}
 	seen := map[string]bool{}

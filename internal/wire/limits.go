@@ -55,6 +55,13 @@ const (
 	// JSON number exact as a double.
 	MaxWireInt = 1 << 53
 
+	// MaxPlanIDLen bounds a plan id of [a-z0-9_-] (docs/plans.md).
+	MaxPlanIDLen = 64
+	// MaxLimits bounds a key's or plan's named rate limits; MaxLimitNameLen
+	// each one's name, of [a-z0-9_-].
+	MaxLimits       = 4
+	MaxLimitNameLen = 32
+
 	// MaxProblemCodeLen bounds a problem's "error" code the filter reads.
 	MaxProblemCodeLen = 64
 )

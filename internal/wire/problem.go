@@ -34,6 +34,8 @@ var refusals = [...]Problem{
 	{CacheUnavailable, 503, "Key cache unavailable", "API keys cannot be checked right now; retry later."},
 	{InvalidPath, 400, "Invalid path", "The request path cannot be normalized: it holds an encoded slash or backslash, an invalid percent-escape, or does not start with '/'."},
 	{PolicyUnenforceable, 500, "Rate policy unenforceable", "The API key's rate limit cannot be enforced by this gateway; the key's owner must fix it."},
+	{ClientRateLimited, 429, "Too many requests from this client", "Too many requests without an API key from this client address; retry after the time in Retry-After."},
+	{TooManyBadKeys, 429, "Too many invalid API keys", "Too many requests with unknown, malformed or revoked API keys from this client address; retry after the time in Retry-After."},
 }
 
 // Refusals returns the filter's problem for every refusal code, in the

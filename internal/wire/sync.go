@@ -31,6 +31,16 @@ type Upsert struct {
 	Scopes    []string
 	Rate      *Rate  // nil: no rate limit
 	Quota     *Quota // nil: no quota
+	// Limits are the key's named rate limits, OwnerLimits its owner's
+	// (docs/plans.md); at most MaxLimits each, distinct valid names.
+	Limits      []NamedRate
+	OwnerLimits []NamedRate
+}
+
+// NamedRate is a named rate limit: a Rate with a ValidLimitName.
+type NamedRate struct {
+	Name string
+	Rate
 }
 
 // Rate is a record's rate: Limit requests per PeriodMS, Burst extra at once.
@@ -124,7 +134,33 @@ func AppendUpsert(b []byte, u *Upsert) []byte {
 		b = strconv.AppendInt(b, q.ExhaustedUntil, 10)
 		b = append(b, '}')
 	}
+	b = appendNamedRates(b, `,"limits":[`, u.Limits)
+	b = appendNamedRates(b, `,"owner_limits":[`, u.OwnerLimits)
 	return append(b, '}')
+}
+
+// appendNamedRates appends member (its name and the array's opening) and
+// the named rates, nothing when there are none.
+func appendNamedRates(b []byte, member string, rs []NamedRate) []byte {
+	if len(rs) == 0 {
+		return b
+	}
+	b = append(b, member...)
+	for i := range rs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"name":`...)
+		b = AppendJSONString(b, rs[i].Name)
+		b = append(b, `,"limit":`...)
+		b = strconv.AppendInt(b, rs[i].Limit, 10)
+		b = append(b, `,"period_ms":`...)
+		b = strconv.AppendInt(b, rs[i].PeriodMS, 10)
+		b = append(b, `,"burst":`...)
+		b = strconv.AppendInt(b, rs[i].Burst, 10)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 func appendStrings(b []byte, ss []string) []byte {
@@ -185,6 +221,32 @@ func CheckUpsert(u *Upsert) (member, message string) {
 			return "rate.period_ms", "must be a positive integer up to 2^53"
 		case r.Burst < 0 || r.Burst > MaxWireInt:
 			return "rate.burst", msgWireInt
+		}
+	}
+	for _, l := range [2]struct {
+		member string
+		rs     []NamedRate
+	}{{"limits", u.Limits}, {"owner_limits", u.OwnerLimits}} {
+		if len(l.rs) > MaxLimits {
+			return l.member, "at most " + strconv.Itoa(MaxLimits) + " named limits"
+		}
+		for i, r := range l.rs {
+			f := l.member + "[" + strconv.Itoa(i) + "]"
+			switch {
+			case !ValidLimitName(r.Name):
+				return f + ".name", "must be 1 to " + strconv.Itoa(MaxLimitNameLen) + " characters of a-z 0-9 _ -, not " + UnnamedLimit
+			case r.Limit < 0 || r.Limit > MaxWireInt:
+				return f + ".limit", msgWireInt
+			case r.PeriodMS < 1 || r.PeriodMS > MaxWireInt:
+				return f + ".period_ms", "must be a positive integer up to 2^53"
+			case r.Burst < 0 || r.Burst > MaxWireInt:
+				return f + ".burst", msgWireInt
+			}
+			for _, prev := range l.rs[:i] {
+				if prev.Name == r.Name {
+					return f + ".name", "duplicate"
+				}
+			}
 		}
 	}
 	if q := u.Quota; q != nil {
@@ -333,10 +395,58 @@ func DecodeUpsert(obj gjson.Result, u *Upsert) error {
 		}
 		u.Quota = q
 	}
+	if u.Limits, err = namedRates(obj.Get("limits"), "upsert.limits"); err != nil {
+		return err
+	}
+	if u.OwnerLimits, err = namedRates(obj.Get("owner_limits"), "upsert.owner_limits"); err != nil {
+		return err
+	}
 	if m, msg := CheckUpsert(u); m != "" {
 		return errors.New("upsert." + m + ": " + msg)
 	}
 	return nil
+}
+
+// namedRates reads an array of named rates (absent or null: none); the
+// names and values are checked by CheckUpsert.
+func namedRates(v gjson.Result, name string) ([]NamedRate, error) {
+	if !v.Exists() || v.Type == gjson.Null {
+		return nil, nil
+	}
+	if !v.IsArray() {
+		return nil, errors.New(name + ": want an array")
+	}
+	var out []NamedRate
+	var err error
+	v.ForEach(func(_, item gjson.Result) bool {
+		if len(out) == MaxLimits {
+			err = errors.New(name + ": at most " + strconv.Itoa(MaxLimits) + " named limits")
+			return false
+		}
+		if !item.IsObject() {
+			err = errors.New(name + ": want objects")
+			return false
+		}
+		var r NamedRate
+		if n := item.Get("name"); n.Type == gjson.String {
+			r.Name = n.Str
+		} else {
+			err = errors.New(name + ".name: want a string")
+			return false
+		}
+		if r.Limit, err = wireInt(item.Get("limit"), name+".limit", true); err != nil {
+			return false
+		}
+		if r.PeriodMS, err = wireInt(item.Get("period_ms"), name+".period_ms", true); err != nil {
+			return false
+		}
+		if r.Burst, err = wireInt(item.Get("burst"), name+".burst", false); err != nil {
+			return false
+		}
+		out = append(out, r)
+		return true
+	})
+	return out, err
 }
 
 // str reads an optional string member ("" when absent or null).

@@ -47,6 +47,34 @@ func idChars(s string, max int) bool {
 // [A-Za-z0-9_-].
 func ValidKeyID(s string) bool { return idChars(s, MaxKeyIDLen) }
 
+// lowerIDChars reports whether s is 1 to max bytes of [a-z0-9_-].
+func lowerIDChars(s string, max int) bool {
+	if len(s) == 0 || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidPlanID reports whether s is a plan id: 1 to MaxPlanIDLen of
+// [a-z0-9_-], chosen by the operator ("free", "pro-2025").
+func ValidPlanID(s string) bool { return lowerIDChars(s, MaxPlanIDLen) }
+
+// UnnamedLimit is the RateLimit-Policy item name of a key's unnamed rate
+// limit; no named limit may take it.
+const UnnamedLimit = "key"
+
+// ValidLimitName reports whether s may name a rate limit: 1 to
+// MaxLimitNameLen of [a-z0-9_-], and not UnnamedLimit. A name appears in
+// RateLimit-Policy as a quoted key, which these characters never need to
+// escape.
+func ValidLimitName(s string) bool { return s != UnnamedLimit && lowerIDChars(s, MaxLimitNameLen) }
+
 // ValidBoot reports whether s is a boot id: 1 to MaxBootLen of
 // [A-Za-z0-9_-] (the filter draws 16 lower-case hex digits).
 func ValidBoot(s string) bool { return idChars(s, MaxBootLen) }

@@ -49,6 +49,7 @@ func syncPage(p *store.SyncPage, now int64) *wire.SyncPage {
 		if k.Rate != nil {
 			u.Rate = &wire.Rate{Limit: k.Rate.Limit, PeriodMS: k.Rate.PeriodMS, Burst: k.Rate.Burst}
 		}
+		u.Limits, u.OwnerLimits = wireRates(k.Limits), wireRates(k.OwnerLimits)
 		if k.Quota != nil {
 			u.Quota = &wire.Quota{Limit: k.Quota.Limit, Period: k.Quota.Period,
 				ExhaustedUntil: unixOrZero(k.QuotaExhaustedUntil)}
@@ -310,4 +311,16 @@ func checkBatch(in *usageBatchIn) (*store.UsageBatch, fieldErrors) {
 			Host: wc.Host, Outcome: wc.Outcome, N: wc.N})
 	}
 	return b, fe
+}
+
+// wireRates converts named limits to the wire's.
+func wireRates(l []store.NamedRate) []wire.NamedRate {
+	if len(l) == 0 {
+		return nil
+	}
+	out := make([]wire.NamedRate, len(l))
+	for i, n := range l {
+		out[i] = wire.NamedRate{Name: n.Name, Rate: wire.Rate{Limit: n.Limit, PeriodMS: n.PeriodMS, Burst: n.Burst}}
+	}
+	return out
 }

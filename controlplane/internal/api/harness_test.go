@@ -318,6 +318,9 @@ type syncRecord struct {
 	Scopes    []string    `json:"scopes"`
 	Rate      *store.Rate `json:"rate,omitempty"`
 	Quota     *syncQuota  `json:"quota,omitempty"`
+	// Named limits and the owner's (docs/plans.md).
+	Limits      []store.NamedRate `json:"limits,omitempty"`
+	OwnerLimits []store.NamedRate `json:"owner_limits,omitempty"`
 }
 
 type syncQuota struct {

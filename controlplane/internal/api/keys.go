@@ -16,16 +16,24 @@ import (
 // keyJSON is a key as the admin API shows it: never its hash, and the key
 // itself only in the response that creates it.
 type keyJSON struct {
-	ID                  string          `json:"id"`
-	Key                 string          `json:"key,omitempty"`
-	Name                string          `json:"name"`
-	Owner               string          `json:"owner"`
-	Status              string          `json:"status"`
-	Expired             bool            `json:"expired"`
-	Hosts               []string        `json:"hosts"`
-	Scopes              []string        `json:"scopes"`
-	Rate                *store.Rate     `json:"rate"`
-	Quota               *store.Quota    `json:"quota"`
+	ID      string       `json:"id"`
+	Key     string       `json:"key,omitempty"`
+	Name    string       `json:"name"`
+	Owner   string       `json:"owner"`
+	Status  string       `json:"status"`
+	Expired bool         `json:"expired"`
+	Hosts   []string     `json:"hosts"`
+	Scopes  []string     `json:"scopes"`
+	Rate    *store.Rate  `json:"rate"`
+	Quota   *store.Quota `json:"quota"`
+	// PlanID is the key's plan (null: none); Overrides lists which of
+	// rate, quota and scopes are the key's own rather than its plan's
+	// (empty without a plan). Rate, Quota and Scopes are always the
+	// effective limits the filters enforce.
+	Limits              limitsJSON      `json:"limits"`
+	OwnerLimits         limitsJSON      `json:"owner_limits"`
+	PlanID              *string         `json:"plan_id"`
+	Overrides           []string        `json:"overrides"`
 	ExpiresAt           *time.Time      `json:"expires_at"`
 	Metadata            json.RawMessage `json:"metadata"`
 	CreatedAt           time.Time       `json:"created_at"`
@@ -77,6 +85,10 @@ func (s *Server) keyView(k *store.Key) *keyJSON {
 		PredecessorID: k.PredecessorID,
 		SuccessorID:   k.SuccessorID,
 		GraceEndsAt:   utcPtr(k.GraceEndsAt),
+	}
+	v.Overrides, v.Limits, v.OwnerLimits = ownedFields(k), limitsView(k.Limits), limitsView(k.OwnerLimits)
+	if k.PlanID != "" {
+		v.PlanID = &k.PlanID
 	}
 	now := s.now()
 	if k.QuotaExhaustedUntil != nil && k.QuotaExhaustedUntil.After(now) {
@@ -196,14 +208,16 @@ func checkQuota(fe *fieldErrors, field string, in *quotaIn) *store.Quota {
 }
 
 type createRequest struct {
-	Name      string          `json:"name"`
-	Owner     string          `json:"owner"`
-	Hosts     []string        `json:"hosts"`
-	Scopes    []string        `json:"scopes"`
-	Rate      *rateIn         `json:"rate"`
-	Quota     *quotaIn        `json:"quota"`
-	ExpiresAt *string         `json:"expires_at"`
-	Metadata  json.RawMessage `json:"metadata"`
+	Name      string            `json:"name"`
+	Owner     string            `json:"owner"`
+	Hosts     []string          `json:"hosts"`
+	Scopes    []string          `json:"scopes"`
+	Rate      *rateIn           `json:"rate"`
+	Quota     *quotaIn          `json:"quota"`
+	Limits    map[string]rateIn `json:"limits"`
+	PlanID    *string           `json:"plan_id"`
+	ExpiresAt *string           `json:"expires_at"`
+	Metadata  json.RawMessage   `json:"metadata"`
 }
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
@@ -232,6 +246,24 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 	if req.Quota != nil {
 		k.Quota = checkQuota(&fe, "quota", req.Quota)
 	}
+	k.Limits = checkLimits(&fe, "limits", req.Limits)
+	if req.PlanID != nil {
+		// On a plan, the limits given are overrides; the rest are the plan's.
+		checkPlanRef(&fe, "plan_id", *req.PlanID)
+		k.PlanID = *req.PlanID
+		if req.Rate != nil {
+			k.Own |= store.OwnRate
+		}
+		if req.Quota != nil {
+			k.Own |= store.OwnQuota
+		}
+		if req.Scopes != nil {
+			k.Own |= store.OwnScopes
+		}
+		if req.Limits != nil {
+			k.Own |= store.OwnLimits
+		}
+	}
 	if req.ExpiresAt != nil {
 		k.ExpiresAt = parseExpiry(&fe, "expires_at", *req.ExpiresAt, now)
 	}
@@ -243,7 +275,11 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 	if err != nil {
 		return fromStoreError(err, "key")
 	}
-	s.audit(r.Context(), "key.create", k.ID, map[string]any{"name": k.Name, "owner": k.Owner})
+	detail := map[string]any{"name": k.Name, "owner": k.Owner}
+	if k.PlanID != "" {
+		detail["plan_id"] = k.PlanID
+	}
+	s.audit(r.Context(), "key.create", k.ID, detail)
 	v := s.keyView(k)
 	v.Key = secret
 	w.Header().Set("Location", "/v1/keys/"+k.ID)
@@ -254,8 +290,11 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) *problem {
 func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) *problem {
 	q := r.URL.Query()
 	var fe fieldErrors
-	f := store.ListFilter{Owner: q.Get("owner"), Status: q.Get("status"), Cursor: q.Get("cursor")}
+	f := store.ListFilter{Owner: q.Get("owner"), Status: q.Get("status"), Plan: q.Get("plan_id"), Cursor: q.Get("cursor")}
 	checkText(&fe, "owner", f.Owner)
+	if f.Plan != "" {
+		checkPlanRef(&fe, "plan_id", f.Plan)
+	}
 	if f.Status != "" && !validStatus(f.Status) {
 		fe.add("status", `must be "active", "disabled" or "revoked"`)
 	}
@@ -332,14 +371,16 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) *problem {
 }
 
 type patchRequest struct {
-	Name      optional[string]          `json:"name"`
-	Owner     optional[string]          `json:"owner"`
-	Hosts     optional[[]string]        `json:"hosts"`
-	Scopes    optional[[]string]        `json:"scopes"`
-	Rate      optional[rateIn]          `json:"rate"`
-	Quota     optional[quotaIn]         `json:"quota"`
-	ExpiresAt optional[string]          `json:"expires_at"`
-	Metadata  optional[json.RawMessage] `json:"metadata"`
+	Name      optional[string]            `json:"name"`
+	Owner     optional[string]            `json:"owner"`
+	Hosts     optional[[]string]          `json:"hosts"`
+	Scopes    optional[[]string]          `json:"scopes"`
+	Rate      optional[rateIn]            `json:"rate"`
+	Quota     optional[quotaIn]           `json:"quota"`
+	Limits    optional[map[string]rateIn] `json:"limits"`
+	PlanID    optional[string]            `json:"plan_id"`
+	ExpiresAt optional[string]            `json:"expires_at"`
+	Metadata  optional[json.RawMessage]   `json:"metadata"`
 }
 
 func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
@@ -384,6 +425,17 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 			quota = checkQuota(&fe, "quota", &req.Quota.Value)
 		}
 	}
+	var limits []store.NamedRate
+	if req.Limits.Set {
+		fields = append(fields, "limits")
+		limits = checkLimits(&fe, "limits", req.Limits.Value)
+	}
+	if req.PlanID.Set {
+		fields = append(fields, "plan_id")
+		if !req.PlanID.Null {
+			checkPlanRef(&fe, "plan_id", req.PlanID.Value)
+		}
+	}
 	if req.ExpiresAt.Set {
 		fields = append(fields, "expires_at")
 		if !req.ExpiresAt.Null {
@@ -412,6 +464,7 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 		if req.Hosts.Set {
 			k.Hosts = nonNil(req.Hosts.Value)
 		}
+		applyPlanPatch(k, &req)
 		if req.Scopes.Set {
 			k.Scopes = nonNil(req.Scopes.Value)
 		}
@@ -420,6 +473,9 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 		}
 		if req.Quota.Set {
 			k.Quota = quota
+		}
+		if req.Limits.Set {
+			k.Limits = limits
 		}
 		if req.ExpiresAt.Set {
 			k.ExpiresAt = expiresAt

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/controlplane"
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // TestOpenAPIAgreesWithServer checks openapi.json against the live server
@@ -82,6 +83,24 @@ func TestOpenAPIAgreesWithServer(t *testing.T) {
 					m["boot"] = "boot" + strconv.FormatInt(seq, 10)
 				}
 			}
+		}
+		if m, ok := body.(map[string]any); ok {
+			// Plans: a fresh id per created plan; a plan the body names exists.
+			if id, ok := m["id"].(string); ok && path == "/v1/plans" {
+				seq++
+				m["id"] = id + "-" + strconv.FormatInt(seq, 10)
+			}
+			if id, ok := m["plan_id"].(string); ok && wire.ValidPlanID(id) {
+				e.admin("POST", "/v1/plans", map[string]any{"id": id})
+			}
+		}
+		if strings.HasPrefix(path, "/v1/plans/{id}") {
+			seq++
+			id := "plan-" + strconv.FormatInt(seq, 10)
+			if r := e.admin("POST", "/v1/plans", map[string]any{"id": id}); r.status != http.StatusCreated {
+				t.Fatalf("create plan: %d %s", r.status, r.body)
+			}
+			path = strings.ReplaceAll(path, "{id}", id)
 		}
 		if strings.Contains(path, "{id}") {
 			k := e.createKey(map[string]any{"hosts": []string{"api.example.com"}})

@@ -152,17 +152,18 @@ func BenchmarkRevocationAcrossReplicas(b *testing.B) {
 }
 
 // BenchmarkFleetLoad runs a fleet of simulated Envoys over real HTTP
-// against two replicas on one PostgreSQL: each registers (fleet
-// credential), long-polls sync on one replica, posts one usage batch per
-// second with its instance token to the replicas in turn and resends every
-// fourth batch (to the other replica). The admin creates a key every second.
-// It fails on any error, on a resent batch not answered duplicate, and if
-// the stored usage differs from what was accepted. It runs once for
-// KEYGATE_LOAD_DURATION (default 3s) with KEYGATE_LOAD_ENVOYS (default 100)
-// Envoys, whatever b.N:
+// against KEYGATE_LOAD_REPLICAS (default 2) replicas on one PostgreSQL:
+// each registers (fleet credential), long-polls sync on one replica, posts
+// one usage batch per second with its instance token to the replicas in
+// turn and resends every second batch (to the next replica). The admin
+// creates a key every second. It fails on any error, on a resent batch not
+// answered duplicate, and if the stored usage differs from what was
+// accepted. It runs once for KEYGATE_LOAD_DURATION (default 3s) with
+// KEYGATE_LOAD_ENVOYS (default 100) Envoys, whatever b.N:
 //
 //	go test -run '^$' -bench BenchmarkFleetLoad -benchtime 1x ./controlplane/internal/api
 //	KEYGATE_LOAD_DURATION=60s go test -run '^$' -bench BenchmarkFleetLoad -benchtime 1x -timeout 10m ./controlplane/internal/api
+//	KEYGATE_LOAD_REPLICAS=1 go test -run '^$' -bench BenchmarkFleetLoad -benchtime 1x ./controlplane/internal/api
 func BenchmarkFleetLoad(b *testing.B) {
 	dur := 3 * time.Second
 	if v := os.Getenv("KEYGATE_LOAD_DURATION"); v != "" {
@@ -180,7 +181,15 @@ func BenchmarkFleetLoad(b *testing.B) {
 		}
 		envoys = n
 	}
-	reps := postgresReplicas(b, 2)
+	replicas := 2
+	if v := os.Getenv("KEYGATE_LOAD_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("KEYGATE_LOAD_REPLICAS: %q", v)
+		}
+		replicas = n
+	}
+	reps := postgresReplicas(b, replicas)
 	c := benchClient(4 * envoys)
 	var keyIDs []string
 	for range 10 {
@@ -218,7 +227,7 @@ func BenchmarkFleetLoad(b *testing.B) {
 		go func() {
 			defer wg.Done()
 			node, boot := fmt.Sprintf("envoy-%03d", i), fmt.Sprintf("%016x", i)
-			home := reps[i%2].ts.URL
+			home := reps[i%len(reps)].ts.URL
 			// Stagger the fleet over the first second.
 			select {
 			case <-ctx.Done():
@@ -297,10 +306,10 @@ func BenchmarkFleetLoad(b *testing.B) {
 			for seq := int64(1); ; seq++ {
 				n := int64(1 + (i+int(seq))%50)
 				keyID := keyIDs[(i+int(seq))%len(keyIDs)]
-				post(reps[int(seq)%2].ts.URL, seq, n, keyID, false)
+				post(reps[int(seq)%len(reps)].ts.URL, seq, n, keyID, false)
 				batches.Add(1)
 				if seq%2 == 0 {
-					post(reps[int(seq+1)%2].ts.URL, seq, n, keyID, true)
+					post(reps[int(seq+1)%len(reps)].ts.URL, seq, n, keyID, true)
 					resent.Add(1)
 				}
 				select {
@@ -323,7 +332,7 @@ func BenchmarkFleetLoad(b *testing.B) {
 				return
 			case <-tick.C:
 			}
-			if code, out, err := benchDo(c, "POST", reps[1].ts.URL+"/v1/keys", adminToken, []byte(`{}`)); err != nil || code != 201 {
+			if code, out, err := benchDo(c, "POST", reps[len(reps)-1].ts.URL+"/v1/keys", adminToken, []byte(`{}`)); err != nil || code != 201 {
 				fail("create: %d %s %v", code, out, err)
 			}
 		}
@@ -333,7 +342,7 @@ func BenchmarkFleetLoad(b *testing.B) {
 	if len(errs) > 0 {
 		b.Fatalf("%d+ errors, first: %v", len(errs), errs)
 	}
-	pts, err := reps[1].st.FleetSeries(context.Background(), time.Unix(minute, 0), time.Unix(minute+60, 0), "minute")
+	pts, err := reps[len(reps)-1].st.FleetSeries(context.Background(), time.Unix(minute, 0), time.Unix(minute+60, 0), "minute")
 	if err != nil {
 		b.Fatal(err)
 	}

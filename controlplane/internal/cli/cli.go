@@ -27,6 +27,12 @@ commands:
   keys revoke|disable|enable|delete <id>
   keys rotate <id>          issue a new key; the old one keeps working for
                             --grace (default 24h, 0 ends it at once)
+  owners limits <owner>     show (or set with --limit) the limits shared by
+                            all of an owner's keys
+  plans create <id>         create a plan (a tier: rate, quota, scopes)
+  plans list|show <id>      the plans and how many keys each has
+  plans update <id>         change a plan: every key on it follows
+  plans delete <id>         delete a plan no key uses
   usage <id>                a key's usage over time
   usage top                 the keys with the most requests
   nodes list                the registered Envoy instances and which are live
@@ -73,6 +79,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env Env) 
 			return usagef("keys needs a subcommand")
 		}
 		return runKeys(ctx, args[1], args[2:], stdout, stderr, env)
+	case "plans":
+		return runPlans(ctx, args[1:], stdout, stderr, env)
+	case "owners":
+		return runOwners(ctx, args[1:], stdout, stderr, env)
 	case "usage":
 		return runUsage(ctx, args[1:], stdout, stderr, env)
 	case "nodes":

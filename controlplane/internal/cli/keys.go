@@ -19,22 +19,26 @@ import (
 
 // keyOut mirrors the API's key representation.
 type keyOut struct {
-	ID        string          `json:"id"`
-	Key       string          `json:"key"`
-	Name      string          `json:"name"`
-	Owner     string          `json:"owner"`
-	Status    string          `json:"status"`
-	Expired   bool            `json:"expired"`
-	Hosts     []string        `json:"hosts"`
-	Scopes    []string        `json:"scopes"`
-	Rate      *rateOut        `json:"rate"`
-	Quota     *quotaOut       `json:"quota"`
-	ExpiresAt *time.Time      `json:"expires_at"`
-	Metadata  json.RawMessage `json:"metadata"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
-	LastUsed  *time.Time      `json:"last_used_at"`
-	Usage     *struct {
+	ID          string             `json:"id"`
+	Key         string             `json:"key"`
+	Name        string             `json:"name"`
+	Owner       string             `json:"owner"`
+	Status      string             `json:"status"`
+	Expired     bool               `json:"expired"`
+	Hosts       []string           `json:"hosts"`
+	Scopes      []string           `json:"scopes"`
+	Rate        *rateOut           `json:"rate"`
+	Quota       *quotaOut          `json:"quota"`
+	Limits      map[string]rateOut `json:"limits"`
+	OwnerLimits map[string]rateOut `json:"owner_limits"`
+	PlanID      *string            `json:"plan_id"`
+	Overrides   []string           `json:"overrides"`
+	ExpiresAt   *time.Time         `json:"expires_at"`
+	Metadata    json.RawMessage    `json:"metadata"`
+	CreatedAt   time.Time          `json:"created_at"`
+	UpdatedAt   time.Time          `json:"updated_at"`
+	LastUsed    *time.Time         `json:"last_used_at"`
+	Usage       *struct {
 		Last24h counts `json:"last_24h"`
 		Last30d counts `json:"last_30d"`
 	} `json:"usage"`
@@ -80,6 +84,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 	var sf settingsFlags
 	var (
 		owner, status string
+		plan          string
 		limit         int
 		all           bool
 		grace         time.Duration
@@ -96,6 +101,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		nargs = 0
 		fs.StringVar(&owner, "owner", "", "only keys of this owner")
 		fs.StringVar(&status, "status", "", "only keys with this status (active, disabled, revoked)")
+		fs.StringVar(&plan, "plan", "", "only keys on this plan")
 		fs.IntVar(&limit, "limit", 100, "keys per page (1-1000)")
 		fs.BoolVar(&all, "all", false, "follow the pages to the end")
 	case "rotate":
@@ -147,7 +153,7 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 			return err
 		}
 	case "list":
-		return listKeys(ctx, c, cf.json, stdout, owner, status, limit, all)
+		return listKeys(ctx, c, cf.json, stdout, owner, status, plan, limit, all)
 	case "show":
 		if body, err = c.do(ctx, "GET", "/v1/keys/"+id, nil, nil); err != nil {
 			return err
@@ -187,8 +193,11 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 	return nil
 }
 
-func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, owner, status string, limit int, all bool) error {
+func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, owner, status, plan string, limit int, all bool) error {
 	q := url.Values{}
+	if plan != "" {
+		q.Set("plan_id", plan)
+	}
 	if owner != "" {
 		q.Set("owner", owner)
 	}
@@ -198,7 +207,7 @@ func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, own
 	q.Set("limit", strconv.Itoa(limit))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	if !asJSON {
-		fmt.Fprintln(tw, "ID\tNAME\tOWNER\tSTATUS\tHOSTS\tEXPIRES\tLAST USED")
+		fmt.Fprintln(tw, "ID\tNAME\tOWNER\tSTATUS\tPLAN\tHOSTS\tEXPIRES\tLAST USED")
 	}
 	for {
 		body, err := c.do(ctx, "GET", "/v1/keys", q, nil)
@@ -226,7 +235,11 @@ func listKeys(ctx context.Context, c *client, asJSON bool, stdout io.Writer, own
 			if err := json.Unmarshal(raw, &k); err != nil {
 				return fmt.Errorf("unexpected response: %w", err)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Name), dash(k.Owner), statusText(&k),
+			plan := "-"
+			if k.PlanID != nil {
+				plan = *k.PlanID
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Name), dash(k.Owner), statusText(&k), plan,
 				dash(abbreviate(strings.Join(k.Hosts, ","), 40)), timeText(k.stopsAt()), timeText(k.LastUsed))
 		}
 		if page.NextCursor == "" || !all {
@@ -263,6 +276,11 @@ func printKey(w io.Writer, k *keyOut) {
 		quota = fmt.Sprintf("%d per %s", k.Quota.Limit, k.Quota.Period)
 	}
 	row("QUOTA", quota)
+	row("LIMITS", limitsText(k.Limits))
+	if len(k.OwnerLimits) > 0 {
+		row("OWNER LIMITS", limitsText(k.OwnerLimits))
+	}
+	row("PLAN", planText(k))
 	row("EXPIRES", timeText(k.ExpiresAt))
 	if k.GraceEndsAt != nil {
 		row("GRACE ENDS", timeText(k.GraceEndsAt))
@@ -287,6 +305,17 @@ func printKey(w io.Writer, k *keyOut) {
 		row("REPLACES", fmt.Sprintf("%s (works until %s)", k.RotatedFrom.ID, timeText(&k.RotatedFrom.ExpiresAt)))
 	}
 	tw.Flush()
+}
+
+// planText names the key's plan and the limits it overrides.
+func planText(k *keyOut) string {
+	if k.PlanID == nil {
+		return "-"
+	}
+	if len(k.Overrides) == 0 {
+		return *k.PlanID
+	}
+	return *k.PlanID + " (overrides: " + strings.Join(k.Overrides, ", ") + ")"
 }
 
 func statusText(k *keyOut) string {
@@ -320,6 +349,9 @@ func timeText(t *time.Time) string {
 // settingsFlags are the key settings of create and update.
 type settingsFlags struct {
 	name, owner, rate, quota, expires, metadata stringFlag
+	plan                                        stringFlag
+	clearPlan, clearLimits                      bool
+	limits                                      limitsFlag
 	burst                                       int64
 	burstSet                                    bool
 	hosts, scopes                               listFlag
@@ -358,11 +390,15 @@ func (sf *settingsFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&sf.quota, "quota", "quota N/day or N/month")
 	fs.Var(&sf.expires, "expires", "expiry: RFC 3339 time or a duration from now (e.g. 720h)")
 	fs.Var(&sf.metadata, "metadata", "metadata JSON object (at most 4 KiB)")
+	fs.Var(&sf.limits, "limit", "named rate limit NAME=N/period (repeatable), e.g. burst=10/second; replaces the key's named limits")
+	fs.Var(&sf.plan, "plan", "plan id: the key takes the plan's rate, quota and scopes except those given with it (overrides)")
 	if update {
+		fs.BoolVar(&sf.clearLimits, "clear-limits", false, "remove the named limits (on a plan: drop the override, take the plan's)")
+		fs.BoolVar(&sf.clearPlan, "clear-plan", false, "take the key off its plan (it keeps its current limits as its own)")
 		fs.BoolVar(&sf.clearHosts, "clear-hosts", false, "remove every host (the key then allows no host)")
 		fs.BoolVar(&sf.clearScopes, "clear-scopes", false, "remove every scope")
-		fs.BoolVar(&sf.clearRate, "clear-rate", false, "remove the rate limit")
-		fs.BoolVar(&sf.clearQuota, "clear-quota", false, "remove the quota")
+		fs.BoolVar(&sf.clearRate, "clear-rate", false, "remove the rate limit (on a plan: drop the override, take the plan's)")
+		fs.BoolVar(&sf.clearQuota, "clear-quota", false, "remove the quota (on a plan: drop the override, take the plan's)")
 		fs.BoolVar(&sf.clearExpires, "clear-expires", false, "remove the expiry")
 		fs.BoolVar(&sf.clearMetadata, "clear-metadata", false, "remove the metadata")
 	}
@@ -420,6 +456,16 @@ func (sf *settingsFlags) request(update bool) (map[string]any, error) {
 		req["expires_at"] = t.UTC().Format(time.RFC3339)
 	} else if sf.clearExpires {
 		req["expires_at"] = nil
+	}
+	if sf.limits.set {
+		req["limits"] = sf.limits.values
+	} else if sf.clearLimits {
+		req["limits"] = nil
+	}
+	if sf.plan.set {
+		req["plan_id"] = sf.plan.value
+	} else if sf.clearPlan {
+		req["plan_id"] = nil
 	}
 	if sf.metadata.set {
 		if !json.Valid([]byte(sf.metadata.value)) {

@@ -78,7 +78,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.pgMaxOpen, err = envInt(env, "KEYGATE_PG_MAX_OPEN", store.DefaultMaxOpenConns); err != nil {
 		return err
 	}
-	if cfg.pgMaxIdle, err = envInt(env, "KEYGATE_PG_MAX_IDLE", store.DefaultMaxIdleConns); err != nil {
+	if cfg.pgMaxIdle, err = envInt(env, "KEYGATE_PG_MAX_IDLE", 0); err != nil {
 		return err
 	}
 	if cfg.maxRegistrations, err = envInt(env, "KEYGATE_MAX_REGISTRATIONS", api.DefaultMaxRegistrationsPerMinute); err != nil {
@@ -118,7 +118,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	fs.IntVar(&cfg.pgMaxOpen, "pg-max-open", cfg.pgMaxOpen,
 		"most open PostgreSQL connections of this replica, plus one listening connection (KEYGATE_PG_MAX_OPEN)")
 	fs.IntVar(&cfg.pgMaxIdle, "pg-max-idle", cfg.pgMaxIdle,
-		"most idle PostgreSQL connections kept open by this replica (KEYGATE_PG_MAX_IDLE)")
+		"most idle PostgreSQL connections kept open by this replica; 0 means as many as --pg-max-open (KEYGATE_PG_MAX_IDLE)")
 	fs.StringVar(&cfg.tls.cert, "tls-cert", env("KEYGATE_TLS_CERT"),
 		"PEM certificate chain `file`: serve HTTPS instead of HTTP; re-read when it changes (KEYGATE_TLS_CERT)")
 	fs.StringVar(&cfg.tls.key, "tls-key", env("KEYGATE_TLS_KEY"),
@@ -157,8 +157,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	if cfg.pollInterval < 10*time.Millisecond || cfg.pollInterval > time.Minute {
 		return usagef("--poll-interval must be from 10ms to 1m")
 	}
-	if cfg.pgMaxOpen < 1 || cfg.pgMaxIdle < 1 || cfg.pgMaxIdle > cfg.pgMaxOpen {
-		return usagef("--pg-max-open must be at least 1 and --pg-max-idle from 1 to --pg-max-open")
+	if cfg.pgMaxOpen < 1 || cfg.pgMaxIdle < 0 || cfg.pgMaxIdle > cfg.pgMaxOpen {
+		return usagef("--pg-max-open must be at least 1 and --pg-max-idle from 0 (as many as --pg-max-open) to --pg-max-open")
 	}
 	if cfg.maxRegistrations < 1 {
 		return usagef("--max-registrations must be at least 1")

@@ -107,7 +107,7 @@ func CheckRotation(old, successor *store.Key, now time.Time) error {
 
 // Successor returns the new key of a rotation of old at now, without id
 // and hash: old's settings (name, owner, status, hosts, scopes, rate,
-// quota, metadata) and its own expiry, never its grace end, so a key
+// quota, named limits, plan and overrides, metadata) and its own expiry, never its grace end, so a key
 // rotated from one in its grace period lives as long as the lineage was
 // meant to. The lineage fields are the store's to set.
 func Successor(old *store.Key, now time.Time) *store.Key {
@@ -119,6 +119,9 @@ func Successor(old *store.Key, now time.Time) *store.Key {
 		Scopes:    slices.Clone(nonNil(old.Scopes)),
 		Rate:      old.Rate,
 		Quota:     old.Quota,
+		Limits:    slices.Clone(old.Limits),
+		PlanID:    old.PlanID,
+		Own:       old.Own,
 		ExpiresAt: old.ExpiresAt,
 		Metadata:  old.Metadata,
 		CreatedAt: now,

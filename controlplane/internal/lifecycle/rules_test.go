@@ -124,11 +124,14 @@ func TestSuccessor(t *testing.T) {
 		PredecessorID: "key_first", SuccessorID: "key_revoked",
 		CreatedAt: t0.Add(-time.Hour), UpdatedAt: t0.Add(-time.Minute), LastUsedAt: at(-time.Second),
 		QuotaExhaustedUntil: at(time.Hour),
+		Limits:              []store.NamedRate{{Name: "burst", Rate: store.Rate{Limit: 2, PeriodMS: 1000}}},
+		PlanID:              "pro", Own: store.OwnRate | store.OwnLimits,
 	}
 	want := &store.Key{
 		Name: "n", Owner: "o", Status: store.StatusDisabled,
 		Hosts: []string{"a.example.com"}, Scopes: []string{"read"},
 		Rate: old.Rate, Quota: old.Quota,
+		Limits: old.Limits, PlanID: "pro", Own: store.OwnRate | store.OwnLimits, // same plan, same overrides
 		ExpiresAt: old.ExpiresAt, // its own expiry, never the grace end
 		Metadata:  old.Metadata, CreatedAt: t0, UpdatedAt: t0,
 	}

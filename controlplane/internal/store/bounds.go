@@ -25,7 +25,8 @@ const (
 // foldAnonymousHosts rewrites the host of rollups without a key to
 // OtherHost where the minute already holds MaxAnonymousHosts other hosts
 // (counting the batch's own, admitted in sorted order), and merges the
-// rollups that become equal. It reads inside the ingest's transaction; on
+// rollups that become equal. It reads the minute's hosts, merged and
+// pending (rollup.go), inside the ingest's transaction; on
 // PostgreSQL two batches committing concurrently can each admit hosts up to
 // the cap, so a minute holds at most the cap times the number of concurrent
 // ingests.
@@ -41,12 +42,11 @@ func (s *sqlStore) foldAnonymousHosts(ctx context.Context, tx *sql.Tx, rs []roll
 	}
 	slices.Sort(minutes)
 	minutes = slices.Compact(minutes)
-	q := `SELECT DISTINCT minute, host FROM usage_minutes
-		WHERE key_id = '' AND minute IN (SELECT value FROM json_each($1)) AND host <> '' AND host <> $2`
+	// The minute's hosts so far: merged, and pending a rollup (rollup.go).
+	in := `minute IN (SELECT value FROM json_each($1))`
 	var arg any
 	if s.d == dialectPostgres {
-		q = `SELECT DISTINCT minute, host FROM usage_minutes
-			WHERE key_id = '' AND minute = ANY($1::bigint[]) AND host <> '' AND host <> $2`
+		in = `minute = ANY($1::bigint[])`
 		arg = minutes
 	} else {
 		b, err := json.Marshal(minutes)
@@ -55,7 +55,11 @@ func (s *sqlStore) foldAnonymousHosts(ctx context.Context, tx *sql.Tx, rs []roll
 		}
 		arg = string(b)
 	}
-	rows, err := tx.QueryContext(ctx, q, arg, OtherHost)
+	rows, err := tx.QueryContext(ctx, `SELECT minute, host FROM usage_minutes
+			WHERE key_id = '' AND `+in+` AND host <> '' AND host <> $2
+		UNION
+		SELECT minute, host FROM usage_pending_rows
+			WHERE key_id = '' AND `+in+` AND host <> '' AND host <> $2`, arg, OtherHost)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +127,10 @@ const pruneSpan = time.Hour
 func (s *sqlStore) PruneUsage(ctx context.Context, before time.Time) (int64, error) {
 	cutoff := before.Unix()
 	var removed int64
+	// Pending usage first, or it would come back after the prune.
+	if _, err := s.rollupUsage(ctx, true); err != nil {
+		return 0, fmt.Errorf("store: prune usage: %w", err)
+	}
 	for {
 		var oldest sql.NullInt64
 		if err := s.w.QueryRowContext(ctx, `SELECT MIN(minute) FROM usage_minutes`).Scan(&oldest); err != nil {

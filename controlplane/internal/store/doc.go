@@ -40,10 +40,11 @@ package store
 // outcome): one flush touches neighbouring rows, so it dirties few pages;
 // per-key reports use the (key_id, minute) index. Batches are aggregated
 // and sorted in Go first, so no statement touches a row twice and
-// concurrent ingests on PostgreSQL lock rows in the same order (no
-// deadlocks). On SQLite, rows go in 25-row multi-row statements (the driver
-// binds parameters in quadratic time, so bigger chunks cost more); on
-// PostgreSQL, as arrays through unnest in one statement.
+// concurrent writers lock rows in the same order (no deadlocks). On
+// SQLite, an ingest upserts its rows in 25-row multi-row statements (the
+// driver binds parameters in quadratic time, so bigger chunks cost more);
+// on PostgreSQL it appends the batch as one row of arrays to usage_pending
+// (ingest_pg.go), and rollups upsert what is pending (rollup.go).
 //
 // Why is LastUsedAt the start of a minute? Usage arrives per minute, so the
 // start of the latest minute with an allowed request is the most precise

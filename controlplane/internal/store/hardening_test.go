@@ -118,9 +118,13 @@ func testSumsSaturate(t *testing.T, open func(t testing.TB) Store) {
 	}
 }
 
-// usageRows counts the rows of usage_minutes.
+// usageRows counts the rows of usage_minutes once pending usage is
+// rolled up.
 func usageRows(t *testing.T, s Store) int {
 	t.Helper()
+	if _, err := s.(*sqlStore).rollupUsage(testCtx(t), true); err != nil {
+		t.Fatal(err)
+	}
 	var n int
 	if err := s.(*sqlStore).r.QueryRowContext(testCtx(t), `SELECT COUNT(*) FROM usage_minutes`).Scan(&n); err != nil {
 		t.Fatal(err)

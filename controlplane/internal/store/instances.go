@@ -262,9 +262,13 @@ func (s *sqlStore) checkInstanceSeq(ctx context.Context, tx *sql.Tx, b *UsageBat
 		return fmt.Errorf("instance: %w", err)
 	}
 	if b.Seq > acked+MaxSeqAhead {
-		return fmt.Errorf("seq %d is more than %d ahead of the highest accepted (%d): %w", b.Seq, MaxSeqAhead, acked, ErrSeqOutOfRange)
+		return seqOutOfRange(b.Seq, acked)
 	}
 	return nil
+}
+
+func seqOutOfRange(seq, acked int64) error {
+	return fmt.Errorf("seq %d is more than %d ahead of the highest accepted (%d): %w", seq, MaxSeqAhead, acked, ErrSeqOutOfRange)
 }
 
 // recordInstanceBatch notes an accepted (or duplicate) batch on its

@@ -21,7 +21,7 @@ const (
 	MaxListLimit     = 1000
 )
 
-const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at`
+const keyColumns = `id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst, quota_limit, quota_period, expires_at, metadata, created_at, updated_at, last_used_at, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at, plan_id, own_limits, limits, limits_rate, owner_limits`
 
 // keyColumnsAs is keyColumns qualified with a table alias.
 func keyColumnsAs(alias string) string {
@@ -37,7 +37,10 @@ type rowScanner interface {
 type keyRow struct {
 	id, name, owner, status, hosts, scopes sql.NullString
 	quotaPeriod, metadata                  sql.NullString
-	predecessor, successor                 sql.NullString
+	predecessor, successor, plan, limits   sql.NullString
+	own                                    sql.NullInt64
+	limitsRate                             sql.NullFloat64
+	ownerLimits                            sql.NullString
 	rateLimit, ratePeriod, rateBurst       sql.NullInt64
 	quotaLimit                             sql.NullInt64
 	hash                                   []byte
@@ -48,7 +51,7 @@ type keyRow struct {
 func (r *keyRow) dest() []any {
 	return []any{&r.id, &r.hash, &r.name, &r.owner, &r.status, &r.hosts, &r.scopes,
 		&r.rateLimit, &r.ratePeriod, &r.rateBurst, &r.quotaLimit, &r.quotaPeriod, &r.expires, &r.metadata, &r.created, &r.updated, &r.lastUsed, &r.exhausted,
-		&r.predecessor, &r.successor, &r.graceEnds}
+		&r.predecessor, &r.successor, &r.graceEnds, &r.plan, &r.own, &r.limits, &r.limitsRate, &r.ownerLimits}
 }
 
 // scanKey reads the keyColumns of one row.
@@ -87,6 +90,16 @@ func (r *keyRow) key() (*Key, error) {
 	k.QuotaExhaustedUntil = fromNullMicro(r.exhausted)
 	k.GraceEndsAt = fromNullMicro(r.graceEnds)
 	k.PredecessorID, k.SuccessorID = r.predecessor.String, r.successor.String
+	if k.Limits, err = unmarshalLimits(r.limits.String); err != nil {
+		return nil, fmt.Errorf("key %s: limits: %w", k.ID, err)
+	}
+	if k.OwnerLimits, err = unmarshalLimits(r.ownerLimits.String); err != nil {
+		return nil, fmt.Errorf("key %s: owner limits: %w", k.ID, err)
+	}
+	k.PlanID, k.Own = r.plan.String, OwnAll
+	if r.own.Valid {
+		k.Own = Own(r.own.Int64) & OwnAll
+	}
 	k.CreatedAt = fromMicro(r.created.Int64)
 	k.UpdatedAt = fromMicro(r.updated.Int64)
 	return k, nil
@@ -124,7 +137,8 @@ func truncTimePtr(t *time.Time) *time.Time {
 // keyValues validates k and returns the stored forms of its mutable
 // columns: name, owner, status, hosts, scopes, rate_limit, rate_period_ms,
 // rate_burst, quota_limit, quota_period, expires_at, metadata,
-// quota_exhausted_until, predecessor_id, successor_id, grace_ends_at.
+// quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
+// plan_id, own_limits, limits, limits_rate, owner_limits, owner_limits_rate.
 func keyValues(k *Key) ([]any, error) {
 	if !wire.ValidKeyID(k.ID) {
 		return nil, &FieldError{Field: "id", Message: fmt.Sprintf("must be 1 to %d characters of [A-Za-z0-9_-]", wire.MaxKeyIDLen)}
@@ -156,6 +170,14 @@ func keyValues(k *Key) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits, err := marshalLimits(k.Limits)
+	if err != nil {
+		return nil, err
+	}
+	ownerLimits, err := marshalLimits(k.OwnerLimits)
+	if err != nil {
+		return nil, err
+	}
 	var rl, rp, rb, ql, qp any
 	if k.Rate != nil {
 		rl, rp, rb = k.Rate.Limit, k.Rate.PeriodMS, k.Rate.Burst
@@ -165,7 +187,8 @@ func keyValues(k *Key) ([]any, error) {
 	}
 	return []any{k.Name, k.Owner, k.Status, hosts, scopes, rl, rp, rb, ql, qp,
 		nullMicro(k.ExpiresAt), metadata, nullMicro(k.QuotaExhaustedUntil),
-		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt)}, nil
+		nullString(k.PredecessorID), nullString(k.SuccessorID), nullMicro(k.GraceEndsAt),
+		nullString(k.PlanID), int64(k.Own), limits, limitsRate(k.Limits), ownerLimits, limitsRate(k.OwnerLimits)}, nil
 }
 
 // unmarshalList decodes a JSON array of strings as marshalList writes it.
@@ -249,6 +272,9 @@ func (s *sqlStore) normalizeNew(k *Key) {
 	if k.Scopes == nil {
 		k.Scopes = []string{}
 	}
+	if k.Limits == nil {
+		k.Limits = []NamedRate{}
+	}
 }
 
 // insertKey inserts k (already normalised) and logs the change.
@@ -261,8 +287,8 @@ func (s *sqlStore) insertKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	args = append(args, k.CreatedAt.UnixMicro(), k.UpdatedAt.UnixMicro())
 	_, err = tx.ExecContext(ctx, `INSERT INTO keys (id, hash, name, owner, status, hosts, scopes, rate_limit, rate_period_ms, rate_burst,
 		quota_limit, quota_period, expires_at, metadata, quota_exhausted_until, predecessor_id, successor_id, grace_ends_at,
-		created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`, args...)
+		plan_id, own_limits, limits, limits_rate, owner_limits, owner_limits_rate, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`, args...)
 	if isUniqueViolation(err) {
 		return fmt.Errorf("store: a key with this id or hash exists: %w", ErrConflict)
 	}
@@ -278,12 +304,20 @@ func (s *sqlStore) CreateKey(ctx context.Context, k *Key) error {
 	s.normalizeNew(k)
 	// Lineage fields come from RotateKey only.
 	k.PredecessorID, k.SuccessorID, k.GraceEndsAt = "", "", nil
-	if k.Quota != nil && k.Quota.Limit <= 0 && k.QuotaExhaustedUntil == nil {
-		if _, end, err := QuotaPeriod(k.Quota.Period, s.now()); err == nil {
-			k.QuotaExhaustedUntil = &end
+	exhausted := k.QuotaExhaustedUntil
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := s.applyPlan(ctx, tx, k); err != nil {
+			return err
 		}
-	}
-	if err := s.writeTx(ctx, func(tx *sql.Tx) error { return s.insertKey(ctx, tx, k) }); err != nil {
+		k.QuotaExhaustedUntil = exhausted
+		if k.Quota != nil && k.Quota.Limit <= 0 && k.QuotaExhaustedUntil == nil {
+			if _, end, err := QuotaPeriod(k.Quota.Period, s.now()); err == nil {
+				k.QuotaExhaustedUntil = &end
+			}
+		}
+		return s.insertKey(ctx, tx, k)
+	})
+	if err != nil {
 		return err
 	}
 	s.notify()
@@ -328,7 +362,7 @@ func (s *sqlStore) writeKey(ctx context.Context, tx *sql.Tx, k *Key) error {
 	_, err = tx.ExecContext(ctx, `UPDATE keys SET name = $1, owner = $2, status = $3, hosts = $4, scopes = $5,
 		rate_limit = $6, rate_period_ms = $7, rate_burst = $8, quota_limit = $9, quota_period = $10,
 		expires_at = $11, metadata = $12, quota_exhausted_until = $13, predecessor_id = $14, successor_id = $15,
-		grace_ends_at = $16, updated_at = $17 WHERE id = $18`, args...)
+		grace_ends_at = $16, plan_id = $17, own_limits = $18, limits = $19, limits_rate = $20, owner_limits = $21, owner_limits_rate = $22, updated_at = $23 WHERE id = $24`, args...)
 	if err != nil {
 		return fmt.Errorf("store: update key: %w", err)
 	}
@@ -372,6 +406,9 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		}
 		k.UpdatedAt = truncTime(k.UpdatedAt)
 		k.ExpiresAt = truncTimePtr(k.ExpiresAt)
+		if err := s.applyPlan(ctx, tx, k); err != nil {
+			return err
+		}
 		if !sameQuota(k.Quota, orig.Quota) {
 			// A new limit or period: exhausted or not follows from the
 			// period's usage, so raising the limit lifts the exhaustion.
@@ -387,6 +424,9 @@ func (s *sqlStore) UpdateKey(ctx context.Context, id string, fn func(*Key) error
 		}
 		if k.Scopes == nil {
 			k.Scopes = []string{}
+		}
+		if k.Limits == nil {
+			k.Limits = []NamedRate{}
 		}
 		if err := s.writeKey(ctx, tx, k); err != nil {
 			return err
@@ -457,6 +497,9 @@ func (s *sqlStore) RotateKey(ctx context.Context, oldID string, fn RotateFunc) (
 		nk.ExpiresAt = truncTimePtr(k.ExpiresAt)
 		nk.PredecessorID, nk.SuccessorID, nk.GraceEndsAt = k.ID, "", nil
 		nk.QuotaExhaustedUntil = nil
+		if err := s.applyPlan(ctx, tx, nk); err != nil {
+			return err
+		}
 		if nk.Quota != nil {
 			// The lineage's usage so far counts against the new key too.
 			if err := settleQuotaOf(ctx, tx, nk, k.ID, s.now()); err != nil {
@@ -541,6 +584,9 @@ func (s *sqlStore) ListKeys(ctx context.Context, f ListFilter) ([]*Key, string, 
 	if f.Status != "" {
 		where = append(where, "status = "+arg(f.Status))
 	}
+	if f.Plan != "" {
+		where = append(where, "plan_id = "+arg(f.Plan))
+	}
 	if f.Cursor != "" {
 		c, err := decodeKeysCursor(f.Cursor)
 		if err != nil {
@@ -583,6 +629,56 @@ func clampLimit(n int) int {
 		return DefaultListLimit
 	}
 	return min(n, MaxListLimit)
+}
+
+// marshalLimits validates named limits (distinct non-empty names, sorted
+// by name) and encodes them as a JSON array.
+func marshalLimits(l []NamedRate) (string, error) {
+	if len(l) > wire.MaxLimits {
+		return "", &FieldError{Field: "limits", Message: fmt.Sprintf("at most %d named limits", wire.MaxLimits)}
+	}
+	for i, n := range l {
+		if !wire.ValidLimitName(n.Name) {
+			return "", &FieldError{Field: "limits", Message: fmt.Sprintf("a limit's name must be 1 to %d characters of [a-z0-9_-], not %q", wire.MaxLimitNameLen, wire.UnnamedLimit)}
+		}
+		if i > 0 && l[i-1].Name >= n.Name {
+			return "", &FieldError{Field: "limits", Message: "names must be distinct and sorted"}
+		}
+	}
+	if len(l) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(l)
+	return string(b), err
+}
+
+// limitsRate is the tightest of named limits in requests per second, the
+// rate the fleet shares weigh a key's demand against (nil for none).
+func limitsRate(l []NamedRate) any {
+	var tight float64
+	for i, n := range l {
+		if n.PeriodMS <= 0 {
+			continue
+		}
+		if r := float64(n.Limit) * 1000 / float64(n.PeriodMS); i == 0 || r < tight {
+			tight = r
+		}
+	}
+	if len(l) == 0 {
+		return nil
+	}
+	return tight
+}
+
+func unmarshalLimits(s string) ([]NamedRate, error) {
+	out := []NamedRate{}
+	if s == "" || s == "[]" {
+		return out, nil
+	}
+	if err := json.Unmarshal([]byte(s), &out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // KeyCounts returns how many keys the store holds by status: "active",

@@ -80,17 +80,19 @@ func WithSQLiteSynchronous(mode string) Option {
 }
 
 // WithPostgresPool sets the most open and idle connections of a
-// PostgreSQL store's pool (defaults DefaultMaxOpenConns and
-// DefaultMaxIdleConns; values <= 0 keep them). The listening connection
-// comes on top. SQLite ignores it.
+// PostgreSQL store's pool (default DefaultMaxOpenConns; maxOpen <= 0 keeps
+// it). maxIdle <= 0 (the default) keeps as many idle as may be open: a
+// replica under bursts (a fleet's usage batches, long-polls waking
+// together) then reuses warm connections, with their prepared statements,
+// instead of starting a PostgreSQL backend for each burst; connections
+// idle for 5 minutes close either way. The listening connection comes on
+// top. SQLite ignores it.
 func WithPostgresPool(maxOpen, maxIdle int) Option {
 	return func(c *config) {
 		if maxOpen > 0 {
 			c.maxOpen = maxOpen
 		}
-		if maxIdle > 0 {
-			c.maxIdle = maxIdle
-		}
+		c.maxIdle = maxIdle
 	}
 }
 
@@ -98,12 +100,11 @@ func WithPostgresPool(maxOpen, maxIdle int) Option {
 const (
 	DefaultPollInterval = time.Second
 	DefaultMaxOpenConns = 16
-	DefaultMaxIdleConns = 4
 )
 
 func newConfig(opts []Option) config {
 	c := config{now: time.Now, pollInterval: DefaultPollInterval, shareWindow: DefaultShareWindow,
-		maxOpen: DefaultMaxOpenConns, maxIdle: DefaultMaxIdleConns, synchronous: SynchronousFull}
+		maxOpen: DefaultMaxOpenConns, synchronous: SynchronousFull}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -242,7 +243,11 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error
 	}
 	c := newConfig(opts)
 	db.SetMaxOpenConns(c.maxOpen)
-	db.SetMaxIdleConns(min(c.maxIdle, c.maxOpen))
+	idle := c.maxIdle
+	if idle <= 0 || idle > c.maxOpen {
+		idle = c.maxOpen
+	}
+	db.SetMaxIdleConns(idle)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()

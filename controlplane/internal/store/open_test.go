@@ -160,3 +160,29 @@ func TestOpenDispatch(t *testing.T) {
 	}
 	s.Close()
 }
+
+// The pool keeps as many idle connections as may be open unless told
+// fewer: a burst's connections stay warm for the next one.
+func TestPostgresPoolKeepsConnections(t *testing.T) {
+	dsn := postgresSchemaURL(t, postgresAdmin(t))
+	for _, tc := range []struct{ open, idle, want int }{{5, 0, 5}, {5, 2, 2}, {5, 9, 5}} {
+		s, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(tc.open, tc.idle))
+		if err != nil {
+			t.Fatal(err)
+		}
+		db := s.(*sqlStore).w
+		conns := make([]*sql.Conn, tc.open)
+		for i := range conns {
+			if conns[i], err = db.Conn(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		if got := db.Stats().Idle; got != tc.want {
+			t.Errorf("open %d idle %d: %d idle connections after a burst, want %d", tc.open, tc.idle, got, tc.want)
+		}
+		s.Close()
+	}
+}

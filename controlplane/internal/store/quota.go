@@ -14,7 +14,8 @@ import (
 
 // Quotas are enforced by the filters from QuotaExhaustedUntil, which
 // IngestUsage sets from the fleet's totals in usage_days (allowed requests
-// per key and UTC day). A quota period is a UTC day or calendar month, so
+// per key and UTC day) plus, on PostgreSQL, the counts still pending a
+// rollup (rollup.go). A quota period is a UTC day or calendar month, so
 // a period is one or at most 31 of those rows.
 
 // QuotaPeriod returns the UTC quota period ("day" or "month") that
@@ -64,22 +65,9 @@ func dayCounts(rs []rollup) []dayCount {
 // upsertDaySuffix adds to a day's counter, saturating at MaxCounter.
 const upsertDaySuffix = ` ON CONFLICT (key_id, day) DO UPDATE SET allowed = ` + `CASE WHEN usage_days.allowed >= ` + maxCounterSQL + ` - excluded.allowed THEN ` + maxCounterSQL + ` ELSE usage_days.allowed + excluded.allowed END`
 
-// addDays adds a batch's allowed requests to usage_days.
-func (s *sqlStore) addDays(ctx context.Context, tx *sql.Tx, ds []dayCount) error {
-	if len(ds) == 0 {
-		return nil
-	}
-	if s.d == dialectPostgres {
-		ids := make([]string, len(ds))
-		days := make([]int64, len(ds))
-		ns := make([]int64, len(ds))
-		for i, d := range ds {
-			ids[i], days[i], ns[i] = d.keyID, d.day, d.allowed
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO usage_days (key_id, day, allowed)
-			SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])`+upsertDaySuffix, ids, days, ns)
-		return err
-	}
+// addDaysSQLite adds a batch's allowed requests to usage_days (on
+// PostgreSQL the rollup does: rollup.go).
+func addDaysSQLite(ctx context.Context, tx *sql.Tx, ds []dayCount) error {
 	stmt := func(rows int) string {
 		var b strings.Builder
 		b.WriteString(`INSERT INTO usage_days (key_id, day, allowed) VALUES `)
@@ -108,14 +96,24 @@ func quotaUsed(ctx context.Context, q querier, keyID, period string, at time.Tim
 	if err != nil {
 		return 0, time.Time{}, err
 	}
-	// Summed as doubles and saturated here: a sum of saturated counters
-	// (MaxCounter) must not overflow the query (exact below 2^53).
+	// Counts still pending a rollup (rollup.go) add to their day's row,
+	// saturating like the rollup does. Summed as doubles and saturated
+	// here: a sum of saturated counters (MaxCounter) must not overflow the
+	// query (exact below 2^53).
 	var sum float64
-	err = q.QueryRowContext(ctx, `SELECT COALESCE(SUM(CAST(allowed AS DOUBLE PRECISION)), 0) FROM usage_days
-		WHERE day >= $2 AND day < $3 AND key_id IN (
+	err = q.QueryRowContext(ctx, `WITH ids(x) AS (
 			SELECT CAST($1 AS TEXT)
 			UNION
-			SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id WHERE l.key_id = $1)`,
+			SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id WHERE l.key_id = $1
+		), per_day AS (
+			SELECT key_id, day, allowed AS n FROM usage_days
+			WHERE day >= $2 AND day < $3 AND key_id IN (SELECT x FROM ids)
+			UNION ALL
+			SELECT key_id, minute - minute % 86400, n FROM usage_pending_rows
+			WHERE minute >= $2 AND minute < $3 AND outcome = 'allowed' AND key_id IN (SELECT x FROM ids)
+		)
+		SELECT COALESCE(SUM(CASE WHEN s > `+maxCounterSQL+` THEN `+maxCounterSQL+` ELSE s END), 0) FROM (
+			SELECT SUM(CAST(n AS DOUBLE PRECISION)) AS s FROM per_day GROUP BY key_id, day) AS t`,
 		keyID, start.Unix(), end.Unix()).Scan(&sum)
 	if sum >= math.MaxInt64 {
 		return math.MaxInt64, end, err
@@ -150,7 +148,12 @@ func (s *sqlStore) exhaustQuotas(ctx context.Context, tx *sql.Tx, ids []string, 
 	query := `WITH batch_ids(x) AS (SELECT value FROM json_each($1)) ` + q
 	var arg any
 	if s.d == dialectPostgres {
-		query = `WITH batch_ids(x) AS (SELECT unnest($1::text[])) ` + q
+		// Locked: concurrent batches of a key append their usage without
+		// waiting for each other (rollup.go), so each would miss the
+		// other's uncommitted counts. With the lock the later one reads
+		// after the earlier commits, sees its counts and its exhaustion,
+		// and a crossing is neither missed nor logged twice.
+		query = `WITH batch_ids(x) AS (SELECT unnest($1::text[])) ` + q + ` FOR UPDATE`
 		arg = ids
 	} else {
 		b, err := json.Marshal(ids)

@@ -39,6 +39,15 @@ type sqlStore struct {
 	// sharesPruned is when this process last pruned the share tables
 	// (unix microseconds of the store clock).
 	sharesPruned atomic.Int64
+	// rolledUp is when this process last started a background usage
+	// rollup (unix nanoseconds, real time: rollup.go).
+	rolledUp atomic.Int64
+	// Background work (rollups): bgCtx ends at Close, which then waits
+	// for bg; bgMu orders starting work against Close.
+	bgMu     sync.Mutex
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 
 	// changed is closed and replaced after every local commit that appends
 	// to the change log, waking local WaitForChange calls at once.
@@ -66,8 +75,10 @@ type sqlStore struct {
 }
 
 func newSQLStore(d dialect, w, r *sql.DB, c config) *sqlStore {
-	return &sqlStore{d: d, w: w, r: r, now: c.now, poll: c.pollInterval, shareWindow: c.shareWindow,
+	s := &sqlStore{d: d, w: w, r: r, now: c.now, poll: c.pollInterval, shareWindow: c.shareWindow,
 		changed: make(chan struct{}), pollSem: make(chan struct{}, 1)}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	return s
 }
 
 // writeTx runs fn in a write transaction, retrying the whole transaction a
@@ -310,6 +321,10 @@ func (s *sqlStore) Ping(ctx context.Context) error {
 
 func (s *sqlStore) Close() error {
 	s.closeOnce.Do(func() {
+		s.bgMu.Lock()
+		s.bgCancel()
+		s.bgMu.Unlock()
+		s.bg.Wait()
 		if s.stopListen != nil {
 			s.stopListen()
 			<-s.listenDone

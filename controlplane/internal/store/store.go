@@ -51,6 +51,14 @@ type Rate struct {
 	Burst    int64 `json:"burst"`
 }
 
+// NamedRate is one named rate limit of a key or plan (e.g. "burst" 10 per
+// second and "sustained" 1000 per hour): a request takes from every limit
+// that applies to its route.
+type NamedRate struct {
+	Name string `json:"name"`
+	Rate
+}
+
 // Quota is a request budget per UTC day or month.
 type Quota struct {
 	Limit  int64  `json:"limit"`
@@ -60,15 +68,17 @@ type Quota struct {
 // Key is one API key as stored. Hash is the SHA-256 of the key; the key
 // itself is never stored.
 type Key struct {
-	ID        string
-	Hash      apikey.Hash
-	Name      string
-	Owner     string
-	Status    string
-	Hosts     []string
-	Scopes    []string
-	Rate      *Rate
-	Quota     *Quota
+	ID     string
+	Hash   apikey.Hash
+	Name   string
+	Owner  string
+	Status string
+	Hosts  []string
+	Scopes []string
+	Rate   *Rate
+	Quota  *Quota
+	// Limits are the key's named rate limits, sorted by name (never nil).
+	Limits    []NamedRate
 	ExpiresAt *time.Time
 	Metadata  json.RawMessage // a JSON object, or nil
 	CreatedAt time.Time
@@ -86,7 +96,30 @@ type Key struct {
 	// period), and kept consistent by UpdateKey when the quota changes; nil
 	// if never exhausted. A time in the past means not exhausted any more.
 	QuotaExhaustedUntil *time.Time
+	// PlanID is the key's plan, "" for none. Own says which of Rate, Quota,
+	// Scopes and Limits are the key's own values (overrides); the store fills the
+	// others from the plan whenever the key or its plan is written, so
+	// Rate, Quota and Scopes always hold the key's effective limits. A key
+	// without a plan owns them all.
+	PlanID string
+	Own    Own
+	// OwnerLimits are the named rate limits of the key's owner, shared by
+	// all the owner's keys (SetOwnerLimits); the store fills them in
+	// whenever the key is written, from its Owner.
+	OwnerLimits []NamedRate
 }
+
+// Own is a set of a key's limit fields (Key.Own).
+type Own uint8
+
+// The limit fields a key may own or take from its plan.
+const (
+	OwnRate Own = 1 << iota
+	OwnQuota
+	OwnScopes
+	OwnLimits
+	OwnAll = OwnRate | OwnQuota | OwnScopes | OwnLimits
+)
 
 // EffectiveExpiry is when the key stops working: the earlier of its own
 // expiry and the end of its rotation's grace period; nil if neither.
@@ -111,6 +144,7 @@ type RotateFunc func(old, successor *Key) (newKey *Key, graceEnd time.Time, err 
 type ListFilter struct {
 	Owner  string
 	Status string
+	Plan   string
 	Cursor string
 	Limit  int
 }
@@ -234,6 +268,22 @@ type Store interface {
 	// row means a concurrent revoke, update or rotation is either seen by
 	// fn or waits for this one.
 	RotateKey(ctx context.Context, oldID string, fn RotateFunc) (old, newKey *Key, err error)
+
+	// Plans (plans.go). DeletePlan fails with a *PlanInUseError
+	// (ErrConflict) while keys reference the plan; a key naming an unknown
+	// plan fails with a FieldError on plan_id.
+	CreatePlan(ctx context.Context, p *Plan) error // ErrConflict on a duplicate id
+	GetPlan(ctx context.Context, id string) (*Plan, error)
+	ListPlans(ctx context.Context) ([]*Plan, error)
+	UpdatePlan(ctx context.Context, id string, fn func(*Plan) error) (*Plan, error)
+	DeletePlan(ctx context.Context, id string) error
+
+	// Owner limits (owners.go). SetOwnerLimits replaces an owner's named
+	// limits (none: removes them), rewrites them into every key of the
+	// owner and logs one change per key, so the filters receive them;
+	// it returns the number of keys.
+	SetOwnerLimits(ctx context.Context, owner string, limits []NamedRate) (keys int64, err error)
+	GetOwnerLimits(ctx context.Context, owner string) (limits []NamedRate, keys int64, err error)
 
 	// Audit.
 	AppendAudit(ctx context.Context, e *AuditEntry) error

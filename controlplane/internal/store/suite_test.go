@@ -59,6 +59,9 @@ func runSuite(t *testing.T, open func(t testing.TB) Store) {
 		{"RegistrationBound", testRegistrationBound},
 		{"SharesPerInstance", testSharesPerInstance},
 		{"LineageBudget", testLineageBudget},
+		{"Plans", testPlans},
+		{"SharesNamedLimits", testSharesNamedLimits},
+		{"OwnerLimits", testOwnerLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

@@ -132,48 +132,22 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	rs := aggregate(b.Counts)
 	lu := lastUses(rs)
 	ds := demands(rs)
-	days := dayCounts(rs)
 	used := make([]string, len(lu)) // keys with allowed requests
 	for i, u := range lu {
 		used[i] = u.keyID
 	}
 	dup, changed := false, false
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		dup, changed = false, false
+		var err error
 		now := s.now()
-		if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			dup = true
-			return s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
-		}
-		rs, err := s.foldAnonymousHosts(ctx, tx, rs)
-		if err != nil {
-			return fmt.Errorf("anonymous hosts: %w", err)
-		}
+		quotas := true
+		changed = false
 		if s.d == dialectPostgres {
-			err = s.mergePostgres(ctx, tx, rs, lu)
+			dup, quotas, err = s.mergePostgres(ctx, tx, b, rs, lu, ds, now)
 		} else {
-			err = s.mergeSQLite(ctx, tx, rs, lu)
+			dup, err = s.mergeSQLiteBatch(ctx, tx, b, rs, lu, ds, now)
 		}
-		if err != nil {
-			return err
-		}
-		if err := s.addDays(ctx, tx, days); err != nil {
-			return fmt.Errorf("usage days: %w", err)
-		}
-		if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
-			return err
-		}
-		if err := s.recordInstanceBatch(ctx, tx, b, now.UnixMicro()); err != nil {
+		if err != nil || dup || !quotas {
 			return err
 		}
 		// Last: it may bump the change-log version, which holds the
@@ -191,8 +165,41 @@ func (s *sqlStore) IngestUsage(ctx context.Context, b *UsageBatch) (bool, error)
 	}
 	if !dup {
 		s.pruneShares(ctx)
+		s.scheduleRollup()
 	}
 	return dup, nil
+}
+
+// mergeSQLiteBatch records batch b in tx unless it is a duplicate (true),
+// adding its sums rs to usage_minutes and usage_days.
+func (s *sqlStore) mergeSQLiteBatch(ctx context.Context, tx *sql.Tx, b *UsageBatch, rs []rollup, lu []lastUse, ds []demand, now time.Time) (bool, error) {
+	if err := s.checkInstanceSeq(ctx, tx, b); err != nil {
+		return false, err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO usage_batches (node, boot, seq, received_at, counts) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (node, boot, seq) DO NOTHING`, b.Node, b.Boot, b.Seq, now.UnixMicro(), len(b.Counts))
+	if err != nil {
+		return false, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return false, err
+	} else if n == 0 {
+		return true, s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
+	}
+	rs, err = s.foldAnonymousHosts(ctx, tx, rs)
+	if err != nil {
+		return false, fmt.Errorf("anonymous hosts: %w", err)
+	}
+	if err := mergeSQLite(ctx, tx, rs, lu); err != nil {
+		return false, err
+	}
+	if err := addDaysSQLite(ctx, tx, dayCounts(rs)); err != nil {
+		return false, fmt.Errorf("usage days: %w", err)
+	}
+	if err := s.recordDemand(ctx, tx, b.Node, b.Boot, now.UnixMicro(), ds); err != nil {
+		return false, err
+	}
+	return false, s.recordInstanceBatch(ctx, tx, b, now.UnixMicro())
 }
 
 const upsertRollupSuffix = ` ON CONFLICT (minute, key_id, host, outcome) DO UPDATE SET n = ` + `CASE WHEN usage_minutes.n >= ` + maxCounterSQL + ` - excluded.n THEN ` + maxCounterSQL + ` ELSE usage_minutes.n + excluded.n END`
@@ -286,7 +293,7 @@ func execChunks(ctx context.Context, tx *sql.Tx, n int, full string, partial fun
 	return nil
 }
 
-func (s *sqlStore) mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
+func mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
 	err := execChunks(ctx, tx, len(rs), sqliteUpsertFull, sqliteUpsert, func(args []any, i int) []any {
 		r := &rs[i]
 		return append(args, r.minute, r.keyID, r.host, r.outcome, r.n)
@@ -297,39 +304,6 @@ func (s *sqlStore) mergeSQLite(ctx context.Context, tx *sql.Tx, rs []rollup, lu 
 	return execChunks(ctx, tx, len(lu), sqliteLastUsedFull, sqliteLastUsed, func(args []any, i int) []any {
 		return append(args, lu[i].keyID, lu[i].at)
 	})
-}
-
-// mergePostgres sends the whole batch as arrays: one statement for the
-// rollups, one for the last-use times.
-func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, rs []rollup, lu []lastUse) error {
-	if len(rs) > 0 {
-		keys := make([]string, len(rs))
-		minutes := make([]int64, len(rs))
-		hosts := make([]string, len(rs))
-		outcomes := make([]string, len(rs))
-		ns := make([]int64, len(rs))
-		for i, r := range rs {
-			keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
-			SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])`+upsertRollupSuffix,
-			minutes, keys, hosts, outcomes, ns); err != nil {
-			return err
-		}
-	}
-	if len(lu) > 0 {
-		ids := make([]string, len(lu))
-		ats := make([]int64, len(lu))
-		for i, u := range lu {
-			ids[i], ats[i] = u.keyID, u.at
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE keys SET last_used_at = u.at
-			FROM unnest($1::text[], $2::bigint[]) AS u(id, at)
-			WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)`, ids, ats); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 var stepSeconds = map[string]int64{"minute": 60, "hour": 3600, "day": 86400}
@@ -361,6 +335,9 @@ func (s *sqlStore) series(ctx context.Context, keyID *string, from, to time.Time
 	}
 	lo, hi, err := usageRange(from, to)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.settleUsage(ctx); err != nil {
 		return nil, err
 	}
 	where, args := `minute >= $1 AND minute < $2`, []any{lo, hi, st}
@@ -403,6 +380,9 @@ func (s *sqlStore) UsageByHost(ctx context.Context, keyID string, from, to time.
 	if err != nil {
 		return nil, err
 	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE key_id = $1 AND minute >= $2 AND minute < $3 GROUP BY host`, keyID, lo, hi)
 	if err != nil {
@@ -419,6 +399,9 @@ func (s *sqlStore) HostTotals(ctx context.Context, from, to time.Time, top int) 
 	}
 	if top <= 0 {
 		top = 10
+	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
 	}
 	top = min(top, MaxListLimit)
 	rows, err := s.r.QueryContext(ctx, `SELECT host, `+s.sumAllowedDenied()+`
@@ -471,6 +454,9 @@ func (s *sqlStore) TopKeys(ctx context.Context, from, to time.Time, top int, ord
 		rank = `HAVING ` + denied + ` > 0 ORDER BY ` + denied + ` DESC, key_id`
 	default:
 		return nil, &FieldError{Field: "order", Message: "must be total or denied"}
+	}
+	if err := s.settleUsage(ctx); err != nil {
+		return nil, err
 	}
 	rows, err := s.r.QueryContext(ctx, `SELECT key_id, `+s.sumAllowedDenied()+`
 		FROM usage_minutes WHERE minute >= $1 AND minute < $2 AND key_id <> ''

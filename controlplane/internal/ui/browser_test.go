@@ -322,8 +322,14 @@ func TestDashboardInChromium(t *testing.T) {
 
 	// A second key, created through the API, with fewer requests but more
 	// refusals: the two rankings of the traffic page differ.
+	// It is on a plan: the dashboard names the plan and the overrides.
+	if code, p := apiCall(t, hs.URL, "POST", "/v1/plans", adminToken, map[string]any{
+		"id": "team", "name": "Team", "rate": map[string]any{"limit": 50, "period": "second"}}); code != http.StatusCreated {
+		t.Fatalf("create the plan: %d %v", code, p)
+	}
 	code, other := apiCall(t, hs.URL, "POST", "/v1/keys", adminToken, map[string]any{
-		"name": "search backend", "owner": "globex", "hosts": []string{"search.example.com"}, "scopes": []string{"read"}})
+		"name": "search backend", "owner": "globex", "hosts": []string{"search.example.com"}, "scopes": []string{"read"},
+		"plan_id": "team"})
 	if code != http.StatusCreated {
 		t.Fatalf("create the second key: %d %v", code, other)
 	}
@@ -600,6 +606,9 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.WaitVisible(chromedp.ID("key-series")))
 	if got := strings.TrimSpace(text(t, ctx, "#key-id")); got != otherID {
 		t.Errorf("searching a key id opened %q, want %q", got, otherID)
+	}
+	if got := text(t, ctx, "#key-details"); !strings.Contains(got, "Planteam (overrides: scopes)") || !strings.Contains(got, "50/s +49 burst") {
+		t.Errorf("the details of a key on a plan do not show the plan and its rate: %q", got)
 	}
 	run(t, ctx, "sign out",
 		chromedp.Click(chromedp.ID("logout")),

@@ -383,6 +383,44 @@ func (r *filterRig) withZipfKeys(n int) error {
 	return nil
 }
 
+// withLimitsKey makes the rig present another key whose record is what a
+// key on a plan with limits looks like to the filter: the plan's unnamed
+// rate, two named limits (burst, sustained) and its owner's limit, all far
+// above any rate the benchmark reaches, so each request takes from four
+// limiters (docs/plans.md).
+func (r *filterRig) withLimitsKey() error {
+	key, err := apikey.NewKey("ak", crand.Reader)
+	if err != nil {
+		return err
+	}
+	rec := benchRecord() // the same id: the rig's host has no other key of it
+	rec.Limits = []keyrecord.Limit{
+		{Name: "burst", Limit: 1_000_000, PeriodMS: 1000, Burst: 1_000_000},
+		{Name: "sustained", Limit: 1_000_000_000, PeriodMS: 3_600_000, Burst: 1_000_000},
+	}
+	rec.OwnerLimits = []keyrecord.Limit{{Name: "sustained", Limit: 1_000_000, PeriodMS: 1000, Burst: 1_000_000}}
+	buf, err := rec.Append(nil)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(key))
+	if err := r.h.SharedData().Set(keygateVMID, "k"+string(sum[:]), buf, 0); err != nil {
+		return err
+	}
+	r.key, r.req = key, benchRequest(key)
+	if err := r.check(); err != nil {
+		return err
+	}
+	_, ex, err := r.serve()
+	if err != nil {
+		return err
+	}
+	if v, _ := ex.resp.get("ratelimit-policy"); strings.Count(v, ";q=") != 4 || !strings.Contains(v, `"owner.sustained"`) {
+		return fmt.Errorf("RateLimit-Policy %q: want the four limits", v)
+	}
+	return nil
+}
+
 // guestStat calls one of the filter module's statistics exports
 // (keygate_mallocs, keygate_heap_alloc) on worker 0's VM.
 func (r *filterRig) guestStat(name string) (uint64, error) {
@@ -430,11 +468,12 @@ func (r *filterRig) run(n int) error {
 
 // sideBySide is one design of BenchmarkFilter: a rig and what it measured.
 type sideBySide struct {
-	label   string // metric prefix: pass, 1k, 1M, 1M-2k, 1M-32k, 1M-zipf
+	label   string // metric prefix: pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k, 1M-zipf
 	kind    rigKind
 	nkeys   int
 	inTurn  int    // keys presented in turn (withKeysInTurn); 0: the benchmark key
 	zipf    int    // keys presented in a Zipf order (withZipfKeys) instead
+	limits  bool   // the key carries a plan's rate, two named limits and an owner limit (withLimitsKey)
 	wasm    string // the keygate module when not $FILTER_WASM (a baseline)
 	rig     *filterRig
 	elapsed time.Duration
@@ -448,7 +487,9 @@ const filterChunk = 1000
 // of one request through the pass-through module and through the keygate
 // filter checking a valid key that has a rate limit (record lookup, host
 // match, limiter, identity headers, RateLimit headers), with 1k and 1M keys
-// in shared data; and with 2k and 32k keys presented in turn: a working
+// in shared data; with 1M keys and a key that also has two named limits and
+// an owner limit (1M-limits: four limiters, four RateLimit items); and with
+// 2k and 32k keys presented in turn: a working
 // set the worker's record cache holds, and one that defeats it and the
 // limiter leases (the slow path each key's first request takes). b.N is
 // the number of requests per
@@ -457,7 +498,7 @@ const filterChunk = 1000
 // of a shared machine lands on all of them alike instead of on whichever
 // ran last (sequential sub-benchmarks drifted by up to 30% here).
 //
-// Metrics, per design (pass, 1k, 1M, 1M-2k, 1M-32k): <d>-µs/req, the wall time per request
+// Metrics, per design (pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k, 1M-zipf): <d>-µs/req, the wall time per request
 // of the whole proxy-wasm call sequence; <d>-guest-allocs/req, TinyGo heap
 // allocations (keygate_mallocs) on the worker VM; <d>-host-allocs/req and
 // <d>-host-B/req, the Go host's, measured after the timed loop.
@@ -527,6 +568,7 @@ func filterDesigns() []*sideBySide {
 		{label: "pass", kind: rigPassthrough},
 		{label: "1k", kind: rigKeygate, nkeys: 1_000},
 		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
+		{label: "1M-limits", kind: rigKeygate, nkeys: 1_000_000, limits: true},
 		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
 		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
 		{label: "1M-zipf", kind: rigKeygate, nkeys: 1_000_000 - 100_000, zipf: 100_000},
@@ -546,6 +588,8 @@ func (d *sideBySide) newRig(filter, pass string, cleanup func(func())) (*filterR
 		err = r.withKeysInTurn(d.inTurn)
 	case d.zipf > 0:
 		err = r.withZipfKeys(d.zipf)
+	case d.limits:
+		err = r.withLimitsKey()
 	}
 	return r, err
 }

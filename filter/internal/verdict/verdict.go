@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/bucket"
+	"github.com/keygate/keygate/internal/wire"
 	"github.com/keygate/keygate/keyrecord"
 )
 
@@ -45,6 +46,10 @@ const (
 	HostNotAllowed
 	InsufficientScope
 	QuotaExceeded
+	// TooManyBadKeys: the client address has used up its budget of bad
+	// keys (Request.BadKeysBlocked), so its keyed requests are refused
+	// unread.
+	TooManyBadKeys
 	numOutcomes
 )
 
@@ -65,9 +70,65 @@ const (
 // Route is what the matched route asks of a request.
 type Route struct {
 	Scopes    []string // scopes the key must all have
+	ScopesAny []string // when not empty, the key must have at least one of these too
 	Cost      int64    // tokens a request takes from each rate limit
-	NoLimit   bool     // the key's rate limit does not apply
+	NoLimit   bool     // the key's rate limits do not apply
 	Anonymous Anonymous
+	// Limits, when not nil, are the only rate limits of a key that apply
+	// on the route, each with its own cost (Cost is then unused): the
+	// unnamed rate as wire.UnnamedLimit ("key"), named limits by name. A
+	// limit the key does not have is skipped. The owner's limits are
+	// named "owner." and their name.
+	Limits []RouteLimit
+}
+
+// RouteLimit is a rate limit a route names and the tokens a request takes
+// from it.
+type RouteLimit struct {
+	Name string
+	Cost int64
+}
+
+// cost returns the tokens a request on the route takes from the limit
+// called name, ok false when the limit does not apply on the route.
+func (rt *Route) cost(name []byte, owner bool) (cost int64, ok bool) {
+	if rt.Limits == nil {
+		return rt.Cost, true
+	}
+	for i := range rt.Limits {
+		n := rt.Limits[i].Name
+		if owner {
+			if len(n) <= len(OwnerPrefix) || n[:len(OwnerPrefix)] != OwnerPrefix {
+				continue
+			}
+			n = n[len(OwnerPrefix):]
+		}
+		if equal(name, n) {
+			return rt.Limits[i].Cost, true
+		}
+	}
+	return 0, false
+}
+
+// OwnerPrefix prefixes the name of an owner's limit in a route's limits
+// and in the RateLimit fields ("owner.sustained").
+const OwnerPrefix = "owner."
+
+// unnamed is the name under which a route lists the key's unnamed rate.
+var unnamed = []byte(wire.UnnamedLimit)
+
+// equal reports whether b holds s, without converting (TinyGo allocates
+// string(b)).
+func equal(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		if b[i] != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Policy is the filter's configuration as far as the decision needs it.
@@ -96,10 +157,17 @@ type Request struct {
 	// KeyWellFormed: the key passed the length bounds and apikey.CheckKey
 	// (or the worker's record cache vouches that it did).
 	KeyWellFormed bool
-	Authority     string
-	Route         *Route
-	Policy        *Policy
-	Sync          Sync
+	// BadKeysBlocked: the client address has no bad-key budget left, so a
+	// request with a key is refused before its key is looked at (a guess
+	// must not learn whether it hit).
+	BadKeysBlocked bool
+	// ClientLimits: the filter limits requests per client address
+	// (anonymous ones, and bad keys).
+	ClientLimits bool
+	Authority    string
+	Route        *Route
+	Policy       *Policy
+	Sync         Sync
 }
 
 // Record is what shared data holds for the request's key.
@@ -108,8 +176,9 @@ type Record struct {
 	View  keyrecord.View
 }
 
-// MaxLimits is how many rate limits one request may have to pass.
-const MaxLimits = 4
+// MaxLimits is how many rate limits one request may have to pass: the
+// key's unnamed rate, its named limits and its owner's.
+const MaxLimits = 1 + 2*wire.MaxLimits
 
 // Limit is one rate limit an allowed request must still pass, in the
 // limiter the caller runs (it reads and writes shared data).
@@ -117,6 +186,16 @@ type Limit struct {
 	// Budget names the bucket: the key's rate budget id (a slice of the
 	// record, valid while the record is).
 	Budget []byte
+	// Name is the named limit's name (a slice of the record), nil for the
+	// key's unnamed rate. The bucket of a named limit is its budget's and
+	// its name's.
+	Name []byte
+	// Index is the named limit's position in the record (-1 for the
+	// unnamed rate): the caller keeps a token lease per limit by it.
+	Index int
+	// Owner: the limit is the key's owner's, shared by all the owner's
+	// keys; Budget is then the owner (a slice of the record).
+	Owner bool
 	// Policy is the limit's fleet-wide policy; an invalid one must refuse
 	// the request (bucket.ErrBadPolicy), never admit it.
 	Policy bucket.Policy
@@ -136,7 +215,23 @@ type Verdict struct {
 	// before it goes upstream, in order.
 	Limits    [MaxLimits]Limit
 	NumLimits int
+	// ClientLimit says which per-client-address limit the request must
+	// still pass (the caller's limiter): ClientAnonymous for a request
+	// admitted without a key, ClientBadKey for a refusal of an unknown,
+	// malformed or revoked key, which passes it by keeping its own
+	// outcome and fails it as TooManyBadKeys.
+	ClientLimit ClientLimit
 }
+
+// ClientLimit is a per-client-address limit (the filter's client_limits).
+type ClientLimit uint8
+
+// The client limits.
+const (
+	ClientNone ClientLimit = iota
+	ClientAnonymous
+	ClientBadKey
+)
 
 // RetryAfterS is, for QuotaExceeded, the seconds until the quota resets.
 func (v *Verdict) RetryAfterS(now UnixNanos) int64 { return v.QuotaResetS - now.Seconds() }
@@ -149,7 +244,7 @@ func (q *Request) Stale(now UnixNanos) bool {
 // WantsRecord reports whether Decide will look at the key's record: the
 // caller reads it from shared data only then.
 func (q *Request) WantsRecord(now UnixNanos) bool {
-	return q.PathOK && !q.Ambiguous && q.KeyPresent && q.KeyWellFormed && (q.Policy.FailOpen || !q.Stale(now))
+	return q.PathOK && !q.Ambiguous && q.KeyPresent && !q.BadKeysBlocked && q.KeyWellFormed && (q.Policy.FailOpen || !q.Stale(now))
 }
 
 // admitsAnonymous reports whether the request's route lets a request
@@ -186,10 +281,16 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	case !q.KeyPresent:
 		if !q.admitsAnonymous() {
 			v.Outcome = MissingKey
+		} else if q.ClientLimits {
+			v.ClientLimit = ClientAnonymous
 		}
+		return
+	case q.BadKeysBlocked:
+		v.Outcome = TooManyBadKeys
 		return
 	case !q.KeyWellFormed:
 		v.Outcome = MalformedKey
+		v.badKey(q)
 		return
 	}
 	stale := q.Stale(now)
@@ -201,6 +302,7 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	if !rec.Found || r.Epoch() < q.Sync.Epoch || r.Status() == keyrecord.StatusDeleted {
 		if !stale { // stale and failing open: admitted unverified
 			v.Outcome = UnknownKey
+			v.badKey(q)
 		}
 		return
 	}
@@ -208,6 +310,7 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 	switch r.Status() {
 	case keyrecord.StatusRevoked:
 		v.Outcome = KeyRevoked
+		v.badKey(q)
 		return
 	case keyrecord.StatusDisabled:
 		v.Outcome = KeyDisabled
@@ -227,17 +330,68 @@ func Decide(v *Verdict, q *Request, rec *Record, now UnixNanos) {
 			return
 		}
 	}
+	if len(q.Route.ScopesAny) > 0 && !hasAny(r, q.Route.ScopesAny) {
+		v.Outcome = InsufficientScope
+		return
+	}
 	if _, _, until, ok := r.Quota(); ok && until > now.Seconds() {
 		v.Outcome, v.QuotaResetS = QuotaExceeded, until
 		return
 	}
-	if limit, periodMS, burst, ok := r.Rate(); ok && !q.Route.NoLimit {
-		p := bucket.Policy{Limit: limit, PeriodNanos: periodMS * int64(time.Millisecond), Burst: burst}
-		if periodMS > maxPeriodMS || periodMS < 0 { // overflowed nanoseconds: no valid policy
-			p.PeriodNanos = -1
-		}
-		v.add(Limit{Budget: r.Budget(), Policy: p, Cost: q.Route.Cost})
+	if q.Route.NoLimit {
+		return
 	}
+	if limit, periodMS, burst, ok := r.Rate(); ok {
+		if cost, on := q.Route.cost(unnamed, false); on {
+			v.add(Limit{Budget: r.Budget(), Index: -1, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+	it := r.Limits()
+	for i := 0; v.NumLimits < MaxLimits; i++ {
+		name, limit, periodMS, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		if cost, on := q.Route.cost(name, false); on {
+			v.add(Limit{Budget: r.Budget(), Name: name, Index: i, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+	it = r.OwnerLimits()
+	for i := 0; v.NumLimits < MaxLimits; i++ {
+		name, limit, periodMS, burst, ok := it.Next()
+		if !ok {
+			break
+		}
+		if cost, on := q.Route.cost(name, true); on {
+			v.add(Limit{Budget: r.Owner(), Name: name, Index: i, Owner: true, Policy: policy(limit, periodMS, burst), Cost: cost})
+		}
+	}
+}
+
+// policy is the limiter policy of a record's limit.
+func policy(limit, periodMS, burst int64) bucket.Policy {
+	p := bucket.Policy{Limit: limit, PeriodNanos: periodMS * int64(time.Millisecond), Burst: burst}
+	if periodMS > maxPeriodMS || periodMS < 0 { // overflowed nanoseconds: no valid policy
+		p.PeriodNanos = -1
+	}
+	return p
+}
+
+// badKey marks a refusal that takes from the client's bad-key budget.
+func (v *Verdict) badKey(q *Request) {
+	if q.ClientLimits {
+		v.ClientLimit = ClientBadKey
+	}
+}
+
+// hasAny reports whether the key has at least one of scopes.
+func hasAny(r keyrecord.View, scopes []string) bool {
+	for _, scope := range scopes {
+		if r.HasScope(scope) {
+			return true
+		}
+	}
+	return false
 }
 
 // add appends a limit to an Allowed verdict.

@@ -26,6 +26,12 @@ var (
 	free      = Route{Cost: 1, NoLimit: true}
 	public    = Route{Cost: 1, Anonymous: AnonymousAllow}
 	private   = Route{Cost: 1, Anonymous: AnonymousDeny}
+	burstOnly = Route{Cost: 1, Limits: []RouteLimit{{"burst", 3}}}
+	keyAndSus = Route{Cost: 1, Limits: []RouteLimit{{"sustained", 5}, {"key", 2}}}
+	noneNamed = Route{Cost: 1, Limits: []RouteLimit{}}
+	ownerOnly = Route{Cost: 1, Limits: []RouteLimit{{"owner.sustained", 7}}}
+	billing   = Route{Cost: 1, ScopesAny: []string{"billing:read", "billing:admin"}}
+	both      = Route{Cost: 1, Scopes: []string{"read"}, ScopesAny: []string{"billing:read", "billing:admin"}}
 	fresh     = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 1000}
 	staleSync = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60001}
 	edgeSync  = Sync{Read: true, Epoch: 2, LastSyncMS: now.Millis() - 60000} // exactly MaxStaleness old: fresh
@@ -36,6 +42,19 @@ var (
 func active() keyrecord.Record {
 	return keyrecord.Record{ID: "key_a", Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2,
 		Hosts: []string{"api.example.com", "*.example.org"}, Scopes: []string{"read"}}
+}
+
+// withClients turns on the filter's client limits for q.
+func withClients(q Request) Request {
+	q.ClientLimits = true
+	return q
+}
+
+// named gives a record the named limits burst (10/s) and sustained
+// (1000/h).
+func named(r *keyrecord.Record) {
+	r.Limits = []keyrecord.Limit{{Name: "burst", Limit: 10, PeriodMS: 1000, Burst: 9},
+		{Name: "sustained", Limit: 1000, PeriodMS: 3_600_000, Burst: 999}}
 }
 
 func record(t testing.TB, edit func(r *keyrecord.Record)) *Record {
@@ -67,8 +86,9 @@ type decideCase struct {
 	rec        *Record // nil: none found
 	outcome    Outcome
 	identified bool
-	resetS     int64   // QuotaResetS
-	limits     []Limit // an Allowed verdict's limits (Budget compared as a string)
+	resetS     int64       // QuotaResetS
+	limits     []Limit     // an Allowed verdict's limits (Budget compared as a string)
+	client     ClientLimit // the client limit the caller must run
 }
 
 func decideCases(t testing.TB) []decideCase {
@@ -127,6 +147,27 @@ func decideCases(t testing.TB) []decideCase {
 		{name: "missing scope", req: keyed(&admin, &closed, fresh), rec: record(t, nil), outcome: InsufficientScope, identified: true},
 		{name: "all scopes", req: keyed(&admin, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"admin", "read"} }), outcome: Allowed, identified: true},
+		{name: "any of: none of them", req: keyed(&billing, &closed, fresh), rec: record(t, nil), outcome: InsufficientScope, identified: true},
+		{name: "any of: the second", req: keyed(&billing, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"billing:admin"} }), outcome: Allowed, identified: true},
+		{name: "all of and any of: any of missing", req: keyed(&both, &closed, fresh), rec: record(t, nil),
+			outcome: InsufficientScope, identified: true},
+		{name: "all of and any of: all of missing", req: keyed(&both, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"billing:read"} }), outcome: InsufficientScope, identified: true},
+		{name: "all of and any of: both met", req: keyed(&both, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { r.Scopes = []string{"read", "billing:read"} }), outcome: Allowed, identified: true},
+		{name: "client limits: anonymous admitted takes from the client's budget", req: withClients(Request{PathOK: true, Route: &public, Policy: &closed, Sync: fresh}),
+			outcome: Allowed, client: ClientAnonymous},
+		{name: "client limits: malformed key takes from the bad-key budget", req: withClients(Request{PathOK: true, KeyPresent: true, Route: &plain, Policy: &closed, Sync: fresh}),
+			outcome: MalformedKey, client: ClientBadKey},
+		{name: "client limits: unknown key", req: withClients(keyed(&plain, &closed, fresh)), outcome: UnknownKey, client: ClientBadKey},
+		{name: "client limits: revoked key", req: withClients(keyed(&plain, &closed, fresh)),
+			rec: record(t, func(r *keyrecord.Record) { r.Status = keyrecord.StatusRevoked }), outcome: KeyRevoked, identified: true, client: ClientBadKey},
+		{name: "client limits: disabled key is no guess", req: withClients(keyed(&plain, &closed, fresh)),
+			rec: record(t, func(r *keyrecord.Record) { r.Status = keyrecord.StatusDisabled }), outcome: KeyDisabled, identified: true},
+		{name: "client limits: good key", req: withClients(keyed(&plain, &closed, fresh)), rec: record(t, nil), outcome: Allowed, identified: true},
+		{name: "client out of bad-key budget: refused unread", req: with(withClients(keyed(&plain, &closed, fresh)), func(q *Request) { q.BadKeysBlocked = true }),
+			rec: &Record{}, outcome: TooManyBadKeys},
 		{name: "quota exhausted", req: keyed(&plain, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) {
 				r.HasQuota, r.QuotaLimit, r.QuotaPeriod, r.QuotaExhausted = true, 10, keyrecord.QuotaDay, nowS+90
@@ -143,6 +184,46 @@ func decideCases(t testing.TB) []decideCase {
 			rec: record(t, func(r *keyrecord.Record) { rated(r); r.Budget = "key_root" }), outcome: Allowed, identified: true,
 			limits: []Limit{{Budget: []byte("key_root"), Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 1}}},
 		{name: "route without rate limit", req: keyed(&free, &closed, fresh), rec: record(t, rated), outcome: Allowed, identified: true},
+		{name: "named limits after the unnamed rate, in the record's order", req: keyed(&heavy, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Index: -1, Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 1000},
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1000},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1000}}},
+		{name: "named limits without an unnamed rate", req: keyed(&plain, &closed, fresh),
+			rec: record(t, named), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1}}},
+		{name: "a route naming one limit takes only from it, at its cost", req: keyed(&burstOnly, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 3}}},
+		{name: "a route naming the unnamed rate as key, each limit its cost", req: keyed(&keyAndSus, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Index: -1, Policy: bucket.Policy{Limit: 2, PeriodNanos: 60e9, Burst: 3}, Cost: 2},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 5}}},
+		{name: "owner limits after the key's, owner as budget", req: keyed(&plain, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) {
+				named(r)
+				r.OwnerLimits = []keyrecord.Limit{{Name: "sustained", Limit: 50, PeriodMS: 1000, Burst: 49}}
+			}), outcome: Allowed, identified: true,
+			limits: []Limit{
+				{Budget: []byte("key_a"), Name: []byte("burst"), Index: 0, Policy: bucket.Policy{Limit: 10, PeriodNanos: 1e9, Burst: 9}, Cost: 1},
+				{Budget: []byte("key_a"), Name: []byte("sustained"), Index: 1, Policy: bucket.Policy{Limit: 1000, PeriodNanos: 3600e9, Burst: 999}, Cost: 1},
+				{Budget: []byte("acme"), Name: []byte("sustained"), Index: 0, Owner: true, Policy: bucket.Policy{Limit: 50, PeriodNanos: 1e9, Burst: 49}, Cost: 1}}},
+		{name: "a route naming the owner's limit", req: keyed(&ownerOnly, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) {
+				named(r)
+				r.OwnerLimits = []keyrecord.Limit{{Name: "sustained", Limit: 50, PeriodMS: 1000, Burst: 49}}
+			}), outcome: Allowed, identified: true,
+			limits: []Limit{{Budget: []byte("acme"), Name: []byte("sustained"), Index: 0, Owner: true, Policy: bucket.Policy{Limit: 50, PeriodNanos: 1e9, Burst: 49}, Cost: 7}}},
+		{name: "a route naming a limit the key lacks", req: keyed(&burstOnly, &closed, fresh),
+			rec: record(t, rated), outcome: Allowed, identified: true},
+		{name: "a route naming no limit", req: keyed(&noneNamed, &closed, fresh),
+			rec: record(t, func(r *keyrecord.Record) { rated(r); named(r) }), outcome: Allowed, identified: true},
+		{name: "a route without rate limits skips named ones too", req: keyed(&free, &closed, fresh),
+			rec: record(t, named), outcome: Allowed, identified: true},
 		{name: "period whose nanoseconds overflow", req: keyed(&plain, &closed, fresh),
 			rec: record(t, func(r *keyrecord.Record) { rated(r); r.RatePeriodMS = maxPeriodMS + 1 }), outcome: Allowed, identified: true,
 			limits: []Limit{{Budget: []byte("key_a"), Policy: bucket.Policy{Limit: 2, PeriodNanos: -1, Burst: 3}, Cost: 1}}},
@@ -157,6 +238,9 @@ func testDecide(t *testing.T) {
 		}
 		var v Verdict
 		Decide(&v, &c.req, rec, now)
+		if v.ClientLimit != c.client {
+			t.Errorf("%s: client limit %d, want %d", c.name, v.ClientLimit, c.client)
+		}
 		if v.Outcome != c.outcome || v.Identified != c.identified || v.QuotaResetS != c.resetS {
 			t.Errorf("%s: outcome %d identified %v reset %d, want %d %v %d", c.name, v.Outcome, v.Identified, v.QuotaResetS, c.outcome, c.identified, c.resetS)
 			continue
@@ -170,7 +254,11 @@ func testDecide(t *testing.T) {
 		}
 		for i, want := range c.limits {
 			got := v.Limits[i]
-			if string(got.Budget) != string(want.Budget) || got.Policy != want.Policy || got.Cost != want.Cost {
+			if want.Name == nil && want.Index == 0 {
+				want.Index = -1 // the rows of the unnamed rate leave it out
+			}
+			if string(got.Budget) != string(want.Budget) || got.Policy != want.Policy || got.Cost != want.Cost ||
+				string(got.Name) != string(want.Name) || (got.Name == nil) != (want.Name == nil) || got.Index != want.Index || got.Owner != want.Owner {
 				t.Errorf("%s: limit %d = {%s %+v %d}, want {%s %+v %d}", c.name, i, got.Budget, got.Policy, got.Cost, want.Budget, want.Policy, want.Cost)
 			}
 		}

@@ -10,7 +10,7 @@ export const outcomes = [
   "allowed", "missing_key", "malformed_key", "unknown_key", "ambiguous_key",
   "key_revoked", "key_expired", "key_disabled", "host_not_allowed",
   "insufficient_scope", "rate_limited", "quota_exceeded", "cache_unavailable",
-  "invalid_path", "policy_unenforceable",
+  "invalid_path", "policy_unenforceable", "client_rate_limited", "too_many_bad_keys",
 ];
 
 const colors = {
@@ -18,7 +18,7 @@ const colors = {
   ambiguous_key: "#c994c7", key_revoked: "#d7301f", key_expired: "#fc8d59", key_disabled: "#7f7f7f",
   host_not_allowed: "#2b8cbe", insufficient_scope: "#74a9cf", rate_limited: "#e6ab02",
   quota_exceeded: "#a6761d", cache_unavailable: "#525252", invalid_path: "#9e9ac8",
-  policy_unenforceable: "#67000d",
+  policy_unenforceable: "#67000d", client_rate_limited: "#66a61e", too_many_bad_keys: "#e7298a",
 };
 const fallbackColor = "#999999";
 export const deniedColor = "#d7301f";

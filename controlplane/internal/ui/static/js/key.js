@@ -21,6 +21,9 @@ export async function keyView(root, id) {
     item("Owner", k.owner || "—"),
     item("Hosts", k.hosts.length ? k.hosts.join(", ") : "none (no host allowed)"),
     item("Scopes", k.scopes.join(" ") || "—"),
+    // rate, quota and scopes are the effective limits; the plan supplies
+    // those the key does not override.
+    item("Plan", k.plan_id ? k.plan_id + (k.overrides?.length ? ` (overrides: ${k.overrides.join(", ")})` : "") : "none"),
     item("Rate limit", fmtRate(k.rate)),
     item("Quota", fmtQuota(k.quota) + (k.quota_exhausted_until ? ` (exhausted until ${fmtTime(k.quota_exhausted_until)})` : "")),
     item("Expires", k.expires_at ? fmtTime(k.expires_at) + (k.expired && !k.grace_ends_at ? " (expired)" : "") : "never"),

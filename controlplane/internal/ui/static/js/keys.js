@@ -80,7 +80,8 @@ async function renderList(list) {
       h("td", {}, statusBadge(k)),
       h("td", { class: "opt" }, k.hosts.length ? k.hosts.join(", ") : h("span", { class: "muted" }, "none")),
       h("td", { class: "opt" }, k.scopes.join(" ") || "—"),
-      h("td", { class: "opt" }, fmtRate(k.rate), h("br"), h("span", { class: "muted" }, fmtQuota(k.quota))),
+      h("td", { class: "opt" }, k.plan_id ? h("span", { class: "plan" }, k.plan_id + ": ") : null,
+        fmtRate(k.rate), h("br"), h("span", { class: "muted" }, fmtQuota(k.quota))),
       h("td", { title: fmtTime(k.last_used_at) }, fmtAgo(k.last_used_at)),
       h("td", { class: "num" }, used));
   });

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// PostgreSQL's ingest does what the SQLite one does in one statement of
+// data-modifying CTEs (two with anonymous hosts to fold, three with quotas
+// to check): a fleet posts a batch per Envoy every second or two, and each
+// round trip is another wait for a connection's turn on a busy machine.
+// The sums go to usage_pending (rollup.go).
+
+// mergePostgres records batch b in tx unless it is a duplicate (true):
+// its identity, its sums, its instance's shares and liveness, and the last
+// use of its keys. It also tells whether a key of used (the batch's keys
+// with allowed requests) or of their lineages has a quota.
+func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch, rs []rollup, lu []lastUse, ds []demand, now time.Time) (dup, quotas bool, err error) {
+	at := now.UnixMicro()
+	// Folding reads before anything is written; a duplicate ignores it.
+	rs, err = s.foldAnonymousHosts(ctx, tx, rs)
+	if err != nil {
+		return false, false, fmt.Errorf("anonymous hosts: %w", err)
+	}
+	keys := make([]string, len(rs))
+	minutes := make([]int64, len(rs))
+	hosts := make([]string, len(rs))
+	outcomes := make([]string, len(rs))
+	ns := make([]int64, len(rs))
+	for i, r := range rs {
+		keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
+	}
+	demandIDs := make([]string, len(ds))
+	demandNs := make([]int64, len(ds))
+	for i, d := range ds {
+		demandIDs[i], demandNs[i] = d.keyID, d.n
+	}
+	usedIDs := make([]string, len(lu))
+	usedAts := make([]int64, len(lu))
+	for i, u := range lu {
+		usedIDs[i], usedAts[i] = u.keyID, u.at
+	}
+	// One statement. ok: the seq check of checkInstanceSeq. taken: the
+	// batch's identity, new; everything but the instance's row is written
+	// only then: the sums as one usage_pending row; the instance's share
+	// row (recordDemand) and, with its new generation, its demand; the
+	// last use, locking only keys whose last use moves. The instance's
+	// liveness and acked seq (recordInstanceBatch) for a duplicate too.
+	var (
+		inRange, taken bool
+		acked          sql.NullInt64
+	)
+	err = tx.QueryRowContext(ctx, `WITH inst AS (
+			SELECT acked_seq FROM instances WHERE node = $6 AND boot = $7
+		), ok AS (
+			SELECT NOT EXISTS (SELECT 1 FROM inst WHERE $13 > inst.acked_seq + $16) AS ok
+		), taken AS (
+			INSERT INTO usage_batches (node, boot, seq, received_at, counts)
+			SELECT $6, $7, $13, $8, $17 FROM ok WHERE ok.ok
+			ON CONFLICT (node, boot, seq) DO NOTHING RETURNING 1
+		), pending AS (
+			INSERT INTO usage_pending (minute, key_id, host, outcome, n)
+			SELECT $1, $2, $3, $4, $5 FROM taken WHERE cardinality($1::bigint[]) > 0
+		), share AS (
+			INSERT INTO share_instances (node, boot, last_at, interval_us, gen)
+			SELECT $6, $7, $8, $9, 1 FROM taken
+			ON CONFLICT (node, boot) DO UPDATE SET
+				interval_us = GREATEST($10, excluded.last_at - share_instances.last_at),
+				last_at = GREATEST(share_instances.last_at, excluded.last_at),
+				gen = share_instances.gen + 1
+			RETURNING gen
+		), demand AS (
+			INSERT INTO share_instance_demand (key_id, node, boot, at, gen, n)
+			SELECT d.key_id, $6, $7, $8, share.gen, d.n FROM share, unnest($11::text[], $12::bigint[]) AS d(key_id, n)
+			ON CONFLICT (key_id, node, boot) DO UPDATE SET at = excluded.at, gen = excluded.gen, n = excluded.n
+		), live AS (
+			UPDATE instances SET acked_seq = GREATEST(acked_seq, $13), last_batch_at = $8, seen_at = GREATEST(seen_at, $8)
+			WHERE node = $6 AND boot = $7 AND (SELECT ok FROM ok)
+		), used AS (
+			UPDATE keys SET last_used_at = u.at FROM unnest($14::text[], $15::bigint[]) AS u(id, at)
+			WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at) AND EXISTS (SELECT 1 FROM taken)
+		)
+		SELECT ok.ok, EXISTS (SELECT 1 FROM taken), (SELECT acked_seq FROM inst),
+			EXISTS (SELECT 1 FROM keys WHERE quota_limit IS NOT NULL AND (id = ANY($14::text[]) OR id IN (
+				SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id
+				WHERE l.key_id = ANY($14::text[]))))
+		FROM ok`,
+		minutes, keys, hosts, outcomes, ns,
+		b.Node, b.Boot, at, min(s.shareWindow, firstInterval).Microseconds(), minShareInterval.Microseconds(),
+		demandIDs, demandNs, b.Seq, usedIDs, usedAts, int64(MaxSeqAhead), len(b.Counts)).Scan(&inRange, &taken, &acked, &quotas)
+	if err != nil {
+		return false, false, fmt.Errorf("usage: %w", err)
+	}
+	if !inRange {
+		return false, false, seqOutOfRange(b.Seq, acked.Int64)
+	}
+	return !taken, quotas && taken, nil
+}
