@@ -196,8 +196,8 @@ func TestUsageKeptWhenQueueMissing(t *testing.T) {
 	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "a.example.com")
 	u.resolved, u.queueID = true, 99 // a queue id the host does not know
 	u.handOff(fakeEpochNanos)
-	if len(u.keys) != 1 || u.counts[0] != 1 {
-		t.Fatalf("counts lost after a failed hand-off: %v %v", u.keys, u.counts)
+	if u.len() != 1 || u.counts[0] != 1 {
+		t.Fatalf("counts lost after a failed hand-off: %d %v", u.len(), u.counts)
 	}
 	if u.resolved {
 		t.Error("a failed enqueue should make the counter resolve the queue again")
@@ -210,8 +210,8 @@ func TestUsageKeptWhenQueueMissing(t *testing.T) {
 		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_"+strconv.Itoa(i)), "a.example.com")
 	}
 	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "a.example.com")
-	if len(u.keys) != maxWorkerCounts || u.dropped != 5 {
-		t.Fatalf("%d combinations held, %d requests dropped; want %d and 5", len(u.keys), u.dropped, maxWorkerCounts)
+	if u.len() != maxWorkerCounts || u.dropped != 5 {
+		t.Fatalf("%d combinations held, %d requests dropped; want %d and 5", u.len(), u.dropped, maxWorkerCounts)
 	}
 	u.resolved, u.queueID = true, 99
 	u.handOff(fakeEpochNanos + 1e9)
@@ -236,12 +236,12 @@ func TestUsageLineFormat(t *testing.T) {
 	u := newUsageCounter("vm")
 	u.add(fakeEpochNanos+59e9, codeHostNotAllowed, []byte("key\t1\n"), "BAD host!")
 	u.add(fakeEpochNanos+59e9, codeHostNotAllowed, []byte("key\t1\n"), "BAD host!")
-	if len(u.keys) != 1 {
-		t.Fatalf("keys %q", u.keys)
+	if u.len() != 1 {
+		t.Fatalf("%d lines", u.len())
 	}
 	want := strconv.FormatInt(fakeEpochS, 10) + "\thost_not_allowed\tkey1\t"
-	if u.keys[0] != want || u.counts[0] != 2 {
-		t.Fatalf("line %q x%d, want %q x2", u.keys[0], u.counts[0], want)
+	if u.line(0) != want || u.counts[0] != 2 {
+		t.Fatalf("line %q x%d, want %q x2", u.line(0), u.counts[0], want)
 	}
 	allocs := testing.AllocsPerRun(100, func() {
 		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_1"), "API.example.com:443")

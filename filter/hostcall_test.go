@@ -69,12 +69,12 @@ func TestUsageHashCollisions(t *testing.T) {
 		u.add(fakeEpochNanos, outcomeAllowed, []byte("key_b"), "a.example.com")
 		u.add(fakeEpochNanos, codeKeyRevoked, []byte("key_a"), "a.example.com")
 	}
-	if len(u.keys) != 3 {
-		t.Fatalf("%d lines, want 3: %q", len(u.keys), u.keys)
+	if u.len() != 3 {
+		t.Fatalf("%d lines, want 3", u.len())
 	}
 	for i, n := range u.counts {
 		if n != 3 {
-			t.Errorf("%q counted %d times, want 3", u.keys[i], n)
+			t.Errorf("%q counted %d times, want 3", u.line(i), n)
 		}
 	}
 }
@@ -125,17 +125,17 @@ func TestUsageLastCombination(t *testing.T) {
 	}
 	want := []int64{3, 1, 1, 1, 2}
 	if len(u.counts) != len(want) {
-		t.Fatalf("%d lines %q, want %d", len(u.counts), u.keys, len(want))
+		t.Fatalf("%d lines %q, want %d", len(u.counts), u.lines, len(want))
 	}
 	for i, n := range want {
 		if u.counts[i] != n {
-			t.Errorf("%q counted %d, want %d", u.keys[i], u.counts[i], n)
+			t.Errorf("%q counted %d, want %d", u.line(i), u.counts[i], n)
 		}
 	}
 	u.reset()
 	u.add(fakeEpochNanos, outcomeAllowed, []byte("key_a"), "a.example.com")
 	if len(u.counts) != 1 || u.counts[0] != 1 {
-		t.Fatalf("after a reset: %q %v", u.keys, u.counts)
+		t.Fatalf("after a reset: %q %v", u.lines, u.counts)
 	}
 }
 

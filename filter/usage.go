@@ -45,9 +45,30 @@ type usageCounter struct {
 	lastOut  string
 	lastID   []byte
 	lastAuth []byte
-	keys     []string
-	counts   []int64
 	buf      []byte
+
+	// lines holds the line prefix of every combination back to back, the
+	// i-th ending at ends[i], with its count in counts[i]; msg is the
+	// hand-off message. All are reused across hand-offs (the host copies
+	// a queued message), so once they have grown a new combination
+	// allocates nothing: with many keys nearly every request is one.
+	lines  []byte
+	ends   []int32
+	counts []int64
+	msg    []byte
+}
+
+// len is the number of combinations counted.
+func (u *usageCounter) len() int { return len(u.ends) }
+
+// line is the i-th combination's line prefix (a view of lines, valid
+// until the next combination is added).
+func (u *usageCounter) line(i int) string {
+	start := int32(0)
+	if i > 0 {
+		start = u.ends[i-1]
+	}
+	return bstr(u.lines[start:u.ends[i]])
 }
 
 // maxWorkerCounts bounds the combinations a worker holds while it cannot
@@ -90,7 +111,7 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	first, ok := u.index[h]
 	if ok {
 		for i := first; i >= 0; i = u.next[i] {
-			if u.keys[i] == bstr(b) {
+			if u.line(int(i)) == bstr(b) {
 				u.counts[i]++
 				u.remember(int(i), minute, outcome, keyID, authority)
 				return
@@ -99,15 +120,16 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	} else {
 		first = -1
 	}
-	if len(u.keys) >= maxWorkerCounts {
+	if u.len() >= maxWorkerCounts {
 		u.dropped++
 		return
 	}
-	u.index[h] = int32(len(u.keys))
+	u.index[h] = int32(u.len())
 	u.next = append(u.next, first)
-	u.keys = append(u.keys, string(b))
+	u.lines = append(u.lines, b...)
+	u.ends = append(u.ends, int32(len(u.lines)))
 	u.counts = append(u.counts, 1)
-	u.remember(len(u.keys)-1, minute, outcome, keyID, authority)
+	u.remember(u.len()-1, minute, outcome, keyID, authority)
 }
 
 // remember notes the combination just counted at position i (copies: the
@@ -150,10 +172,10 @@ func appendInt(b []byte, n int64) []byte {
 func (u *usageCounter) handOff(nowNanos int64) {
 	if u.dropped > 0 && nowNanos-u.lastDropLogNs >= 60e9 {
 		proxywasm.LogErrorf("keygate: usage counter full (%d combinations not handed to the sync service): dropped the counts of %d requests",
-			len(u.keys), u.dropped)
+			u.len(), u.dropped)
 		u.dropped, u.lastDropLogNs = 0, nowNanos
 	}
-	if len(u.keys) == 0 {
+	if u.len() == 0 {
 		return
 	}
 	if !u.resolved {
@@ -167,13 +189,14 @@ func (u *usageCounter) handOff(nowNanos int64) {
 		}
 		u.queueID, u.resolved = id, true
 	}
-	msg := make([]byte, 0, len(u.keys)*64)
-	for i, k := range u.keys {
-		msg = append(msg, k...)
+	msg := u.msg[:0]
+	for i := range u.ends {
+		msg = append(msg, u.line(i)...)
 		msg = append(msg, '\t')
 		msg = appendInt(msg, u.counts[i])
 		msg = append(msg, '\n')
 	}
+	u.msg = msg
 	if err := proxywasm.EnqueueSharedQueue(u.queueID, msg); err != nil {
 		proxywasm.LogWarnf("keygate: handing usage to the sync VM: %v; keeping counts", err)
 		u.resolved = false // the syncer may have been recreated: resolve again
@@ -187,6 +210,7 @@ func (u *usageCounter) reset() {
 	clear(u.index)
 	u.lastIdx = -1
 	u.next = u.next[:0]
-	u.keys = u.keys[:0]
+	u.lines = u.lines[:0]
+	u.ends = u.ends[:0]
 	u.counts = u.counts[:0]
 }

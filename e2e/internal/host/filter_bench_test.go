@@ -12,13 +12,14 @@ package host
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"math/rand"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -58,7 +59,7 @@ const keygateConfig = `{"max_staleness_ms": 3600000}`
 
 // newBenchKey makes the valid key (prefix "ak") every benchmark request
 // carries, once per process.
-var newBenchKey = sync.OnceValues(func() (string, error) { return apikey.NewKey("ak", rand.Reader) })
+var newBenchKey = sync.OnceValues(func() (string, error) { return apikey.NewKey("ak", crand.Reader) })
 
 // benchRecord is the record of the benchmark key: active, allowed on the
 // request's host, with a rate limit far above any rate a benchmark reaches,
@@ -154,8 +155,10 @@ type filterRig struct {
 	req     [][2]string
 	keygate bool
 	// others, when set, are requests with other valid keys that serve
-	// presents in turn instead of req (see withKeysInTurn).
+	// presents in turn instead of req (see withKeysInTurn), or in the
+	// order of order's indices when it is set (see withZipfKeys).
 	others [][][2]string
+	order  []int32
 	turn   int
 }
 
@@ -222,7 +225,10 @@ func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, conf
 func (r *filterRig) serve() (int, *exchange, error) {
 	ex := &exchange{visible: -1, filterState: map[string][]byte{}, wakeCh: make(chan struct{}, 1), start: r.h.clock.Now()}
 	req := r.req
-	if n := len(r.others); n > 0 {
+	if n := len(r.order); n > 0 {
+		req = r.others[r.order[r.turn%n]]
+		r.turn++
+	} else if n := len(r.others); n > 0 {
 		req = r.others[r.turn%n]
 		r.turn++
 	}
@@ -335,7 +341,7 @@ func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 	sd := r.h.SharedData()
 	var buf []byte
 	for i := 0; i < n; i++ {
-		key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(rand.Reader)
+		key, err := apikey.Generator{Prefix: "ak", BodyLen: bodyLen}.New(crand.Reader)
 		if err != nil {
 			return err
 		}
@@ -353,13 +359,37 @@ func (r *filterRig) withKeysInTurnLen(n, bodyLen int) error {
 	return nil
 }
 
+// zipfExponent and zipfOrderLen shape withZipfKeys' request stream.
+const (
+	zipfExponent = 1.1
+	zipfOrderLen = 1 << 20
+)
+
+// withZipfKeys seeds n more valid keys like the benchmark key (each with a
+// rate limit) and makes the rig present them in a fixed pseudo-random
+// order drawn from a Zipf distribution with exponent zipfExponent over the
+// n keys: the first key is the busiest, key k is about k^-1.1 as busy, and
+// the worker's record cache can hold only the busiest few thousand (with
+// n = 100k, the 4,096 busiest take about 84% of the requests).
+func (r *filterRig) withZipfKeys(n int) error {
+	if err := r.withKeysInTurn(n); err != nil {
+		return err
+	}
+	z := rand.NewZipf(rand.New(rand.NewSource(1)), zipfExponent, 1, uint64(n-1))
+	r.order = make([]int32, zipfOrderLen)
+	for i := range r.order {
+		r.order[i] = int32(z.Uint64())
+	}
+	return nil
+}
+
 // withLimitsKey makes the rig present another key whose record is what a
 // key on a plan with limits looks like to the filter: the plan's unnamed
 // rate, two named limits (burst, sustained) and its owner's limit, all far
 // above any rate the benchmark reaches, so each request takes from four
 // limiters (docs/plans.md).
 func (r *filterRig) withLimitsKey() error {
-	key, err := apikey.NewKey("ak", rand.Reader)
+	key, err := apikey.NewKey("ak", crand.Reader)
 	if err != nil {
 		return err
 	}
@@ -438,10 +468,11 @@ func (r *filterRig) run(n int) error {
 
 // sideBySide is one design of BenchmarkFilter: a rig and what it measured.
 type sideBySide struct {
-	label   string // metric prefix: pass, 1k, 1M, 1M-2k, 1M-32k
+	label   string // metric prefix: pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k, 1M-zipf
 	kind    rigKind
 	nkeys   int
 	inTurn  int    // keys presented in turn (withKeysInTurn); 0: the benchmark key
+	zipf    int    // keys presented in a Zipf order (withZipfKeys) instead
 	limits  bool   // the key carries a plan's rate, two named limits and an owner limit (withLimitsKey)
 	wasm    string // the keygate module when not $FILTER_WASM (a baseline)
 	rig     *filterRig
@@ -467,7 +498,7 @@ const filterChunk = 1000
 // of a shared machine lands on all of them alike instead of on whichever
 // ran last (sequential sub-benchmarks drifted by up to 30% here).
 //
-// Metrics, per design (pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k): <d>-µs/req, the wall time per request
+// Metrics, per design (pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k, 1M-zipf): <d>-µs/req, the wall time per request
 // of the whole proxy-wasm call sequence; <d>-guest-allocs/req, TinyGo heap
 // allocations (keygate_mallocs) on the worker VM; <d>-host-allocs/req and
 // <d>-host-B/req, the Go host's, measured after the timed loop.
@@ -479,27 +510,10 @@ const filterChunk = 1000
 func BenchmarkFilter(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	filter, pass := testkit.FilterWasm(b), testkit.PassthroughWasm(b)
-	designs := benchDesigns(b, []*sideBySide{
-		{label: "pass", kind: rigPassthrough},
-		{label: "1k", kind: rigKeygate, nkeys: 1_000},
-		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
-		{label: "1M-limits", kind: rigKeygate, nkeys: 1_000_000, limits: true},
-		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
-		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
-	})
+	designs := benchDesigns(b, filterDesigns())
 	for _, d := range designs {
 		start := time.Now()
-		f := filter
-		if d.wasm != "" {
-			f = d.wasm
-		}
-		r, err := newFilterRig(d.kind, f, pass, d.nkeys, b.Cleanup)
-		if err == nil && d.inTurn > 0 {
-			err = r.withKeysInTurn(d.inTurn)
-		}
-		if err == nil && d.limits {
-			err = r.withLimitsKey()
-		}
+		r, err := d.newRig(filter, pass, b.Cleanup)
 		if err != nil {
 			b.Fatalf("%s: %v", d.label, err)
 		}
@@ -544,11 +558,48 @@ func BenchmarkFilter(b *testing.B) {
 	}
 }
 
+// filterDesigns are BenchmarkFilter's designs: the pass-through module,
+// one busy key among 1k and 1M keys (the hot path: record cached, tokens
+// leased), 2k keys in turn (records cached, no lease), 32k keys in turn
+// (every request misses the record cache) and a Zipf stream over 100k
+// keys (see withZipfKeys), all among 1M keys.
+func filterDesigns() []*sideBySide {
+	return []*sideBySide{
+		{label: "pass", kind: rigPassthrough},
+		{label: "1k", kind: rigKeygate, nkeys: 1_000},
+		{label: "1M", kind: rigKeygate, nkeys: 1_000_000},
+		{label: "1M-limits", kind: rigKeygate, nkeys: 1_000_000, limits: true},
+		{label: "1M-2k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 2_000},
+		{label: "1M-32k", kind: rigKeygate, nkeys: 1_000_000, inTurn: 32_000},
+		{label: "1M-zipf", kind: rigKeygate, nkeys: 1_000_000 - 100_000, zipf: 100_000},
+	}
+}
+
+// newRig starts the design's rig with filter (d.wasm when set) and seeds
+// its keys.
+func (d *sideBySide) newRig(filter, pass string, cleanup func(func())) (*filterRig, error) {
+	if d.wasm != "" {
+		filter = d.wasm
+	}
+	r, err := newFilterRig(d.kind, filter, pass, d.nkeys, cleanup)
+	switch {
+	case err != nil:
+	case d.inTurn > 0:
+		err = r.withKeysInTurn(d.inTurn)
+	case d.zipf > 0:
+		err = r.withZipfKeys(d.zipf)
+	case d.limits:
+		err = r.withLimitsKey()
+	}
+	return r, err
+}
+
 // benchDesigns narrows all to the designs $FILTER_BENCH_DESIGNS names
 // (comma-separated labels; unset: all) and, when $FILTER_WASM_BASE names
 // another build of the filter, adds a "base:<label>" twin of each keygate
-// design running it, so that a change is measured against its baseline in
-// one interleaved run:
+// design running it (and a "<name>:<label>" twin for each name=path of
+// $FILTER_WASM_ALT, comma-separated), so that a change is measured against
+// its baseline in one interleaved run:
 //
 //	FILTER_WASM_BASE=/tmp/main.wasm FILTER_BENCH_DESIGNS=pass,1k,1M-32k \
 //	  go test ./e2e/internal/host -run '^$' -bench '^BenchmarkFilter$' -benchtime 100000x -count 3
@@ -564,11 +615,23 @@ func benchDesigns(b *testing.B, all []*sideBySide) []*sideBySide {
 	if len(out) == 0 {
 		b.Fatalf("FILTER_BENCH_DESIGNS=%q names no design", want)
 	}
+	var alts []string // name=path
 	if base := os.Getenv("FILTER_WASM_BASE"); base != "" {
-		for _, d := range out {
+		alts = append(alts, "base="+base)
+	}
+	if more := os.Getenv("FILTER_WASM_ALT"); more != "" {
+		alts = append(alts, strings.Split(more, ",")...)
+	}
+	n := len(out)
+	for _, alt := range alts {
+		name, path, ok := strings.Cut(alt, "=")
+		if !ok {
+			b.Fatalf("FILTER_WASM_ALT: %q is not name=path", alt)
+		}
+		for _, d := range out[:n] {
 			if d.kind == rigKeygate {
 				twin := *d
-				twin.label, twin.wasm = "base:"+d.label, base
+				twin.label, twin.wasm = name+":"+d.label, path
 				out = append(out, &twin)
 			}
 		}
