@@ -160,6 +160,16 @@ type filterRig struct {
 	others [][][2]string
 	order  []int32
 	turn   int
+	// requestMallocs, when non-nil, adds up the guest allocations made
+	// inside serve's callbacks only, so a tick that runs between two
+	// requests (its count depends on the wall clock) is not charged to
+	// them.
+	requestMallocs *uint64
+	// fake, when set, is the host's clock: run advances it by step before
+	// each request, so ticks and token refills follow the request count,
+	// not the machine's speed.
+	fake *FakeClock
+	step time.Duration
 }
 
 // rigKind selects the filter of a rig.
@@ -174,11 +184,12 @@ const (
 // filter and nkeys seeded records, or with the pass-through module, and
 // checks one request. The host is closed by cleanup.
 func newFilterRig(kind rigKind, filterPath, passPath string, nkeys int, cleanup func(func())) (*filterRig, error) {
-	return newFilterRigWith(kind, filterPath, passPath, nkeys, keygateConfig, cleanup)
+	return newFilterRigWith(kind, filterPath, passPath, nkeys, keygateConfig, nil, cleanup)
 }
 
 // newFilterRigWith is newFilterRig with the keygate filter's configuration.
-func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, config string, cleanup func(func())) (*filterRig, error) {
+// A non-nil clock replaces the wall clock (see filterRig.fake).
+func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, config string, clock *FakeClock, cleanup func(func())) (*filterRig, error) {
 	spec := pluginSpec{name: "passthrough", vmID: "passthrough", wasm: passPath}
 	if kind == rigKeygate {
 		spec = pluginSpec{name: "keygate", vmID: keygateVMID, wasm: filterPath, config: config}
@@ -188,7 +199,11 @@ func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, conf
 		return nil, err
 	}
 	logs := &testkit.Log{}
-	h, err := New(Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs})
+	opts := Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs}
+	if clock != nil {
+		opts.Clock = clock
+	}
+	h, err := New(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, logs.String())
 	}
@@ -240,6 +255,17 @@ func (r *filterRig) serve() (int, *exchange, error) {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if r.requestMallocs != nil {
+		m0, err := guestCounter(in, "keygate_mallocs")
+		if err != nil {
+			return 0, nil, err
+		}
+		defer func() {
+			if m1, err := guestCounter(in, "keygate_mallocs"); err == nil {
+				*r.requestMallocs += m1 - m0
+			}
+		}()
+	}
 	sc, err := in.newStream(r.plugin, ex)
 	if err != nil {
 		return 0, nil, err
@@ -430,6 +456,11 @@ func (r *filterRig) guestStat(name string) (uint64, error) {
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	return guestCounter(in, name)
+}
+
+// guestCounter calls the module's exported counter name; in.mu is held.
+func guestCounter(in *instance, name string) (uint64, error) {
 	fn := in.mod.ExportedFunction(name)
 	if fn == nil {
 		return 0, fmt.Errorf("the module does not export %s", name)
@@ -455,6 +486,9 @@ func (r *filterRig) memorySize() (uint64, error) {
 // run serves n requests and fails on the first one not answered 200.
 func (r *filterRig) run(n int) error {
 	for i := 0; i < n; i++ {
+		if r.fake != nil {
+			r.fake.Advance(r.step)
+		}
 		status, ex, err := r.serve()
 		if err != nil {
 			return fmt.Errorf("request %d: %w", i, err)
