@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -90,8 +91,11 @@ func (f *simFleet) advance(d time.Duration) {
 // paced from a phase of its own, for d of simulated time, and counts the
 // admitted ones per window since start.
 type simLoad struct {
-	f        *simFleet
-	key      string
+	f   *simFleet
+	key string
+	// keys, when set, is the key each host's clients present (host i
+	// sends keys[i]) instead of key.
+	keys     []string
 	start    time.Time
 	window   time.Duration
 	admitted map[int]int
@@ -111,7 +115,11 @@ func (l *simLoad) run(rates []float64, d time.Duration) {
 	for now := from; now.Before(end); now = l.f.clock.Now() {
 		for i, r := range rates {
 			for r > 0 && now.Add(simStep).After(next[i]) {
-				res := l.f.hosts[i].get(l.key, nil)
+				key := l.key
+				if l.keys != nil {
+					key = l.keys[i]
+				}
+				res := l.f.hosts[i].get(key, nil)
 				switch {
 				case res.status == 200:
 					l.admitted[int(now.Sub(l.start)/l.window)]++
@@ -199,5 +207,68 @@ func TestFleetRateLimit(t *testing.T) {
 	}
 	if _, worst := errs(load.windows(10, 14)); worst > 0.05 {
 		t.Errorf("from two flush periods after the move a window is off by %.1f%%, want within 5%%", 100*worst)
+	}
+}
+
+// TestFleetOwnerLimit is TestFleetRateLimit for a limit that belongs to an
+// owner rather than a key: three keys of one owner, each sent through its
+// own host at 80/15/5 % of twice the owner's limit, share the owner's
+// 100/s across the fleet within 5 % per window from two flush periods on,
+// and again after all traffic moves to the third key's host. It runs on
+// simulated time, like TestFleetRateLimit.
+func TestFleetOwnerLimit(t *testing.T) {
+	const (
+		limit  = 100.0 // per second, for the owner, fleet-wide
+		period = 2 * time.Second
+	)
+	f := newSimFleet(t)
+	up := startUpstream(t)
+	f.cp.call("PUT", "/v1/owners/acme/limits", map[string]any{"limits": map[string]any{
+		"fleet": map[string]any{"limit": int(limit), "period": "second", "burst": 10}}}, http.StatusOK, nil)
+	var keys []string
+	for i := 0; i < 3; i++ {
+		keys = append(keys, f.cp.createKey(map[string]any{"owner": "acme"}).Key)
+	}
+	for i := 0; i < 3; i++ {
+		sync := maps.Clone(fastFlushSync)
+		sync["flush_period_ms"] = period.Milliseconds()
+		sync["node_id"] = fmt.Sprintf("node-%c", 'a'+i)
+		f.startHost(up, hostOptions{filter: fastFlushFilter, sync: sync})
+		f.advance(700 * time.Millisecond)
+	}
+	for i, p := range f.hosts {
+		for tries := 0; ; tries++ {
+			r := p.get(keys[i], nil)
+			if r.status == 200 && strings.Contains(r.header.Get("RateLimit-Policy"), `"owner.fleet"`) {
+				break
+			}
+			if tries == 100 {
+				t.Fatalf("owner limit not synced after 10 s of simulated time: %s %s", r, r.header.Get("RateLimit-Policy"))
+			}
+			f.advance(100 * time.Millisecond)
+		}
+	}
+	f.advance(period)
+
+	load := &simLoad{f: f, keys: keys, start: f.clock.Now(), window: period, admitted: map[int]int{}, other: map[string]int{}}
+	load.run([]float64{2 * limit * 0.80, 2 * limit * 0.15, 2 * limit * 0.05}, 8*period)
+	load.run([]float64{0, 0, 2 * limit}, 6*period)
+	if len(load.other) > 0 {
+		t.Fatalf("unexpected answers: %v", load.other)
+	}
+	want := limit * period.Seconds()
+	var out []string
+	worst := 0.0
+	for w, n := range load.windows(0, 14) {
+		e := (float64(n) - want) / want
+		out = append(out, fmt.Sprintf("%+.1f%%", 100*e))
+		if (w >= 2 && w < 8) || w >= 10 {
+			worst = math.Max(worst, math.Abs(e))
+		}
+	}
+	t.Logf("fleet owner limit: limit=%.0f/s over 3 keys, window=%v; windows 0-7 skewed 80/15/5, 8-13 all on one host: %s (worst of 2-7 and 10-13: %.1f%%)",
+		limit, period, strings.Join(out, " "), 100*worst)
+	if worst > 0.05 {
+		t.Errorf("a window past two flush periods is off by %.1f%%, want within 5%%", 100*worst)
 	}
 }

@@ -751,7 +751,7 @@ func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float6
 	var v float64
 	r.shareKey = append(r.shareKey[:0], shareTag)
 	if l.Owner {
-		r.shareKey = append(r.shareKey, ownerBudgetPrefix...)
+		r.shareKey = append(r.shareKey, wire.OwnerBudgetPrefix...)
 	}
 	r.shareKey = append(r.shareKey, l.Budget...)
 	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
@@ -762,10 +762,6 @@ func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float6
 	c.share, c.at, c.ok = v, now, true
 	return v
 }
-
-// ownerBudgetPrefix names an owner's budget among the control plane's
-// shares: "owner:" and the owner (no key id has a colon).
-const ownerBudgetPrefix = "owner:"
 
 // readRecordCached fills rec with the record of the slot's key: the
 // slot's copy when it was read under the sync state's gen and epoch, else

@@ -1033,8 +1033,8 @@ func (s *syncer) applyShares(body []byte) error {
 	var firstErr error
 	seen := make(map[string]bool, len(s.shareIDs))
 	shares.ForEach(func(k, v gjson.Result) bool {
-		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || !wire.ValidKeyID(k.Str) {
-			firstErr = errors.New("shares: want key id -> number in (0, 1]")
+		if v.Type != gjson.Number || v.Num <= 0 || v.Num > 1 || !wire.ValidBudgetID(k.Str) {
+			firstErr = errors.New("shares: want budget id -> number in (0, 1]")
 			return false
 		}
 		var b [8]byte

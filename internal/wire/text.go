@@ -47,6 +47,21 @@ func idChars(s string, max int) bool {
 // [A-Za-z0-9_-].
 func ValidKeyID(s string) bool { return idChars(s, MaxKeyIDLen) }
 
+// OwnerBudgetPrefix starts the budget id of an owner's limits among a
+// usage answer's shares: "owner:" and the owner. No key id has a colon,
+// so the two kinds of budget cannot meet.
+const OwnerBudgetPrefix = "owner:"
+
+// ValidBudgetID reports whether s names a budget in a usage answer's
+// shares: a key id (a lineage's first key) or OwnerBudgetPrefix and a
+// valid owner.
+func ValidBudgetID(s string) bool {
+	if len(s) > len(OwnerBudgetPrefix) && s[:len(OwnerBudgetPrefix)] == OwnerBudgetPrefix {
+		return ValidOwner(s[len(OwnerBudgetPrefix):])
+	}
+	return ValidKeyID(s)
+}
+
 // lowerIDChars reports whether s is 1 to max bytes of [a-z0-9_-].
 func lowerIDChars(s string, max int) bool {
 	if len(s) == 0 || len(s) > max {

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/keygate/keygate/internal/wire"
 )
 
 // Fleet-wide rate limits (see controlplane/RATIONALE.md, "Why shares from
@@ -245,7 +247,7 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 			WHERE (k.rate_limit IS NOT NULL AND k.rate_period_ms > 0) OR k.limits <> '[]'
 			GROUP BY COALESCE(kl.lineage_id, d.key_id), d.node, d.boot
 			UNION ALL
-			SELECT '`+ownerBudgetPrefix+`' || k.owner AS budget, d.node AS node, d.boot AS boot, SUM(d.r) AS r,
+			SELECT '`+wire.OwnerBudgetPrefix+`' || k.owner AS budget, d.node AS node, d.boot AS boot, SUM(d.r) AS r,
 				MAX(COALESCE(k.owner_limits_rate, CAST(`+noRateCap+` AS DOUBLE PRECISION))) AS l
 			FROM demand d
 			JOIN keys k ON k.id = d.key_id
@@ -313,9 +315,5 @@ func roundShare(v float64) float64 {
 	return min(max(v, 1e-6), 1)
 }
 
-// ownerBudgetPrefix names an owner's budget in Shares.Keys: "owner:" and
-// the owner, which no key id (of [A-Za-z0-9_-]) can spell.
-const ownerBudgetPrefix = "owner:"
-
 // OwnerBudget is the budget id of an owner's limits in Shares.
-func OwnerBudget(owner string) string { return ownerBudgetPrefix + owner }
+func OwnerBudget(owner string) string { return wire.OwnerBudgetPrefix + owner }
