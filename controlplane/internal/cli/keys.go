@@ -348,15 +348,52 @@ func timeText(t *time.Time) string {
 
 // settingsFlags are the key settings of create and update.
 type settingsFlags struct {
-	name, owner, rate, quota, expires, metadata stringFlag
-	plan                                        stringFlag
-	clearPlan, clearLimits                      bool
-	limits                                      limitsFlag
-	burst                                       int64
-	burstSet                                    bool
-	hosts, scopes                               listFlag
-	clearHosts, clearScopes, clearRate          bool
-	clearQuota, clearExpires, clearMetadata     bool
+	limitFields
+	name, owner, expires, metadata stringFlag
+	plan                           stringFlag
+	clearPlan, clearLimits         bool
+	limits                         limitsFlag
+	hosts, scopes                  listFlag
+	clearHosts, clearScopes        bool
+	clearExpires, clearMetadata    bool
+}
+
+// limitFields are the rate and quota flags of keys and plans.
+type limitFields struct {
+	rate, quota           stringFlag
+	burst                 int64
+	burstSet              bool
+	clearRate, clearQuota bool
+}
+
+// apply sets req's "rate" and "quota" members from the flags given.
+func (lf *limitFields) apply(req map[string]any) error {
+	switch {
+	case lf.rate.set:
+		rate, err := parseRate(lf.rate.value)
+		if err != nil {
+			return err
+		}
+		if lf.burstSet {
+			rate["burst"] = lf.burst
+		}
+		req["rate"] = rate
+	case lf.burstSet:
+		return usagef("--burst needs --rate")
+	case lf.clearRate:
+		req["rate"] = nil
+	}
+	if lf.quota.set {
+		n, period, ok := strings.Cut(lf.quota.value, "/")
+		limit, err := strconv.ParseInt(n, 10, 64)
+		if !ok || err != nil || (period != "day" && period != "month") {
+			return usagef("--quota must look like 10000/day or 1000000/month")
+		}
+		req["quota"] = map[string]any{"limit": limit, "period": period}
+	} else if lf.clearQuota {
+		req["quota"] = nil
+	}
+	return nil
 }
 
 // stringFlag remembers whether it was given.
@@ -368,7 +405,7 @@ type stringFlag struct {
 func (s *stringFlag) String() string     { return s.value }
 func (s *stringFlag) Set(v string) error { s.value, s.set = v, true; return nil }
 
-type burstFlag struct{ sf *settingsFlags }
+type burstFlag struct{ lf *limitFields }
 
 func (b burstFlag) String() string { return "" }
 func (b burstFlag) Set(v string) error {
@@ -376,7 +413,7 @@ func (b burstFlag) Set(v string) error {
 	if err != nil {
 		return err
 	}
-	b.sf.burst, b.sf.burstSet = n, true
+	b.lf.burst, b.lf.burstSet = n, true
 	return nil
 }
 
@@ -386,7 +423,7 @@ func (sf *settingsFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&sf.hosts, "host", "allowed host pattern (repeatable or comma-separated): api.example.com, *.example.com, *")
 	fs.Var(&sf.scopes, "scope", "scope (repeatable or comma-separated)")
 	fs.Var(&sf.rate, "rate", "rate limit N/second, N/minute, N/hour or N/<duration> (e.g. 100/minute, 5/250ms): N at once, then N per period as they refill")
-	fs.Var(burstFlag{sf}, "burst", "requests allowed at once beyond the first (default with --rate: N-1, the whole limit; 0: strict pacing, one every period/N)")
+	fs.Var(burstFlag{&sf.limitFields}, "burst", "requests allowed at once beyond the first (default with --rate: N-1, the whole limit; 0: strict pacing, one every period/N)")
 	fs.Var(&sf.quota, "quota", "quota N/day or N/month")
 	fs.Var(&sf.expires, "expires", "expiry: RFC 3339 time or a duration from now (e.g. 720h)")
 	fs.Var(&sf.metadata, "metadata", "metadata JSON object (at most 4 KiB)")
@@ -423,30 +460,8 @@ func (sf *settingsFlags) request(update bool) (map[string]any, error) {
 	} else if sf.clearScopes {
 		req["scopes"] = []string{}
 	}
-	switch {
-	case sf.rate.set:
-		rate, err := parseRate(sf.rate.value)
-		if err != nil {
-			return nil, err
-		}
-		if sf.burstSet {
-			rate["burst"] = sf.burst
-		}
-		req["rate"] = rate
-	case sf.burstSet:
-		return nil, usagef("--burst needs --rate")
-	case sf.clearRate:
-		req["rate"] = nil
-	}
-	if sf.quota.set {
-		n, period, ok := strings.Cut(sf.quota.value, "/")
-		limit, err := strconv.ParseInt(n, 10, 64)
-		if !ok || err != nil || (period != "day" && period != "month") {
-			return nil, usagef("--quota must look like 10000/day or 1000000/month")
-		}
-		req["quota"] = map[string]any{"limit": limit, "period": period}
-	} else if sf.clearQuota {
-		req["quota"] = nil
+	if err := sf.limitFields.apply(req); err != nil {
+		return nil, err
 	}
 	if sf.expires.set {
 		t, err := parseExpires(sf.expires.value, time.Now())

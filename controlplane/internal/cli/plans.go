@@ -29,20 +29,17 @@ type planOut struct {
 
 // planFlags are the settings of plans create and update.
 type planFlags struct {
-	name, rate, quota stringFlag
-	burst             int64
-	burstSet          bool
-	scopes            listFlag
-	clearScopes       bool
-	clearRate         bool
-	clearQuota        bool
-	limits            limitsFlag
+	limitFields
+	name        stringFlag
+	scopes      listFlag
+	clearScopes bool
+	limits      limitsFlag
 }
 
 func (pf *planFlags) register(fs *flag.FlagSet, update bool) {
 	fs.Var(&pf.name, "name", "plan name (e.g. Pro)")
 	fs.Var(&pf.rate, "rate", "rate limit of every key on the plan: N/second, N/minute, N/hour or N/<duration>")
-	fs.Var(planBurst{pf}, "burst", "requests allowed at once beyond the first (default with --rate: N-1)")
+	fs.Var(burstFlag{&pf.limitFields}, "burst", "requests allowed at once beyond the first (default with --rate: N-1)")
 	fs.Var(&pf.quota, "quota", "quota N/day or N/month")
 	fs.Var(&pf.limits, "limit", "named rate limit NAME=N/period (repeatable), e.g. burst=10/second; replaces the plan's named limits")
 	fs.Var(&pf.scopes, "scope", "scope the plan's keys carry (repeatable or comma-separated)")
@@ -53,47 +50,13 @@ func (pf *planFlags) register(fs *flag.FlagSet, update bool) {
 	}
 }
 
-type planBurst struct{ pf *planFlags }
-
-func (b planBurst) String() string { return "" }
-func (b planBurst) Set(v string) error {
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		return err
-	}
-	b.pf.burst, b.pf.burstSet = n, true
-	return nil
-}
-
 func (pf *planFlags) request() (map[string]any, error) {
 	req := map[string]any{}
 	if pf.name.set {
 		req["name"] = pf.name.value
 	}
-	switch {
-	case pf.rate.set:
-		rate, err := parseRate(pf.rate.value)
-		if err != nil {
-			return nil, err
-		}
-		if pf.burstSet {
-			rate["burst"] = pf.burst
-		}
-		req["rate"] = rate
-	case pf.burstSet:
-		return nil, usagef("--burst needs --rate")
-	case pf.clearRate:
-		req["rate"] = nil
-	}
-	if pf.quota.set {
-		n, period, ok := strings.Cut(pf.quota.value, "/")
-		limit, err := strconv.ParseInt(n, 10, 64)
-		if !ok || err != nil || (period != "day" && period != "month") {
-			return nil, usagef("--quota must look like 10000/day or 1000000/month")
-		}
-		req["quota"] = map[string]any{"limit": limit, "period": period}
-	} else if pf.clearQuota {
-		req["quota"] = nil
+	if err := pf.limitFields.apply(req); err != nil {
+		return nil, err
 	}
 	if pf.limits.set {
 		req["limits"] = pf.limits.values
