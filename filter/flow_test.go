@@ -188,6 +188,64 @@ func TestUsageHandOff(t *testing.T) {
 	})
 }
 
+// TestUsageHandOffEarly: a worker that sees more combinations between two
+// ticks than it may hold (maxWorkerCounts) hands them over in messages of
+// at most handOffCombos lines as it goes, so none is dropped, even before
+// its first tick.
+func TestUsageHandOffEarly(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		var keys testKeys
+		var queue uint32
+		host := emulator(t, vm(), testConfig, func() {
+			keys = seedKeys(t)
+			var err error
+			if queue, err = proxywasm.RegisterSharedQueue(usageQueue); err != nil {
+				t.Fatal(err)
+			}
+		})
+		total, messages := int64(0), 0
+		// proxytest keeps a view of the queued bytes (Envoy copies them)
+		// and the counter reuses its message buffer: read each message
+		// before the next request.
+		drain := func() {
+			for {
+				msg, err := proxywasm.DequeueSharedQueue(queue)
+				if err != nil {
+					return
+				}
+				messages++
+				lines := strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n")
+				if len(lines) > handOffCombos {
+					t.Fatalf("a message of %d lines, want at most %d", len(lines), handOffCombos)
+				}
+				for _, line := range lines {
+					f := strings.Split(line, "\t")
+					n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+					if len(f) != 5 || err != nil {
+						t.Fatalf("bad line %q", line)
+					}
+					total += n
+				}
+			}
+		}
+		const sent = maxWorkerCounts + 100
+		for i := 0; i < sent; i++ {
+			id := host.InitializeHttpContext()
+			host.CallOnRequestHeaders(id, withAuthority(get("/v1/x", "x-api-key", keys.active), "h"+strconv.Itoa(i)+".example.com"), true)
+			host.CompleteHttpContext(id)
+			drain()
+		}
+		if want := sent / handOffCombos; messages != want || total != int64(want*handOffCombos) {
+			t.Fatalf("before any tick: %d messages with %d counts, want %d with %d", messages, total, want, want*handOffCombos)
+		}
+		host.Tick()
+		drain()
+		if total != sent {
+			t.Fatalf("%d counts handed over, want %d (none dropped)", total, sent)
+		}
+	})
+}
+
 func TestUsageKeptWhenQueueMissing(t *testing.T) {
 	// Natively only: the SDK's proxytest cannot make a queue disappear, so
 	// this drives the counter directly against a host without the queue.

@@ -41,3 +41,10 @@ func recordMetric(id uint32, v uint64) bool {
 	proxywasm.MetricHistogram(id).Record(v)
 	return true
 }
+
+// enqueue hands msg to a shared queue. Envoy copies a queued message;
+// proxytest keeps the slice, so the native build copies it here, as the
+// usage counter reuses its message buffer.
+func enqueue(queueID uint32, msg []byte) error {
+	return proxywasm.EnqueueSharedQueue(queueID, append([]byte(nil), msg...))
+}

@@ -5,6 +5,7 @@ package filter
 import (
 	"unsafe"
 
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 )
 
@@ -104,3 +105,6 @@ func statusError(st uint32) error {
 		return types.ErrorInternalFailure
 	}
 }
+
+// enqueue hands msg to a shared queue; the host copies it.
+func enqueue(queueID uint32, msg []byte) error { return proxywasm.EnqueueSharedQueue(queueID, msg) }

@@ -117,6 +117,9 @@ func (r *filterRoot) newStream() *stream {
 // (on_done and on_delete only reach the SDK), so the stream can be reused.
 func (s *stream) OnHttpStreamDone() {
 	r := s.root
+	if r.usage.due {
+		r.usage.handOff(int64(r.clock()))
+	}
 	*s = stream{root: r}
 	if len(r.free) < maxFreeStreams {
 		r.free = append(r.free, s)

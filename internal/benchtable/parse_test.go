@@ -95,7 +95,7 @@ func TestTables(t *testing.T) {
 		"aim: keygate (1k keys) costs <= 1.5x pass-through: NOT MET (5.36x;",
 		// 25.15 / 22.07 = 1.14x.
 		"aim: 1M keys within 1.2x of 1k keys: met (1.14x)",
-		"memory (keygate, 1k): linear memory 196608 B after a 300k-request warm-up, 196608 B after 1M more",
+		"memory (keygate, 1k): linear memory 196608 B after a 300k-request warm-up, 196608 B after 1000000 more",
 		// 16705 / 18583 = 89.9 %, 16705 / 11590 = 1.44x.
 		"(89.9% of pass-through)",
 		"aim: keygate >= 10x ext_authz-style: NOT MET (1.44x)",
