@@ -21,8 +21,8 @@ import (
 // before.
 //
 // Rollups run in the background at most once per rollupInterval per
-// process, started by an ingest, and before every usage report and
-// prune. A transaction-scoped advisory lock runs one rollup at a time per
+// process (the first a rollupInterval after the store opens), started by
+// an ingest, and before every usage report and prune. A transaction-scoped advisory lock runs one rollup at a time per
 // schema, across replicas: background rollups skip when it is taken,
 // the others wait for it.
 
@@ -36,23 +36,27 @@ const rollupLock = `hashtext('keygate.store.rollup:' || current_schema())`
 // rollupSQL moves every pending row into usage_minutes and usage_days. The
 // sums saturate at MaxCounter like the ingest's additions (min(a+b, M) =
 // min(min(a, M)+b, M) for counts >= 0, so the order of batches does not
-// matter), and rows are upserted in primary-key order.
+// matter, nor does summing a day from its saturated minutes), and rows are
+// upserted in primary-key order. The pending rows are grouped once and the
+// days summed from the groups: grouping them once for each table took a
+// sixth longer.
 const rollupSQL = `WITH taken AS (
 		DELETE FROM usage_pending RETURNING minute, key_id, host, outcome, n
-	), moved AS (
-		SELECT u.minute, u.key_id, u.host, u.outcome, u.n FROM taken
-		CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
+	), summed AS MATERIALIZED (
+		SELECT u.minute, u.key_id, u.host, u.outcome, CAST(LEAST(SUM(u.n), ` + maxCounterSQL + `) AS BIGINT) AS n, COUNT(*) AS counts
+		FROM taken CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
+		GROUP BY u.minute, u.key_id, u.host, u.outcome
 	), minutes AS (
 		INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
-		SELECT minute, key_id, host, outcome, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM moved
-		GROUP BY minute, key_id, host, outcome ORDER BY minute, key_id, host, outcome` + upsertRollupSuffix + `
+		SELECT minute, key_id, host, outcome, n FROM summed
+		ORDER BY minute, key_id, host, outcome` + upsertRollupSuffix + `
 	), days AS (
 		INSERT INTO usage_days (key_id, day, allowed)
-		SELECT key_id, minute - minute % 86400, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM moved
+		SELECT key_id, minute - minute % 86400, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM summed
 		WHERE key_id <> '' AND outcome = 'allowed'
 		GROUP BY key_id, minute - minute % 86400 ORDER BY 1, 2` + upsertDaySuffix + `
 	)
-	SELECT COUNT(*) FROM moved`
+	SELECT CAST(COALESCE(SUM(counts), 0) AS BIGINT) FROM summed`
 
 // rollupUsage merges usage_pending into usage_minutes and usage_days and
 // returns how many pending counts it moved. With wait false it returns at
