@@ -42,10 +42,17 @@ const rollupLock = `hashtext('keygate.store.rollup:' || current_schema())`
 // sixth longer.
 const rollupSQL = `WITH taken AS (
 		DELETE FROM usage_pending RETURNING minute, key_id, host, outcome, n
+	), taken_groups AS (
+		DELETE FROM usage_pending_groups RETURNING minute, host, outcome, key_id, n
+	), moved AS (
+		SELECT u.minute, u.key_id, u.host, u.outcome, u.n FROM taken
+		CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
+		UNION ALL
+		SELECT g.minute, u.key_id, g.host, g.outcome, u.n FROM taken_groups g
+		CROSS JOIN LATERAL unnest(g.key_id, g.n) AS u(key_id, n)
 	), summed AS MATERIALIZED (
-		SELECT u.minute, u.key_id, u.host, u.outcome, CAST(LEAST(SUM(u.n), ` + maxCounterSQL + `) AS BIGINT) AS n, COUNT(*) AS counts
-		FROM taken CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
-		GROUP BY u.minute, u.key_id, u.host, u.outcome
+		SELECT minute, key_id, host, outcome, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) AS n, COUNT(*) AS counts
+		FROM moved GROUP BY minute, key_id, host, outcome
 	), minutes AS (
 		INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
 		SELECT minute, key_id, host, outcome, n FROM summed
