@@ -14,7 +14,8 @@ import (
 // data-modifying CTEs (two with anonymous hosts to fold, three with quotas
 // to check): a fleet posts a batch per Envoy every second or two, and each
 // round trip is another wait for a connection's turn on a busy machine.
-// The sums go to usage_pending (rollup.go).
+// The sums go to usage_pending_groups or usage_pending (rollup.go); a
+// SET LOCAL before the statement keeps its plan generic.
 
 // mergePostgres records batch b in tx unless it is a duplicate (true):
 // its identity, its sums, its instance's shares and liveness, and the last
@@ -40,9 +41,10 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 	}
 	// One statement. ok: the seq check of checkInstanceSeq. taken: the
 	// batch's identity, new; everything but the instance's row is written
-	// only then: the sums as one usage_pending row; the instance's share
-	// row (recordDemand) and, with its new generation, its demand; the
-	// last use, locking only keys whose last use moves. The instance's
+	// only then: the sums as one usage_pending_groups row per (minute,
+	// host, outcome) or, with more than maxPendingGroups of them, one
+	// usage_pending row; the instance's share row (recordDemand) and,
+	// with its new generation, its demand; the last use, locking only keys whose last use moves. The instance's
 	// liveness and acked seq (recordInstanceBatch) for a duplicate too.
 	var (
 		inRange, taken bool

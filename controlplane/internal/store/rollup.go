@@ -8,15 +8,17 @@ import (
 )
 
 // Usage rollup (PostgreSQL; controlplane/RATIONALE.md, "Why append usage
-// and roll it up?"). An ingest appends its batch's sums to usage_pending
-// instead of adding them to usage_minutes and usage_days: a fleet reports
-// the same keys and minutes from every Envoy at once, and adding to those
+// and roll it up?"). An ingest appends its batch's sums to
+// usage_pending_groups (one row per minute, host and outcome) or, for a
+// batch of many such groups, usage_pending (one row) instead of adding
+// them to usage_minutes and usage_days: a fleet reports the same keys and
+// minutes from every Envoy at once, and adding to those
 // rows made every ingest wait for the row locks of the others, and an
 // update costs several times an insert. A rollup moves all pending rows
 // into usage_minutes and usage_days in one transaction (delete and upsert
 // commit together, so every count is in exactly one of the two places at
 // any snapshot). Readers that must be exact without writing (quotas,
-// anonymous hosts) count usage_pending too; the usage reports roll up
+// anonymous hosts) count the pending rows too (usage_pending_rows); the usage reports roll up
 // first and then read usage_minutes alone, so they answer exactly as
 // before.
 //
