@@ -43,8 +43,9 @@ package store
 // concurrent writers lock rows in the same order (no deadlocks). On
 // SQLite, an ingest upserts its rows in 25-row multi-row statements (the
 // driver binds parameters in quadratic time, so bigger chunks cost more);
-// on PostgreSQL it appends the batch as one row of arrays to usage_pending
-// (ingest_pg.go), and rollups upsert what is pending (rollup.go).
+// on PostgreSQL it appends the batch as rows of arrays to
+// usage_pending_groups or usage_pending (ingest_pg.go), and rollups upsert
+// what is pending (rollup.go).
 //
 // Why is LastUsedAt the start of a minute? Usage arrives per minute, so the
 // start of the latest minute with an allowed request is the most precise

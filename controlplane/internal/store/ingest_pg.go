@@ -1,9 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -11,7 +14,8 @@ import (
 // data-modifying CTEs (two with anonymous hosts to fold, three with quotas
 // to check): a fleet posts a batch per Envoy every second or two, and each
 // round trip is another wait for a connection's turn on a busy machine.
-// The sums go to usage_pending (rollup.go).
+// The sums go to usage_pending_groups or usage_pending (rollup.go); a
+// SET LOCAL before the statement keeps its plan generic.
 
 // mergePostgres records batch b in tx unless it is a duplicate (true):
 // its identity, its sums, its instance's shares and liveness, and the last
@@ -24,14 +28,7 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 	if err != nil {
 		return false, false, fmt.Errorf("anonymous hosts: %w", err)
 	}
-	keys := make([]string, len(rs))
-	minutes := make([]int64, len(rs))
-	hosts := make([]string, len(rs))
-	outcomes := make([]string, len(rs))
-	ns := make([]int64, len(rs))
-	for i, r := range rs {
-		keys[i], minutes[i], hosts[i], outcomes[i], ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
-	}
+	p := pendingArgs(rs)
 	demandIDs := make([]string, len(ds))
 	demandNs := make([]int64, len(ds))
 	for i, d := range ds {
@@ -44,14 +41,23 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 	}
 	// One statement. ok: the seq check of checkInstanceSeq. taken: the
 	// batch's identity, new; everything but the instance's row is written
-	// only then: the sums as one usage_pending row; the instance's share
-	// row (recordDemand) and, with its new generation, its demand; the
-	// last use, locking only keys whose last use moves. The instance's
+	// only then: the sums as one usage_pending_groups row per (minute,
+	// host, outcome) or, with more than maxPendingGroups of them, one
+	// usage_pending row; the instance's share row (recordDemand) and,
+	// with its new generation, its demand; the last use, locking only keys whose last use moves. The instance's
 	// liveness and acked seq (recordInstanceBatch) for a duplicate too.
 	var (
 		inRange, taken bool
 		acked          sql.NullInt64
 	)
+	// The plan does not depend on the values, but PostgreSQL plans a
+	// prepared statement's first five executions on a connection with
+	// them, folding thousands of array elements into the plan and
+	// estimating ANY over the keys element by element: 10 ms of a 20 ms
+	// batch, on every new connection.
+	if _, err := tx.ExecContext(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
+		return false, false, err
+	}
 	err = tx.QueryRowContext(ctx, `WITH inst AS (
 			SELECT acked_seq FROM instances WHERE node = $6 AND boot = $7
 		), ok AS (
@@ -63,6 +69,10 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 		), pending AS (
 			INSERT INTO usage_pending (minute, key_id, host, outcome, n)
 			SELECT $1, $2, $3, $4, $5 FROM taken WHERE cardinality($1::bigint[]) > 0
+		), pending_groups AS (
+			INSERT INTO usage_pending_groups (minute, host, outcome, key_id, n)
+			SELECT g.minute, g.host, g.outcome, ($2::text[])[g.lo:g.hi], ($5::bigint[])[g.lo:g.hi]
+			FROM taken, unnest($18::bigint[], $19::text[], $20::text[], $21::int[], $22::int[]) AS g(minute, host, outcome, lo, hi)
 		), share AS (
 			INSERT INTO share_instances (node, boot, last_at, interval_us, gen)
 			SELECT $6, $7, $8, $9, 1 FROM taken
@@ -87,9 +97,10 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 				SELECT m.key_id FROM key_lineage m JOIN key_lineage l ON m.lineage_id = l.lineage_id
 				WHERE l.key_id = ANY($14::text[]))))
 		FROM ok`,
-		minutes, keys, hosts, outcomes, ns,
+		p.minutes, p.keys, p.hosts, p.outcomes, p.ns,
 		b.Node, b.Boot, at, min(s.shareWindow, firstInterval).Microseconds(), minShareInterval.Microseconds(),
-		demandIDs, demandNs, b.Seq, usedIDs, usedAts, int64(MaxSeqAhead), len(b.Counts)).Scan(&inRange, &taken, &acked, &quotas)
+		demandIDs, demandNs, b.Seq, usedIDs, usedAts, int64(MaxSeqAhead), len(b.Counts),
+		p.groupMinutes, p.groupHosts, p.groupOutcomes, p.groupLo, p.groupHi).Scan(&inRange, &taken, &acked, &quotas)
 	if err != nil {
 		return false, false, fmt.Errorf("usage: %w", err)
 	}
@@ -97,4 +108,73 @@ func (s *sqlStore) mergePostgres(ctx context.Context, tx *sql.Tx, b *UsageBatch,
 		return false, false, seqOutOfRange(b.Seq, acked.Int64)
 	}
 	return !taken, quotas && taken, nil
+}
+
+// maxPendingGroups is the most (minute, host, outcome) groups a batch may
+// have to go to usage_pending_groups. PostgreSQL finds the start of a
+// group's slice of the keys by walking the array from its first element,
+// so the statement's work grows with groups times counts; a batch of more
+// groups goes to usage_pending as one row of five arrays, whose cost
+// grows with its counts alone.
+const maxPendingGroups = 64
+
+// pending holds the arguments of a batch's usage_pending or
+// usage_pending_groups row(s); minutes, hosts and outcomes are empty in
+// the latter case, keys and ns are then ordered by group.
+type pending struct {
+	minutes                   []int64
+	keys, hosts, outcomes     []string
+	ns                        []int64
+	groupMinutes              []int64
+	groupHosts, groupOutcomes []string
+	groupLo, groupHi          []int32 // 1-based, inclusive
+}
+
+// pendingArgs lays out rs (sorted by minute, key, host, outcome) for the
+// ingest's statement: by (minute, host, outcome) group when there are at
+// most maxPendingGroups of them, else as parallel arrays.
+func pendingArgs(rs []rollup) pending {
+	type group struct {
+		minute        int64
+		host, outcome string
+	}
+	members := map[group][]int32{}
+	var order []group
+	for i, r := range rs {
+		g := group{r.minute, r.host, r.outcome}
+		m, ok := members[g]
+		if !ok {
+			if len(order) == maxPendingGroups {
+				return pendingRows(rs)
+			}
+			order = append(order, g)
+		}
+		members[g] = append(m, int32(i))
+	}
+	slices.SortFunc(order, func(a, b group) int {
+		return cmp.Or(cmp.Compare(a.minute, b.minute), strings.Compare(a.host, b.host), strings.Compare(a.outcome, b.outcome))
+	})
+	p := pending{keys: make([]string, 0, len(rs)), ns: make([]int64, 0, len(rs))}
+	for _, g := range order {
+		p.groupMinutes = append(p.groupMinutes, g.minute)
+		p.groupHosts = append(p.groupHosts, g.host)
+		p.groupOutcomes = append(p.groupOutcomes, g.outcome)
+		p.groupLo = append(p.groupLo, int32(len(p.keys)+1))
+		for _, i := range members[g] { // in rs order: by key
+			p.keys = append(p.keys, rs[i].keyID)
+			p.ns = append(p.ns, rs[i].n)
+		}
+		p.groupHi = append(p.groupHi, int32(len(p.keys)))
+	}
+	return p
+}
+
+// pendingRows lays out rs as one usage_pending row.
+func pendingRows(rs []rollup) pending {
+	p := pending{minutes: make([]int64, len(rs)), keys: make([]string, len(rs)), hosts: make([]string, len(rs)),
+		outcomes: make([]string, len(rs)), ns: make([]int64, len(rs))}
+	for i, r := range rs {
+		p.keys[i], p.minutes[i], p.hosts[i], p.outcomes[i], p.ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
+	}
+	return p
 }

@@ -8,21 +8,23 @@ import (
 )
 
 // Usage rollup (PostgreSQL; controlplane/RATIONALE.md, "Why append usage
-// and roll it up?"). An ingest appends its batch's sums to usage_pending
-// instead of adding them to usage_minutes and usage_days: a fleet reports
-// the same keys and minutes from every Envoy at once, and adding to those
+// and roll it up?"). An ingest appends its batch's sums to
+// usage_pending_groups (one row per minute, host and outcome) or, for a
+// batch of many such groups, usage_pending (one row) instead of adding
+// them to usage_minutes and usage_days: a fleet reports the same keys and
+// minutes from every Envoy at once, and adding to those
 // rows made every ingest wait for the row locks of the others, and an
 // update costs several times an insert. A rollup moves all pending rows
 // into usage_minutes and usage_days in one transaction (delete and upsert
 // commit together, so every count is in exactly one of the two places at
 // any snapshot). Readers that must be exact without writing (quotas,
-// anonymous hosts) count usage_pending too; the usage reports roll up
+// anonymous hosts) count the pending rows too (usage_pending_rows); the usage reports roll up
 // first and then read usage_minutes alone, so they answer exactly as
 // before.
 //
 // Rollups run in the background at most once per rollupInterval per
-// process, started by an ingest, and before every usage report and
-// prune. A transaction-scoped advisory lock runs one rollup at a time per
+// process (the first a rollupInterval after the store opens), started by
+// an ingest, and before every usage report and prune. A transaction-scoped advisory lock runs one rollup at a time per
 // schema, across replicas: background rollups skip when it is taken,
 // the others wait for it.
 
@@ -36,23 +38,34 @@ const rollupLock = `hashtext('keygate.store.rollup:' || current_schema())`
 // rollupSQL moves every pending row into usage_minutes and usage_days. The
 // sums saturate at MaxCounter like the ingest's additions (min(a+b, M) =
 // min(min(a, M)+b, M) for counts >= 0, so the order of batches does not
-// matter), and rows are upserted in primary-key order.
+// matter, nor does summing a day from its saturated minutes), and rows are
+// upserted in primary-key order. The pending rows are grouped once and the
+// days summed from the groups: grouping them once for each table took a
+// sixth longer.
 const rollupSQL = `WITH taken AS (
 		DELETE FROM usage_pending RETURNING minute, key_id, host, outcome, n
+	), taken_groups AS (
+		DELETE FROM usage_pending_groups RETURNING minute, host, outcome, key_id, n
 	), moved AS (
 		SELECT u.minute, u.key_id, u.host, u.outcome, u.n FROM taken
 		CROSS JOIN LATERAL unnest(taken.minute, taken.key_id, taken.host, taken.outcome, taken.n) AS u(minute, key_id, host, outcome, n)
+		UNION ALL
+		SELECT g.minute, u.key_id, g.host, g.outcome, u.n FROM taken_groups g
+		CROSS JOIN LATERAL unnest(g.key_id, g.n) AS u(key_id, n)
+	), summed AS MATERIALIZED (
+		SELECT minute, key_id, host, outcome, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) AS n, COUNT(*) AS counts
+		FROM moved GROUP BY minute, key_id, host, outcome
 	), minutes AS (
 		INSERT INTO usage_minutes (minute, key_id, host, outcome, n)
-		SELECT minute, key_id, host, outcome, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM moved
-		GROUP BY minute, key_id, host, outcome ORDER BY minute, key_id, host, outcome` + upsertRollupSuffix + `
+		SELECT minute, key_id, host, outcome, n FROM summed
+		ORDER BY minute, key_id, host, outcome` + upsertRollupSuffix + `
 	), days AS (
 		INSERT INTO usage_days (key_id, day, allowed)
-		SELECT key_id, minute - minute % 86400, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM moved
+		SELECT key_id, minute - minute % 86400, CAST(LEAST(SUM(n), ` + maxCounterSQL + `) AS BIGINT) FROM summed
 		WHERE key_id <> '' AND outcome = 'allowed'
 		GROUP BY key_id, minute - minute % 86400 ORDER BY 1, 2` + upsertDaySuffix + `
 	)
-	SELECT COUNT(*) FROM moved`
+	SELECT CAST(COALESCE(SUM(counts), 0) AS BIGINT) FROM summed`
 
 // rollupUsage merges usage_pending into usage_minutes and usage_days and
 // returns how many pending counts it moved. With wait false it returns at

@@ -17,6 +17,56 @@ import (
 func runRollup(t *testing.T, open func(t testing.TB) Store) {
 	t.Run("ConcurrentIngestAndRollups", func(t *testing.T) { testConcurrentIngestAndRollups(t, open) })
 	t.Run("PendingCountsEverywhere", func(t *testing.T) { testPendingCountsEverywhere(t, open) })
+	t.Run("PendingLayouts", func(t *testing.T) { testPendingLayouts(t, open) })
+}
+
+// A batch of few (minute, host, outcome) groups and one of more than
+// maxPendingGroups wait in different tables on PostgreSQL (ingest_pg.go);
+// both are counted by quotas and the reports, and rolled up once.
+func testPendingLayouts(t *testing.T, open func(t testing.TB) Store) {
+	s := open(t)
+	s.(*sqlStore).rolledUp.Store(math.MaxInt64)
+	ctx := testCtx(t)
+	m := time.Now().UTC().Truncate(24 * time.Hour).Add(time.Hour)
+	k := newTestKey(t)
+	k.Quota = &Quota{Limit: 1000, Period: "day"}
+	k = mustCreate(t, s, k)
+	n := &node{name: "a"}
+	var few, many []UsageCount
+	for i := range 3 {
+		few = append(few, UsageCount{KeyID: k.ID, Minute: m, Host: fmt.Sprintf("h%d.example", i), Outcome: OutcomeAllowed, N: 1},
+			UsageCount{KeyID: k.ID, Minute: m.Add(time.Minute), Host: "h0.example", Outcome: OutcomeAllowed, N: 1})
+	}
+	for i := range maxPendingGroups + 1 {
+		many = append(many, UsageCount{KeyID: k.ID, Minute: m, Host: fmt.Sprintf("g%03d.example", i), Outcome: OutcomeAllowed, N: 2})
+	}
+	n.batch(t, s, few...)
+	n.batch(t, s, many...)
+	if s.(*sqlStore).d == dialectPostgres {
+		var rows, groups int
+		if err := s.(*sqlStore).r.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM usage_pending), (SELECT COUNT(*) FROM usage_pending_groups)`).Scan(&rows, &groups); err != nil {
+			t.Fatal(err)
+		}
+		if rows != 1 || groups != 4 {
+			t.Fatalf("%d usage_pending rows and %d usage_pending_groups rows, want 1 and 4", rows, groups)
+		}
+		if got := pendingCounts(t, s); got != 4+maxPendingGroups+1 {
+			t.Fatalf("%d counts pending, want %d", got, 4+maxPendingGroups+1)
+		}
+	}
+	if used, err := s.QuotaUsed(ctx, k.ID, "day", m); err != nil || used != 6+2*(maxPendingGroups+1) {
+		t.Fatalf("quota used %d %v, want %d", used, err, 6+2*(maxPendingGroups+1))
+	}
+	hosts, err := s.UsageByHost(ctx, k.ID, m, m.Add(time.Hour))
+	if err != nil || len(hosts) != 3+maxPendingGroups+1 || hosts["h0.example"].Allowed != 4 || hosts["h1.example"].Allowed != 1 || hosts["g064.example"].Allowed != 2 {
+		t.Fatalf("hosts %+v %v", hosts, err)
+	}
+	if got := pendingCounts(t, s); got != 0 {
+		t.Fatalf("%d counts pending after a report", got)
+	}
+	if used, err := s.QuotaUsed(ctx, k.ID, "day", m); err != nil || used != 6+2*(maxPendingGroups+1) {
+		t.Fatalf("quota used %d %v after the rollup", used, err)
+	}
 }
 
 func TestSQLiteRollup(t *testing.T)   { runRollup(t, sqliteOpener()) }

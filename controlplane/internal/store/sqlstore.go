@@ -78,6 +78,12 @@ func newSQLStore(d dialect, w, r *sql.DB, c config) *sqlStore {
 	s := &sqlStore{d: d, w: w, r: r, now: c.now, poll: c.pollInterval, shareWindow: c.shareWindow,
 		changed: make(chan struct{}), pollSem: make(chan struct{}, 1)}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
+	// The first background rollup comes a rollupInterval after opening,
+	// not with the first batch: that one would move a single batch and
+	// take a second connection (a new PostgreSQL backend, its caches
+	// cold) while the first ingests still warm up the first; it made the
+	// second batch of a fresh store take 100-200 ms instead of 20.
+	s.rolledUp.Store(time.Now().UnixNano())
 	return s
 }
 
