@@ -1,5 +1,7 @@
 package bucket
 
+import "errors"
+
 // LeaseWindow is how long a worker may spend tokens it took ahead (see
 // RATIONALE.md, "Why leases?"). Tokens left when it ends go back to the
 // bucket with the worker's next request for the key.
@@ -85,6 +87,45 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 		resetAt: nowNanos + res.ResetNanos, interval: g.interval, tau: g.tau,
 		tat: nowNanos + res.ResetNanos + extra*g.interval}
 	return res, nil
+}
+
+// GiveBack ends the lease for a worker that drops it before its next take
+// (its record-cache slot goes to another key): the unspent tokens go back
+// to the bucket under stateKey as TakeLeased would give them back (see
+// giveBack), in one compare-and-swap retried like Take's, and the lease is
+// emptied. Nothing is written when there is nothing to give back. Errors:
+// ErrContention, or the Store's own; the lease is emptied either way.
+func (l *Limiter) GiveBack(stateKey string, ls *Lease, nowNanos int64) error {
+	give := ls.giveBack(nowNanos)
+	p := ls.policy
+	*ls = Lease{}
+	if give <= 0 || l.Store == nil {
+		return nil
+	}
+	g, err := p.gcra()
+	if err != nil {
+		return err
+	}
+	for n := l.attempts(); n > 0; n-- {
+		val, cas, err := l.Store.Get(stateKey)
+		if errors.Is(err, ErrNotFound) {
+			return nil // a full bucket: nothing to give back to
+		}
+		if err != nil {
+			return err
+		}
+		debt, repaired := g.debt(val, nowNanos)
+		if repaired || debt == 0 {
+			return nil
+		}
+		debt = max(debt-give, 0)
+		encode(&l.buf, addSat(nowNanos, debt))
+		err = l.Store.Set(stateKey, l.buf[:], cas)
+		if !errors.Is(err, ErrCASMismatch) {
+			return err
+		}
+	}
+	return ErrContention
 }
 
 // giveBack returns the worth in nanoseconds of the lease's unspent tokens

@@ -2,6 +2,7 @@ package filter
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
@@ -83,4 +84,70 @@ func retryAfter(t *testing.T, h [][2]string) int {
 		t.Fatalf("retry-after %q", v)
 	}
 	return n
+}
+
+// TestEvictedSlotGivesLeaseBack: a busy key's worker holds tokens leased
+// ahead in the key's record-cache slot; when other keys take every slot,
+// the lease goes back to the key's bucket, so the key's next request sees
+// exactly its own requests spent (a daily limit: nothing refills).
+func TestEvictedSlotGivesLeaseBack(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		busy := newKey(t)
+		host := emulator(t, vm(), testConfig, func() {
+			seedRecord(t, busy, keyrecord.Record{ID: "key_busy", Owner: "acme", Status: keyrecord.StatusActive, Epoch: 2,
+				Hosts: []string{"api.example.com"}, HasRate: true, RateLimit: 1000, RatePeriodMS: 86_400_000, RateBurst: 999})
+			seedState(t, syncState{epoch: 2, version: 10, lastSyncMS: fakeEpochNanos/1e6 + 3600e3})
+		})
+		send := func(key string) (int, [][2]string) {
+			id := host.InitializeHttpContext()
+			defer host.CompleteHttpContext(id)
+			host.CallOnRequestHeaders(id, get("/v1/x", "x-api-key", key), true)
+			if r := host.GetSentLocalResponse(id); r != nil {
+				return int(r.StatusCode), r.Headers
+			}
+			host.CallOnResponseHeaders(id, nil, false)
+			return 200, host.GetCurrentResponseHeaders(id)
+		}
+		remaining := func(h [][2]string) int {
+			t.Helper()
+			rl, _ := header(h, "ratelimit")
+			i := strings.Index(rl, ";r=")
+			j := strings.Index(rl, ";t=")
+			if i < 0 || j < i {
+				t.Fatalf("RateLimit %q", rl)
+			}
+			n, err := strconv.Atoi(rl[i+3 : j])
+			if err != nil {
+				t.Fatalf("RateLimit %q", rl)
+			}
+			return n
+		}
+		const spent = 60
+		var last [][2]string
+		for i := 0; i < spent; i++ {
+			st, h := send(busy)
+			if st != 200 {
+				t.Fatalf("request %d: status %d", i, st)
+			}
+			last = h
+		}
+		// Leased requests report this worker's view; a lease must be
+		// held for the test to mean anything.
+		if got := remaining(last); got != 1000-spent {
+			t.Fatalf("after %d requests: remaining %d, want %d", spent, got, 1000-spent)
+		}
+		for i := 0; i < 5*recordSlots; i++ { // unknown keys take every slot
+			if st, _ := send(newKey(t)); st != 401 {
+				t.Fatalf("unknown key: status %d", st)
+			}
+		}
+		st, h := send(busy)
+		if st != 200 {
+			t.Fatalf("busy key after the flood: status %d", st)
+		}
+		// Read from the bucket (the slot is new): every leased token back.
+		if got, want := remaining(h), 1000-spent-1; got != want {
+			t.Fatalf("busy key after its slot was taken: remaining %d, want %d (leased tokens lost: %d)", got, want, want-got)
+		}
+	})
 }

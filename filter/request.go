@@ -484,6 +484,7 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	*rec = verdict.Record{}
 	if q.WantsRecord(now) {
 		if !held {
+			r.releaseLeases(slot, int64(now))
 			r.records.claim(slot, tag, sc.key)
 		}
 		r.readRecordCached(rec, slot, &q.Sync)
@@ -683,6 +684,45 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 	}
 	sendRetry(p, bucket.CeilSeconds(res.RetryAfterNanos), rl, " "+whoseCap(l)+" limit \""+bstr(name)+"\" refused it.")
 	return types.ActionPause, true
+}
+
+// releaseLeases gives the tokens the slot's leases still hold back to their
+// buckets before the slot goes to another key, as the key's next take
+// would have (bucket.Limiter.GiveBack): an evicted busy key's lease would
+// otherwise be lost to its budget until the bucket refills, a day for a
+// daily limit.
+func (r *filterRoot) releaseLeases(s *recordSlot, now int64) {
+	if !s.claimed || !s.valid || !s.rec.Found {
+		return
+	}
+	v := s.rec.View
+	r.giveBack(&verdict.Limit{Budget: v.Budget()}, &s.lease, now)
+	it := v.Limits()
+	for i := range s.named {
+		name, _, _, _, ok := it.Next()
+		if !ok {
+			break
+		}
+		r.giveBack(&verdict.Limit{Budget: v.Budget(), Name: name, Index: i}, &s.named[i], now)
+	}
+	it = v.OwnerLimits()
+	for i := range s.owner {
+		name, _, _, _, ok := it.Next()
+		if !ok {
+			break
+		}
+		r.giveBack(&verdict.Limit{Budget: v.Owner(), Name: name, Index: i, Owner: true}, &s.owner[i], now)
+	}
+}
+
+// giveBack returns what ls holds to the bucket of limit l.
+func (r *filterRoot) giveBack(l *verdict.Limit, ls *bucket.Lease, now int64) {
+	if ls.Tokens() <= 0 {
+		return
+	}
+	if err := r.limiter.GiveBack(r.limiterName(l), ls, now); err != nil {
+		proxywasm.LogWarnf("keygate: giving a rate-limit lease back: %v", err)
+	}
 }
 
 // whose names the holder of a limit in a refusal's detail.
