@@ -135,6 +135,18 @@ func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
 	apikey.HashKeyTo(&s.hash, key)
 }
 
+// holdsTokens reports whether any of the slot's leases holds tokens.
+func (s *recordSlot) holdsTokens() bool {
+	n := s.lease.Tokens()
+	for i := range s.named {
+		n |= s.named[i].Tokens()
+	}
+	for i := range s.owner {
+		n |= s.owner[i].Tokens()
+	}
+	return n != 0
+}
+
 // lookup returns the cached record of the slot's key if it was read under
 // the sync state's gen and epoch; ok is false when the caller must read
 // shared data.

@@ -692,7 +692,7 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 // otherwise be lost to its budget until the bucket refills, a day for a
 // daily limit.
 func (r *filterRoot) releaseLeases(s *recordSlot, now int64) {
-	if !s.claimed || !s.valid || !s.rec.Found {
+	if !s.claimed || !s.valid || !s.rec.Found || !s.holdsTokens() {
 		return
 	}
 	v := s.rec.View
