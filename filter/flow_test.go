@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
+	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/proxytest"
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
 
 	"github.com/keygate/keygate/keyrecord"
@@ -124,19 +125,25 @@ func TestStaleCache(t *testing.T) {
 	})
 }
 
+// usageEmulator starts the filter with seedKeys' records and the usage
+// queue registered, and returns the queue's id.
+func usageEmulator(t *testing.T, vm types.VMContext) (host proxytest.HostEmulator, keys testKeys, queue uint32) {
+	t.Helper()
+	host = emulator(t, vm, testConfig, func() {
+		keys = seedKeys(t)
+		var err error
+		if queue, err = proxywasm.RegisterSharedQueue(usageQueue); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return host, keys, queue
+}
+
 // TestUsageHandOff counts requests in a worker and checks, after a tick,
 // that the queue carries every one of them exactly once.
 func TestUsageHandOff(t *testing.T) {
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
-		var keys testKeys
-		var queue uint32
-		host := emulator(t, vm(), testConfig, func() {
-			keys = seedKeys(t)
-			var err error
-			if queue, err = proxywasm.RegisterSharedQueue(usageQueue); err != nil {
-				t.Fatal(err)
-			}
-		})
+		host, keys, queue := usageEmulator(t, vm())
 		send := func(n int, hdrs func() [][2]string) {
 			for i := 0; i < n; i++ {
 				id := host.InitializeHttpContext()
@@ -194,15 +201,7 @@ func TestUsageHandOff(t *testing.T) {
 // its first tick.
 func TestUsageHandOffEarly(t *testing.T) {
 	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
-		var keys testKeys
-		var queue uint32
-		host := emulator(t, vm(), testConfig, func() {
-			keys = seedKeys(t)
-			var err error
-			if queue, err = proxywasm.RegisterSharedQueue(usageQueue); err != nil {
-				t.Fatal(err)
-			}
-		})
+		host, keys, queue := usageEmulator(t, vm())
 		total, messages := int64(0), 0
 		// proxytest keeps a view of the queued bytes (Envoy copies them)
 		// and the counter reuses its message buffer: read each message
