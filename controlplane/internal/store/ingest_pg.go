@@ -183,8 +183,8 @@ func pendingRows(rs []rollup) pending {
 }
 
 // warmPool opens n connections at once and runs the ingest's statement
-// once on each, in a transaction rolled back, before the store takes any
-// work. A fresh PostgreSQL backend takes 10-15 ms to plan that statement
+// and the shares' read once on each, in a transaction rolled back, before
+// the store takes any work. A fresh PostgreSQL backend takes 10-15 ms to plan that statement
 // the first time (5-10 times a warm one), and a fleet arriving at a
 // replica that just started grows the pool from one connection to its
 // limit within a second: every new connection paid that cost in the
@@ -213,7 +213,11 @@ func (s *sqlStore) warmPool(ctx context.Context, n int) {
 			txs = append(txs, tx)
 			mu.Unlock()
 			b := &UsageBatch{Node: fmt.Sprintf("keygate-pool-warmup-%d", i), Boot: hex.EncodeToString(rnd[:]), Seq: 1}
-			_, _, _ = s.mergePostgres(ctx, tx, b, nil, nil, nil, s.now())
+			if _, _, err := s.mergePostgres(ctx, tx, b, nil, nil, nil, s.now()); err != nil {
+				return
+			}
+			// The shares every batch's answer reads, on the same connection.
+			_, _ = s.shares(ctx, tx, b.Node, b.Boot)
 		})
 	}
 	wg.Wait()
