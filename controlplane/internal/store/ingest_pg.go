@@ -184,44 +184,55 @@ func pendingRows(rs []rollup) pending {
 
 // warmPool opens n connections at once and runs the ingest's statement
 // and the shares' read once on each, in a transaction rolled back, before
-// the store takes any work. A fresh PostgreSQL backend takes 10-15 ms to plan that statement
-// the first time (5-10 times a warm one), and a fleet arriving at a
-// replica that just started grows the pool from one connection to its
-// limit within a second: every new connection paid that cost in the
-// middle of the burst, on a machine already busy with it, and the first
-// second's batches were the slowest percent of all
-// (controlplane/RATIONALE.md, "Why append usage and roll it up?").
-// Failures are left to the first real use of the pool.
-func (s *sqlStore) warmPool(ctx context.Context, n int) {
-	// A boot id of its own per process: warm-ups of replicas starting
+// the store takes any work. A fresh PostgreSQL backend takes 10-15 ms to
+// plan that statement the first time (5-10 times a warm one), and a fleet
+// arriving at a replica that just started grows the pool from one
+// connection to its limit within a second: every new connection paid that
+// cost in the middle of the burst, on a machine already busy with it, and
+// the first second's batches were the slowest percent of all
+// (controlplane/RATIONALE.md, "Why append usage and roll it up?"). It
+// returns the first failure; OpenPostgres leaves failures to the first
+// real use of the pool.
+func (s *sqlStore) warmPool(ctx context.Context, n int) error {
+	// A boot id of its own per call: warm-ups of replicas starting
 	// together never wait for each other's rows.
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	var (
-		mu  sync.Mutex
-		txs []*sql.Tx
-		wg  sync.WaitGroup
+		mu    sync.Mutex
+		txs   []*sql.Tx
+		first error
+		wg    sync.WaitGroup
 	)
 	for i := range n {
 		wg.Go(func() {
-			tx, err := s.w.BeginTx(ctx, nil)
-			if err != nil {
-				return
-			}
-			// Held until all are done, so that each is a connection of its own.
+			err := func() error {
+				tx, err := s.w.BeginTx(ctx, nil)
+				if err != nil {
+					return err
+				}
+				// Held until all are done, so that each is a connection of its own.
+				mu.Lock()
+				txs = append(txs, tx)
+				mu.Unlock()
+				b := &UsageBatch{Node: fmt.Sprintf("keygate-pool-warmup-%d", i), Boot: hex.EncodeToString(rnd[:]), Seq: 1}
+				if _, _, err := s.mergePostgres(ctx, tx, b, nil, nil, nil, s.now()); err != nil {
+					return err
+				}
+				// The shares every batch's answer reads, on the same connection.
+				_, err = s.shares(ctx, tx, b.Node, b.Boot)
+				return err
+			}()
 			mu.Lock()
-			txs = append(txs, tx)
-			mu.Unlock()
-			b := &UsageBatch{Node: fmt.Sprintf("keygate-pool-warmup-%d", i), Boot: hex.EncodeToString(rnd[:]), Seq: 1}
-			if _, _, err := s.mergePostgres(ctx, tx, b, nil, nil, nil, s.now()); err != nil {
-				return
+			if first == nil && err != nil {
+				first = fmt.Errorf("store: warm the pool: %w", err)
 			}
-			// The shares every batch's answer reads, on the same connection.
-			_, _ = s.shares(ctx, tx, b.Node, b.Boot)
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	for _, tx := range txs {
 		_ = tx.Rollback()
 	}
+	return first
 }
