@@ -3,10 +3,13 @@ package store
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -177,4 +180,59 @@ func pendingRows(rs []rollup) pending {
 		p.keys[i], p.minutes[i], p.hosts[i], p.outcomes[i], p.ns[i] = r.keyID, r.minute, r.host, r.outcome, r.n
 	}
 	return p
+}
+
+// warmPool opens n connections at once and runs the ingest's statement
+// and the shares' read once on each, in a transaction rolled back, before
+// the store takes any work. A fresh PostgreSQL backend takes 10-15 ms to
+// plan that statement the first time (5-10 times a warm one), and a fleet
+// arriving at a replica that just started grows the pool from one
+// connection to its limit within a second: every new connection paid that
+// cost in the middle of the burst, on a machine already busy with it, and
+// the first second's batches were the slowest percent of all
+// (controlplane/RATIONALE.md, "Why append usage and roll it up?"). It
+// returns the first failure; OpenPostgres leaves failures to the first
+// real use of the pool.
+func (s *sqlStore) warmPool(ctx context.Context, n int) error {
+	// A boot id of its own per call: warm-ups of replicas starting
+	// together never wait for each other's rows.
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	var (
+		mu    sync.Mutex
+		txs   []*sql.Tx
+		first error
+		wg    sync.WaitGroup
+	)
+	for i := range n {
+		wg.Go(func() {
+			err := func() error {
+				tx, err := s.w.BeginTx(ctx, nil)
+				if err != nil {
+					return err
+				}
+				// Held until all are done, so that each is a connection of its own.
+				mu.Lock()
+				txs = append(txs, tx)
+				mu.Unlock()
+				b := &UsageBatch{Node: fmt.Sprintf("keygate-pool-warmup-%d", i), Boot: hex.EncodeToString(rnd[:]), Seq: 1}
+				if _, _, err := s.mergePostgres(ctx, tx, b, nil, nil, nil, s.now()); err != nil {
+					return err
+				}
+				// The shares every batch's answer reads, on the same connection.
+				_, err = s.shares(ctx, tx, b.Node, b.Boot)
+				return err
+			}()
+			mu.Lock()
+			if first == nil && err != nil {
+				first = fmt.Errorf("store: warm the pool: %w", err)
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for _, tx := range txs {
+		_ = tx.Rollback()
+	}
+	return first
 }

@@ -269,6 +269,7 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error
 		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
 	}
 	s.startListener(lcfg, changeChannel(schema))
+	_ = s.warmPool(ctx, idle)
 	return s, nil
 }
 

@@ -186,3 +186,44 @@ func TestPostgresPoolKeepsConnections(t *testing.T) {
 		s.Close()
 	}
 }
+
+// OpenPostgres opens the connections the pool keeps idle and plans the
+// ingest on each (warmPool) without leaving a trace in the tables, and
+// two stores warming up on one schema at once do not wait for each other.
+func TestPostgresOpenWarmsPool(t *testing.T) {
+	dsn := postgresSchemaURL(t, postgresAdmin(t))
+	s, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(5, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ss := s.(*sqlStore)
+	if got := ss.w.Stats().Idle; got != 3 {
+		t.Errorf("%d idle connections after opening, want 3", got)
+	}
+	other, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(5, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	errs := make(chan error, 2)
+	for _, st := range []*sqlStore{ss, other.(*sqlStore)} {
+		go func() { errs <- st.warmPool(ctx, 5) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, table := range []string{"usage_batches", "usage_pending", "usage_pending_groups", "share_instances", "share_instance_demand", "instances"} {
+		var n int
+		if err := ss.w.QueryRowContext(testCtx(t), `SELECT COUNT(*) FROM `+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("%s has %d rows after warming up, want none", table, n)
+		}
+	}
+}

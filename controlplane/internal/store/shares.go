@@ -198,6 +198,16 @@ func (s *sqlStore) pruneShares(ctx context.Context) {
 // H/(H + k*DemandCap*L) of the rate (a third against one at H = L), and
 // each keeps at least its floor.
 func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, error) {
+	return s.shares(ctx, s.r, node, boot)
+}
+
+// rowsQuerier runs a query on a pool or in a transaction.
+type rowsQuerier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// shares is Shares read through q (warmPool plans it on new connections).
+func (s *sqlStore) shares(ctx context.Context, q rowsQuerier, node, boot string) (*Shares, error) {
 	now := s.now().UnixMicro()
 	cutoff := now - s.shareWindow.Microseconds()
 	const noRateCap = "1e15" // no limit of this kind
@@ -224,7 +234,7 @@ func (s *sqlStore) Shares(ctx context.Context, node, boot string) (*Shares, erro
 	capped := fmt.Sprintf(s.least()+`(r, l * %d)`, DemandCap)
 	// One statement (one snapshot, one round trip): the active nodes'
 	// count on every row, with the budgets or, without any, alone.
-	rs, err := s.r.QueryContext(ctx, `WITH nodes AS (
+	rs, err := q.QueryContext(ctx, `WITH nodes AS (
 			SELECT COUNT(*) AS active, COALESCE(SUM(CASE WHEN node = $3 AND boot = $4 THEN 1 ELSE 0 END), 0) AS self
 			FROM share_instances WHERE last_at >= $2
 		), demand AS (
