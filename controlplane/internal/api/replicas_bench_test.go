@@ -60,7 +60,7 @@ func postgresReplicas(tb testing.TB, n int) []*replica {
 	u.RawQuery = q.Encode()
 	var out []*replica
 	for range n {
-		st, err := store.OpenPostgres(context.Background(), u.String())
+		st, err := store.OpenPostgres(context.Background(), u.String(), store.WithWarmPool()) // as serve opens it
 		if err != nil {
 			tb.Fatal(err)
 		}

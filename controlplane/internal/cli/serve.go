@@ -177,7 +177,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, env Env, onL
 	}
 
 	st, err := openStore(ctx, cfg.store, store.WithShareWindow(cfg.shareWindow), store.WithSQLiteSynchronous(cfg.synchronous),
-		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle))
+		store.WithPollInterval(cfg.pollInterval), store.WithPostgresPool(cfg.pgMaxOpen, cfg.pgMaxIdle), store.WithWarmPool())
 	if err != nil {
 		return err
 	}

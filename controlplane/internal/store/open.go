@@ -28,6 +28,7 @@ type config struct {
 	synchronous  string
 	maxOpen      int
 	maxIdle      int
+	warmPool     bool
 }
 
 // WithClock sets the clock used for timestamps the store fills in itself
@@ -94,6 +95,16 @@ func WithPostgresPool(maxOpen, maxIdle int) Option {
 		}
 		c.maxIdle = maxIdle
 	}
+}
+
+// WithWarmPool makes OpenPostgres open the connections its pool keeps
+// idle before it returns, and plan the usage ingest and the shares' read
+// on each (in a transaction rolled back), so that a fleet arriving at a
+// replica that just started does not pay a fresh backend's planning in
+// the middle of its first burst. The server turns it on; a store for a
+// short task (the CLI, tests) keeps the pool lazy. SQLite ignores it.
+func WithWarmPool() Option {
+	return func(c *config) { c.warmPool = true }
 }
 
 // Defaults of the options.
@@ -269,7 +280,9 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (Store, error
 		return nil, fmt.Errorf("store: open postgres %s: %w", redactURL(dsn), err)
 	}
 	s.startListener(lcfg, changeChannel(schema))
-	_ = s.warmPool(ctx, idle)
+	if c.warmPool {
+		_ = s.warmPool(ctx, idle)
+	}
 	return s, nil
 }
 

@@ -187,12 +187,21 @@ func TestPostgresPoolKeepsConnections(t *testing.T) {
 	}
 }
 
-// OpenPostgres opens the connections the pool keeps idle and plans the
-// ingest on each (warmPool) without leaving a trace in the tables, and
-// two stores warming up on one schema at once do not wait for each other.
+// With WithWarmPool, OpenPostgres opens the connections the pool keeps
+// idle and plans the ingest on each (warmPool) without leaving a trace in
+// the tables, and two stores warming up on one schema at once do not wait
+// for each other; without it the pool opens connections as it needs them.
 func TestPostgresOpenWarmsPool(t *testing.T) {
 	dsn := postgresSchemaURL(t, postgresAdmin(t))
-	s, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(5, 3))
+	lazy, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(5, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lazy.Close()
+	if got := lazy.(*sqlStore).w.Stats().Idle; got > 1 {
+		t.Errorf("%d idle connections after opening without WithWarmPool, want at most the one that migrated", got)
+	}
+	s, err := OpenPostgres(testCtx(t), dsn, WithPostgresPool(5, 3), WithWarmPool())
 	if err != nil {
 		t.Fatal(err)
 	}
