@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"testing"
 	"time"
 )
@@ -78,23 +74,7 @@ func TestFilterOnlyAndSingletonModes(t *testing.T) {
 func TestFilterOnlyTakeover(t *testing.T) {
 	cp := startControlPlane(t)
 	px := startSyncProxy(t, cp.addr)
-	type sent struct {
-		at   time.Time
-		body []byte
-	}
-	var usage []sent // every usage batch that reached the proxy
-	blockUsage := false
-	px.requestBody = func(r *http.Request, body []byte) {
-		if r.URL.Path == "/v1/usage" {
-			usage = append(usage, sent{time.Now(), body})
-		}
-	}
-	px.decide = func(r *http.Request, _ url.Values) string {
-		if blockUsage && r.URL.Path == "/v1/usage" {
-			return "fail"
-		}
-		return "forward"
-	}
+	gate := newUsageGate(px)
 	p := startHost(t, cp, startUpstream(t), hostOptions{
 		configFile:        filterOnlyConfig,
 		controlPlaneAddrs: []string{px.addr()},
@@ -115,23 +95,11 @@ func TestFilterOnlyTakeover(t *testing.T) {
 	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
 
 	// The control plane refuses usage: a batch stays in flight.
-	px.mu.Lock()
-	blockUsage = true
-	firstBlocked := len(usage)
-	px.mu.Unlock()
+	firstBlocked := gate.refuse()
 	for i := 0; i < 20; i++ {
 		tl.add(t, p.get(k.Key, nil))
 	}
-	var inflight []byte
-	eventually(t, 10*time.Second, "a refused batch", func() (bool, string) {
-		px.mu.Lock()
-		defer px.mu.Unlock()
-		if len(usage) > firstBlocked {
-			inflight = usage[firstBlocked].body
-			return true, ""
-		}
-		return false, "none"
-	})
+	inflight := gate.waitRefused(t, firstBlocked)
 	holder, _, ok := p.leaseHolder()
 	if !ok {
 		t.Fatal("no sync lease in shared data")
@@ -146,9 +114,7 @@ func TestFilterOnlyTakeover(t *testing.T) {
 		return n == 1, fmt.Sprint(n)
 	})
 	failedAt := time.Now()
-	px.mu.Lock()
-	afterFail := len(usage)
-	px.mu.Unlock()
+	afterFail := gate.seen()
 	t.Logf("failed %s, the lease holder %016x", vm, holder)
 	eventually(t, 10*time.Second, "another worker holds the lease", func() (bool, string) {
 		h, exp, ok := p.leaseHolder()
@@ -156,41 +122,8 @@ func TestFilterOnlyTakeover(t *testing.T) {
 	})
 	t.Logf("lease taken over %v after the failure (lease_ms 500, bound 700 ms after the last renewal)", time.Since(failedAt))
 
-	// The new holder resends the very batch that was in flight.
-	eventually(t, 10*time.Second, "the in-flight batch resent by the new holder", func() (bool, string) {
-		px.mu.Lock()
-		defer px.mu.Unlock()
-		return len(usage) > afterFail, fmt.Sprintf("%d batches after the failure", len(usage)-afterFail)
-	})
-	px.mu.Lock()
-	resent := usage[afterFail].body
-	for _, u := range usage[firstBlocked:] {
-		if !bytes.Equal(u.body, inflight) {
-			px.mu.Unlock()
-			t.Fatalf("while refused, batch %s was followed by %s: want the same batch resent", inflight, u.body)
-		}
-	}
-	blockUsage = false
-	px.mu.Unlock()
-	var a, b struct {
-		Node string `json:"node"`
-		Boot string `json:"boot"`
-		Seq  int64  `json:"seq"`
-	}
-	if json.Unmarshal(inflight, &a) != nil || json.Unmarshal(resent, &b) != nil || a != b || !bytes.Equal(resent, inflight) {
-		t.Fatalf("after the handover the batch %s was resent as %s: want the same (node, boot, seq) and counts", inflight, resent)
-	}
-
-	// Keys keep syncing under the new holder.
-	cp.action(gone.ID, "revoke")
-	eventually(t, 10*time.Second, "revocation after the handover reached the host", func() (bool, string) {
-		r := p.get(gone.Key, nil)
-		return r.code == "key_revoked", r.String()
-	})
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	// admitted == counted: nothing the dead holder had was lost, nothing
-	// resent was counted twice.
-	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
+	// The VM that took over resends the very batch that was in flight,
+	// and keeps syncing.
+	gate.checkResent(t, firstBlocked, afterFail, inflight)
+	checkStillSyncing(t, cp, p, k, gone, tl)
 }

@@ -1,11 +1,7 @@
 package e2e
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -23,23 +19,7 @@ func TestSyncServiceFailureTakeover(t *testing.T) {
 	const leaseMS = 500
 	cp := startControlPlane(t)
 	px := startSyncProxy(t, cp.addr)
-	type sent struct {
-		at   time.Time
-		body []byte
-	}
-	var usage []sent // every usage batch that reached the proxy
-	blockUsage := false
-	px.requestBody = func(r *http.Request, body []byte) {
-		if r.URL.Path == "/v1/usage" {
-			usage = append(usage, sent{time.Now(), body})
-		}
-	}
-	px.decide = func(r *http.Request, _ url.Values) string {
-		if blockUsage && r.URL.Path == "/v1/usage" {
-			return "fail"
-		}
-		return "forward"
-	}
+	gate := newUsageGate(px)
 	p := startHost(t, cp, startUpstream(t), hostOptions{
 		controlPlaneAddrs: []string{px.addr()},
 		filter:            map[string]any{"flush_period_ms": 100},
@@ -70,23 +50,11 @@ func TestSyncServiceFailureTakeover(t *testing.T) {
 	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
 
 	// The control plane refuses usage: a batch stays in flight.
-	px.mu.Lock()
-	blockUsage = true
-	firstBlocked := len(usage)
-	px.mu.Unlock()
+	firstBlocked := gate.refuse()
 	for i := 0; i < 20; i++ {
 		tl.add(t, p.get(k.Key, nil))
 	}
-	var inflight []byte
-	eventually(t, 10*time.Second, "a refused batch", func() (bool, string) {
-		px.mu.Lock()
-		defer px.mu.Unlock()
-		if len(usage) > firstBlocked {
-			inflight = usage[firstBlocked].body
-			return true, ""
-		}
-		return false, "none"
-	})
+	inflight := gate.waitRefused(t, firstBlocked)
 	// Counts that only wait in the queue when the service dies.
 	for i := 0; i < 10; i++ {
 		tl.add(t, p.get(k.Key, nil))
@@ -105,9 +73,7 @@ func TestSyncServiceFailureTakeover(t *testing.T) {
 		return n == 1, fmt.Sprint(n)
 	})
 	failedAt := time.Now()
-	px.mu.Lock()
-	afterFail := len(usage)
-	px.mu.Unlock()
+	afterFail := gate.seen()
 	t.Logf("failed %s, the lease holder %016x", vm, holder)
 	eventually(t, 10*time.Second, "a worker holds the lease", func() (bool, string) {
 		h, exp, ok := p.leaseHolderIn("keygate")
@@ -118,41 +84,10 @@ func TestSyncServiceFailureTakeover(t *testing.T) {
 	t.Logf("lease taken over by a worker %v after the failure (lease_ms %d: at most %d ms after the last renewal plus tick delays)",
 		time.Since(failedAt), leaseMS, leaseMS+200)
 
-	// The worker resends the very batch that was in flight.
-	eventually(t, 10*time.Second, "the in-flight batch resent by the worker", func() (bool, string) {
-		px.mu.Lock()
-		defer px.mu.Unlock()
-		return len(usage) > afterFail, fmt.Sprintf("%d batches after the failure", len(usage)-afterFail)
-	})
-	px.mu.Lock()
-	resent := usage[afterFail].body
-	for _, u := range usage[firstBlocked:] {
-		if !bytes.Equal(u.body, inflight) {
-			px.mu.Unlock()
-			t.Fatalf("while refused, batch %s was followed by %s: want the same batch resent", inflight, u.body)
-		}
-	}
-	blockUsage = false
-	px.mu.Unlock()
-	var a, b struct {
-		Node string `json:"node"`
-		Boot string `json:"boot"`
-		Seq  int64  `json:"seq"`
-	}
-	if json.Unmarshal(inflight, &a) != nil || json.Unmarshal(resent, &b) != nil || a != b || !bytes.Equal(resent, inflight) {
-		t.Fatalf("after the takeover the batch %s was resent as %s: want the same (node, boot, seq) and counts", inflight, resent)
-	}
-
-	// Revocations keep arriving.
-	cp.action(gone.ID, "revoke")
-	eventually(t, 10*time.Second, "a revocation made after the failure reached the host", func() (bool, string) {
-		r := p.get(gone.Key, nil)
-		return r.code == "key_revoked", r.String()
-	})
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
+	// The VM that took over resends the very batch that was in flight,
+	// and keeps syncing.
+	gate.checkResent(t, firstBlocked, afterFail, inflight)
+	checkStillSyncing(t, cp, p, k, gone, tl)
 	if n := p.h.Counter("wasm_host.vm_failed"); n != 1 {
 		t.Fatalf("%d VM failures, want only the service's", n)
 	}
