@@ -41,6 +41,29 @@ func (cf *clientFlags) register(fs *flag.FlagSet, env Env) {
 		"PEM CA `file` to trust for an https --url besides the system's (KEYGATE_CA_CERT)")
 }
 
+// subcommand parses a resource subcommand's flags and positional
+// arguments, which must be nargs (0, or 1: the resource's id, returned
+// path-escaped), and makes its client. cmd names the subcommand ("keys
+// show") and idName its argument ("key id") in usage errors.
+func (cf *clientFlags) subcommand(fs *flag.FlagSet, args []string, cmd, idName string, nargs int) (c *client, pos []string, id string, err error) {
+	if pos, err = parseInterspersed(fs, args); err != nil {
+		return nil, nil, "", err
+	}
+	if len(pos) != nargs {
+		if nargs == 0 {
+			return nil, nil, "", usagef("%s takes no arguments", cmd)
+		}
+		return nil, nil, "", usagef("%s needs one %s", cmd, idName)
+	}
+	if c, err = cf.client(); err != nil {
+		return nil, nil, "", err
+	}
+	if nargs == 1 {
+		id = url.PathEscape(pos[0])
+	}
+	return c, pos, id, nil
+}
+
 func (cf *clientFlags) client() (*client, error) {
 	u, err := url.Parse(cf.url)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -111,23 +111,9 @@ func runKeys(ctx context.Context, sub string, args []string, stdout, stderr io.W
 	default:
 		return usagef("unknown keys subcommand %q", sub)
 	}
-	pos, err := parseInterspersed(fs, args)
+	c, pos, id, err := cf.subcommand(fs, args, "keys "+sub, "key id", nargs)
 	if err != nil {
 		return err
-	}
-	if len(pos) != nargs {
-		if nargs == 0 {
-			return usagef("keys %s takes no arguments", sub)
-		}
-		return usagef("keys %s needs one key id", sub)
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
-	}
-	var id string
-	if nargs == 1 {
-		id = url.PathEscape(pos[0])
 	}
 
 	var body []byte

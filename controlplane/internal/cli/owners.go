@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"text/tabwriter"
 )
@@ -26,18 +25,11 @@ func runOwners(ctx context.Context, args []string, stdout, stderr io.Writer, env
 	var clear bool
 	fs.Var(&limits, "limit", "named rate limit NAME=N/period (repeatable) shared by all the owner's keys; replaces the owner's limits")
 	fs.BoolVar(&clear, "clear-limits", false, "remove the owner's limits")
-	pos, err := parseInterspersed(fs, args[1:])
+	c, _, owner, err := cf.subcommand(fs, args[1:], "owners limits", "owner", 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usagef("owners limits needs one owner")
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
-	}
-	path := "/v1/owners/" + url.PathEscape(pos[0]) + "/limits"
+	path := "/v1/owners/" + owner + "/limits"
 	var body []byte
 	switch {
 	case limits.set && clear:

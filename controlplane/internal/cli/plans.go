@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,23 +91,9 @@ func runPlans(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	default:
 		return usagef("unknown plans subcommand %q", sub)
 	}
-	pos, err := parseInterspersed(fs, args[1:])
+	c, pos, id, err := cf.subcommand(fs, args[1:], "plans "+sub, "plan id", nargs)
 	if err != nil {
 		return err
-	}
-	if len(pos) != nargs {
-		if nargs == 0 {
-			return usagef("plans %s takes no arguments", sub)
-		}
-		return usagef("plans %s needs one plan id", sub)
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
-	}
-	var id string
-	if nargs == 1 {
-		id = url.PathEscape(pos[0])
 	}
 	var body []byte
 	switch sub {
