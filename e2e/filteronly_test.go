@@ -83,23 +83,10 @@ func TestFilterOnlyTakeover(t *testing.T) {
 		filter:     map[string]any{"flush_period_ms": 100, "sync.flush_period_ms": 200, "sync.retry_ms": 100, "sync.lease_ms": 500},
 		vmFailures: 1,
 	})
-	k, gone := cp.createKey(nil), cp.createKey(nil)
-	eventually(t, 10*time.Second, "new keys synced", func() (bool, string) {
-		r := p.get(gone.Key, nil)
-		return r.status == 200, r.String()
-	})
-	tl := newTally()
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
+	k, gone, tl := countedKeys(t, cp, p)
 
 	// The control plane refuses usage: a batch stays in flight.
-	firstBlocked := gate.refuse()
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	inflight := gate.waitRefused(t, firstBlocked)
+	firstBlocked, inflight := gate.holdInFlight(t, p, k, tl)
 	holder, _, ok := p.leaseHolder()
 	if !ok {
 		t.Fatal("no sync lease in shared data")

@@ -38,23 +38,10 @@ func TestSyncServiceFailureTakeover(t *testing.T) {
 	if vm, alive := holderVM(); !strings.Contains(vm, "/service-") || !alive {
 		t.Fatalf("usage queue consumer %s (alive %v), want the sync service", vm, alive)
 	}
-	k, gone := cp.createKey(nil), cp.createKey(nil)
-	eventually(t, 10*time.Second, "new keys synced", func() (bool, string) {
-		r := p.get(gone.Key, nil)
-		return r.status == 200, r.String()
-	})
-	tl := newTally()
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
+	k, gone, tl := countedKeys(t, cp, p)
 
 	// The control plane refuses usage: a batch stays in flight.
-	firstBlocked := gate.refuse()
-	for i := 0; i < 20; i++ {
-		tl.add(t, p.get(k.Key, nil))
-	}
-	inflight := gate.waitRefused(t, firstBlocked)
+	firstBlocked, inflight := gate.holdInFlight(t, p, k, tl)
 	// Counts that only wait in the queue when the service dies.
 	for i := 0; i < 10; i++ {
 		tl.add(t, p.get(k.Key, nil))

@@ -99,6 +99,36 @@ func (g *usageGate) checkResent(t *testing.T, first, after int, inflight []byte)
 	}
 }
 
+// countedKeys creates two keys, k and gone, waits for the host to know
+// them, and sends 20 requests with k whose usage it waits for: the start
+// of a takeover test, with a syncer that works.
+func countedKeys(t *testing.T, cp *controlPlane, p *proxy) (k, gone apiKey, tl *tally) {
+	t.Helper()
+	k, gone = cp.createKey(nil), cp.createKey(nil)
+	eventually(t, 10*time.Second, "new keys synced", func() (bool, string) {
+		r := p.get(gone.Key, nil)
+		return r.status == 200, r.String()
+	})
+	tl = newTally()
+	for i := 0; i < 20; i++ {
+		tl.add(t, p.get(k.Key, nil))
+	}
+	waitUsage(t, cp, k.ID, tl.snapshot(), 15*time.Second)
+	return k, gone, tl
+}
+
+// holdInFlight makes the control plane refuse usage, sends 20 requests
+// with k and waits for the batch carrying them to be refused: it stays in
+// flight. It returns what waitRefused and refuse return.
+func (g *usageGate) holdInFlight(t *testing.T, p *proxy, k apiKey, tl *tally) (first int, inflight []byte) {
+	t.Helper()
+	first = g.refuse()
+	for i := 0; i < 20; i++ {
+		tl.add(t, p.get(k.Key, nil))
+	}
+	return first, g.waitRefused(t, first)
+}
+
 // checkStillSyncing revokes gone and waits for the host to refuse it (keys
 // keep syncing under the new holder), then sends 20 more requests with k
 // and waits until the control plane's usage for k equals every request
