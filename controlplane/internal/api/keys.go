@@ -188,6 +188,24 @@ type quotaIn struct {
 	Period string `json:"period"`
 }
 
+// patchRateQuota checks a patch's rate and quota, adding the ones it
+// sets to fields; a null one clears it (nil).
+func patchRateQuota(fe *fieldErrors, fields *[]string, r optional[rateIn], q optional[quotaIn]) (rate *store.Rate, quota *store.Quota) {
+	if r.Set {
+		*fields = append(*fields, "rate")
+		if !r.Null {
+			rate = checkRate(fe, "rate", &r.Value)
+		}
+	}
+	if q.Set {
+		*fields = append(*fields, "quota")
+		if !q.Null {
+			quota = checkQuota(fe, "quota", &q.Value)
+		}
+	}
+	return rate, quota
+}
+
 func checkQuota(fe *fieldErrors, field string, in *quotaIn) *store.Quota {
 	n := len(*fe)
 	q := &store.Quota{Period: in.Period}
@@ -413,18 +431,7 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) *problem {
 		fields = append(fields, "scopes")
 		checkScopes(&fe, "scopes", req.Scopes.Value)
 	}
-	if req.Rate.Set {
-		fields = append(fields, "rate")
-		if !req.Rate.Null {
-			rate = checkRate(&fe, "rate", &req.Rate.Value)
-		}
-	}
-	if req.Quota.Set {
-		fields = append(fields, "quota")
-		if !req.Quota.Null {
-			quota = checkQuota(&fe, "quota", &req.Quota.Value)
-		}
-	}
+	rate, quota = patchRateQuota(&fe, &fields, req.Rate, req.Quota)
 	var limits []store.NamedRate
 	if req.Limits.Set {
 		fields = append(fields, "limits")

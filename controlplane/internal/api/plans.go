@@ -135,18 +135,7 @@ func (s *Server) updatePlan(w http.ResponseWriter, r *http.Request) *problem {
 		}
 		checkText(&fe, "name", req.Name.Value)
 	}
-	if req.Rate.Set {
-		fields = append(fields, "rate")
-		if !req.Rate.Null {
-			rate = checkRate(&fe, "rate", &req.Rate.Value)
-		}
-	}
-	if req.Quota.Set {
-		fields = append(fields, "quota")
-		if !req.Quota.Null {
-			quota = checkQuota(&fe, "quota", &req.Quota.Value)
-		}
-	}
+	rate, quota = patchRateQuota(&fe, &fields, req.Rate, req.Quota)
 	if req.Scopes.Set {
 		fields = append(fields, "scopes")
 		checkScopes(&fe, "scopes", req.Scopes.Value)
