@@ -31,19 +31,26 @@ import (
 // the tags of one set of four slots, and a key that misses takes the set's
 // least recently used slot. Missing keys are cached too, so a flood of one
 // unknown key stays local.
+//
+// The records themselves (views of the host's copies) are kept apart from
+// the slots, in recs: a recordSlot holds no pointer, so TinyGo's precise
+// collector skips the slots array, most of the cache's memory, instead of
+// scanning it word by word on every collection (RATIONALE.md, "Where does
+// a cold key's time go?").
 type recordCache struct {
-	slots  []recordSlot
-	k0, k1 uint64 // SipHash key
-	clock  uint64 // lookups so far: the recency of slots
+	chunks [slotChunks]*[slotsPerChunk]recordSlot // slot i is chunks[i/slotsPerChunk][i%slotsPerChunk]
+	recs   []verdict.Record                       // recs[i] is what shared data held for slot i's key
+	k0, k1 uint64           // SipHash key
+	clock  uint64           // lookups so far: the recency of slots
 }
 
 type recordSlot struct {
 	tag     [2]uint64
-	hash    apikey.Hash    // the key's SHA-256, the name of its shared data
-	rec     verdict.Record // what shared data held for the key (Found false: known missing)
-	valid   bool           // rec was read under gen and epoch
-	claimed bool           // tag and hash are a key's
-	usedAt  uint64         // the cache's clock when last found
+	hash    apikey.Hash // the key's SHA-256, the name of its shared data
+	index   uint32      // the slot's place in slots and recs
+	valid   bool        // recs[index] was read under gen and epoch (Found false: known missing)
+	claimed bool        // tag and hash are a key's
+	usedAt  uint64      // the cache's clock when last found
 	gen     uint64
 	epoch   uint32
 	lease   bucket.Lease // tokens taken ahead for this key from its budget's bucket (bucket.TakeLeased)
@@ -90,17 +97,41 @@ const (
 	recordSets  = recordSlots / recordWays
 )
 
+// The slots are allocated in slotChunks chunks, not as one 2 MB array:
+// for a pointer into the middle of an object, TinyGo's collector walks
+// the block table back to the object's start on every collection, and
+// the worker's own pointers to slots made those walks most of the
+// collector's time (RATIONALE.md, "Where does a cold key's time go?").
+// 16 chunk pointers leave room in TinyGo's mark stack (32 blocks), which
+// an object with more pointers overflows into a rescan of the whole heap.
+const (
+	slotChunks    = 16
+	slotsPerChunk = recordSlots / slotChunks
+)
+
 // newRecordCache returns an empty cache with a fresh random SipHash key.
 func newRecordCache() (*recordCache, error) {
 	var k [16]byte
 	if _, err := rand.Read(k[:]); err != nil {
 		return nil, err
 	}
-	return &recordCache{
-		slots: make([]recordSlot, recordSlots),
-		k0:    binary.LittleEndian.Uint64(k[:8]),
-		k1:    binary.LittleEndian.Uint64(k[8:]),
-	}, nil
+	c := &recordCache{
+		recs: make([]verdict.Record, recordSlots),
+		k0:   binary.LittleEndian.Uint64(k[:8]),
+		k1:   binary.LittleEndian.Uint64(k[8:]),
+	}
+	for i := range c.chunks {
+		c.chunks[i] = new([slotsPerChunk]recordSlot)
+	}
+	for i := 0; i < recordSlots; i++ {
+		c.at(i).index = uint32(i)
+	}
+	return c, nil
+}
+
+// at returns slot i.
+func (c *recordCache) at(i int) *recordSlot {
+	return &c.chunks[i/slotsPerChunk][i%slotsPerChunk]
 }
 
 // find returns key's slot, whether the slot holds key, and key's tag. When
@@ -115,7 +146,7 @@ func (c *recordCache) find(key string) (s *recordSlot, held bool, tag [2]uint64)
 	c.clock++
 	base := int(tag[0]&(recordSets-1)) * recordWays
 	for i := base; i < base+recordWays; i++ {
-		t := &c.slots[i]
+		t := c.at(i)
 		if t.claimed && (t.tag[0]^tag[0])|(t.tag[1]^tag[1]) == 0 {
 			t.usedAt = c.clock
 			return t, true, tag
@@ -131,7 +162,8 @@ func (c *recordCache) find(key string) (s *recordSlot, held bool, tag [2]uint64)
 // dropping its previous entry, lease and share; the slot's hash is then the
 // key's SHA-256, computed once per claim.
 func (c *recordCache) claim(s *recordSlot, tag [2]uint64, key string) {
-	*s = recordSlot{tag: tag, claimed: true, usedAt: c.clock}
+	c.recs[s.index] = verdict.Record{} // the old record's buffer can go
+	*s = recordSlot{tag: tag, index: s.index, claimed: true, usedAt: c.clock}
 	apikey.HashKeyTo(&s.hash, key)
 }
 
@@ -150,16 +182,20 @@ func (s *recordSlot) holdsTokens() bool {
 // lookup returns the cached record of the slot's key if it was read under
 // the sync state's gen and epoch; ok is false when the caller must read
 // shared data.
-func (s *recordSlot) lookup(gen uint64, epoch uint32) (rec verdict.Record, ok bool) {
+func (c *recordCache) lookup(s *recordSlot, gen uint64, epoch uint32) (rec verdict.Record, ok bool) {
 	if !s.valid || s.gen != gen || s.epoch != epoch {
 		return verdict.Record{}, false
 	}
-	return s.rec, true
+	return c.recs[s.index], true
 }
+
+// record returns what the slot holds for its key, valid or not.
+func (c *recordCache) record(s *recordSlot) verdict.Record { return c.recs[s.index] }
 
 // store records what shared data held for the slot's key under the sync
 // state's gen and epoch. The record's bytes must not change afterwards (a
 // fresh host copy does not).
-func (s *recordSlot) store(gen uint64, epoch uint32, rec verdict.Record) {
-	s.rec, s.valid, s.gen, s.epoch = rec, true, gen, epoch
+func (c *recordCache) store(s *recordSlot, gen uint64, epoch uint32, rec verdict.Record) {
+	c.recs[s.index] = rec
+	s.valid, s.gen, s.epoch = true, gen, epoch
 }

@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -95,10 +96,10 @@ func TestRecordCacheSets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s.store(7, 1, verdict.Record{Found: true, View: rec})
+		c.store(s, 7, 1, verdict.Record{Found: true, View: rec})
 	}
 	for i, k := range keys[:recordWays] {
-		if rec, ok := c.slot(k).lookup(7, 1); !ok || !rec.Found || string(rec.View.ID()) != "key_"+strconv.Itoa(i) {
+		if rec, ok := c.lookup(c.slot(k), 7, 1); !ok || !rec.Found || string(rec.View.ID()) != "key_"+strconv.Itoa(i) {
 			t.Fatalf("key %d: %v %v", i, rec.Found, ok)
 		}
 	}
@@ -106,7 +107,7 @@ func TestRecordCacheSets(t *testing.T) {
 		gen   uint64
 		epoch uint32
 	}{{8, 1}, {7, 2}} {
-		if _, ok := c.slot(keys[0]).lookup(st.gen, st.epoch); ok {
+		if _, ok := c.lookup(c.slot(keys[0]), st.gen, st.epoch); ok {
 			t.Errorf("entry read under gen 7 epoch 1 served under %+v", st)
 		}
 	}
@@ -117,8 +118,11 @@ func TestRecordCacheSets(t *testing.T) {
 		}
 	}
 	s := c.slot(keys[recordWays]) // a fifth key of the set
-	if _, ok := s.lookup(7, 1); ok || s.keyShare.ok || s.hash != apikey.HashKey(keys[recordWays]) {
+	if _, ok := c.lookup(s, 7, 1); ok || s.keyShare.ok || s.hash != apikey.HashKey(keys[recordWays]) {
 		t.Fatal("the fifth key got another key's entry")
+	}
+	if c.record(s).Found {
+		t.Fatal("the claimed slot still references the evicted key's record")
 	}
 	for i, k := range keys {
 		if want := i != 1; held(k) != want {
@@ -161,4 +165,43 @@ func mustRecord(t *testing.T, r keyrecord.Record) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// The collector must be able to skip the slots: a recordSlot holds no
+// pointer (records live in recordCache.recs), and no chunk of slots is so
+// large that walking back to its start from a pointer into it is long.
+func TestRecordSlotsHoldNoPointers(t *testing.T) {
+	var walk func(t reflect.Type, path string) []string
+	walk = func(typ reflect.Type, path string) (found []string) {
+		switch typ.Kind() {
+		case reflect.Pointer, reflect.Slice, reflect.String, reflect.Map, reflect.Chan, reflect.Func, reflect.Interface, reflect.UnsafePointer:
+			return []string{path + " (" + typ.String() + ")"}
+		case reflect.Array:
+			return walk(typ.Elem(), path+"[i]")
+		case reflect.Struct:
+			for i := 0; i < typ.NumField(); i++ {
+				f := typ.Field(i)
+				found = append(found, walk(f.Type, path+"."+f.Name)...)
+			}
+		}
+		return found
+	}
+	if p := walk(reflect.TypeOf(recordSlot{}), "recordSlot"); len(p) > 0 {
+		t.Errorf("recordSlot holds pointers, which the collector would scan in every slot: %v", p)
+	}
+	if n := reflect.TypeOf(recordSlot{}).Size() * slotsPerChunk; n > 256<<10 {
+		t.Errorf("a chunk of slots is %d bytes, want at most 256 KiB", n)
+	}
+	c, err := newRecordCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[*recordSlot]bool{}
+	for i := 0; i < recordSlots; i++ {
+		s := c.at(i)
+		if seen[s] || s.index != uint32(i) {
+			t.Fatalf("slot %d: shared with another index, or index %d", i, s.index)
+		}
+		seen[s] = true
+	}
 }

@@ -692,10 +692,14 @@ func (s *stream) limit(slot *recordSlot, l *verdict.Limit, id []byte, now verdic
 // otherwise be lost to its budget until the bucket refills, a day for a
 // daily limit.
 func (r *filterRoot) releaseLeases(s *recordSlot, now int64) {
-	if !s.claimed || !s.valid || !s.rec.Found || !s.holdsTokens() {
+	if !s.claimed || !s.valid || !s.holdsTokens() {
 		return
 	}
-	v := s.rec.View
+	rec := r.records.record(s)
+	if !rec.Found {
+		return
+	}
+	v := rec.View
 	r.giveBack(&verdict.Limit{Budget: v.Budget()}, &s.lease, now)
 	it := v.Limits()
 	for i := range s.named {
@@ -812,7 +816,7 @@ func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float6
 // read, or the read failed in a way that must not be cached).
 func (r *filterRoot) readRecordCached(rec *verdict.Record, slot *recordSlot, st *verdict.Sync) {
 	if st.Read {
-		if cached, ok := slot.lookup(r.state.gen, r.state.epoch); ok {
+		if cached, ok := r.records.lookup(slot, r.state.gen, r.state.epoch); ok {
 			r.stats.hit(statCacheHit, true)
 			*rec = cached
 			return
@@ -821,7 +825,7 @@ func (r *filterRoot) readRecordCached(rec *verdict.Record, slot *recordSlot, st 
 	r.stats.hit(statCacheHit, false)
 	ok := r.readRecord(rec, &slot.hash)
 	if ok && st.Read {
-		slot.store(r.state.gen, r.state.epoch, *rec)
+		r.records.store(slot, r.state.gen, r.state.epoch, *rec)
 	}
 }
 
