@@ -88,9 +88,10 @@ const leasedOwnerLimits = 1
 // from shared data on every request.
 const leasedLimits = 2
 
-// recordSlots is the cache's size, a power of two: 4,096 slots of about
-// 200 bytes plus the records they hold, under 2 MB per worker, so that a
-// worker's working set of busy keys fits. recordWays slots form a set.
+// recordSlots is the cache's size, a power of two: 4,096 slots of 496
+// bytes (most of it the leases) plus the records they hold, about 2.5 MB
+// per worker, so that a worker's working set of busy keys fits.
+// recordWays slots form a set.
 const (
 	recordSlots = 4096
 	recordWays  = 4
