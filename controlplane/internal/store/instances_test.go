@@ -255,7 +255,9 @@ func TestPostgresNotify(t *testing.T) {
 	}
 	wake("first")
 
-	// Kill b's listening connection: it reconnects and listens again.
+	// Kill both listening connections (a's listener connects on its own,
+	// so wait for it too): b reconnects and listens again.
+	waitListening(a, 1)
 	var pids []int
 	rows, err := admin.QueryContext(ctx, `SELECT pid FROM pg_stat_activity
 		WHERE application_name = 'keygate-listener' AND query LIKE '%' || $1 || '%'`, b.(*sqlStore).channel)
