@@ -199,7 +199,15 @@ func (in *instance) allocOut(m api.Module, size int, ptrPtr, sizePtr uint32) ([]
 	var dst []byte
 	if size > 0 {
 		in.mstack[0] = uint64(size)
-		if err := in.fn.malloc.CallWithStack(in.ctx, in.mstack[:]); err != nil {
+		var start time.Time
+		if in.host.timeAllocs {
+			start = time.Now()
+		}
+		err := in.fn.malloc.CallWithStack(in.ctx, in.mstack[:])
+		if in.host.timeAllocs {
+			in.host.allocNanos.Add(int64(time.Since(start)))
+		}
+		if err != nil {
 			panic(err) // a trap in the allocator traps the calling callback
 		}
 		p = uint32(in.mstack[0])

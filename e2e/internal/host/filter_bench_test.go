@@ -199,7 +199,8 @@ func newFilterRigWith(kind rigKind, filterPath, passPath string, nkeys int, conf
 		return nil, err
 	}
 	logs := &testkit.Log{}
-	opts := Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs}
+	opts := Options{Config: cfg, Concurrency: 1, Listen: "127.0.0.1:0", AdminAddr: "off", AccessLog: io.Discard, Log: logs,
+		TimeGuestAllocs: true}
 	if clock != nil {
 		opts.Clock = clock
 	}
@@ -534,7 +535,10 @@ const filterChunk = 1000
 //
 // Metrics, per design (pass, 1k, 1M, 1M-limits, 1M-2k, 1M-32k, 1M-zipf, pass-32k, pass-zipf): <d>-µs/req, the wall time per request
 // of the whole proxy-wasm call sequence; <d>-guest-allocs/req, TinyGo heap
-// allocations (keygate_mallocs) on the worker VM; <d>-host-allocs/req and
+// allocations (keygate_mallocs) on the worker VM; <d>-alloc-µs/req, the
+// time in the module's allocator when the host copies data in
+// (proxy_on_memory_allocate, the collections it runs included: RATIONALE.md,
+// "Where does the collector's time go?"); <d>-host-allocs/req and
 // <d>-host-B/req, the Go host's, measured after the timed loop.
 //
 // Envoy's shared data is C++ memory; here it is a Go map the Go collector
@@ -568,14 +572,17 @@ func BenchmarkFilter(b *testing.B) {
 	}
 	labels := make([]string, len(designs))
 	rigs := make([]*filterRig, len(designs))
+	allocBefore := make([]time.Duration, len(designs))
 	for i, d := range designs {
 		labels[i], rigs[i] = d.label, d.rig
+		allocBefore[i] = d.rig.h.GuestAllocTime()
 	}
 	for i, t := range timeInterleaved(b, labels, rigs) {
 		designs[i].elapsed = t
 	}
 	for i, d := range designs {
 		b.ReportMetric(float64(d.elapsed.Nanoseconds())/1e3/float64(b.N), d.label+"-µs/req")
+		b.ReportMetric(float64((d.rig.h.GuestAllocTime()-allocBefore[i]).Nanoseconds())/1e3/float64(b.N), d.label+"-alloc-µs/req")
 		if d.rig.keygate {
 			after, err := d.rig.guestStat("keygate_mallocs")
 			if err != nil {
