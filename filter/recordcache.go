@@ -40,8 +40,8 @@ import (
 type recordCache struct {
 	chunks [slotChunks]*[slotsPerChunk]recordSlot // slot i is chunks[i/slotsPerChunk][i%slotsPerChunk]
 	recs   []verdict.Record                       // recs[i] is what shared data held for slot i's key
-	k0, k1 uint64           // SipHash key
-	clock  uint64           // lookups so far: the recency of slots
+	k0, k1 uint64                                 // SipHash key
+	clock  uint64                                 // lookups so far: the recency of slots
 }
 
 type recordSlot struct {
