@@ -34,9 +34,9 @@ import (
 //
 // The records themselves (views of the host's copies) are kept apart from
 // the slots, in recs: a recordSlot holds no pointer, so TinyGo's precise
-// collector skips the slots array, most of the cache's memory, instead of
-// scanning it word by word on every collection (RATIONALE.md, "Where does
-// a cold key's time go?").
+// collector skips the slots, most of the cache's memory, instead of
+// scanning them word by word on every collection (RATIONALE.md, "Where
+// does the collector's time go?").
 type recordCache struct {
 	chunks [slotChunks]*[slotsPerChunk]recordSlot // slot i is chunks[i/slotsPerChunk][i%slotsPerChunk]
 	recs   []verdict.Record                       // recs[i] is what shared data held for slot i's key
@@ -47,7 +47,7 @@ type recordCache struct {
 type recordSlot struct {
 	tag     [2]uint64
 	hash    apikey.Hash // the key's SHA-256, the name of its shared data
-	index   uint32      // the slot's place in slots and recs
+	index   uint32      // the slot's place in the cache, and in recs
 	valid   bool        // recs[index] was read under gen and epoch (Found false: known missing)
 	claimed bool        // tag and hash are a key's
 	usedAt  uint64      // the cache's clock when last found
@@ -102,7 +102,7 @@ const (
 // for a pointer into the middle of an object, TinyGo's collector walks
 // the block table back to the object's start on every collection, and
 // the worker's own pointers to slots made those walks most of the
-// collector's time (RATIONALE.md, "Where does a cold key's time go?").
+// collector's time (RATIONALE.md, "Where does the collector's time go?").
 // 16 chunk pointers leave room in TinyGo's mark stack (32 blocks), which
 // an object with more pointers overflows into a rescan of the whole heap.
 const (
