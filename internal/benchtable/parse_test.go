@@ -24,7 +24,7 @@ func TestParseSample(t *testing.T) {
 	if first.Name != "BenchmarkFilter" || first.Procs != 2 || first.N != 100000 {
 		t.Fatalf("first result: %+v", first)
 	}
-	if first.Metrics["pass-µs/req"] != 4.117 || first.Metrics["1k-host-allocs/req"] != 55 || first.Metrics["ns/op"] != 51337 || len(first.Metrics) != 12 {
+	if first.Metrics["pass-µs/req"] != 4.117 || first.Metrics["1k-host-allocs/req"] != 55 || first.Metrics["ns/op"] != 51337 || len(first.Metrics) != 13 {
 		t.Fatalf("first metrics: %v", first.Metrics)
 	}
 	if r := res[len(res)-1]; r.Name != "BenchmarkSingle" || r.Procs != 1 || r.N != 500 {
@@ -90,7 +90,7 @@ func TestTables(t *testing.T) {
 	for _, want := range []string{
 		"reproduce: go test ./x",
 		// 22.07 / 4.117 = 5.36x, 22.07 - 4.117 = 17.95 µs.
-		"keygate, 1k keys 22.07 5.36x 17.95 29.0",
+		"keygate, 1k keys 22.07 5.36x 17.95 29.0 0.75 55",
 		"aim: keygate (1k keys) adds <= 5 µs: NOT MET (adds 17.95 µs)",
 		"aim: keygate (1k keys) costs <= 1.5x pass-through: NOT MET (5.36x;",
 		// 25.15 / 22.07 = 1.14x.
