@@ -179,14 +179,15 @@ func readBytes(m api.Module, ptr, size uint32) ([]byte, bool) {
 }
 
 // copyOut hands data to the guest the way proxy-wasm-cpp-host does: memory
-// from proxy_on_memory_allocate, then the pointer and size written back.
+// from the module's allocator (guestAllocator), then the pointer and size
+// written back.
 func (in *instance) copyOut(m api.Module, data []byte, ptrPtr, sizePtr uint32) uint32 {
 	dst, st := in.allocOut(m, len(data), ptrPtr, sizePtr)
 	copy(dst, data)
 	return st
 }
 
-// allocOut allocates size bytes in the guest through proxy_on_memory_allocate,
+// allocOut allocates size bytes in the guest through its allocator (guestAllocator),
 // writes their address and size to ptrPtr and sizePtr, and returns the
 // guest memory for the caller to fill before it returns to the guest (as
 // Envoy serializes straight into the guest's buffer). Nothing is allocated

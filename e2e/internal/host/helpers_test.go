@@ -14,13 +14,14 @@ import (
 	"github.com/keygate/keygate/internal/testkit"
 )
 
-// testModule builds testdata/<name> with TinyGo (the filter's flags) into
-// build/testwasm, cached by a hash of the source and go.sum.
-func testModule(t testing.TB, name string) string {
+// testModule builds testdata/<name> with TinyGo (the filter's flags, then
+// flags) into build/testwasm, cached by a hash of the source, go.sum and
+// the flags.
+func testModule(t testing.TB, name string, flags ...string) string {
 	t.Helper()
 	dir := "e2e/internal/host/testdata/" + name
 	return testkit.TinyGoBuild(t, name, []string{dir + "/main.go"}, "build", "./"+dir,
-		"-no-debug", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy")
+		append([]string{"-no-debug", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy"}, flags...)...)
 }
 
 // plugin describes a wasm plugin for testYAML.

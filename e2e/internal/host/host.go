@@ -65,7 +65,8 @@ type Options struct {
 	// Clock is the time source; default the real clock.
 	Clock Clock
 	// TimeGuestAllocs makes the host time its calls of the modules'
-	// proxy_on_memory_allocate (GuestAllocTime): the guest allocator's
+	// allocator (GuestAllocTime; malloc or proxy_on_memory_allocate, see
+	// guestAllocator): the guest allocator's
 	// share of a request, the collections it runs included. For
 	// benchmarks; off, the call is not timed.
 	TimeGuestAllocs bool
@@ -102,7 +103,7 @@ type Host struct {
 	// callouts, queue deliveries, downstream requests, first health checks.
 	inflight atomic.Int64
 
-	// allocNanos adds up the time in proxy_on_memory_allocate when
+	// allocNanos adds up the time in the modules' allocator when
 	// timeAllocs is set (Options.TimeGuestAllocs).
 	timeAllocs bool
 	allocNanos atomic.Int64
@@ -115,7 +116,7 @@ type Host struct {
 }
 
 // GuestAllocTime is the time the host has spent in the modules'
-// proxy_on_memory_allocate so far, with Options.TimeGuestAllocs (else 0).
+// allocator so far, with Options.TimeGuestAllocs (else 0).
 func (h *Host) GuestAllocTime() time.Duration { return time.Duration(h.allocNanos.Load()) }
 
 // compileCache shares compiled code between hosts of one process (tests run

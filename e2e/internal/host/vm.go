@@ -67,7 +67,7 @@ type instance struct {
 	dead    bool
 	current uint32     // effective context id of the running callback
 	stack   [10]uint64 // call's arguments and results (max: proxy_on_http_call_response's 5)
-	mstack  [1]uint64  // copyOut's proxy_on_memory_allocate call
+	mstack  [1]uint64  // allocOut's call of the module's allocator
 
 	nextContextID uint32
 	roots         map[uint32]*rootCtx
@@ -95,6 +95,20 @@ type exports struct {
 	httpCallResp, log, done, del api.Function
 }
 
+// guestAllocator is the export through which the host hands the module
+// memory for the data it copies in (header maps, shared data, buffers):
+// the module's malloc when it exports one, else proxy_on_memory_allocate.
+// Envoy's Wasm host resolves it in that order, so a module that exports
+// TinyGo's default malloc gets every copy through it, and that malloc keeps
+// each buffer alive until free, which Envoy never calls (RATIONALE.md, "Why
+// build with -tags custommalloc?").
+func guestAllocator(mod api.Module) api.Function {
+	if f := mod.ExportedFunction("malloc"); f != nil {
+		return f
+	}
+	return mod.ExportedFunction("proxy_on_memory_allocate")
+}
+
 // newInstance instantiates g's module and runs _start in the start phase.
 func (h *Host) newInstance(g *vmGroup, name string) (*instance, error) {
 	in := &instance{
@@ -116,7 +130,7 @@ func (h *Host) newInstance(g *vmGroup, name string) (*instance, error) {
 	in.mod = mod
 	e := func(n string) api.Function { return mod.ExportedFunction(n) }
 	in.fn = exports{
-		malloc: e("proxy_on_memory_allocate"), contextCreate: e("proxy_on_context_create"),
+		malloc: guestAllocator(mod), contextCreate: e("proxy_on_context_create"),
 		vmStart: e("proxy_on_vm_start"), configure: e("proxy_on_configure"), tick: e("proxy_on_tick"),
 		queueReady: e("proxy_on_queue_ready"), reqHeaders: e("proxy_on_request_headers"),
 		reqBody: e("proxy_on_request_body"), reqTrailers: e("proxy_on_request_trailers"),
@@ -126,7 +140,7 @@ func (h *Host) newInstance(g *vmGroup, name string) (*instance, error) {
 	}
 	if in.fn.malloc == nil {
 		_ = mod.Close(context.Background())
-		return nil, fmt.Errorf("wasm %s: module does not export proxy_on_memory_allocate", name)
+		return nil, fmt.Errorf("wasm %s: module exports neither malloc nor proxy_on_memory_allocate", name)
 	}
 	start := e("_start")
 	if start == nil {
