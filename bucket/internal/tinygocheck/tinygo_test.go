@@ -52,7 +52,7 @@ var bucketSources = []string{"bucket/*.go", "bucket/internal/tinygocheck/main.go
 // compile there, and compute there what it computes natively.
 func TestTinyGoBuildRunsLikeGo(t *testing.T) {
 	wasm := testkit.TinyGoBuild(t, "tinygocheck", bucketSources, "build", "./bucket/internal/tinygocheck",
-		"-no-debug", "-opt=2", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy")
+		"-no-debug", "-opt=2", "-tags=custommalloc", "-scheduler=none", "-target=wasi", "-buildmode=wasi-legacy")
 	got, code := runWASI(t, wasm, "tinygocheck")
 	want := report() + "\n"
 	if code != 0 || got != want {

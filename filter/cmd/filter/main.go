@@ -1,6 +1,6 @@
 // Command filter is the keygate proxy-wasm module: it only wires the plugin.
-// Build it with ./build.sh (TinyGo, -scheduler=none -target=wasi
-// -buildmode=wasi-legacy).
+// Build it with ./build.sh (TinyGo, -tags=custommalloc -scheduler=none
+// -target=wasi -buildmode=wasi-legacy).
 package main
 
 import (
