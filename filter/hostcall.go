@@ -11,9 +11,15 @@ import "encoding/binary"
 // The module's versions pass package variables instead (a VM runs one call
 // at a time) and return views of the host's copy.
 //
-//	sharedGet(key) ([]byte, uint32, error)  proxy_get_shared_data
-//	requestHeaderBytes() ([]byte, error)   proxy_get_header_map_pairs, serialized
-//	setKeyIDProperty(id []byte) error      proxy_set_property "keygate_key_id"
+//	sharedGet(key) ([]byte, uint32, error)         proxy_get_shared_data
+//	sharedGetScratch(key) ([]byte, uint32, error)  the same, into scratch
+//	requestHeaderBytes() ([]byte, error)          proxy_get_header_map_pairs, serialized, into scratch
+//	setKeyIDProperty(id []byte) error             proxy_set_property "keygate_key_id"
+//
+// What goes into scratch (the module's build only) is good until the next
+// resetScratch, at the start of each request: the request callback reads
+// it and keeps nothing of it (RATIONALE.md, "Why a scratch buffer for the
+// host's copies?").
 
 // keyIDPath is the property path the key id goes to for the access log:
 // Envoy keeps it in filter state as "wasm.keygate_key_id".

@@ -8,6 +8,10 @@ import "github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm"
 
 func sharedGet(key string) ([]byte, uint32, error) { return proxywasm.GetSharedData(key) }
 
+func sharedGetScratch(key string) ([]byte, uint32, error) { return sharedGet(key) }
+
+func resetScratch() {}
+
 func requestHeaderBytes() ([]byte, error) {
 	h, err := proxywasm.GetHttpRequestHeaders()
 	if err != nil {

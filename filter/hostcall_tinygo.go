@@ -27,7 +27,7 @@ func proxyGetHeaderMapPairs(mapType uint32, data unsafe.Pointer, size unsafe.Poi
 func proxySetProperty(path unsafe.Pointer, pathSize uint32, data unsafe.Pointer, size uint32) uint32
 
 // hostBytes is the buffer the host just handed over (allocated through
-// proxy_on_memory_allocate, so the GC owns it).
+// guestMalloc or proxy_on_memory_allocate: the GC's, or scratch).
 func hostBytes() []byte {
 	if outData == nil || outSize == 0 {
 		return nil
@@ -35,6 +35,63 @@ func hostBytes() []byte {
 	b := unsafe.Slice((*byte)(outData), outSize)
 	outData = nil // the GC must not see the buffer through us after this
 	return b
+}
+
+// scratch is where the host copies what the request callback reads and
+// drops within the callback (the request headers, limiter states, the sync
+// state): the module's own malloc, which Envoy calls for every copy when
+// the module exports one, hands out scratch memory for the one host call
+// armed for it and collector memory for any other (RATIONALE.md, "Why a
+// scratch buffer for the host's copies?"). resetScratch starts it afresh
+// at the start of each request, so a view of it is good until then.
+var scratch struct {
+	buf   []byte
+	used  uintptr
+	armed bool
+}
+
+// scratchSize holds the request headers Envoy accepts by default (60 KiB)
+// with their serialization; a larger copy falls back to the collector.
+const scratchSize = 64 << 10
+
+// scratchAlign keeps what scratch hands out aligned as TinyGo's allocator
+// does (one 16-byte block).
+const scratchAlign = 16
+
+func resetScratch() {
+	if scratch.buf == nil {
+		scratch.buf = make([]byte, scratchSize)
+	}
+	scratch.used = 0
+}
+
+// guestMalloc is the allocator Envoy calls for the memory of each copy it
+// hands the module (it prefers a malloc export to proxy_on_memory_allocate).
+// The build's custommalloc tag leaves the name to it (TinyGo's own malloc
+// keeps what it hands out until free, which Envoy never calls).
+//
+//export malloc
+func guestMalloc(size uintptr) unsafe.Pointer {
+	if scratch.armed {
+		scratch.armed = false
+		n := (size + scratchAlign - 1) &^ (scratchAlign - 1)
+		if n > 0 && scratch.used+n <= uintptr(len(scratch.buf)) {
+			p := unsafe.Pointer(&scratch.buf[scratch.used])
+			scratch.used += n
+			return p
+		}
+	}
+	b := make([]byte, max(size, 1))
+	return unsafe.Pointer(&b[0])
+}
+
+// sharedGetScratch is sharedGet with the value copied into scratch: for a
+// value decoded before the request ends.
+func sharedGetScratch(key string) ([]byte, uint32, error) {
+	scratch.armed = true
+	v, cas, err := sharedGet(key)
+	scratch.armed = false
+	return v, cas, err
 }
 
 func sharedGet(key string) ([]byte, uint32, error) {
@@ -51,7 +108,10 @@ const mapTypeRequestHeaders = 0
 
 func requestHeaderBytes() ([]byte, error) {
 	outData, outSize = nil, 0
-	if st := proxyGetHeaderMapPairs(mapTypeRequestHeaders, unsafe.Pointer(&outData), unsafe.Pointer(&outSize)); st != 0 {
+	scratch.armed = true
+	st := proxyGetHeaderMapPairs(mapTypeRequestHeaders, unsafe.Pointer(&outData), unsafe.Pointer(&outSize))
+	scratch.armed = false
+	if st != 0 {
 		return nil, statusError(st)
 	}
 	return hostBytes(), nil

@@ -315,11 +315,17 @@ func publishStaleness(ms int64) {
 	}
 }
 
-// hostStore is bucket.Store on the host's shared data.
-type hostStore struct{}
+// hostStore is bucket.Store on the host's shared data. With scratch set
+// (the request path's limiter, which decodes what it reads at once) the
+// values go into scratch.
+type hostStore struct{ scratch bool }
 
-func (hostStore) Get(key string) ([]byte, uint32, error) {
-	v, cas, err := sharedGet(key)
+func (h hostStore) Get(key string) ([]byte, uint32, error) {
+	get := sharedGet
+	if h.scratch {
+		get = sharedGetScratch
+	}
+	v, cas, err := get(key)
 	if errors.Is(err, types.ErrorStatusNotFound) {
 		return nil, 0, bucket.ErrNotFound
 	}

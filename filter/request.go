@@ -68,7 +68,7 @@ func newFilterRoot(cfg *filterConfig, clock Clock) (*filterRoot, error) {
 		cfg:     cfg,
 		clock:   clock,
 		usage:   newUsageCounter(cfg.vmID),
-		limiter: bucket.Limiter{Store: hostStore{}},
+		limiter: bucket.Limiter{Store: hostStore{scratch: true}},
 		records: records,
 		stats:   defineFilterStats(),
 	}
@@ -466,6 +466,7 @@ var defaultRoute = route{rule: verdict.Route{Cost: 1}}
 // answers it with its problem response.
 func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	r := s.root
+	resetScratch() // nothing of the previous request's copies is used any more
 	now := verdict.UnixNanos(r.clock())
 	hdrs, err := requestHeaderBytes()
 	if err != nil {
@@ -801,7 +802,7 @@ func (r *filterRoot) keyShare(c *shareCache, l *verdict.Limit, now int64) float6
 		r.shareKey = append(r.shareKey, wire.OwnerBudgetPrefix...)
 	}
 	r.shareKey = append(r.shareKey, l.Budget...)
-	if b, _, err := sharedGet(bstr(r.shareKey)); err == nil {
+	if b, _, err := sharedGetScratch(bstr(r.shareKey)); err == nil {
 		if d, ok := decodeShare(b); ok {
 			v = d
 		}
@@ -1035,7 +1036,7 @@ func (s *stream) scrub(f *scanned) {
 func (r *filterRoot) loadState(now verdict.UnixNanos) verdict.Sync {
 	if !r.stateOK || int64(now)-r.stateReadAt < 0 || int64(now)-r.stateReadAt >= int64(stateTTL) {
 		r.stateOK = false
-		if b, _, err := proxywasm.GetSharedData(stateKey); err == nil {
+		if b, _, err := sharedGetScratch(stateKey); err == nil {
 			r.state, r.stateOK = decodeState(b)
 		}
 		r.stateReadAt = int64(now)
