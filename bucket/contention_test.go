@@ -179,6 +179,12 @@ func drain(t *testing.T, s bucket.Store, p bucket.Policy, now int64) int64 {
 type hammer struct {
 	workers, perWorker int
 	stepEvery, step    int64
+	// late, when set, counts the refused calls during which the fake
+	// clock moved by more than lateNanos: the goroutine was descheduled
+	// between reading the clock and its compare-and-swap, so the bucket
+	// was judged at a time long past, where it may look empty.
+	late      *atomic.Int64
+	lateNanos int64
 }
 
 // run returns the admitted takes, the calls made and the clock at the end;
@@ -199,13 +205,16 @@ func (h hammer) run(t *testing.T, name string, newWorker func() (take func(now i
 			defer finished.Done()
 			start.Wait()
 			for i := 0; i < h.perWorker; i++ {
-				r, err := take(clock.Load())
+				now := clock.Load()
+				r, err := take(now)
 				if err != nil {
 					failure.CompareAndSwap(nil, err.Error())
 					return
 				}
 				if r.Allowed {
 					nadmitted.Add(1)
+				} else if h.late != nil && clock.Load()-now > h.lateNanos {
+					h.late.Add(1)
 				}
 				if ncalls.Add(1)%h.stepEvery == 0 {
 					clock.Add(h.step)

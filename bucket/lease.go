@@ -10,6 +10,15 @@ const LeaseWindow int64 = 10e6 // 10 ms
 // MaxLease bounds the tokens one lease takes ahead.
 const MaxLease int64 = 1024
 
+// SlowLeaseWindow is how long a slow lease lasts: one of at most
+// MaxSlowLease tokens, for a key this worker sees less often than every
+// two LeaseWindows but again within SlowLeaseWindow (RATIONALE.md, "Why
+// slow leases?").
+const (
+	SlowLeaseWindow int64 = 1e9 // 1 s
+	MaxSlowLease    int64 = 4
+)
+
 // Lease is one worker's tokens from one shared bucket, taken ahead of its
 // requests by TakeLeased so that a busy key does not cost a shared-data read
 // and compare-and-swap on every request. The zero Lease holds nothing. A
@@ -25,6 +34,7 @@ type Lease struct {
 	interval int64 // the policy's emission interval
 	tau      int64 // and its tolerance
 	tat      int64 // the bucket's TAT right after the lease was taken
+	window   int64 // how long the tokens may be spent: LeaseWindow or SlowLeaseWindow
 }
 
 // Tokens returns how many tokens the lease holds (for tests and metrics).
@@ -32,21 +42,25 @@ func (ls *Lease) Tokens() int64 { return ls.tokens }
 
 // TakeLeased is Take for a worker that keeps lease for stateKey. It admits
 // the request from the lease when the lease holds cost tokens for the same
-// policy and is younger than LeaseWindow, without touching the Store.
+// policy and is younger than its window, without touching the Store.
 // Otherwise it gives back what is left (see giveBack) and takes from the
 // Store in the same compare-and-swap, adding to
 // the request's cost the tokens this worker is likely to spend in the next
 // LeaseWindow: what it spent in the lease just ended, twice that when the
 // lease ran out before its window did, nothing after a quiet window; at most
 // MaxLease and a quarter of the capacity, and only while the bucket keeps at
-// least as many for other workers. A worker's lease follows its own demand,
-// and near the limit every request goes to the Store exactly as Take.
+// least as many for other workers. A key last taken more than two
+// LeaseWindows but less than SlowLeaseWindow ago gets a slow lease instead:
+// what its rate since that take would spend in SlowLeaseWindow, at most
+// MaxSlowLease, lasting SlowLeaseWindow. A worker's lease follows its own
+// demand, and near the limit every request goes to the Store exactly as
+// Take.
 //
 // The Result of a leased request is this worker's view: Remaining and
 // ResetNanos count the lease's tokens as spent only when spent, and ignore
 // what the bucket refilled or other workers took since the lease began.
 func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, nowNanos int64) (Result, error) {
-	if ls.policy == p && cost >= 1 && ls.tokens >= cost && nowNanos >= ls.start && nowNanos-ls.start < LeaseWindow {
+	if ls.policy == p && cost >= 1 && ls.tokens >= cost && nowNanos >= ls.start && nowNanos-ls.start < ls.window {
 		ls.tokens -= cost
 		ls.used += cost
 		ls.rem -= cost
@@ -65,13 +79,16 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 	if cost < 1 {
 		return Result{}, ErrBadCost
 	}
-	ahead := int64(0)
+	ahead, window := int64(0), LeaseWindow
 	if age := nowNanos - ls.start; ls.policy == p && age >= 0 {
 		switch {
 		case age < LeaseWindow: // spent before its window ended: demand is higher
 			ahead = g.leaseSize(2 * ls.used)
 		case age < 2*LeaseWindow: // lasted its window: this was the demand
 			ahead = g.leaseSize(ls.used)
+		case age < SlowLeaseWindow: // a key seen now and then: a few tokens for longer
+			ahead = min(g.leaseSize(slowDemand(ls.used, age)), MaxSlowLease)
+			window = SlowLeaseWindow
 		}
 	}
 	if g.capacity == 0 || cost > g.capacity || l.Store == nil {
@@ -85,8 +102,18 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 	}
 	*ls = Lease{policy: p, tokens: extra, start: nowNanos, used: cost, rem: res.Remaining,
 		resetAt: nowNanos + res.ResetNanos, interval: g.interval, tau: g.tau,
-		tat: nowNanos + res.ResetNanos + extra*g.interval}
+		tat: nowNanos + res.ResetNanos + extra*g.interval, window: window}
 	return res, nil
+}
+
+// slowDemand is how many tokens a key that spent used in age nanoseconds
+// (2*LeaseWindow <= age < SlowLeaseWindow) spends in SlowLeaseWindow at
+// that rate, rounded down; used <= MaxLease+cost keeps it from overflowing.
+func slowDemand(used, age int64) int64 {
+	if used <= 0 || used > SlowLeaseWindow/LeaseWindow*MaxLease {
+		return 0
+	}
+	return used * (SlowLeaseWindow / 1e6) / (age / 1e6)
 }
 
 // GiveBack ends the lease for a worker that drops it before its next take
