@@ -1,6 +1,7 @@
 package filter
 
 import (
+	"maps"
 	"strconv"
 	"strings"
 	"testing"
@@ -193,6 +194,110 @@ func TestUsageHandOff(t *testing.T) {
 			t.Error("empty hand-off enqueued a message")
 		}
 	})
+}
+
+// TestUsageKeptLinesCountOnce: a hand-off keeps its lines for the rest of
+// the minute (a key seen again is counted without a new line); each
+// message carries only what was counted since the previous one.
+func TestUsageKeptLinesCountOnce(t *testing.T) {
+	runBoth(t, func(t *testing.T, vm func() types.VMContext) {
+		host, keys, queue := usageEmulator(t, vm())
+		send := func(n int, authority string) {
+			for i := 0; i < n; i++ {
+				id := host.InitializeHttpContext()
+				host.CallOnRequestHeaders(id, withAuthority(get("/v1/x", "x-api-key", keys.active), authority), true)
+				host.CompleteHttpContext(id)
+			}
+		}
+		handOff := func() map[string]int64 {
+			host.Tick()
+			got := map[string]int64{}
+			for {
+				msg, err := proxywasm.DequeueSharedQueue(queue)
+				if err != nil {
+					return got
+				}
+				for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
+					f := strings.Split(line, "\t")
+					n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+					if len(f) != 5 || err != nil {
+						t.Fatalf("bad line %q", line)
+					}
+					got[f[1]+" "+f[2]+" "+f[3]] += n
+				}
+			}
+		}
+		send(5, "api.example.com")
+		send(2, "API.example.com")
+		if got, want := handOff(), map[string]int64{"allowed key_active api.example.com": 7}; !maps.Equal(got, want) {
+			t.Fatalf("first hand-off %v, want %v", got, want)
+		}
+		send(3, "api.example.com")
+		if got, want := handOff(), map[string]int64{"allowed key_active api.example.com": 3}; !maps.Equal(got, want) {
+			t.Fatalf("second hand-off %v, want %v", got, want)
+		}
+		if got := handOff(); len(got) != 0 {
+			t.Fatalf("a hand-off with nothing new sent %v", got)
+		}
+	})
+}
+
+// TestUsageKeepsReusedLines: a hand-off keeps the lines of the minute for
+// keys that come back, up to keepCombos of them, and drops them when the
+// minute moves on; every count is sent once.
+func TestUsageKeepsReusedLines(t *testing.T) {
+	_, _, queue := usageEmulator(t, NewVM(fakeClock()))
+	u := newUsageCounter("keygate")
+	u.resolved, u.queueID = true, queue
+	sent := int64(0)
+	handOff := func(now int64) {
+		u.handOff(now)
+		for {
+			msg, err := proxywasm.DequeueSharedQueue(queue)
+			if err != nil {
+				return
+			}
+			for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
+				f := strings.Split(line, "\t")
+				n, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+				sent += n
+			}
+		}
+	}
+	now, counted := fakeEpochNanos, int64(0)
+	add := func(id string) {
+		u.add(now, outcomeAllowed, []byte(id), "a.example.com")
+		counted++
+	}
+	for round := 0; round < 3; round++ {
+		for k := 0; k < 100; k++ {
+			add("key_" + strconv.Itoa(k))
+		}
+		handOff(now)
+		if u.len() != 100 {
+			t.Fatalf("round %d: %d lines kept, want the 100 that came back", round, u.len())
+		}
+	}
+	for k := 0; u.len() < keepCombos; k++ {
+		add("new_" + strconv.Itoa(k))
+		if u.due {
+			handOff(now)
+		}
+	}
+	handOff(now)
+	if u.len() != 0 {
+		t.Fatalf("%d lines kept after keepCombos of them, want none", u.len())
+	}
+	add("key_1")
+	handOff(now)
+	now += 60e9
+	handOff(now)
+	if u.len() != 0 {
+		t.Fatalf("%d lines kept into the next minute", u.len())
+	}
+	if sent != counted {
+		t.Fatalf("sent %d counts, counted %d", sent, counted)
+	}
 }
 
 // TestUsageHandOffEarly: a worker that sees more combinations between two

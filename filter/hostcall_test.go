@@ -2,7 +2,9 @@ package filter
 
 import (
 	"encoding/binary"
+	"maps"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/tetratelabs/proxy-wasm-go-sdk/proxywasm/types"
@@ -172,4 +174,54 @@ func TestInterleavedStreamsWithReuse(t *testing.T) {
 		host.CompleteHttpContext(b)
 		host.CompleteHttpContext(c)
 	})
+}
+
+// A key's usage hint counts its allowed requests in the combination it
+// names, and only there: another host or minute is another combination,
+// an authority not as usage carries it takes add's way into the same line,
+// and after a reset the counter's positions are others' (a hint of the
+// old gen naming a line of another minute must not count there).
+func TestUsageHints(t *testing.T) {
+	u := newUsageCounter("vm")
+	add := func(h *usageHint, sec int64, id, host string) {
+		u.addHinted(h, fakeEpochNanos+sec*1e9, outcomeAllowed, []byte(id), host)
+	}
+	counts := func() map[string]int64 {
+		m := map[string]int64{}
+		for i := 0; i < u.len(); i++ {
+			m[u.line(i)] += u.counts[i]
+		}
+		return m
+	}
+	m0, m1 := strconv.FormatInt(fakeEpochS, 10), strconv.FormatInt(fakeEpochS+60, 10)
+	var a, b usageHint
+	add(&a, 0, "key_a", "a.example.com")
+	first := a
+	add(&a, 0, "key_a", "a.example.com")
+	add(&a, 1, "key_a", "A.Example.com:443")
+	add(&b, 2, "key_b", "a.example.com")
+	add(&a, 3, "key_a", "b.example.com")
+	add(&a, 60, "key_a", "b.example.com")
+	add(&a, 61, "key_a", "b.example.com")
+	want := map[string]int64{
+		m0 + "\tallowed\tkey_a\ta.example.com": 3,
+		m0 + "\tallowed\tkey_b\ta.example.com": 1,
+		m0 + "\tallowed\tkey_a\tb.example.com": 1,
+		m1 + "\tallowed\tkey_a\tb.example.com": 2,
+	}
+	if got := counts(); !maps.Equal(got, want) {
+		t.Fatalf("counts %q, want %q", got, want)
+	}
+
+	u.reset()
+	var c usageHint
+	add(&c, 60, "key_a", "a.example.com") // position 0 again, another minute
+	add(&first, 0, "key_a", "a.example.com")
+	want = map[string]int64{
+		m1 + "\tallowed\tkey_a\ta.example.com": 1,
+		m0 + "\tallowed\tkey_a\ta.example.com": 1,
+	}
+	if got := counts(); !maps.Equal(got, want) {
+		t.Fatalf("after a reset: counts %q, want %q", got, want)
+	}
 }

@@ -69,6 +69,10 @@ type recordSlot struct {
 	// When the key's unenforceable rate policy was last logged.
 	policyLogAt  int64
 	policyLogged bool
+
+	// Where the usage counter keeps the key's allowed requests of this
+	// minute (usageCounter.addHinted).
+	usage usageHint
 }
 
 // shareCache is a budget's share for this node (0: none), read at at.
@@ -88,7 +92,7 @@ const leasedOwnerLimits = 1
 // from shared data on every request.
 const leasedLimits = 2
 
-// recordSlots is the cache's size, a power of two: 4,096 slots of 496
+// recordSlots is the cache's size, a power of two: 4,096 slots of 544
 // bytes (most of it the leases) plus the records they hold, about 2.5 MB
 // per worker, so that a worker's working set of busy keys fits.
 // recordWays slots form a set.

@@ -528,7 +528,11 @@ func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 		}
 	}
 
-	r.usage.add(int64(now), outcomeAllowed, id, sc.authority)
+	if slot != nil && v.Identified {
+		r.usage.addHinted(&slot.usage, int64(now), outcomeAllowed, id, sc.authority)
+	} else {
+		r.usage.add(int64(now), outcomeAllowed, id, sc.authority)
+	}
 	r.stats.request(outcomeAllowed, sc.sources, r.cfg)
 	s.forward(sc, path)
 	if !v.Identified { // anonymous, or admitted unverified while failing open

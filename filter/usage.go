@@ -14,6 +14,12 @@ import (
 // tick. A hand-off that fails keeps the counts for the next tick, so nothing
 // is dropped between worker and syncer.
 //
+// A hand-off sends the combinations counted since the last one (dirty)
+// and keeps every combination's line, count zeroed, until the minute
+// moves on or keepCombos are held: a key seen again within the minute is
+// counted without a new line, and through its record-cache slot's
+// usageHint without even building its line (addHinted).
+//
 // A queue message is text, one count per line:
 //
 //	<minute unix s>\t<outcome>\t<key id>\t<host>\t<n>\n
@@ -29,13 +35,14 @@ type usageCounter struct {
 	dropped       int64
 	lastDropLogNs int64
 
-	// index maps the FNV-1a hash of a line prefix to its first position in
-	// keys/counts; next chains positions whose prefixes share a hash. The
-	// key is an integer because TinyGo allocates on every lookup in a map
-	// keyed by string.
-	index map[uint64]int32
-	next  []int32
-	hash  func([]byte) uint64 // fnv1a; tests force collisions
+	// index finds a line by the FNV-1a hash of its prefix: an open
+	// addressing table (linear probing, a power of two at least twice the
+	// lines) of positions + 1, 0 for a free entry; hashes[i] is line i's
+	// hash. A Go map cost more here: TinyGo allocates on every lookup in a
+	// map keyed by string, and hashes an integer key again in its own way.
+	index  []int32
+	hashes []uint64
+	hash   func([]byte) uint64 // fnv1a; tests force collisions
 
 	// The previous request's combination and its position (-1: none), so
 	// that consecutive requests of one key from one host skip building and
@@ -56,6 +63,18 @@ type usageCounter struct {
 	ends   []int32
 	counts []int64
 	msg    []byte
+
+	// dirty are the positions counted since the last hand-off, their
+	// lines dirtyBytes long; gen moves on every reset, which makes every
+	// position and usageHint stale; minute is the minute of the lines.
+	dirty      []int32
+	dirtyBytes int
+	gen        uint32
+	minute     int64
+	// fresh and hinted count addHinted's requests since the last
+	// hand-off whose slot had no hint yet (a key new to its record-cache
+	// slot) and those whose slot had one.
+	fresh, hinted int
 
 	// The counter hands off early when it reaches earlyCombos
 	// combinations or earlyBytes of lines (see handOffCombos); due tells
@@ -82,9 +101,25 @@ func (u *usageCounter) line(i int) string {
 // combinations are dropped and logged.
 const maxWorkerCounts = 20000
 
+// minUsageIndex is the usage index's first size (entries).
+const minUsageIndex = 2048
+
+// keepCombos bounds the combinations a successful hand-off keeps for the
+// rest of the minute (their lines, about 70 bytes each, and their index).
+const keepCombos = 4096
+
+// usageHint is where a key's last allowed combination sits in the
+// counter, kept in the key's record-cache slot (no pointer: see
+// recordSlot): with the counter's gen and the minute it was counted in.
+type usageHint struct {
+	gen    uint32
+	idx    int32
+	minute int64
+}
+
 func newUsageCounter(vmID string) *usageCounter {
-	return &usageCounter{vmID: vmID, index: make(map[uint64]int32), hash: fnv1a, buf: make([]byte, 0, 512), lastIdx: -1, lastDropLogNs: math.MinInt64 / 2,
-		earlyCombos: handOffCombos, earlyBytes: handOffBytes}
+	return &usageCounter{vmID: vmID, index: make([]int32, minUsageIndex), hash: fnv1a, buf: make([]byte, 0, 512), lastIdx: -1, lastDropLogNs: math.MinInt64 / 2,
+		earlyCombos: handOffCombos, earlyBytes: handOffBytes, gen: 1}
 }
 
 // fnv1a is the 64-bit FNV-1a hash of b.
@@ -97,14 +132,89 @@ func fnv1a(b []byte) uint64 {
 	return h
 }
 
-// add counts one request. Allocation-free once the combination was seen in
-// this hand-off period.
-func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authority string) {
+// addHinted is add for a request whose key's slot keeps h: when h names
+// the combination (same counter gen and minute, and the line's outcome,
+// key id and host match, the host as sent), it counts it there, without
+// building, hashing and looking up the line; otherwise it adds as add does
+// and points h at the combination.
+func (u *usageCounter) addHinted(h *usageHint, nowNanos int64, outcome string, keyID []byte, authority string) {
+	minute := nowNanos / 1e9 / 60 * 60
+	if h.gen == 0 {
+		u.fresh++
+	} else {
+		u.hinted++
+	}
+	if h.gen == u.gen && h.minute == minute && int(h.idx) < u.len() && u.lineEnds(int(h.idx), outcome, keyID, authority) {
+		u.count(int(h.idx))
+		return
+	}
+	if i := u.add(nowNanos, outcome, keyID, authority); i >= 0 {
+		*h = usageHint{gen: u.gen, idx: int32(i), minute: minute}
+	}
+}
+
+// lineEnds reports whether line i is "<minute>\t<outcome>\t<keyID>\t<authority>":
+// what add builds for the request when its authority is a host as usage
+// carries it (lower case, no port) and its key id needs no cleaning, as
+// issued ids never do. Otherwise the request takes add's way, which
+// cleans them. A line has exactly three tabs, so the split is unique.
+func (u *usageCounter) lineEnds(i int, outcome string, keyID []byte, authority string) bool {
+	l := u.line(i)
+	n := len(l) - len(authority)
+	if n < 1 || l[n:] != authority || l[n-1] != '\t' {
+		return false
+	}
+	n -= 1 + len(keyID)
+	if n < 1 || l[n:n+len(keyID)] != bstr(keyID) || l[n-1] != '\t' {
+		return false
+	}
+	n -= 1 + len(outcome)
+	if n < 1 || l[n:n+len(outcome)] != outcome || l[n-1] != '\t' {
+		return false
+	}
+	return indexByte(l[:n-1], '\t') < 0
+}
+
+// count adds one to combination i, noting it dirty.
+func (u *usageCounter) count(i int) {
+	if u.counts[i] == 0 {
+		u.dirty = append(u.dirty, int32(i))
+		u.dirtyBytes += len(u.line(i))
+		u.checkDue()
+	}
+	u.counts[i]++
+}
+
+// growIndex doubles the usage index and enters every line again.
+func (u *usageCounter) growIndex() {
+	u.index = make([]int32, 2*len(u.index))
+	mask := uint64(len(u.index) - 1)
+	for i, h := range u.hashes {
+		e := h & mask
+		for u.index[e] != 0 {
+			e = (e + 1) & mask
+		}
+		u.index[e] = int32(i + 1)
+	}
+}
+
+// checkDue sets due when the dirty combinations reach the early hand-off's
+// thresholds.
+func (u *usageCounter) checkDue() {
+	if len(u.dirty) >= u.earlyCombos || u.dirtyBytes >= u.earlyBytes {
+		u.earlyCombos, u.earlyBytes = len(u.dirty)+handOffCombos, u.dirtyBytes+handOffBytes
+		u.due = true
+	}
+}
+
+// add counts one request and returns its combination's position (-1 when
+// dropped). Allocation-free once the combination was seen in this minute.
+func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authority string) int {
 	minute := nowNanos / 1e9 / 60 * 60
 	if u.lastIdx >= 0 && minute == u.lastMin && outcome == u.lastOut &&
 		bstr(keyID) == bstr(u.lastID) && authority == bstr(u.lastAuth) {
-		u.counts[u.lastIdx]++
-		return
+		u.count(u.lastIdx)
+		return u.lastIdx
 	}
 	b := appendInt(u.buf[:0], minute)
 	b = append(b, '\t')
@@ -115,32 +225,33 @@ func (u *usageCounter) add(nowNanos int64, outcome string, keyID []byte, authori
 	b = keyrecord.AppendUsageHost(b, authority)
 	u.buf = b
 	h := u.hash(b)
-	first, ok := u.index[h]
-	if ok {
-		for i := first; i >= 0; i = u.next[i] {
-			if u.line(int(i)) == bstr(b) {
-				u.counts[i]++
-				u.remember(int(i), minute, outcome, keyID, authority)
-				return
-			}
+	mask := uint64(len(u.index) - 1)
+	e := h & mask
+	for ; u.index[e] != 0; e = (e + 1) & mask {
+		if i := int(u.index[e] - 1); u.hashes[i] == h && u.line(i) == bstr(b) {
+			u.count(i)
+			u.remember(i, minute, outcome, keyID, authority)
+			return i
 		}
-	} else {
-		first = -1
 	}
 	if u.len() >= maxWorkerCounts {
 		u.dropped++
-		return
+		return -1
 	}
-	u.index[h] = int32(u.len())
-	u.next = append(u.next, first)
+	if u.len() == 0 {
+		u.minute = minute
+	}
+	u.index[e] = int32(u.len() + 1)
+	u.hashes = append(u.hashes, h)
+	if 2*len(u.hashes) > len(u.index) {
+		u.growIndex()
+	}
 	u.lines = append(u.lines, b...)
 	u.ends = append(u.ends, int32(len(u.lines)))
-	u.counts = append(u.counts, 1)
+	u.counts = append(u.counts, 0)
+	u.count(u.len() - 1)
 	u.remember(u.len()-1, minute, outcome, keyID, authority)
-	if u.len() >= u.earlyCombos || len(u.lines) >= u.earlyBytes {
-		u.earlyCombos, u.earlyBytes = u.len()+handOffCombos, len(u.lines)+handOffBytes
-		u.due = true
-	}
+	return u.len() - 1
 }
 
 // A worker hands its counts over as soon as it holds handOffCombos
@@ -202,7 +313,8 @@ func (u *usageCounter) handOff(nowNanos int64) {
 			u.len(), u.dropped)
 		u.dropped, u.lastDropLogNs = 0, nowNanos
 	}
-	if u.len() == 0 {
+	if len(u.dirty) == 0 {
+		u.keepOrReset(nowNanos)
 		return
 	}
 	if !u.resolved {
@@ -217,8 +329,8 @@ func (u *usageCounter) handOff(nowNanos int64) {
 		u.queueID, u.resolved = id, true
 	}
 	msg := u.msg[:0]
-	for i := range u.ends {
-		msg = append(msg, u.line(i)...)
+	for _, i := range u.dirty {
+		msg = append(msg, u.line(int(i))...)
 		msg = append(msg, '\t')
 		msg = appendInt(msg, u.counts[i])
 		msg = append(msg, '\n')
@@ -229,16 +341,38 @@ func (u *usageCounter) handOff(nowNanos int64) {
 		u.resolved = false // the syncer may have been recreated: resolve again
 		return
 	}
-	u.reset()
+	for _, i := range u.dirty {
+		u.counts[i] = 0
+	}
+	u.dirty, u.dirtyBytes = u.dirty[:0], 0
+	u.earlyCombos, u.earlyBytes = handOffCombos, handOffBytes
+	u.keepOrReset(nowNanos)
 }
 
-// reset forgets everything counted (after a successful hand-off).
+// keepOrReset keeps the handed-over combinations' lines for more requests
+// of the same minute, unless the minute moved on, there are keepCombos of
+// them, or most requests since the last hand-off came from keys new to
+// their record-cache slot: keys that do not come back while the cache
+// holds them, whose kept lines would only grow the counter. Only called
+// with nothing dirty.
+func (u *usageCounter) keepOrReset(nowNanos int64) {
+	churn := u.fresh > u.hinted
+	u.fresh, u.hinted = 0, 0
+	if u.len() > 0 && (churn || u.len() >= keepCombos || nowNanos/1e9/60*60 != u.minute) {
+		u.reset()
+	}
+}
+
+// reset forgets every combination (none may be dirty) and makes every
+// position and usageHint stale.
 func (u *usageCounter) reset() {
 	clear(u.index)
+	u.gen++
 	u.lastIdx = -1
-	u.next = u.next[:0]
+	u.hashes = u.hashes[:0]
 	u.lines = u.lines[:0]
 	u.ends = u.ends[:0]
 	u.counts = u.counts[:0]
+	u.dirty, u.dirtyBytes = u.dirty[:0], 0
 	u.earlyCombos, u.earlyBytes = handOffCombos, handOffBytes
 }

@@ -355,7 +355,8 @@ func (r *filterRig) check() error {
 // withKeysInTurn seeds n more valid keys like the benchmark key and makes
 // the rig present them in turn. With fewer keys than the filter's record
 // cache has slots most requests find their record cached, but each key
-// comes back too rarely for a rate-limit lease; with many more, nearly
+// comes back too rarely for a 10 ms rate-limit lease (it takes slow
+// leases: bucket/RATIONALE.md); with many more, nearly
 // every request misses the cache and takes the slow path (SHA-256, record
 // read and parse, limiter read and compare-and-swap).
 func (r *filterRig) withKeysInTurn(n int) error {
