@@ -108,10 +108,11 @@ func (l *Limiter) TakeLeased(stateKey string, ls *Lease, p Policy, cost int64, n
 
 // slowDemand is how many tokens a key that spent used in age nanoseconds
 // (2*LeaseWindow <= age < SlowLeaseWindow) spends in SlowLeaseWindow at
-// that rate, rounded down; used <= MaxLease+cost keeps it from overflowing.
+// that rate, rounded down, or at least MaxSlowLease (the caller's cap):
+// as age is under the window, that is so once used is.
 func slowDemand(used, age int64) int64 {
-	if used <= 0 || used > SlowLeaseWindow/LeaseWindow*MaxLease {
-		return 0
+	if used <= 0 || used >= MaxSlowLease {
+		return max(used, 0)
 	}
 	return used * (SlowLeaseWindow / 1e6) / (age / 1e6)
 }
