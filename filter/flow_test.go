@@ -140,6 +140,27 @@ func usageEmulator(t *testing.T, vm types.VMContext) (host proxytest.HostEmulato
 	return host, keys, queue
 }
 
+// dequeueUsage reads every message on the usage queue and adds up its
+// counts by "<outcome> <key id> <host>".
+func dequeueUsage(t *testing.T, queue uint32) map[string]int64 {
+	t.Helper()
+	got := map[string]int64{}
+	for {
+		msg, err := proxywasm.DequeueSharedQueue(queue)
+		if err != nil {
+			return got
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
+			f := strings.Split(line, "\t")
+			n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+			if len(f) != 5 || err != nil {
+				t.Fatalf("bad line %q", line)
+			}
+			got[f[1]+" "+f[2]+" "+f[3]] += n
+		}
+	}
+}
+
 // TestUsageHandOff counts requests in a worker and checks, after a tick,
 // that the queue carries every one of them exactly once.
 func TestUsageHandOff(t *testing.T) {
@@ -159,21 +180,7 @@ func TestUsageHandOff(t *testing.T) {
 		send(2, func() [][2]string { return get("/v1/x", "x-api-key", keys.revoked) })
 		send(4, func() [][2]string { return get("/v1/x") })
 		host.Tick()
-		got := map[string]int64{}
-		for {
-			msg, err := proxywasm.DequeueSharedQueue(queue)
-			if err != nil {
-				break
-			}
-			for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
-				f := strings.Split(line, "\t")
-				if len(f) != 5 {
-					t.Fatalf("bad line %q", line)
-				}
-				n, _ := strconv.ParseInt(f[4], 10, 64)
-				got[f[1]+" "+f[2]+" "+f[3]] += n
-			}
-		}
+		got := dequeueUsage(t, queue)
 		want := map[string]int64{
 			"allowed key_active api.example.com":            7,
 			"host_not_allowed key_active other.example.com": 3,
@@ -211,21 +218,7 @@ func TestUsageKeptLinesCountOnce(t *testing.T) {
 		}
 		handOff := func() map[string]int64 {
 			host.Tick()
-			got := map[string]int64{}
-			for {
-				msg, err := proxywasm.DequeueSharedQueue(queue)
-				if err != nil {
-					return got
-				}
-				for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
-					f := strings.Split(line, "\t")
-					n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
-					if len(f) != 5 || err != nil {
-						t.Fatalf("bad line %q", line)
-					}
-					got[f[1]+" "+f[2]+" "+f[3]] += n
-				}
-			}
+			return dequeueUsage(t, queue)
 		}
 		send(5, "api.example.com")
 		send(2, "API.example.com")
@@ -252,16 +245,8 @@ func TestUsageKeepsReusedLines(t *testing.T) {
 	sent := int64(0)
 	handOff := func(now int64) {
 		u.handOff(now)
-		for {
-			msg, err := proxywasm.DequeueSharedQueue(queue)
-			if err != nil {
-				return
-			}
-			for _, line := range strings.Split(strings.TrimSuffix(string(msg), "\n"), "\n") {
-				f := strings.Split(line, "\t")
-				n, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
-				sent += n
-			}
+		for _, n := range dequeueUsage(t, queue) {
+			sent += n
 		}
 	}
 	now, counted := fakeEpochNanos, int64(0)
